@@ -1,0 +1,178 @@
+//! Command-line arguments (the contract of `shared/design/cli.md`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// An argument problem found after parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// mpq: mixed-precision quantization of neural networks.
+#[derive(Debug, Parser)]
+#[command(name = "mpq", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Seed of every random choice (same seed and inputs give the same numbers).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub(crate) threads: Option<usize>,
+    /// No progress bars or status lines.
+    #[arg(long, global = true)]
+    pub(crate) quiet: bool,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Layer table: name, op, weight shape, params, MACs, input/output shapes.
+    Info(InfoArgs),
+    /// Train a zoo model.
+    Train(TrainArgs),
+    /// Test accuracy and loss of a model.
+    Eval(EvalArgs),
+    /// The whole pipeline on the bundled MNIST subset.
+    Quickstart(QuickstartArgs),
+}
+
+/// How to find or build a model.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ModelArgs {
+    /// `PATH.safetensors` (saved by mpq, or a PyTorch state_dict with --arch) or `zoo:NAME`.
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Architecture of a state_dict without mpq metadata.
+    #[arg(long)]
+    pub(crate) arch: Option<String>,
+    /// Input shape CxHxW (zoo models and state_dicts).
+    #[arg(long, value_parser = parse_shape)]
+    pub(crate) input: Option<Shape>,
+    /// Number of classes (zoo models and state_dicts).
+    #[arg(long)]
+    pub(crate) classes: Option<usize>,
+    /// Width multiplier (mobilenetv2).
+    #[arg(long)]
+    pub(crate) width: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum OptimizerArg {
+    Sgd,
+    Adamw,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ScheduleArg {
+    Cosine,
+    Step,
+    Constant,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainArgs {
+    /// Zoo architecture (mlp, lenet5, resnet8, resnet20, resnet32, resnet56, resnet18, mobilenetv2, vgg11-small).
+    #[arg(long)]
+    pub(crate) arch: String,
+    /// Data reference (mnist10k, mnist:DIR, cifar10:DIR, imagefolder:DIR, synthetic:CxHxW:K:N).
+    #[arg(long)]
+    pub(crate) data: String,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) epochs: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) lr: f64,
+    /// Samples per step.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_size: usize,
+    /// Weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    pub(crate) weight_decay: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub(crate) momentum: f64,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub(crate) nesterov: bool,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    pub(crate) optimizer: OptimizerArg,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub(crate) schedule: ScheduleArg,
+    /// Epochs between decays of the step schedule.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) step_every: usize,
+    /// Decay factor of the step schedule.
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) step_gamma: f64,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) label_smoothing: f64,
+    /// Turn off random crop and flip for 3-channel images.
+    #[arg(long)]
+    pub(crate) no_augment: bool,
+    /// Width multiplier (mobilenetv2).
+    #[arg(long)]
+    pub(crate) width: Option<f64>,
+    /// Output checkpoint (safetensors).
+    #[arg(long, default_value = "model.safetensors")]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    /// Data reference; the test split is evaluated.
+    #[arg(long)]
+    pub(crate) data: String,
+    /// Samples per forward pass.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QuickstartArgs {
+    /// Run folder (reused: an existing model there is not retrained).
+    #[arg(long, default_value = "runs/quickstart")]
+    pub(crate) out: PathBuf,
+    /// A shorter run (fewer epochs) for a first look.
+    #[arg(long)]
+    pub(crate) fast: bool,
+}
+
+/// A per-sample shape such as `3x32x32`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Shape(pub(crate) Vec<usize>);
+
+/// Parses `CxHxW` (or `F`, or `HxW`).
+pub(crate) fn parse_shape(s: &str) -> Result<Shape, String> {
+    let dims: Result<Vec<usize>, _> = s
+        .split(['x', 'X'])
+        .map(|d| d.trim().parse::<usize>())
+        .collect();
+    match dims {
+        Ok(d) if !d.is_empty() && d.iter().all(|&x| x > 0) => Ok(Shape(d)),
+        _ => Err(format!("expected a shape like 3x32x32, got {s:?}")),
+    }
+}

@@ -1,0 +1,64 @@
+//! The `mpq` binary: a thin command-line layer over the `mpq` library. It parses arguments,
+//! prints tables or JSON, draws progress bars, and maps errors to exit codes
+//! (0 success, 2 bad input, 1 anything else).
+
+mod args;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = match args::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Some(n) = args.global.threads {
+        // The global pool can only be set once; failure leaves the default, which is fine.
+        let _ = rayon_pool(n);
+    }
+    match commands::run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn rayon_pool(n: usize) -> Result<(), String> {
+    mpq::set_threads(n).map_err(|e| e.to_string())
+}
+
+/// 2 for bad input (any `mpq::Error` that is an input error, or a usage error raised by the
+/// CLI itself), 1 otherwise.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<mpq::Error>() {
+            return if e.is_input_error() { 2 } else { 1 };
+        }
+        if cause.downcast_ref::<args::UsageError>().is_some() {
+            return 2;
+        }
+    }
+    1
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

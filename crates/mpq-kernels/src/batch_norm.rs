@@ -1,0 +1,412 @@
+//! Batch normalization (Ioffe & Szegedy 2015) as candle custom ops with backward.
+//!
+//! Train mode normalizes with the batch statistics over every axis but the channel axis 1
+//! (biased variance); eval mode with given running statistics. Each direction is one
+//! statistics pass plus one fused elementwise pass, parallel over channels / planes.
+
+use crate::reference;
+use crate::simd::multiversion;
+use crate::storage::{fast_path, slice_f32, with_f32};
+use candle::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// `(n, c, plane)` view of an `[n, c, ...]` tensor.
+fn ncp(dims: &[usize]) -> Result<(usize, usize, usize)> {
+    if dims.len() < 2 {
+        bail!("batch_norm expects x of rank >= 2 ([n, c, ...]), got {dims:?}")
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+fn check_param(name: &str, t: &Tensor, c: usize) -> Result<()> {
+    if t.elem_count() != c || t.rank() != 1 {
+        bail!("batch_norm: {name} should be [{c}], got {:?}", t.dims())
+    }
+    Ok(())
+}
+
+/// Training-mode batch norm with batch statistics, differentiable in `x`, `gamma`, `beta`.
+///
+/// `y = (x − μ_B) / √(σ²_B + eps) · γ + β`, with `μ_B`, `σ²_B` the mean and biased variance
+/// over all axes but 1. Also returns `(μ_B, σ²_B)` (detached) for the running-stat update.
+///
+/// # Shapes
+/// - `x`: `[n, c, ...]`, `gamma`, `beta`: `[c]`
+/// - returns `(y [n, c, ...], mean [c], var [c])`
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, c, _) = ncp(x.dims())?;
+    check_param("gamma", gamma, c)?;
+    check_param("beta", beta, c)?;
+    if !fast_path(&[x, gamma, beta]) {
+        return reference::batch_norm_train_slow(x, gamma, beta, eps);
+    }
+    let stats = Arc::new(Mutex::new(None));
+    let op = BnTrainOp {
+        eps,
+        stats: stats.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let (mean, var) = stats
+        .lock()
+        .expect("batch-norm stats lock should not be poisoned")
+        .clone()
+        .expect("batch-norm forward should have stored its statistics");
+    let dev = x.device();
+    Ok((
+        y,
+        Tensor::from_vec(mean, c, dev)?,
+        Tensor::from_vec(var, c, dev)?,
+    ))
+}
+
+/// Eval-mode batch norm with running statistics, differentiable in `x`, `gamma`, `beta`
+/// (`mean` and `var` are constants).
+///
+/// `y = (x − mean) / √(var + eps) · γ + β`.
+///
+/// # Shapes
+/// - `x`: `[n, c, ...]`, `gamma`, `beta`, `mean`, `var`: `[c]`; returns `[n, c, ...]`
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (_, c, _) = ncp(x.dims())?;
+    for (name, t) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("mean", mean),
+        ("var", var),
+    ] {
+        check_param(name, t, c)?;
+    }
+    if !fast_path(&[x, gamma, beta, mean, var]) {
+        return reference::batch_norm_eval_slow(x, gamma, beta, mean, var, eps);
+    }
+    let op = BnEvalOp {
+        eps,
+        mean: mean.to_vec1()?,
+        var: var.to_vec1()?,
+    };
+    x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+}
+
+/// Train-mode op; the forward pass leaves `(mean, var)` in `stats` for the caller and `bwd`.
+struct BnTrainOp {
+    eps: f64,
+    stats: SharedStats,
+}
+
+/// Side channel for the batch `(mean, biased var)` computed inside the forward op.
+type SharedStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+/// Eval-mode op with the running statistics baked in.
+struct BnEvalOp {
+    eps: f64,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+}
+
+fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
+    var.iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect()
+}
+
+/// `y = x · scale[c] + shift[c]` for the affine map built from statistics and γ, β.
+fn normalize(
+    x: (&CpuStorage, &Layout),
+    gamma: (&CpuStorage, &Layout),
+    beta: (&CpuStorage, &Layout),
+    mean: &[f32],
+    istd: &[f32],
+) -> Result<(CpuStorage, Shape)> {
+    let (n, c, p) = ncp(x.1.dims())?;
+    let (xs, gs, bs) = (
+        slice_f32(x.0, x.1)?,
+        slice_f32(gamma.0, gamma.1)?,
+        slice_f32(beta.0, beta.1)?,
+    );
+    let scale: Vec<f32> = (0..c).map(|i| gs[i] * istd[i]).collect();
+    let shift: Vec<f32> = (0..c).map(|i| bs[i] - mean[i] * scale[i]).collect();
+    let y = affine(xs, None, n, c, p, |ch| (scale[ch], 0.0, shift[ch]));
+    Ok((CpuStorage::F32(y), x.1.shape().clone()))
+}
+
+impl CustomOp3 for BnTrainOp {
+    fn name(&self) -> &'static str {
+        "mpq-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, p) = ncp(l1.dims())?;
+        let (mean, var) = batch_stats(slice_f32(s1, l1)?, n, c, p);
+        let istd = inv_std(&var, self.eps);
+        let out = normalize((s1, l1), (s2, l2), (s3, l3), &mean, &istd)?;
+        *self
+            .stats
+            .lock()
+            .expect("batch-norm stats lock should not be poisoned") = Some((mean, var));
+        Ok(out)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (mean, var) = self
+            .stats
+            .lock()
+            .expect("batch-norm stats lock should not be poisoned")
+            .clone()
+            .expect("batch-norm forward should run before its backward");
+        let istd = inv_std(&var, self.eps);
+        bn_grads(x, gamma, dy, &mean, &istd, true)
+    }
+}
+
+impl CustomOp3 for BnEvalOp {
+    fn name(&self) -> &'static str {
+        "mpq-batch-norm-eval"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let istd = inv_std(&self.var, self.eps);
+        normalize((s1, l1), (s2, l2), (s3, l3), &self.mean, &istd)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let istd = inv_std(&self.var, self.eps);
+        bn_grads(x, gamma, dy, &self.mean, &istd, false)
+    }
+}
+
+/// Gradients of batch norm for `x`, `gamma`, `beta`.
+///
+/// With `s₁ = Σ dy` and `s₂ = Σ dy·(x − μ)` per channel over `m` elements:
+/// `dβ = s₁`, `dγ = s₂ · istd`; eval: `dx = γ·istd·dy`; train (μ, σ² depend on x):
+/// `dx = γ·istd·(dy − s₁/m − (x − μ)·istd²·s₂/m)`.
+fn bn_grads(
+    x: &Tensor,
+    gamma: &Tensor,
+    dy: &Tensor,
+    mean: &[f32],
+    istd: &[f32],
+    train: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (n, c, p) = ncp(x.dims())?;
+    let m = (n * p) as f32;
+    let gs: Vec<f32> = gamma.to_vec1()?;
+    let (dx, dgamma, dbeta) = with_f32(x, |xs| {
+        with_f32(dy, |ds| {
+            let (s1, s2) = grad_sums(xs, ds, mean, n, c, p);
+            let dx = affine(ds, Some(xs), n, c, p, |ch| {
+                let a = gs[ch] * istd[ch];
+                if train {
+                    let b = -a * istd[ch] * istd[ch] * s2[ch] / m;
+                    (a, b, -a * s1[ch] / m - b * mean[ch])
+                } else {
+                    (a, 0.0, 0.0)
+                }
+            });
+            let dgamma: Vec<f32> = (0..c).map(|i| s2[i] * istd[i]).collect();
+            Ok((dx, dgamma, s1))
+        })
+    })?;
+    let dev = x.device();
+    Ok((
+        Some(Tensor::from_vec(dx, x.dims(), dev)?),
+        Some(Tensor::from_vec(dgamma, gamma.dims(), dev)?),
+        Some(Tensor::from_vec(dbeta, gamma.dims(), dev)?),
+    ))
+}
+
+/// Per-channel mean and biased variance, accumulated in `f64` around a per-channel shift
+/// (the channel's first element) so the one-pass variance does not cancel.
+fn batch_stats(x: &[f32], n: usize, c: usize, p: usize) -> (Vec<f32>, Vec<f32>) {
+    let m = (n * p) as f64;
+    let per: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let shift = if p > 0 && n > 0 { x[ch * p] } else { 0.0 };
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for i in 0..n {
+                let plane = &x[(i * c + ch) * p..(i * c + ch + 1) * p];
+                let (a, b) = shifted_sums(plane, shift);
+                s1 += a as f64;
+                s2 += b as f64;
+            }
+            let mu = s1 / m.max(1.0);
+            (
+                (shift as f64 + mu) as f32,
+                (s2 / m.max(1.0) - mu * mu).max(0.0) as f32,
+            )
+        })
+        .collect();
+    per.into_iter().unzip()
+}
+
+multiversion! {
+    /// `(Σ (v − s), Σ (v − s)²)` over one plane, with 8 independent lanes.
+    fn shifted_sums(v: &[f32], s: f32) -> (f32, f32) = shifted_sums_impl;
+}
+
+#[inline(always)]
+fn shifted_sums_impl(v: &[f32], s: f32) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+    let chunks = v.chunks_exact(8);
+    let (mut ta, mut tb) = (0f32, 0f32);
+    for &x in chunks.remainder() {
+        ta += x - s;
+        tb += (x - s) * (x - s);
+    }
+    for ch in chunks {
+        for i in 0..8 {
+            let d = ch[i] - s;
+            a[i] += d;
+            b[i] += d * d;
+        }
+    }
+    (a.iter().sum::<f32>() + ta, b.iter().sum::<f32>() + tb)
+}
+
+/// Per-channel `(Σ dy, Σ dy·(x − μ))`.
+fn grad_sums(
+    x: &[f32],
+    dy: &[f32],
+    mean: &[f32],
+    n: usize,
+    c: usize,
+    p: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let per: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for i in 0..n {
+                let r = (i * c + ch) * p..(i * c + ch + 1) * p;
+                let (a, b) = dy_sums(&dy[r.clone()], &x[r], mean[ch]);
+                s1 += a as f64;
+                s2 += b as f64;
+            }
+            (s1 as f32, s2 as f32)
+        })
+        .collect();
+    per.into_iter().unzip()
+}
+
+multiversion! {
+    /// `(Σ d, Σ d·(x − μ))` over one plane, with 8 independent lanes.
+    fn dy_sums(d: &[f32], x: &[f32], mu: f32) -> (f32, f32) = dy_sums_impl;
+}
+
+#[inline(always)]
+fn dy_sums_impl(d: &[f32], x: &[f32], mu: f32) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+    let (cd, cx) = (d.chunks_exact(8), x.chunks_exact(8));
+    let (mut ta, mut tb) = (0f32, 0f32);
+    for (&dv, &xv) in cd.remainder().iter().zip(cx.remainder()) {
+        ta += dv;
+        tb += dv * (xv - mu);
+    }
+    for (dc, xc) in cd.zip(cx) {
+        for i in 0..8 {
+            a[i] += dc[i];
+            b[i] += dc[i] * (xc[i] - mu);
+        }
+    }
+    (a.iter().sum::<f32>() + ta, b.iter().sum::<f32>() + tb)
+}
+
+/// Elementwise per-channel map `out = a·u + b·v + k` with `(a, b, k) = coef(channel)`
+/// (`v` absent means `b` is ignored), parallel over planes.
+fn affine(
+    u: &[f32],
+    v: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    p: usize,
+    coef: impl Fn(usize) -> (f32, f32, f32) + Sync,
+) -> Vec<f32> {
+    let coefs: Vec<(f32, f32, f32)> = (0..c).map(coef).collect();
+    let mut out = vec![0f32; n * c * p];
+    if p == 0 {
+        return out;
+    }
+    let min_len = (16384 / p).max(1);
+    out.par_chunks_mut(p)
+        .enumerate()
+        .with_min_len(min_len)
+        .for_each(|(i, o)| {
+            let (a, b, k) = coefs[i % c];
+            let us = &u[i * p..(i + 1) * p];
+            match v {
+                Some(v) => affine2(o, us, &v[i * p..(i + 1) * p], a, b, k),
+                None => affine1(o, us, a, k),
+            }
+        });
+    out
+}
+
+multiversion! {
+    /// `o = a·u + b·v + k` elementwise.
+    fn affine2(o: &mut [f32], u: &[f32], v: &[f32], a: f32, b: f32, k: f32) = affine2_impl;
+}
+
+#[inline(always)]
+fn affine2_impl(o: &mut [f32], u: &[f32], v: &[f32], a: f32, b: f32, k: f32) {
+    for ((o, &uu), &vv) in o.iter_mut().zip(u).zip(v) {
+        *o = a * uu + b * vv + k;
+    }
+}
+
+multiversion! {
+    /// `o = a·u + k` elementwise.
+    fn affine1(o: &mut [f32], u: &[f32], a: f32, k: f32) = affine1_impl;
+}
+
+#[inline(always)]
+fn affine1_impl(o: &mut [f32], u: &[f32], a: f32, k: f32) {
+    for (o, &uu) in o.iter_mut().zip(u) {
+        *o = a * uu + k;
+    }
+}

@@ -1,0 +1,172 @@
+//! `conv2d`: the fast CPU convolution as candle custom ops with backward.
+//!
+//! Dense and grouped convs run as im2col + GEMM (`conv_gemm`), depthwise convs as
+//! direct loops (`depthwise`). The backward pass calls the same fast kernels for the
+//! input, weight and bias gradients (those gradients are not themselves differentiable).
+
+use crate::params::{Conv2dParams, ConvGeom};
+use crate::storage::{fast_path, slice_f32, with_f32};
+use crate::{conv_gemm, depthwise, reference};
+use candle::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+
+/// 2-D convolution of `x` with `w` (plus `bias`), differentiable in all three.
+///
+/// On CPU with `f32` tensors this runs the fast kernels of this crate; on other devices or
+/// dtypes it falls back to candle's `conv2d` (square parameters) or to
+/// [`reference::conv2d_slow`].
+///
+/// # Shapes
+/// - `x`: `[n, c, h, w]` (any strides), `w`: `[o, c / groups, kh, kw]`, `bias`: `[o]`
+/// - returns `[n, o, oh, ow]` with `oh = (h + 2·ph − dh·(kh − 1) − 1) / sh + 1` (same for `ow`)
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams) -> Result<Tensor> {
+    let g = ConvGeom::new(x, w, p)?;
+    if let Some(b) = bias
+        && b.dims() != [g.o]
+    {
+        bail!("conv2d: bias should be [{}], got {:?}", g.o, b.dims())
+    }
+    let all: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
+    if !fast_path(&all) {
+        return fallback(x, w, bias, p);
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        None => x.apply_op2(&w, Conv2dOp { p: *p }),
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, Conv2dOp { p: *p }),
+    }
+}
+
+/// candle's own ops, for devices and dtypes the fast kernels do not cover.
+fn fallback(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams) -> Result<Tensor> {
+    if !p.is_square() {
+        return reference::conv2d_slow(x, w, bias, p);
+    }
+    let y = x.conv2d(w, p.padding[0], p.stride[0], p.dilation[0], p.groups)?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// The conv custom op: `CustomOp2(x, w)` without bias, `CustomOp3(x, w, bias)` with it.
+struct Conv2dOp {
+    p: Conv2dParams,
+}
+
+impl Conv2dOp {
+    fn fwd(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeom::from_dims(x.1.dims(), w.1.dims(), &self.p)?;
+        let (xs, ws) = (slice_f32(x.0, x.1)?, slice_f32(w.0, w.1)?);
+        let bs = b.map(|(s, l)| slice_f32(s, l)).transpose()?;
+        let y = if g.is_depthwise() {
+            depthwise::forward(xs, ws, bs, &g)
+        } else {
+            conv_gemm::forward(xs, ws, bs, &g)
+        };
+        Ok((CpuStorage::F32(y), g.out_dims().into()))
+    }
+
+    /// Gradients for `x` (skipped when `x` is not tracked), `w` (skipped when neither `w`
+    /// nor a bias is tracked) and, if `bias`, the bias.
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        bias: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = ConvGeom::new(x, w, &self.p)?;
+        let dev = x.device();
+        let dy = dy.contiguous()?;
+        let gx = if x.track_op() {
+            let dx = with_f32(&dy, |d| {
+                with_f32(w, |wv| {
+                    Ok(if g.is_depthwise() {
+                        depthwise::grad_input(d, wv, &g)
+                    } else {
+                        conv_gemm::grad_input(d, wv, &g)
+                    })
+                })
+            })?;
+            Some(Tensor::from_vec(dx, x.dims(), dev)?)
+        } else {
+            None
+        };
+        if !w.track_op() && !bias {
+            return Ok((gx, None, None));
+        }
+        let (dw, db) = with_f32(x, |xv| {
+            with_f32(&dy, |d| {
+                Ok(if g.is_depthwise() {
+                    depthwise::grad_weight(xv, d, &g, bias)
+                } else {
+                    conv_gemm::grad_weight(xv, d, &g, bias)
+                })
+            })
+        })?;
+        let gw = Tensor::from_vec(dw, w.dims(), dev)?;
+        let gb = db.map(|db| Tensor::from_vec(db, g.o, dev)).transpose()?;
+        Ok((gx, Some(gw), gb))
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "mpq-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, _) = self.grads(x, w, dy, false)?;
+        Ok((gx, gw))
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "mpq-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, w, dy, true)
+    }
+}

@@ -1,0 +1,155 @@
+//! Dense and grouped conv2d as im2col + GEMM: forward, input gradient, weight/bias gradient.
+//!
+//! Work is split over the batch (one image per task, GEMMs single-threaded inside) when the
+//! batch can keep every rayon thread busy, and over the GEMM itself otherwise.
+
+use crate::im2col::{col2im_add, im2col};
+use crate::params::ConvGeom;
+use crate::scratch::with_scratch;
+use crate::simd::{Mat, sgemm};
+use rayon::prelude::*;
+
+/// Whether to parallelize over images (true) or inside each GEMM (false).
+fn batch_parallel(n: usize) -> bool {
+    let t = rayon::current_num_threads();
+    t > 1 && n >= 2 * t
+}
+
+/// Runs `f(image, out_chunk, par_gemm)` for each image's `per`-sized chunk of `out`.
+fn for_each_image<F>(out: &mut [f32], per: usize, n: usize, f: F)
+where
+    F: Fn(usize, &mut [f32], bool) + Sync,
+{
+    if per == 0 {
+        return;
+    }
+    if batch_parallel(n) {
+        out.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o, false));
+    } else {
+        for (i, o) in out.chunks_mut(per).enumerate() {
+            f(i, o, true)
+        }
+    }
+}
+
+/// Forward conv: `y[n, o, oh, ow]` from `x[n, c, h, w]`, `w[o, cg, kh, kw]`, optional bias.
+pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
+    let mut y = vec![0f32; g.n * g.o * p];
+    let col_len = if g.is_pointwise() { 0 } else { k * p };
+    for_each_image(&mut y, g.o * p, g.n, |n, yn, par| {
+        let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
+        with_scratch(col_len, |col| {
+            for gi in 0..g.p.groups {
+                let xg = &xn[gi * cg * hw..(gi + 1) * cg * hw];
+                let yg = &mut yn[gi * og * p..(gi + 1) * og * p];
+                let wg = &w[gi * og * k..(gi + 1) * og * k];
+                let accumulate = match bias {
+                    Some(b) => {
+                        for (row, &bv) in yg.chunks_exact_mut(p).zip(&b[gi * og..]) {
+                            row.fill(bv);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                let rhs = if g.is_pointwise() {
+                    Mat::rows(xg, p)
+                } else {
+                    im2col(xg, col, g);
+                    Mat::rows(col, p)
+                };
+                sgemm(og, p, k, yg, p, accumulate, Mat::rows(wg, k), rhs, par);
+            }
+        })
+    });
+    y
+}
+
+/// Input gradient: `dx[n, c, h, w]` from `dy[n, o, oh, ow]` and `w[o, cg, kh, kw]`.
+pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
+    let mut dx = vec![0f32; g.n * g.c * hw];
+    let col_len = if g.is_pointwise() { 0 } else { k * p };
+    for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, par| {
+        let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
+        with_scratch(col_len, |col| {
+            for gi in 0..g.p.groups {
+                let dyg = &dyn_[gi * og * p..(gi + 1) * og * p];
+                let dxg = &mut dxn[gi * cg * hw..(gi + 1) * cg * hw];
+                let wt = Mat::transposed(&w[gi * og * k..(gi + 1) * og * k], k);
+                if g.is_pointwise() {
+                    sgemm(k, p, og, dxg, p, false, wt, Mat::rows(dyg, p), par);
+                } else {
+                    sgemm(k, p, og, col, p, false, wt, Mat::rows(dyg, p), par);
+                    col2im_add(col, dxg, g);
+                }
+            }
+        })
+    });
+    dx
+}
+
+/// Weight gradient `dw[o, cg, kh, kw]` and, if asked, bias gradient `db[o]`, from
+/// `x[n, c, h, w]` and `dy[n, o, oh, ow]`.
+pub(crate) fn grad_weight(
+    x: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    want_bias: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
+    let col_len = if g.is_pointwise() { 0 } else { k * p };
+    let nb = if want_bias { g.o } else { 0 };
+    // Accumulates image `n` into `acc = [dw (o*k) | db (nb)]`.
+    let add_image = |acc: &mut [f32], n: usize, par: bool| {
+        let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
+        let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
+        let (dw, db) = acc.split_at_mut(g.o * k);
+        with_scratch(col_len, |col| {
+            for gi in 0..g.p.groups {
+                let xg = &xn[gi * cg * hw..(gi + 1) * cg * hw];
+                let dyg = &dyn_[gi * og * p..(gi + 1) * og * p];
+                let dwg = &mut dw[gi * og * k..(gi + 1) * og * k];
+                let rhs = if g.is_pointwise() {
+                    Mat::transposed(xg, p)
+                } else {
+                    im2col(xg, col, g);
+                    Mat::transposed(col, p)
+                };
+                sgemm(og, k, p, dwg, k, true, Mat::rows(dyg, p), rhs, par);
+            }
+        });
+        for (b, row) in db.iter_mut().zip(dyn_.chunks_exact(p)) {
+            *b += row.iter().sum::<f32>();
+        }
+    };
+    let len = g.o * k + nb;
+    let acc = if batch_parallel(g.n) {
+        (0..g.n)
+            .into_par_iter()
+            .fold(
+                || vec![0f32; len],
+                |mut acc, n| {
+                    add_image(&mut acc, n, false);
+                    acc
+                },
+            )
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+            .unwrap_or_else(|| vec![0f32; len])
+    } else {
+        let mut acc = vec![0f32; len];
+        for n in 0..g.n {
+            add_image(&mut acc, n, true);
+        }
+        acc
+    };
+    let mut dw = acc;
+    let db = want_bias.then(|| dw.split_off(g.o * k));
+    (dw, db)
+}

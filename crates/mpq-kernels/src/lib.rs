@@ -1,0 +1,31 @@
+//! Fast CPU kernels for mpq, as candle custom ops with backward passes.
+//!
+//! - [`conv2d`]: im2col + GEMM (the `gemm` crate, runtime-dispatched AVX2/AVX-512) for dense
+//!   and grouped convs, direct loops for depthwise; parallel over the batch with rayon.
+//! - [`batch_norm_train`] / [`batch_norm_eval`]: one statistics pass and one fused
+//!   elementwise pass per direction.
+//! - [`mod@reference`]: the same ops from plain candle ops, used as test oracles and as the
+//!   fallback on non-CPU devices and non-`f32` dtypes.
+//!
+//! This is the only mpq crate allowed `unsafe`; it is confined to the GEMM call and the
+//! `#[target_feature]` dispatch in `simd`. Hand-written loops have a scalar fallback that
+//! [`simd::set_force_scalar`] (or `MPQ_KERNELS_SCALAR=1`) selects for testing.
+
+mod batch_norm;
+mod conv2d;
+mod conv_gemm;
+mod depthwise;
+mod im2col;
+mod params;
+pub mod reference;
+mod scratch;
+pub mod simd;
+mod storage;
+
+pub use batch_norm::{batch_norm_eval, batch_norm_train};
+pub use conv2d::conv2d;
+pub use params::Conv2dParams;
+
+// Pooling with padding (added by the lead; keep these two lines).
+mod pool;
+pub use pool::{PoolParams, avg_pool2d, avg_pool2d_slow, max_pool2d, max_pool2d_slow};

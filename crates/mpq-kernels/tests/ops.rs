@@ -1,0 +1,453 @@
+//! Integration tests for the fast kernels: fast vs `*_slow` reference in values and
+//! gradients on randomized shapes, gradients vs central finite differences, the scalar
+//! fallback, and the non-f32 fallback path.
+
+use candle::{DType, Device, Result, Tensor, Var};
+use mpq_kernels::{Conv2dParams, batch_norm_eval, batch_norm_train, conv2d, reference, simd};
+
+/// Deterministic xorshift generator for test data and shapes.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn tensor(&mut self, dims: &[usize]) -> Result<Tensor> {
+        let n = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.uniform()).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu)
+    }
+}
+
+/// `max |a − b| / max |b|` must not exceed `rtol`.
+fn assert_close(a: &Tensor, b: &Tensor, rtol: f64, what: &str) -> Result<()> {
+    assert_eq!(a.dims(), b.dims(), "{what}: shape");
+    let a: Vec<f64> = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let b: Vec<f64> = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let scale = b.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        err / scale <= rtol,
+        "{what}: relative error {:.3e} > {rtol:.1e} (max abs err {err:.3e}, scale {scale:.3e})",
+        err / scale
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConvCase {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: [usize; 2],
+    p: Conv2dParams,
+    bias: bool,
+}
+
+impl ConvCase {
+    #[expect(clippy::too_many_arguments, reason = "one argument per shape field")]
+    fn new(
+        n: usize,
+        c: usize,
+        hw: usize,
+        o: usize,
+        k: usize,
+        s: usize,
+        pad: usize,
+        g: usize,
+    ) -> Self {
+        Self {
+            n,
+            c,
+            h: hw,
+            w: hw,
+            o,
+            k: [k, k],
+            p: Conv2dParams::square(s, pad, 1, g),
+            bias: false,
+        }
+    }
+    fn valid(&self) -> bool {
+        let span = |k: usize, d: usize| d * (k - 1) + 1;
+        self.h + 2 * self.p.padding[0] >= span(self.k[0], self.p.dilation[0])
+            && self.w + 2 * self.p.padding[1] >= span(self.k[1], self.p.dilation[1])
+    }
+}
+
+/// Fast vs slow: values and gradients of `sum(conv(x, w, b) * r)` w.r.t. x, w, b.
+fn check_conv(case: &ConvCase, rng: &mut Rng, rtol: f64) -> Result<()> {
+    let cg = case.c / case.p.groups;
+    let x = Var::from_tensor(&rng.tensor(&[case.n, case.c, case.h, case.w])?)?;
+    let w = Var::from_tensor(&rng.tensor(&[case.o, cg, case.k[0], case.k[1]])?)?;
+    let b = Var::from_tensor(&rng.tensor(&[case.o])?)?;
+    let bias = case.bias.then_some(b.as_tensor());
+    let fast = conv2d(&x, &w, bias, &case.p)?;
+    let slow = reference::conv2d_slow(&x, &w, bias, &case.p)?;
+    let what = format!("{case:?}");
+    assert_close(&fast, &slow, rtol, &format!("value {what}"))?;
+    let r = rng.tensor(fast.dims())?;
+    let gf = (&fast * &r)?.sum_all()?.backward()?;
+    let gs = (&slow * &r)?.sum_all()?.backward()?;
+    for (name, v) in [("dx", &x), ("dw", &w), ("db", &b)] {
+        match (gf.get(v), gs.get(v)) {
+            (Some(a), Some(e)) => assert_close(a, e, rtol, &format!("{name} {what}"))?,
+            (None, None) => {}
+            _ => panic!("{name} {what}: gradient present in only one of fast/slow"),
+        }
+    }
+    Ok(())
+}
+
+fn fixed_conv_cases() -> Vec<ConvCase> {
+    let mut v = vec![
+        // ResNet-20-like layers (batch 4 exercises the batch-parallel path).
+        ConvCase::new(4, 16, 32, 16, 3, 1, 1, 1),
+        ConvCase::new(4, 16, 32, 32, 3, 2, 1, 1),
+        ConvCase::new(4, 16, 32, 32, 1, 2, 0, 1),
+        ConvCase::new(5, 32, 8, 64, 1, 1, 0, 1),
+        ConvCase::new(2, 3, 9, 5, 3, 1, 0, 1),
+        ConvCase::new(2, 3, 9, 5, 3, 1, 2, 1),
+        ConvCase::new(1, 4, 7, 6, 5, 2, 2, 1),
+        // depthwise 3x3, stride 1 and 2
+        ConvCase::new(4, 8, 11, 8, 3, 1, 1, 8),
+        ConvCase::new(3, 8, 11, 8, 3, 2, 1, 8),
+        ConvCase::new(4, 6, 10, 6, 3, 2, 0, 6),
+        // grouped, channel multiplier
+        ConvCase::new(2, 6, 7, 4, 3, 1, 1, 2),
+        ConvCase::new(2, 3, 7, 6, 3, 1, 1, 3),
+    ];
+    let mut dil = ConvCase::new(3, 4, 9, 5, 3, 1, 2, 1);
+    dil.p.dilation = [2, 2];
+    v.push(dil);
+    let mut asym = ConvCase::new(2, 3, 8, 4, 3, 1, 1, 1);
+    asym.w = 11;
+    asym.k = [3, 2];
+    asym.p = Conv2dParams {
+        stride: [2, 1],
+        padding: [1, 0],
+        dilation: [1, 2],
+        groups: 1,
+    };
+    v.push(asym);
+    let with_bias: Vec<ConvCase> = v.iter().map(|c| ConvCase { bias: true, ..*c }).collect();
+    v.extend(with_bias);
+    v
+}
+
+fn random_conv_case(rng: &mut Rng) -> ConvCase {
+    loop {
+        let n = 1 + rng.below(5);
+        let kind = rng.below(4);
+        let c = 1 + rng.below(7);
+        let (g, o) = match kind {
+            0 => (c, c),                                             // depthwise
+            1 if c.is_multiple_of(2) => (2, 2 * (1 + rng.below(3))), // grouped
+            _ => (1, 1 + rng.below(9)),
+        };
+        let k = [1, 2, 3, 3, 5][rng.below(5)];
+        let case = ConvCase {
+            n,
+            c,
+            h: 1 + rng.below(13),
+            w: 1 + rng.below(13),
+            o,
+            k: [k, [1, 3, k][rng.below(3)]],
+            p: Conv2dParams {
+                stride: [1 + rng.below(2), 1 + rng.below(2)],
+                padding: [rng.below(3), rng.below(3)],
+                dilation: [1 + rng.below(2), 1 + rng.below(2)],
+                groups: g,
+            },
+            bias: rng.below(2) == 0,
+        };
+        if case.valid() {
+            return case;
+        }
+    }
+}
+
+#[test]
+fn conv2d_matches_reference_on_fixed_shapes() -> Result<()> {
+    let mut rng = Rng(0x5eed_0001);
+    for case in fixed_conv_cases() {
+        check_conv(&case, &mut rng, 1e-4)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_matches_reference_on_random_shapes() -> Result<()> {
+    let mut rng = Rng(0x5eed_0002);
+    for _ in 0..60 {
+        let case = random_conv_case(&mut rng);
+        check_conv(&case, &mut rng, 1e-4)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn scalar_fallback_matches_reference() -> Result<()> {
+    simd::set_force_scalar(true);
+    assert_eq!(simd::isa(), simd::Isa::Scalar);
+    let mut rng = Rng(0x5eed_0003);
+    let result = (|| {
+        for case in fixed_conv_cases() {
+            check_conv(&case, &mut rng, 1e-4)?;
+        }
+        for dims in [[4usize, 5, 6, 7], [3, 2, 1, 9]] {
+            check_bn(&dims, &mut rng)?;
+        }
+        Ok(())
+    })();
+    simd::set_force_scalar(false);
+    result
+}
+
+#[test]
+fn conv2d_accepts_strided_input_and_skips_untracked_input_grad() -> Result<()> {
+    let mut rng = Rng(0x5eed_0004);
+    let x = rng.tensor(&[3, 4, 9, 4])?.transpose(2, 3)?; // [3, 4, 4, 9], not contiguous
+    let w = Var::from_tensor(&rng.tensor(&[5, 4, 3, 3])?)?;
+    let p = Conv2dParams::square(1, 1, 1, 1);
+    let fast = conv2d(&x, &w, None, &p)?;
+    let slow = reference::conv2d_slow(&x, &w, None, &p)?;
+    assert_close(&fast, &slow, 1e-4, "strided input")?;
+    let gf = fast.sum_all()?.backward()?;
+    let gs = slow.sum_all()?.backward()?;
+    assert!(gf.get(&x).is_none());
+    assert_close(gf.get(&w).expect("dw"), gs.get(&w).expect("dw"), 1e-4, "dw")?;
+    Ok(())
+}
+
+#[test]
+fn conv2d_falls_back_for_f64() -> Result<()> {
+    let mut rng = Rng(0x5eed_0005);
+    let x = rng.tensor(&[2, 3, 6, 6])?.to_dtype(DType::F64)?;
+    let w = rng.tensor(&[4, 3, 3, 3])?.to_dtype(DType::F64)?;
+    let b = rng.tensor(&[4])?.to_dtype(DType::F64)?;
+    for p in [
+        Conv2dParams::square(2, 1, 1, 1),
+        Conv2dParams {
+            stride: [1, 2],
+            ..Default::default()
+        },
+    ] {
+        let y = conv2d(&x, &w, Some(&b), &p)?;
+        assert_eq!(y.dtype(), DType::F64);
+        let fast = conv2d(
+            &x.to_dtype(DType::F32)?,
+            &w.to_dtype(DType::F32)?,
+            Some(&b.to_dtype(DType::F32)?),
+            &p,
+        )?;
+        assert_close(&fast, &y, 1e-5, "f64 fallback")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_rejects_bad_shapes() {
+    let x = Tensor::zeros((1, 4, 5, 5), DType::F32, &Device::Cpu).expect("zeros");
+    let w = Tensor::zeros((6, 3, 3, 3), DType::F32, &Device::Cpu).expect("zeros");
+    assert!(conv2d(&x, &w, None, &Conv2dParams::default()).is_err());
+    let w = Tensor::zeros((6, 2, 3, 3), DType::F32, &Device::Cpu).expect("zeros");
+    let p = Conv2dParams {
+        groups: 2,
+        ..Default::default()
+    };
+    assert!(conv2d(&x, &w, None, &p).is_ok());
+    let b = Tensor::zeros(5, DType::F32, &Device::Cpu).expect("zeros");
+    assert!(conv2d(&x, &w, Some(&b), &p).is_err());
+    let w = Tensor::zeros((6, 2, 7, 7), DType::F32, &Device::Cpu).expect("zeros");
+    assert!(conv2d(&x, &w, None, &p).is_err());
+}
+
+/// `L(v) = Σ f(v) · r` evaluated in f64.
+fn loss(y: &Tensor, r: &[f64]) -> Result<f64> {
+    let y: Vec<f64> = y.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    Ok(y.iter().zip(r).map(|(a, b)| a * b).sum())
+}
+
+/// Central differences of `f` w.r.t. every element of `inputs[which]` vs `analytic`.
+fn check_fd(
+    inputs: &[Tensor],
+    which: usize,
+    analytic: &Tensor,
+    eps: f64,
+    tol: f64,
+    f: &dyn Fn(&[Tensor]) -> Result<f64>,
+) -> Result<()> {
+    let base: Vec<f64> = inputs[which]
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1()?;
+    let an: Vec<f64> = analytic.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let scale = an.iter().fold(1f64, |m, v| m.max(v.abs()));
+    let dtype = inputs[which].dtype();
+    let dims = inputs[which].dims().to_vec();
+    for i in 0..base.len() {
+        let eval = |d: f64| -> Result<f64> {
+            let mut v = base.clone();
+            v[i] += d;
+            let mut ins = inputs.to_vec();
+            ins[which] = Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)?.to_dtype(dtype)?;
+            f(&ins)
+        };
+        let fd = (eval(eps)? - eval(-eps)?) / (2.0 * eps);
+        assert!(
+            (fd - an[i]).abs() <= tol * scale,
+            "input {which} element {i}: finite difference {fd} vs analytic {}",
+            an[i]
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_grads_match_finite_differences() -> Result<()> {
+    let mut rng = Rng(0x5eed_0006);
+    let cases = [
+        ConvCase {
+            bias: true,
+            ..ConvCase::new(2, 3, 5, 2, 3, 2, 1, 1)
+        },
+        ConvCase {
+            bias: true,
+            ..ConvCase::new(2, 3, 5, 3, 3, 1, 1, 3)
+        },
+        ConvCase {
+            bias: true,
+            ..ConvCase::new(1, 2, 4, 3, 1, 1, 0, 1)
+        },
+    ];
+    for case in cases {
+        let cg = case.c / case.p.groups;
+        let ins = [
+            rng.tensor(&[case.n, case.c, case.h, case.w])?,
+            rng.tensor(&[case.o, cg, case.k[0], case.k[1]])?,
+            rng.tensor(&[case.o])?,
+        ];
+        let vars: Vec<Var> = ins.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+        let y = conv2d(&vars[0], &vars[1], Some(&vars[2]), &case.p)?;
+        let r: Vec<f64> = rng
+            .tensor(y.dims())?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1()?;
+        let rt = Tensor::from_vec(r.clone(), y.dims(), &Device::Cpu)?.to_dtype(DType::F32)?;
+        let grads = (&y * &rt)?.sum_all()?.backward()?;
+        let f = |t: &[Tensor]| loss(&conv2d(&t[0], &t[1], Some(&t[2]), &case.p)?, &r);
+        for (i, v) in vars.iter().enumerate() {
+            // The loss is linear in each argument, so a large step is exact up to rounding.
+            check_fd(&ins, i, grads.get(v).expect("grad"), 0.5, 1e-4, &f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fast vs slow batch norm (train and eval) in values, statistics and gradients.
+fn check_bn(dims: &[usize], rng: &mut Rng) -> Result<()> {
+    let c = dims[1];
+    let x = Var::from_tensor(&rng.tensor(dims)?.affine(3.0, 1.5)?)?;
+    let gamma = Var::from_tensor(&rng.tensor(&[c])?)?;
+    let beta = Var::from_tensor(&rng.tensor(&[c])?)?;
+    let (yf, mf, vf) = batch_norm_train(&x, &gamma, &beta, 1e-5)?;
+    let (ys, ms, vs) = reference::batch_norm_train_slow(&x, &gamma, &beta, 1e-5)?;
+    let what = format!("{dims:?}");
+    assert_close(&yf, &ys, 1e-4, &format!("bn train y {what}"))?;
+    assert_close(&mf, &ms, 1e-4, &format!("bn mean {what}"))?;
+    assert_close(&vf, &vs, 1e-4, &format!("bn var {what}"))?;
+    let r = rng.tensor(dims)?;
+    let gf = (&yf * &r)?.sum_all()?.backward()?;
+    let gs = (&ys * &r)?.sum_all()?.backward()?;
+    for (name, v) in [("dx", &x), ("dgamma", &gamma), ("dbeta", &beta)] {
+        let (a, e) = (gf.get(v).expect("fast grad"), gs.get(v).expect("slow grad"));
+        assert_close(a, e, 1e-4, &format!("bn train {name} {what}"))?;
+    }
+    let rm = rng.tensor(&[c])?;
+    let rv = (rng.tensor(&[c])?.abs()? + 0.5)?;
+    let yf = batch_norm_eval(&x, &gamma, &beta, &rm, &rv, 1e-5)?;
+    let ys = reference::batch_norm_eval_slow(&x, &gamma, &beta, &rm, &rv, 1e-5)?;
+    assert_close(&yf, &ys, 1e-4, &format!("bn eval y {what}"))?;
+    let gf = (&yf * &r)?.sum_all()?.backward()?;
+    let gs = (&ys * &r)?.sum_all()?.backward()?;
+    for (name, v) in [("dx", &x), ("dgamma", &gamma), ("dbeta", &beta)] {
+        let (a, e) = (gf.get(v).expect("fast grad"), gs.get(v).expect("slow grad"));
+        assert_close(a, e, 1e-4, &format!("bn eval {name} {what}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn batch_norm_matches_reference() -> Result<()> {
+    let mut rng = Rng(0x5eed_0007);
+    for dims in [
+        vec![8usize, 16, 32, 32],
+        vec![4, 7, 5, 3],
+        vec![1, 3, 1, 1],
+        vec![5, 6],
+        vec![2, 4, 3, 2, 2],
+        vec![3, 64, 8, 8],
+    ] {
+        check_bn(&dims, &mut rng)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn batch_norm_grads_match_finite_differences() -> Result<()> {
+    let mut rng = Rng(0x5eed_0008);
+    let dims = [3usize, 2, 3, 2];
+    let ins = [rng.tensor(&dims)?, rng.tensor(&[2])?, rng.tensor(&[2])?];
+    let (rm, rv) = (rng.tensor(&[2])?, (rng.tensor(&[2])?.abs()? + 0.5)?);
+    let r: Vec<f64> = rng
+        .tensor(&dims)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1()?;
+    let rt = Tensor::from_vec(r.clone(), &dims, &Device::Cpu)?.to_dtype(DType::F32)?;
+    let ins64: Vec<Tensor> = ins
+        .iter()
+        .map(|t| t.to_dtype(DType::F64))
+        .collect::<Result<_>>()?;
+    let vars: Vec<Var> = ins.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+    // Analytic gradients from the fast f32 ops; finite differences of the f64 reference.
+    let (y, _, _) = batch_norm_train(&vars[0], &vars[1], &vars[2], 1e-3)?;
+    let g = (&y * &rt)?.sum_all()?.backward()?;
+    let f = |t: &[Tensor]| {
+        loss(
+            &reference::batch_norm_train_slow(&t[0], &t[1], &t[2], 1e-3)?.0,
+            &r,
+        )
+    };
+    for (i, v) in vars.iter().enumerate() {
+        check_fd(&ins64, i, g.get(v).expect("grad"), 1e-5, 1e-4, &f)?;
+    }
+    let (rm64, rv64) = (rm.to_dtype(DType::F64)?, rv.to_dtype(DType::F64)?);
+    let y = batch_norm_eval(&vars[0], &vars[1], &vars[2], &rm, &rv, 1e-3)?;
+    let g = (&y * &rt)?.sum_all()?.backward()?;
+    let f = |t: &[Tensor]| {
+        loss(
+            &reference::batch_norm_eval_slow(&t[0], &t[1], &t[2], &rm64, &rv64, 1e-3)?,
+            &r,
+        )
+    };
+    for (i, v) in vars.iter().enumerate() {
+        check_fd(&ins64, i, g.get(v).expect("grad"), 1e-5, 1e-4, &f)?;
+    }
+    Ok(())
+}

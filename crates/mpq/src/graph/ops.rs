@@ -1,0 +1,88 @@
+//! The tensor operations the executor calls for each node kind. On CPU these dispatch to
+//! the fast kernels of `mpq-kernels`; elsewhere they use candle's own operations.
+
+use candle::{D, Tensor};
+
+use super::{Conv2dSpec, PoolSpec};
+use crate::Result;
+
+/// 2-D convolution with optional bias (fast `mpq-kernels` op on CPU; candle elsewhere).
+///
+/// # Shapes
+/// `x`: `[N, Cin, H, W]`, `w`: `[Cout, Cin/groups, kh, kw]`, `bias`: `[Cout]` →
+/// `[N, Cout, OH, OW]`.
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, spec: &Conv2dSpec) -> Result<Tensor> {
+    let p = mpq_kernels::Conv2dParams {
+        stride: spec.stride,
+        padding: spec.padding,
+        dilation: spec.dilation,
+        groups: spec.groups,
+    };
+    Ok(mpq_kernels::conv2d(x, w, bias, &p)?)
+}
+
+/// Fully connected layer `x · wᵀ + b`.
+///
+/// # Shapes
+/// `x`: `[N, in]`, `w`: `[out, in]`, `bias`: `[out]` → `[N, out]`.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    Ok(match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Batch normalisation with batch statistics (training mode).
+/// Returns `(y, batch_mean, biased_batch_var)`; the statistics are detached, shape `[C]`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (y, mean, var) = mpq_kernels::batch_norm_train(x, gamma, beta, eps)?;
+    Ok((y, mean.detach(), var.detach()))
+}
+
+/// Batch normalisation with running statistics (evaluation mode).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    Ok(mpq_kernels::batch_norm_eval(
+        x, gamma, beta, mean, var, eps,
+    )?)
+}
+
+fn pool_params(p: &PoolSpec) -> mpq_kernels::PoolParams {
+    mpq_kernels::PoolParams {
+        kernel: p.kernel,
+        stride: p.stride,
+        padding: p.padding,
+    }
+}
+
+/// Max pooling (padding acts as -inf).
+pub fn max_pool2d(x: &Tensor, p: &PoolSpec) -> Result<Tensor> {
+    Ok(mpq_kernels::max_pool2d(x, &pool_params(p))?)
+}
+
+/// Average pooling (padding counts as zeros).
+pub fn avg_pool2d(x: &Tensor, p: &PoolSpec) -> Result<Tensor> {
+    Ok(mpq_kernels::avg_pool2d(x, &pool_params(p))?)
+}
+
+/// Mean over the spatial dimensions, keeping them as `1x1`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?)
+}
+
+/// `min(max(x, 0), 6)`.
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    Ok(x.relu()?.minimum(6f64)?)
+}

@@ -1,0 +1,26 @@
+//! Progress reporting without printing: long-running library calls report through this
+//! trait and the CLI draws the bars.
+
+/// Receives progress of a long computation.
+pub trait Progress {
+    /// A new stage `label` with `total` steps begins.
+    fn start(&mut self, label: &str, total: u64) {
+        let _ = (label, total);
+    }
+    /// `n` more steps are done.
+    fn inc(&mut self, n: u64) {
+        let _ = n;
+    }
+    /// A short status line for the current stage (loss, accuracy so far).
+    fn message(&mut self, msg: &str) {
+        let _ = msg;
+    }
+    /// The current stage ended.
+    fn finish(&mut self) {}
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}

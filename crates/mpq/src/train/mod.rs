@@ -1,0 +1,13 @@
+//! Training and evaluation: SGD with momentum (Nesterov option) and AdamW, cosine and step
+//! learning-rate schedules, an explicit loop in the shape of candle's `mnist-training`
+//! example, and accuracy/loss evaluation under optional layer hooks (fake quantization).
+
+mod optim;
+mod schedule;
+mod trainer;
+
+pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
+pub use schedule::Schedule;
+pub use trainer::{
+    EpochStats, EvalStats, TrainConfig, TrainReport, cross_entropy, evaluate, train,
+};
