@@ -190,7 +190,7 @@ mod tests {
         assert!(matches!(load_cifar10(&dir), Err(Error::CorruptFile { .. })));
         std::fs::remove_file(dir.join("data_batch_3.bin")).unwrap();
         match load_cifar10(&dir) {
-            Err(Error::Io { path, source }) => {
+            Err(Error::Io { path, err: source }) => {
                 assert!(path.ends_with("data_batch_3.bin"));
                 assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
             }

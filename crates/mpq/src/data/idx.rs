@@ -339,7 +339,7 @@ mod tests {
         // Missing file.
         std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
         match load_mnist_dir(&dir) {
-            Err(Error::Io { path, source }) => {
+            Err(Error::Io { path, err: source }) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
                 assert!(path.ends_with("t10k-labels-idx1-ubyte"), "{path:?}");
             }
