@@ -17,7 +17,7 @@ pub use exec::{ForwardOptions, Hooks, Mode, NoHooks};
 pub use info::{LayerInfo, LayerOp};
 pub use ops::{
     avg_pool2d, batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, max_pool2d,
-    relu6,
+    relu6, stock_ops,
 };
 pub(crate) use params::load_tensors;
 pub use params::{Param, ParamKind, ParamStore};

@@ -18,7 +18,17 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, spec: &Conv2dSpec) 
         dilation: spec.dilation,
         groups: spec.groups,
     };
+    if stock_ops() {
+        return Ok(mpq_kernels::reference::conv2d_slow(x, w, bias, &p)?);
+    }
     Ok(mpq_kernels::conv2d(x, w, bias, &p)?)
+}
+
+/// Whether `MPQ_STOCK_OPS=1` asks for candle's own operations instead of the fast kernels
+/// (for benchmarks that measure what the kernels gain).
+pub fn stock_ops() -> bool {
+    static STOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STOCK.get_or_init(|| std::env::var("MPQ_STOCK_OPS").is_ok_and(|v| v == "1"))
 }
 
 /// Fully connected layer `x · wᵀ + b`.
@@ -41,7 +51,11 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (y, mean, var) = mpq_kernels::batch_norm_train(x, gamma, beta, eps)?;
+    let (y, mean, var) = if stock_ops() {
+        mpq_kernels::reference::batch_norm_train_slow(x, gamma, beta, eps)?
+    } else {
+        mpq_kernels::batch_norm_train(x, gamma, beta, eps)?
+    };
     Ok((y, mean.detach(), var.detach()))
 }
 
