@@ -87,8 +87,9 @@ impl Model {
     /// Saves weights and metadata as safetensors (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut md = HashMap::new();
+        // One key only: safetensors writes metadata in HashMap order, and byte-identical files
+        // for identical runs need a deterministic header.
         md.insert(META_KEY.to_string(), serde_json::to_string(&self.meta)?);
-        md.insert("format".to_string(), "pt".to_string());
         self.graph.params().save(path, md)
     }
 

@@ -125,7 +125,6 @@ pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(M
         "epochs": summary.epochs,
         "test_accuracy": accuracy,
         "test_loss": loss,
-        "seconds": report.seconds,
     }));
     model.save(&a.out)?;
     Ok((model, summary))

@@ -61,6 +61,9 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Checks ranges once, before any work.
     pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::config("epochs", "must be at least 1"));
+        }
         if self.batch_size == 0 {
             return Err(Error::config("batch-size", "must be at least 1"));
         }

@@ -1,0 +1,815 @@
+//! End-to-end tests of the `mpq` binary: exit codes, error messages and the files a command
+//! leaves behind (see `shared/design/cli.md`). Every test runs the built binary in its own
+//! temporary folder.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Small synthetic data set shared by the happy-path tests (64 samples, 3 classes, 1x8x8).
+const SYNTH: &str = "synthetic:1x8x8:3:64";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A unique temporary folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("mpq-cli-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+
+    /// Relative paths of every file and folder under the temp dir.
+    fn listing(&self) -> BTreeSet<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+            for entry in std::fs::read_dir(dir).expect("read temp dir") {
+                let p = entry.expect("dir entry").path();
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel);
+                if p.is_dir() {
+                    walk(root, &p, out);
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(&self.0, &self.0, &mut out);
+        out
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `mpq ARGS` in `dir` (stdin closed) and returns its output.
+fn mpq_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mpq"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("failed to start the mpq binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(args: &[&str], out: &Output) -> String {
+    format!(
+        "mpq {}\nstatus: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        args.join(" "),
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// Runs `mpq ARGS` in `dir` and checks that it fails the documented way: exit `code`, stderr
+/// starting with `error: ` and containing every fragment of `fragments`, no panic or
+/// backtrace, and an unchanged set of files in `dir` (nothing written, not even a temp file).
+fn expect_error(dir: &TempDir, args: &[&str], code: i32, fragments: &[&str]) -> String {
+    let before = dir.listing();
+    let out = mpq_in(dir.path(), args);
+    let ctx = describe(args, &out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "wrong exit code\n{ctx}");
+    assert!(
+        stderr.starts_with("error: "),
+        "stderr must start with `error: `\n{ctx}"
+    );
+    for f in fragments {
+        assert!(stderr.contains(f), "stderr should contain {f:?}\n{ctx}");
+    }
+    assert!(!stderr.contains("panicked"), "the binary panicked\n{ctx}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "backtrace hint\n{ctx}");
+    let after = dir.listing();
+    assert_eq!(
+        before, after,
+        "a failing command must leave no file behind\n{ctx}"
+    );
+    stderr
+}
+
+/// Runs `mpq ARGS` in `dir`, expects success and returns stdout.
+fn expect_ok(dir: &Path, args: &[&str]) -> String {
+    let out = mpq_in(dir, args);
+    let ctx = describe(args, &out);
+    assert_eq!(out.status.code(), Some(0), "expected success\n{ctx}");
+    assert!(!text(&out.stderr).contains("panicked"), "{ctx}");
+    text(&out.stdout)
+}
+
+fn parse_json(stdout: &str, ctx: &str) -> serde_json::Value {
+    serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {ctx}\n{stdout}"))
+}
+
+/// Trains the 1-epoch MLP on the synthetic set into `dir/name` and returns the train JSON.
+fn train_mlp(dir: &Path, name: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "train", "--arch", "mlp", "--data", SYNTH, "--epochs", "1", "--out", name, "--json",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let stdout = expect_ok(dir, &args);
+    assert!(dir.join(name).is_file(), "train did not write {name}");
+    parse_json(&stdout, "mpq train --json")
+}
+
+/// The header (metadata) and tensor bytes of a safetensors file.
+fn split_safetensors(bytes: &[u8]) -> (serde_json::Value, &[u8]) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
+    (header, &bytes[8 + n..])
+}
+
+// ---------------------------------------------------------------------------------------------
+// IDX writers (the `mnist:DIR` format)
+// ---------------------------------------------------------------------------------------------
+
+fn idx_images(n: usize, h: usize, w: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0x0000_0803u32.to_be_bytes());
+    for d in [n, h, w] {
+        v.extend_from_slice(&(d as u32).to_be_bytes());
+    }
+    v.extend((0..n * h * w).map(|i| (i * 37 % 256) as u8));
+    v
+}
+
+fn idx_labels(n: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0x0000_0801u32.to_be_bytes());
+    v.extend_from_slice(&(n as u32).to_be_bytes());
+    v.extend((0..n).map(|i| (i % 10) as u8));
+    v
+}
+
+/// Writes a valid, small MNIST-shaped set (28x28) into `dir`: 20 train and 10 test samples.
+fn write_mnist_dir(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte"), idx_images(20, 28, 28)).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), idx_labels(20)).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx_images(10, 28, 28)).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx_labels(10)).unwrap();
+}
+
+fn lenet_on_mnist_dir(data_dir: &Path) -> Vec<String> {
+    let out = data_dir.join("m.safetensors");
+    vec![
+        "train".into(),
+        "--arch".into(),
+        "lenet5".into(),
+        "--data".into(),
+        format!("mnist:{}", data_dir.display()),
+        "--epochs".into(),
+        "1".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ]
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Deterministic pseudo-random bytes (no extra crates).
+fn pseudo_random_bytes(n: usize, mut state: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Missing model file
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn missing_model_file_is_input_error() {
+    let dir = TempDir::new("missing");
+    expect_error(
+        &dir,
+        &[
+            "eval",
+            "--model",
+            "/nonexistent.safetensors",
+            "--data",
+            "mnist10k",
+        ],
+        2,
+        &["/nonexistent.safetensors", "No such file"],
+    );
+    // The same through `info`, with a relative path.
+    expect_error(
+        &dir,
+        &["info", "--model", "nothere.safetensors"],
+        2,
+        &["nothere.safetensors"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Corrupt and truncated safetensors
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn random_bytes_safetensors_is_input_error() {
+    let dir = TempDir::new("randst");
+    std::fs::write(
+        dir.join("rand.safetensors"),
+        pseudo_random_bytes(100, 0x9e37_79b9),
+    )
+    .unwrap();
+    expect_error(
+        &dir,
+        &["eval", "--model", "rand.safetensors", "--data", SYNTH],
+        2,
+        &["rand.safetensors", "not a valid safetensors file"],
+    );
+    expect_error(
+        &dir,
+        &["info", "--model", "rand.safetensors"],
+        2,
+        &["not a valid safetensors file"],
+    );
+    // Fewer than the 8 bytes of the header length.
+    std::fs::write(dir.join("tiny.safetensors"), b"abc").unwrap();
+    expect_error(
+        &dir,
+        &["info", "--model", "tiny.safetensors"],
+        2,
+        &["tiny.safetensors"],
+    );
+}
+
+#[test]
+fn truncated_safetensors_is_input_error() {
+    let dir = TempDir::new("truncst");
+    train_mlp(dir.path(), "full.safetensors", &[]);
+    let bytes = std::fs::read(dir.join("full.safetensors")).unwrap();
+    // Cut in the middle of the tensor data.
+    std::fs::write(dir.join("half.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    expect_error(
+        &dir,
+        &["eval", "--model", "half.safetensors", "--data", SYNTH],
+        2,
+        &["half.safetensors", "not a valid safetensors file"],
+    );
+    // Cut in the middle of the JSON header.
+    std::fs::write(dir.join("head.safetensors"), &bytes[..200]).unwrap();
+    expect_error(
+        &dir,
+        &["info", "--model", "head.safetensors"],
+        2,
+        &["head.safetensors", "not a valid safetensors file"],
+    );
+    // The untouched file still loads.
+    expect_ok(
+        dir.path(),
+        &[
+            "eval",
+            "--model",
+            "full.safetensors",
+            "--data",
+            SYNTH,
+            "--quiet",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Broken IDX files via mnist:DIR
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn valid_mnist_dir_trains() {
+    // Control for the broken-IDX tests: the same files, intact, do train.
+    let dir = TempDir::new("idxok");
+    let data = dir.join("mnist");
+    write_mnist_dir(&data);
+    expect_ok(dir.path(), &as_strs(&lenet_on_mnist_dir(&data)));
+    assert!(data.join("m.safetensors").is_file());
+}
+
+#[test]
+fn idx_wrong_magic_is_input_error() {
+    let dir = TempDir::new("idxmagic");
+    let data = dir.join("mnist");
+    write_mnist_dir(&data);
+    // A labels file where the images file should be.
+    std::fs::write(data.join("train-images-idx3-ubyte"), idx_labels(20)).unwrap();
+    expect_error(
+        &dir,
+        &as_strs(&lenet_on_mnist_dir(&data)),
+        2,
+        &["train-images-idx3-ubyte", "bad IDX magic 0x00000801"],
+    );
+    assert!(!data.join("m.safetensors").exists());
+
+    // A garbage magic in the test labels.
+    write_mnist_dir(&data);
+    let mut lbl = idx_labels(10);
+    lbl[..4].copy_from_slice(b"\xde\xad\xbe\xef");
+    std::fs::write(data.join("t10k-labels-idx1-ubyte"), lbl).unwrap();
+    expect_error(
+        &dir,
+        &as_strs(&lenet_on_mnist_dir(&data)),
+        2,
+        &["t10k-labels-idx1-ubyte", "bad IDX magic 0xdeadbeef"],
+    );
+    assert!(!data.join("m.safetensors").exists());
+}
+
+#[test]
+fn idx_truncated_payload_is_input_error() {
+    let dir = TempDir::new("idxtrunc");
+    let data = dir.join("mnist");
+    write_mnist_dir(&data);
+    let img = idx_images(10, 28, 28);
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), &img[..img.len() - 100]).unwrap();
+    expect_error(
+        &dir,
+        &as_strs(&lenet_on_mnist_dir(&data)),
+        2,
+        &["t10k-images-idx3-ubyte", "truncated"],
+    );
+    assert!(!data.join("m.safetensors").exists());
+
+    // Truncated inside the header.
+    write_mnist_dir(&data);
+    std::fs::write(data.join("train-labels-idx1-ubyte"), &idx_labels(20)[..6]).unwrap();
+    expect_error(
+        &dir,
+        &as_strs(&lenet_on_mnist_dir(&data)),
+        2,
+        &["train-labels-idx1-ubyte", "truncated"],
+    );
+    assert!(!data.join("m.safetensors").exists());
+}
+
+#[test]
+fn idx_missing_file_and_label_mismatch_are_input_errors() {
+    let dir = TempDir::new("idxmissing");
+    let data = dir.join("mnist");
+    write_mnist_dir(&data);
+    std::fs::remove_file(data.join("t10k-labels-idx1-ubyte")).unwrap();
+    expect_error(
+        &dir,
+        &as_strs(&lenet_on_mnist_dir(&data)),
+        2,
+        &["t10k-labels-idx1-ubyte"],
+    );
+    // Label count differs from the image count.
+    write_mnist_dir(&data);
+    std::fs::write(data.join("train-labels-idx1-ubyte"), idx_labels(19)).unwrap();
+    expect_error(
+        &dir,
+        &as_strs(&lenet_on_mnist_dir(&data)),
+        2,
+        &["count mismatch"],
+    );
+    assert!(!data.join("m.safetensors").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. imagefolder without classes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn empty_imagefolder_is_input_error() {
+    let dir = TempDir::new("imgfolder");
+    std::fs::create_dir_all(dir.join("imgs/train")).unwrap();
+    std::fs::create_dir_all(dir.join("imgs/val")).unwrap();
+    expect_error(
+        &dir,
+        &[
+            "train",
+            "--arch",
+            "mlp",
+            "--data",
+            "imagefolder:imgs",
+            "--epochs",
+            "1",
+            "--out",
+            "m.safetensors",
+        ],
+        2,
+        &["no class directories"],
+    );
+    assert!(!dir.join("m.safetensors").exists());
+    expect_error(
+        &dir,
+        &["eval", "--model", "zoo:mlp", "--data", "imagefolder:imgs"],
+        2,
+        &["no class directories"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Unknown architecture
+// ---------------------------------------------------------------------------------------------
+
+const KNOWN_ARCHS: &[&str] = &[
+    "mlp",
+    "lenet5",
+    "resnet8",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet18",
+    "mobilenetv2",
+    "vgg11-small",
+];
+
+#[test]
+fn unknown_architecture_lists_known_names() {
+    let dir = TempDir::new("arch");
+    let mut want = vec!["unknown architecture", "nosuchnet"];
+    want.extend_from_slice(KNOWN_ARCHS);
+    expect_error(
+        &dir,
+        &[
+            "train",
+            "--arch",
+            "nosuchnet",
+            "--data",
+            SYNTH,
+            "--epochs",
+            "1",
+            "--out",
+            "m.safetensors",
+        ],
+        2,
+        &want,
+    );
+    assert!(!dir.join("m.safetensors").exists());
+    expect_error(&dir, &["info", "--model", "zoo:nosuchnet"], 2, &want);
+}
+
+#[test]
+fn failed_train_leaves_existing_output_untouched() {
+    let dir = TempDir::new("untouched");
+    std::fs::write(dir.join("m.safetensors"), b"previous contents").unwrap();
+    expect_error(
+        &dir,
+        &[
+            "train",
+            "--arch",
+            "nosuchnet",
+            "--data",
+            SYNTH,
+            "--epochs",
+            "1",
+            "--out",
+            "m.safetensors",
+        ],
+        2,
+        &["unknown architecture"],
+    );
+    assert_eq!(
+        std::fs::read(dir.join("m.safetensors")).unwrap(),
+        b"previous contents"
+    );
+}
+
+#[test]
+fn train_out_is_a_directory_leaves_no_temp_file() {
+    let dir = TempDir::new("outdir");
+    std::fs::create_dir(dir.join("outdir")).unwrap();
+    // `expect_error` also checks that no temp file was left next to the target.
+    expect_error(
+        &dir,
+        &[
+            "train", "--arch", "mlp", "--data", SYNTH, "--epochs", "1", "--out", "outdir",
+            "--quiet",
+        ],
+        2,
+        &["outdir"],
+    );
+}
+
+#[test]
+fn train_zero_epochs_is_input_error() {
+    let dir = TempDir::new("epochs0");
+    expect_error(
+        &dir,
+        &[
+            "train",
+            "--arch",
+            "mlp",
+            "--data",
+            SYNTH,
+            "--epochs",
+            "0",
+            "--out",
+            "m.safetensors",
+        ],
+        2,
+        &["epochs"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Input shapes the model cannot take
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn zoo_input_too_small_is_input_error() {
+    let dir = TempDir::new("shape");
+    expect_error(
+        &dir,
+        &["info", "--model", "zoo:lenet5", "--input", "1x8x8"],
+        2,
+        &["shape mismatch"],
+    );
+}
+
+#[test]
+fn eval_on_data_of_other_shape_is_input_error() {
+    let dir = TempDir::new("evalshape");
+    train_mlp(dir.path(), "m.safetensors", &[]);
+    expect_error(
+        &dir,
+        &["eval", "--model", "m.safetensors", "--data", "mnist10k"],
+        2,
+        &["shape mismatch", "mnist10k", "[1, 8, 8]", "[1, 28, 28]"],
+    );
+    // Same shape, more classes than the model outputs.
+    expect_error(
+        &dir,
+        &[
+            "eval",
+            "--model",
+            "m.safetensors",
+            "--data",
+            "synthetic:1x8x8:10:64",
+        ],
+        2,
+        &["10 classes", "outputs 3"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Usage errors
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = TempDir::new("usage");
+    expect_error(
+        &dir,
+        &["info", "--model", "zoo:lenet5", "--bogus-flag"],
+        2,
+        &["--bogus-flag"],
+    );
+    expect_error(
+        &dir,
+        &["train", "--data", SYNTH, "--out", "m.safetensors"],
+        2,
+        &["required", "--arch"],
+    );
+    expect_error(
+        &dir,
+        &["eval", "--data", SYNTH],
+        2,
+        &["required", "--model"],
+    );
+    expect_error(
+        &dir,
+        &["info", "--model", "zoo:lenet5", "--input", "3xAx3"],
+        2,
+        &["3xAx3", "expected a shape like"],
+    );
+    expect_error(
+        &dir,
+        &["info", "--model", "zoo:lenet5", "--input", "0x28x28"],
+        2,
+        &["0x28x28"],
+    );
+    expect_error(&dir, &["frobnicate"], 2, &["frobnicate"]);
+    // No subcommand: clap prints the help on stderr (not an `error:` line) and exits 2.
+    let out = mpq_in(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&[], &out));
+    assert!(text(&out.stderr).contains("Usage: mpq"));
+    assert!(!text(&out.stderr).contains("panicked"));
+    expect_error(
+        &dir,
+        &["--seed", "abc", "info", "--model", "zoo:mlp"],
+        2,
+        &["abc"],
+    );
+    expect_error(
+        &dir,
+        &[
+            "train",
+            "--arch",
+            "mlp",
+            "--data",
+            SYNTH,
+            "--batch-size",
+            "0",
+            "--out",
+            "m.safetensors",
+        ],
+        2,
+        &["batch-size"],
+    );
+    expect_error(
+        &dir,
+        &["eval", "--model", "zoo:mlp", "--data", "nosuchdata"],
+        2,
+        &["nosuchdata"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Happy paths
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn info_resnet20_json() {
+    let dir = TempDir::new("info");
+    let args = [
+        "info",
+        "--model",
+        "zoo:resnet20",
+        "--input",
+        "3x32x32",
+        "--classes",
+        "10",
+        "--json",
+    ];
+    let stdout = expect_ok(dir.path(), &args);
+    let v = parse_json(&stdout, "mpq info --json");
+    assert_eq!(v["quantizable_layers"], 22, "{v}");
+    assert_eq!(v["params"], 272_474, "{v}");
+    assert_eq!(v["macs"], 40_813_184u64, "{v}");
+    assert_eq!(v["classes"], 10, "{v}");
+    assert_eq!(v["input_shape"], serde_json::json!([3, 32, 32]), "{v}");
+    assert_eq!(v["layers"].as_array().map(Vec::len), Some(22), "{v}");
+    // The human table mentions the same totals.
+    let table = expect_ok(
+        dir.path(),
+        &[
+            "info",
+            "--model",
+            "zoo:resnet20",
+            "--input",
+            "3x32x32",
+            "--classes",
+            "10",
+        ],
+    );
+    assert!(table.contains("22 quantizable layers"), "{table}");
+    assert!(table.contains("272,474"), "{table}");
+    assert!(table.contains("40,813,184"), "{table}");
+}
+
+#[test]
+fn train_then_eval_agree() {
+    let dir = TempDir::new("traineval");
+    let train = train_mlp(dir.path(), "F.safetensors", &[]);
+    assert_eq!(train["arch"], "mlp", "{train}");
+    assert_eq!(train["epochs"], 1, "{train}");
+    let train_acc = train["accuracy"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("train accuracy missing: {train}"));
+    let args = [
+        "eval",
+        "--model",
+        "F.safetensors",
+        "--data",
+        SYNTH,
+        "--json",
+    ];
+    let eval = parse_json(&expect_ok(dir.path(), &args), "mpq eval --json");
+    for field in [
+        "accuracy",
+        "loss",
+        "samples",
+        "size_bytes",
+        "avg_w_bits",
+        "bops",
+    ] {
+        assert!(eval.get(field).is_some(), "eval JSON lacks {field}: {eval}");
+    }
+    let eval_acc = eval["accuracy"].as_f64().unwrap();
+    assert_eq!(eval_acc, train_acc, "train {train}\neval {eval}");
+    assert!((0.0..=1.0).contains(&eval_acc));
+    let train_loss = train["loss"].as_f64().unwrap();
+    let eval_loss = eval["loss"].as_f64().unwrap();
+    assert!(
+        (train_loss - eval_loss).abs() <= 1e-6 * train_loss.abs().max(1.0),
+        "train loss {train_loss} vs eval loss {eval_loss}"
+    );
+    // `mpq info` reads the saved metadata back.
+    let info = parse_json(
+        &expect_ok(dir.path(), &["info", "--model", "F.safetensors", "--json"]),
+        "mpq info --json",
+    );
+    assert_eq!(info["arch"], "mlp", "{info}");
+    assert_eq!(info["classes"], 3, "{info}");
+    assert_eq!(info["input_shape"], serde_json::json!([1, 8, 8]), "{info}");
+}
+
+#[test]
+fn train_same_seed_same_weights() {
+    let dir = TempDir::new("seedweights");
+    let a = train_mlp(dir.path(), "a.safetensors", &["--seed", "7"]);
+    let b = train_mlp(dir.path(), "b.safetensors", &["--seed", "7"]);
+    assert_eq!(a["accuracy"], b["accuracy"]);
+    assert_eq!(a["loss"], b["loss"]);
+    let fa = std::fs::read(dir.join("a.safetensors")).unwrap();
+    let fb = std::fs::read(dir.join("b.safetensors")).unwrap();
+    let (mut ha, ta) = split_safetensors(&fa);
+    let (mut hb, tb) = split_safetensors(&fb);
+    assert!(ta == tb, "same seed must give identical tensor bytes");
+    // Apart from the wall-clock time recorded in the training summary, the metadata match.
+    let strip = |h: &mut serde_json::Value| {
+        let meta = h["__metadata__"]["mpq"].as_str().expect("mpq metadata");
+        let mut meta: serde_json::Value = serde_json::from_str(meta).unwrap();
+        if let Some(t) = meta.get_mut("training").and_then(|t| t.as_object_mut()) {
+            t.remove("seconds");
+        }
+        h["__metadata__"]["mpq"] = meta;
+    };
+    strip(&mut ha);
+    strip(&mut hb);
+    assert_eq!(ha, hb);
+}
+
+#[test]
+fn train_same_seed_byte_identical_files() {
+    let dir = TempDir::new("seedbytes");
+    train_mlp(dir.path(), "a.safetensors", &["--seed", "7"]);
+    train_mlp(dir.path(), "b.safetensors", &["--seed", "7"]);
+    let fa = std::fs::read(dir.join("a.safetensors")).unwrap();
+    let fb = std::fs::read(dir.join("b.safetensors")).unwrap();
+    assert!(fa == fb, "same seed must give byte-identical files");
+}
+
+#[test]
+fn train_different_seed_different_weights() {
+    let dir = TempDir::new("seeddiff");
+    train_mlp(dir.path(), "a.safetensors", &["--seed", "1"]);
+    train_mlp(dir.path(), "b.safetensors", &["--seed", "2"]);
+    let fa = std::fs::read(dir.join("a.safetensors")).unwrap();
+    let fb = std::fs::read(dir.join("b.safetensors")).unwrap();
+    assert!(split_safetensors(&fa).1 != split_safetensors(&fb).1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Help
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn help_lists_subcommands() {
+    let dir = TempDir::new("help");
+    let out = expect_ok(dir.path(), &["--help"]);
+    for cmd in ["info", "train", "eval", "quickstart"] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "--help should list {cmd}:\n{out}"
+        );
+    }
+    for flag in ["--seed", "--threads", "--quiet", "--json"] {
+        assert!(out.contains(flag), "--help should list {flag}:\n{out}");
+    }
+    let q = expect_ok(dir.path(), &["quickstart", "--help"]);
+    assert!(q.contains("Usage: mpq quickstart"), "{q}");
+    assert!(q.contains("--out"), "{q}");
+    for cmd in ["info", "train", "eval"] {
+        let h = expect_ok(dir.path(), &[cmd, "--help"]);
+        assert!(h.contains(&format!("Usage: mpq {cmd}")), "{h}");
+    }
+    let v = expect_ok(dir.path(), &["--version"]);
+    assert!(v.starts_with("mpq "), "{v}");
+    // Help writes nothing.
+    assert!(dir.listing().is_empty());
+}
