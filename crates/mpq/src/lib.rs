@@ -14,16 +14,20 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cost;
 pub mod data;
 mod error;
 pub mod graph;
 pub(crate) mod io;
 pub mod model;
+pub mod plan;
 pub mod progress;
+pub mod quant;
 pub mod train;
 pub mod zoo;
 
 pub use error::{Error, Result};
+pub use plan::QuantPlan;
 
 /// Sets the number of worker threads of the global pool (call once, before any work).
 pub fn set_threads(n: usize) -> Result<()> {

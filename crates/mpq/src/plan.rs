@@ -1,0 +1,503 @@
+//! The quantization plan: the shared contract between search, quantization, evaluation and
+//! export. A [`QuantPlan`] serialises to exactly the *Policy* JSON of `design/cli.md`
+//! ("JSON results", `mpq search`), and carries the bit conventions of spec §0.3–§0.4
+//! (`b^w_l`, `b^a_l`; 32 bits = full precision).
+//!
+//! A model layer that has no entry in a plan is kept in full precision (FP32 weights and
+//! activations); see [`QuantPlan::precision`] and [`QuantPlan::bits`].
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::LayerInfo;
+use crate::{Error, Result};
+
+/// A weight or activation bit-width: `2..=8` (integer quantization) or
+/// [`FULL_PRECISION`] (`32`, not quantized).
+pub type BitWidth = u32;
+
+/// The bit-width that means "full precision" (FP32, not quantized).
+pub const FULL_PRECISION: BitWidth = 32;
+
+/// The smallest quantized bit-width a plan may use.
+pub const MIN_BITS: BitWidth = 2;
+
+/// The largest quantized bit-width a plan may use.
+pub const MAX_BITS: BitWidth = 8;
+
+/// Whether `bits` is a bit-width a plan may hold (`2..=8` or `32`).
+pub fn is_valid_bits(bits: BitWidth) -> bool {
+    (MIN_BITS..=MAX_BITS).contains(&bits) || bits == FULL_PRECISION
+}
+
+/// How many scales a weight quantizer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One scale (and zero point) for the whole tensor.
+    PerTensor,
+    /// One scale (and zero point) per output channel.
+    #[default]
+    PerChannel,
+}
+
+/// Which quantizer maps values to integers (spec §7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantizerKind {
+    /// Symmetric uniform quantizer (scale only, zero point 0).
+    #[default]
+    Symmetric,
+    /// Asymmetric uniform quantizer (scale and zero point).
+    Asymmetric,
+    /// Learned step size quantization (LSQ, spec §5.2): a learned scale, no zero point.
+    Lsq,
+}
+
+impl QuantizerKind {
+    /// Whether the quantizer stores a zero point next to each scale.
+    pub fn has_zero_point(self) -> bool {
+        matches!(self, QuantizerKind::Asymmetric)
+    }
+}
+
+/// The precision of one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerPrecision {
+    /// Layer name, as in [`LayerInfo::name`].
+    pub name: String,
+    /// Weight bit-width (`2..=8`, or `32` for full precision). With `channel_w_bits` this is
+    /// a representative value only; the per-channel widths are authoritative.
+    pub w_bits: BitWidth,
+    /// Input activation bit-width (`2..=8`, or `32` for full precision).
+    pub a_bits: BitWidth,
+    /// Per-output-channel weight bit-widths (CW-HAWQ, spec §3); `None`: all channels use
+    /// `w_bits`. Its length must equal the layer's output channels.
+    #[serde(default)]
+    pub channel_w_bits: Option<Vec<BitWidth>>,
+    /// Scale granularity of the weight quantizer (default per channel).
+    #[serde(default)]
+    pub granularity: Granularity,
+    /// Weight quantizer (default symmetric).
+    #[serde(default)]
+    pub quantizer: QuantizerKind,
+}
+
+impl LayerPrecision {
+    /// A per-channel symmetric layer precision with uniform weight bits.
+    pub fn new(name: impl Into<String>, w_bits: BitWidth, a_bits: BitWidth) -> Self {
+        LayerPrecision {
+            name: name.into(),
+            w_bits,
+            a_bits,
+            channel_w_bits: None,
+            granularity: Granularity::default(),
+            quantizer: QuantizerKind::default(),
+        }
+    }
+
+    /// Mean weight bit-width: the mean of `channel_w_bits` when present and non-empty,
+    /// otherwise `w_bits`.
+    pub fn mean_w_bits(&self) -> f64 {
+        match &self.channel_w_bits {
+            Some(c) if !c.is_empty() => {
+                c.iter().map(|&b| f64::from(b)).sum::<f64>() / c.len() as f64
+            }
+            _ => f64::from(self.w_bits),
+        }
+    }
+
+    /// Whether the weights stay in full precision (every channel at 32 bits).
+    pub fn weights_full_precision(&self) -> bool {
+        match &self.channel_w_bits {
+            Some(c) if !c.is_empty() => c.iter().all(|&b| b == FULL_PRECISION),
+            _ => self.w_bits == FULL_PRECISION,
+        }
+    }
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A mixed-precision quantization plan (the Policy JSON of `design/cli.md`).
+///
+/// Layers of the model that are absent from [`QuantPlan::layers`] are kept in full
+/// precision (32-bit weights and activations).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantPlan {
+    /// The search method that produced the plan (`pareto`, `ilp`, `haq`, `uniform`, …).
+    pub method: String,
+    /// The constraints the search ran under, as a JSON object (e.g. `{"avg_bits": 4}`).
+    #[serde(default = "empty_object")]
+    pub constraints: serde_json::Value,
+    /// Search wall time in seconds.
+    #[serde(default)]
+    pub seconds: f64,
+    /// Per-layer precisions.
+    pub layers: Vec<LayerPrecision>,
+    /// Whether BatchNorm is folded into the preceding conv before quantizing (default true).
+    #[serde(default = "default_true")]
+    pub fold_bn: bool,
+    /// Model size in bytes, when computed (see [`crate::cost::CostTable::size_bytes`]).
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    /// Parameter-weighted mean weight bit-width, when computed.
+    #[serde(default)]
+    pub avg_w_bits: Option<f64>,
+    /// Bit operations per sample (`Σ MAC·b_w·b_a`), when computed.
+    #[serde(default)]
+    pub bops: Option<f64>,
+    /// The search objective (e.g. HAWQ-V2's Ω = Σ Tr(H)·‖ΔW‖²), when the method has one.
+    #[serde(default)]
+    pub omega: Option<f64>,
+    /// Simulated latency in milliseconds, when a hardware model was used.
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
+    /// Simulated energy in millijoules, when a hardware model was used.
+    #[serde(default)]
+    pub energy_mj: Option<f64>,
+    /// Block-wise fine-tuning order (HAWQ, spec §1.5): layer or block names, most sensitive
+    /// first. Not checked against the model's layers, since it may name blocks.
+    #[serde(default)]
+    pub finetune_order: Option<Vec<String>>,
+}
+
+impl QuantPlan {
+    /// A plan with every layer of `layers` at `w_bits`/`a_bits` (method `uniform`).
+    pub fn uniform(layers: &[LayerInfo], w_bits: BitWidth, a_bits: BitWidth) -> QuantPlan {
+        let mut constraints = serde_json::Map::new();
+        constraints.insert("w_bits".into(), w_bits.into());
+        constraints.insert("a_bits".into(), a_bits.into());
+        QuantPlan {
+            method: "uniform".into(),
+            constraints: serde_json::Value::Object(constraints),
+            seconds: 0.0,
+            layers: layers
+                .iter()
+                .map(|l| LayerPrecision::new(l.name.clone(), w_bits, a_bits))
+                .collect(),
+            fold_bn: true,
+            size_bytes: None,
+            avg_w_bits: None,
+            bops: None,
+            omega: None,
+            latency_ms: None,
+            energy_mj: None,
+            finetune_order: None,
+        }
+    }
+
+    /// The entry for layer `name`; `None` means the layer is kept in full precision.
+    pub fn precision(&self, name: &str) -> Option<&LayerPrecision> {
+        self.layers.iter().find(|p| p.name == name)
+    }
+
+    /// `(w_bits, a_bits)` of layer `name`, `(32, 32)` when the plan has no entry for it.
+    pub fn bits(&self, name: &str) -> (BitWidth, BitWidth) {
+        self.precision(name)
+            .map(|p| (p.w_bits, p.a_bits))
+            .unwrap_or((FULL_PRECISION, FULL_PRECISION))
+    }
+
+    /// Checks the plan against the model's layer table.
+    ///
+    /// Errors: an entry naming no layer of the model ([`Error::UnknownLayer`]); a layer
+    /// listed twice; a bit-width outside `2..=8` and `32`; `channel_w_bits` whose length is
+    /// not the layer's output channels, or combined with per-tensor granularity; a
+    /// `constraints` value that is not an object; negative or non-finite `seconds`.
+    /// Model layers missing from the plan are allowed (full precision).
+    pub fn validate(&self, layers: &[LayerInfo]) -> Result<()> {
+        if !self.constraints.is_object() {
+            return Err(Error::config("constraints", "must be a JSON object"));
+        }
+        if !self.seconds.is_finite() || self.seconds < 0.0 {
+            return Err(Error::config(
+                "seconds",
+                format!("must be a finite non-negative number, got {}", self.seconds),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for p in &self.layers {
+            let info =
+                layers
+                    .iter()
+                    .find(|l| l.name == p.name)
+                    .ok_or_else(|| Error::UnknownLayer {
+                        name: p.name.clone(),
+                    })?;
+            if !seen.insert(p.name.as_str()) {
+                return Err(Error::config(
+                    "layers",
+                    format!("layer {} appears more than once in the plan", p.name),
+                ));
+            }
+            for (what, bits) in [("w_bits", p.w_bits), ("a_bits", p.a_bits)] {
+                if !is_valid_bits(bits) {
+                    return Err(Error::config(
+                        what,
+                        format!(
+                            "layer {}: {bits} bits is not allowed (use {MIN_BITS}..={MAX_BITS} \
+                             or {FULL_PRECISION})",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+            if let Some(ch) = &p.channel_w_bits {
+                if ch.len() != info.out_channels {
+                    return Err(Error::ShapeMismatch {
+                        name: format!("channel_w_bits of layer {}", p.name),
+                        expected: format!("{} entries (output channels)", info.out_channels),
+                        got: format!("{} entries", ch.len()),
+                    });
+                }
+                if let Some((c, &bits)) = ch.iter().enumerate().find(|(_, b)| !is_valid_bits(**b)) {
+                    return Err(Error::config(
+                        "channel_w_bits",
+                        format!(
+                            "layer {} channel {c}: {bits} bits is not allowed (use \
+                             {MIN_BITS}..={MAX_BITS} or {FULL_PRECISION})",
+                            p.name
+                        ),
+                    ));
+                }
+                if p.granularity == Granularity::PerTensor {
+                    return Err(Error::config(
+                        "granularity",
+                        format!(
+                            "layer {}: channel_w_bits needs per_channel granularity",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a plan from a Policy JSON file. Bad JSON is [`Error::CorruptFile`].
+    pub fn load(path: impl AsRef<Path>) -> Result<QuantPlan> {
+        let path = path.as_ref();
+        let bytes = crate::io::read(path)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(path, format!("not a valid policy JSON: {e}")))
+    }
+
+    /// Writes the plan as pretty Policy JSON, atomically.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        crate::io::write_json(path.as_ref(), self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::LayerOp;
+
+    fn info(index: usize, name: &str, out: usize, inp: usize) -> LayerInfo {
+        LayerInfo {
+            index,
+            name: name.into(),
+            op: LayerOp::Linear,
+            weight_shape: vec![out, inp],
+            params: out * inp,
+            bias_params: out,
+            input_shape: vec![inp],
+            output_shape: vec![out],
+            input_elems: inp,
+            macs: (out * inp) as u64,
+            out_channels: out,
+        }
+    }
+
+    fn model() -> Vec<LayerInfo> {
+        vec![info(0, "fc1", 4, 8), info(1, "fc2", 2, 4)]
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("mpq-plan-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn uniform_covers_every_layer() {
+        let p = QuantPlan::uniform(&model(), 4, 8);
+        assert_eq!(p.method, "uniform");
+        assert_eq!(p.layers.len(), 2);
+        assert_eq!(p.bits("fc2"), (4, 8));
+        assert_eq!(p.constraints["w_bits"], 4);
+        assert!(p.fold_bn);
+        p.validate(&model()).unwrap();
+    }
+
+    #[test]
+    fn missing_layer_is_full_precision() {
+        let mut p = QuantPlan::uniform(&model(), 4, 4);
+        p.layers.remove(1);
+        p.validate(&model()).unwrap();
+        assert!(p.precision("fc2").is_none());
+        assert_eq!(p.bits("fc2"), (32, 32));
+    }
+
+    #[test]
+    fn json_round_trip_file() {
+        let mut p = QuantPlan::uniform(&model(), 4, 8);
+        p.layers[0].channel_w_bits = Some(vec![2, 4, 8, 32]);
+        p.layers[1].quantizer = QuantizerKind::Lsq;
+        p.layers[1].granularity = Granularity::PerTensor;
+        p.size_bytes = Some(12);
+        p.omega = Some(0.5);
+        p.finetune_order = Some(vec!["fc2".into(), "fc1".into()]);
+        let path = tmp("rt.json");
+        p.save(&path).unwrap();
+        let back = QuantPlan::load(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn field_names_match_cli_policy_json() {
+        let p = QuantPlan::uniform(&model(), 8, 8);
+        let v = serde_json::to_value(&p).unwrap();
+        let obj = v.as_object().unwrap();
+        for key in [
+            "method",
+            "constraints",
+            "seconds",
+            "layers",
+            "size_bytes",
+            "avg_w_bits",
+            "bops",
+            "omega",
+            "latency_ms",
+            "energy_mj",
+            "fold_bn",
+            "finetune_order",
+        ] {
+            assert!(obj.contains_key(key), "missing {key}");
+        }
+        assert!(obj["size_bytes"].is_null());
+        assert!(obj["latency_ms"].is_null());
+        let layer = obj["layers"][0].as_object().unwrap();
+        for key in ["name", "w_bits", "a_bits", "channel_w_bits"] {
+            assert!(layer.contains_key(key), "missing layers[].{key}");
+        }
+        assert!(layer["channel_w_bits"].is_null());
+        assert_eq!(layer["granularity"], "per_channel");
+        assert_eq!(layer["quantizer"], "symmetric");
+    }
+
+    #[test]
+    fn parses_the_cli_example_with_defaults() {
+        let text = r#"{ "method": "pareto", "constraints": {"avg_bits": 4}, "seconds": 0.004,
+          "layers": [ { "name": "fc1", "w_bits": 8, "a_bits": 8, "channel_w_bits": null } ],
+          "size_bytes": 12345, "avg_w_bits": 3.98, "bops": 1.2e9, "omega": 0.0123,
+          "latency_ms": null, "energy_mj": null }"#;
+        let p: QuantPlan = serde_json::from_str(text).unwrap();
+        assert_eq!(p.method, "pareto");
+        assert_eq!(p.size_bytes, Some(12345));
+        assert_eq!(p.bops, Some(1.2e9));
+        assert!(p.fold_bn);
+        assert_eq!(p.finetune_order, None);
+        assert_eq!(p.layers[0].granularity, Granularity::PerChannel);
+        assert_eq!(p.layers[0].quantizer, QuantizerKind::Symmetric);
+        p.validate(&model()).unwrap();
+
+        let minimal: QuantPlan = serde_json::from_str(r#"{"method":"x","layers":[]}"#).unwrap();
+        assert_eq!(minimal.constraints, serde_json::json!({}));
+        assert_eq!(minimal.seconds, 0.0);
+    }
+
+    #[test]
+    fn bad_json_is_corrupt_file() {
+        let path = tmp("bad.json");
+        std::fs::write(&path, b"{ not json").unwrap();
+        let err = QuantPlan::load(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
+        assert!(err.is_input_error());
+        let err = QuantPlan::load(tmp("does-not-exist.json")).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn unknown_layer_is_named() {
+        let mut p = QuantPlan::uniform(&model(), 4, 4);
+        p.layers.push(LayerPrecision::new("fc9", 4, 4));
+        let err = p.validate(&model()).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownLayer { name } if name == "fc9"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_bits_name_layer_and_value() {
+        for (w, a) in [(1, 8), (9, 8), (16, 8), (0, 8), (8, 1), (8, 33)] {
+            let mut p = QuantPlan::uniform(&model(), 8, 8);
+            p.layers[1].w_bits = w;
+            p.layers[1].a_bits = a;
+            let msg = p.validate(&model()).unwrap_err().to_string();
+            let bad = if is_valid_bits(w) { a } else { w };
+            assert!(msg.contains("fc2"), "{msg}");
+            assert!(msg.contains(&format!("{bad} bits")), "{msg}");
+        }
+        for b in [2, 3, 5, 8, 32] {
+            let p = QuantPlan::uniform(&model(), b, b);
+            p.validate(&model()).unwrap();
+        }
+    }
+
+    #[test]
+    fn channel_bits_length_and_values() {
+        let mut p = QuantPlan::uniform(&model(), 4, 8);
+        p.layers[0].channel_w_bits = Some(vec![4, 4, 4]);
+        let err = p.validate(&model()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{msg}");
+        assert!(
+            msg.contains("fc1") && msg.contains('4') && msg.contains('3'),
+            "{msg}"
+        );
+
+        p.layers[0].channel_w_bits = Some(vec![4, 4, 4, 7]);
+        p.validate(&model()).unwrap();
+        assert_eq!(p.layers[0].mean_w_bits(), 4.75);
+
+        p.layers[0].channel_w_bits = Some(vec![4, 4, 1, 4]);
+        let msg = p.validate(&model()).unwrap_err().to_string();
+        assert!(msg.contains("fc1") && msg.contains("channel 2"), "{msg}");
+
+        p.layers[0].channel_w_bits = Some(vec![4, 4, 4, 4]);
+        p.layers[0].granularity = Granularity::PerTensor;
+        let msg = p.validate(&model()).unwrap_err().to_string();
+        assert!(msg.contains("per_channel"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_layer_is_rejected() {
+        let mut p = QuantPlan::uniform(&model(), 4, 4);
+        p.layers.push(LayerPrecision::new("fc1", 8, 8));
+        let msg = p.validate(&model()).unwrap_err().to_string();
+        assert!(
+            msg.contains("fc1") && msg.contains("more than once"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn constraints_must_be_object() {
+        let mut p = QuantPlan::uniform(&model(), 4, 4);
+        p.constraints = serde_json::json!([1, 2]);
+        assert!(p.validate(&model()).is_err());
+        p.constraints = serde_json::json!({});
+        p.seconds = -1.0;
+        assert!(p.validate(&model()).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Uniform quantization parameters: `q = clamp(round(x/s) + z, qmin, qmax)`,
+//! `x̂ = s·(q − z)` (spec §7.2.1).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Integer range of a `bits`-bit code: signed symmetric `[−(2^(b−1)−1), 2^(b−1)−1]`
+/// (HAWQ's narrow range, so zero stays exact and the range is symmetric) or unsigned
+/// `[0, 2^b − 1]`.
+pub fn quant_range(bits: u32, signed: bool) -> Result<(f32, f32)> {
+    if !(2..=8).contains(&bits) {
+        return Err(Error::config("bits", format!("{bits} is outside 2..8")));
+    }
+    Ok(if signed {
+        let m = ((1u32 << (bits - 1)) - 1) as f32;
+        (-m, m)
+    } else {
+        (0.0, ((1u32 << bits) - 1) as f32)
+    })
+}
+
+/// Scale, zero point and integer range of one quantized tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantParams {
+    /// Bits of the integer code.
+    pub bits: u32,
+    /// One scale per tensor (`len 1`) or per channel along `axis`.
+    pub scale: Vec<f32>,
+    /// Zero points, same length as `scale` (0 for symmetric).
+    pub zero_point: Vec<f32>,
+    /// Smallest code.
+    pub qmin: f32,
+    /// Largest code.
+    pub qmax: f32,
+    /// Channel axis for per-channel parameters.
+    pub axis: Option<usize>,
+}
+
+/// Smallest scale used, so an all-zero channel does not divide by zero.
+const MIN_SCALE: f32 = 1e-12;
+
+impl QuantParams {
+    /// Symmetric signed parameters from max-abs: `s = max|x| / qmax` (per tensor).
+    pub fn symmetric(max_abs: f32, bits: u32) -> Result<Self> {
+        let (qmin, qmax) = quant_range(bits, true)?;
+        Ok(QuantParams {
+            bits,
+            scale: vec![(max_abs / qmax).max(MIN_SCALE)],
+            zero_point: vec![0.0],
+            qmin,
+            qmax,
+            axis: None,
+        })
+    }
+
+    /// Symmetric signed per-channel parameters from each channel's max-abs.
+    pub fn symmetric_per_channel(max_abs: &[f32], bits: u32, axis: usize) -> Result<Self> {
+        let (qmin, qmax) = quant_range(bits, true)?;
+        Ok(QuantParams {
+            bits,
+            scale: max_abs.iter().map(|m| (m / qmax).max(MIN_SCALE)).collect(),
+            zero_point: vec![0.0; max_abs.len()],
+            qmin,
+            qmax,
+            axis: Some(axis),
+        })
+    }
+
+    /// Asymmetric (affine) parameters covering `[min(lo,0), max(hi,0)]` with an integer zero
+    /// point in the unsigned range.
+    pub fn asymmetric(lo: f32, hi: f32, bits: u32) -> Result<Self> {
+        let (qmin, qmax) = quant_range(bits, false)?;
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let scale = ((hi - lo) / (qmax - qmin)).max(MIN_SCALE);
+        let zp = (qmin - lo / scale).round_ties_even().clamp(qmin, qmax);
+        Ok(QuantParams {
+            bits,
+            scale: vec![scale],
+            zero_point: vec![zp],
+            qmin,
+            qmax,
+            axis: None,
+        })
+    }
+
+    /// Unsigned parameters for a non-negative activation (after ReLU): `s = hi / (2^b − 1)`.
+    pub fn unsigned(hi: f32, bits: u32) -> Result<Self> {
+        let (qmin, qmax) = quant_range(bits, false)?;
+        Ok(QuantParams {
+            bits,
+            scale: vec![(hi.max(0.0) / qmax).max(MIN_SCALE)],
+            zero_point: vec![0.0],
+            qmin,
+            qmax,
+            axis: None,
+        })
+    }
+
+    /// The integer code of `x` in channel `c`.
+    #[inline]
+    pub fn code(&self, x: f32, c: usize) -> f32 {
+        ((x / self.scale[c]).round_ties_even() + self.zero_point[c]).clamp(self.qmin, self.qmax)
+    }
+
+    /// The dequantized value of code `q` in channel `c`.
+    #[inline]
+    pub fn dequant(&self, q: f32, c: usize) -> f32 {
+        self.scale[c] * (q - self.zero_point[c])
+    }
+}
+
+/// Fake-quantizes `x` (quantize then dequantize) in place of a copy. `x` is laid out with
+/// `channels` equal blocks when the parameters are per-channel along axis 0.
+pub fn fake_quant_values(x: &[f32], p: &QuantParams) -> Vec<f32> {
+    let per = if p.scale.len() > 1 {
+        x.len() / p.scale.len()
+    } else {
+        x.len().max(1)
+    };
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = if p.scale.len() > 1 { i / per } else { 0 };
+            p.dequant(p.code(v, c), c)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_narrow_signed_and_full_unsigned() {
+        assert_eq!(quant_range(8, true).unwrap(), (-127.0, 127.0));
+        assert_eq!(quant_range(2, true).unwrap(), (-1.0, 1.0));
+        assert_eq!(quant_range(4, false).unwrap(), (0.0, 15.0));
+        assert!(quant_range(1, true).is_err());
+        assert!(quant_range(9, false).is_err());
+    }
+
+    #[test]
+    fn symmetric_fake_quant_hand_case() {
+        // max|x| = 1.5, 3 bits signed: qmax 3, s = 0.5.
+        let p = QuantParams::symmetric(1.5, 3).unwrap();
+        assert_eq!(p.scale, vec![0.5]);
+        let y = fake_quant_values(&[-1.5, -0.26, 0.25, 0.75, 1.4, 9.0], &p);
+        // 0.25/0.5 = 0.5 -> 0 (ties to even); 0.75/0.5 = 1.5 -> 2; 9 clamps to 3.
+        assert_eq!(y, vec![-1.5, -0.5, 0.0, 1.0, 1.5, 1.5]);
+    }
+
+    #[test]
+    fn asymmetric_keeps_zero_exact() {
+        let p = QuantParams::asymmetric(-0.3, 2.7, 4).unwrap();
+        let y = fake_quant_values(&[0.0, -0.3, 2.7], &p);
+        assert_eq!(y[0], 0.0);
+        assert!((y[1] + 0.3).abs() <= p.scale[0] / 2.0 + 1e-6);
+        assert!((y[2] - 2.7).abs() <= p.scale[0] / 2.0 + 1e-6);
+    }
+
+    #[test]
+    fn per_channel_uses_each_channels_scale() {
+        let p = QuantParams::symmetric_per_channel(&[1.0, 100.0], 8, 0).unwrap();
+        let y = fake_quant_values(&[0.5, 1.0, 50.0, 100.0], &p);
+        assert!((y[0] - 0.5).abs() < 1.0 / 127.0);
+        assert_eq!(y[1], 1.0);
+        assert!((y[2] - 50.0).abs() < 100.0 / 127.0);
+        assert!((y[3] - 100.0).abs() < 1e-4);
+    }
+}
