@@ -29,3 +29,9 @@ pub use params::Conv2dParams;
 // Pooling with padding (added by the lead; keep these two lines).
 mod pool;
 pub use pool::{PoolParams, avg_pool2d, avg_pool2d_slow, max_pool2d, max_pool2d_slow};
+
+// Fake quantization (clipped STE) and LSQ (Esser et al., ICLR 2020).
+mod fake_quant;
+mod lsq;
+pub use fake_quant::{fake_quant, fake_quant_slow, round_half_even};
+pub use lsq::{lsq, lsq_bounds, lsq_grad_scale, lsq_init_step, lsq_slow};
