@@ -128,20 +128,25 @@ pub(crate) fn grad_weight(
     };
     let len = g.o * k + nb;
     let acc = if batch_parallel(g.n) {
-        (0..g.n)
+        // Fixed chunks of images, each accumulated in order, then summed in chunk order:
+        // the result does not depend on how rayon schedules the work (reproducible runs).
+        const CHUNKS: usize = 8;
+        let per = g.n.div_ceil(CHUNKS);
+        let partial: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
             .into_par_iter()
-            .fold(
-                || vec![0f32; len],
-                |mut acc, n| {
+            .map(|c| {
+                let mut acc = vec![0f32; len];
+                for n in c * per..((c + 1) * per).min(g.n) {
                     add_image(&mut acc, n, false);
-                    acc
-                },
-            )
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
+                }
+                acc
             })
-            .unwrap_or_else(|| vec![0f32; len])
+            .collect();
+        let mut acc = vec![0f32; len];
+        for part in &partial {
+            acc.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        acc
     } else {
         let mut acc = vec![0f32; len];
         for n in 0..g.n {

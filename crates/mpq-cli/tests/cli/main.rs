@@ -774,6 +774,40 @@ fn train_same_seed_byte_identical_files() {
     assert!(fa == fb, "same seed must give byte-identical files");
 }
 
+/// The conv path (parallel weight-gradient reduction over the batch, batch norm) must be as
+/// reproducible as the MLP: same seed, byte-identical checkpoint, whatever the scheduling.
+#[test]
+fn conv_training_same_seed_byte_identical_files() {
+    let dir = TempDir::new("convseed");
+    for name in ["a.safetensors", "b.safetensors", "c.safetensors"] {
+        let args = [
+            "train",
+            "--arch",
+            "resnet8",
+            "--data",
+            "synthetic:3x16x16:4:192",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--out",
+            name,
+            "--quiet",
+            "--seed",
+            "3",
+        ];
+        expect_ok(dir.path(), &args);
+    }
+    let fa = std::fs::read(dir.join("a.safetensors")).unwrap();
+    for other in ["b.safetensors", "c.safetensors"] {
+        let fb = std::fs::read(dir.join(other)).unwrap();
+        assert!(
+            fa == fb,
+            "same seed must give byte-identical conv checkpoints ({other})"
+        );
+    }
+}
+
 #[test]
 fn train_different_seed_different_weights() {
     let dir = TempDir::new("seeddiff");
