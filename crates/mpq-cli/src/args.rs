@@ -149,6 +149,12 @@ pub(crate) struct EvalArgs {
     /// Samples per forward pass.
     #[arg(long, default_value_t = 256)]
     pub(crate) batch_size: usize,
+    /// A policy (QuantPlan JSON) to simulate: fake-quantized weights and activations (PTQ).
+    #[arg(long)]
+    pub(crate) policy: Option<PathBuf>,
+    /// Training samples used to calibrate activation ranges under --policy.
+    #[arg(long, default_value_t = 512)]
+    pub(crate) calib_samples: usize,
 }
 
 #[derive(Debug, Args)]

@@ -2,8 +2,11 @@
 
 use serde::Serialize;
 
+use mpq::QuantPlan;
+use mpq::cost::CostTable;
 use mpq::data::{self, LoadOptions};
-use mpq::graph::NoHooks;
+use mpq::graph::{Hooks, NoHooks};
+use mpq::quant::{CalibrationConfig, PlanHooks};
 
 use crate::args::{EvalArgs, GlobalArgs};
 use crate::output::{self, Bars};
@@ -30,33 +33,54 @@ pub(crate) fn run(g: &GlobalArgs, a: &EvalArgs) -> anyhow::Result<()> {
     check_shape(&model, &splits)?;
     let _bars = Bars::new(g.quiet);
     let norm = model.normalization_or(&splits.normalization);
+    let layers = model.graph.layer_infos()?;
+    // Without a policy every layer is FP32 (an empty plan), priced the same way.
+    let plan = match &a.policy {
+        Some(p) => QuantPlan::load(p)?,
+        None => QuantPlan::uniform(&[], 32, 32),
+    };
+    let cost = CostTable::new(&layers, &plan)?;
+    let mut hooks: Box<dyn Hooks> = match &a.policy {
+        Some(_) => {
+            let cfg = CalibrationConfig {
+                samples: a.calib_samples,
+                ..Default::default()
+            };
+            Box::new(PlanHooks::calibrate(
+                &model.graph,
+                &plan,
+                &splits.train,
+                &norm,
+                &cfg,
+            )?)
+        }
+        None => Box::new(NoHooks),
+    };
     let stats = mpq::train::evaluate(
         &model.graph,
         &splits.test,
         &norm,
         a.batch_size,
-        &mut NoHooks,
+        hooks.as_mut(),
     )?;
-    let layers = model.graph.layer_infos()?;
-    let weights: u64 = layers.iter().map(|l| l.params as u64).sum();
-    let macs: u64 = layers.iter().map(|l| l.macs).sum();
     let result = EvalJson {
         accuracy: stats.accuracy,
         loss: stats.loss,
         samples: stats.samples,
-        size_bytes: weights * 4,
-        avg_w_bits: 32.0,
-        bops: macs as f64 * 32.0 * 32.0,
+        size_bytes: cost.size_bytes,
+        avg_w_bits: cost.avg_w_bits,
+        bops: cost.bops,
     };
     if g.json {
         return output::json(&result);
     }
     output::line(&format!(
-        "accuracy {:.2}%  loss {:.4}  samples {}  (FP32: {} weight bytes, {:.3e} BOPs)",
+        "accuracy {:.2}%  loss {:.4}  samples {}  ({} weight bytes, {:.2} avg weight bits, {:.3e} BOPs)",
         100.0 * result.accuracy,
         result.loss,
         result.samples,
         result.size_bytes,
+        result.avg_w_bits,
         result.bops
     ))
 }
