@@ -16,6 +16,8 @@
 use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::storage::slice_f32;
+
 /// Elements per rayon task in the per-tensor loops.
 const BLOCK: usize = 8192;
 
@@ -90,24 +92,13 @@ struct FakeQuant(Params);
 
 struct FakeQuantBackward(Params);
 
-fn f32_slice<'a>(s: &'a CpuStorage, layout: &Layout, what: &str) -> candle::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle::bail!("{what}: only f32 is supported"),
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle::bail!("{what}: input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for FakeQuant {
     fn name(&self) -> &'static str {
         "mpq-fake-quant"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "fake_quant")?;
+        let x = slice_f32(s, l)?;
         let p = &self.0;
         let mut out = vec![0f32; x.len()];
         let block = p.block();
@@ -150,8 +141,8 @@ impl CustomOp2 for FakeQuantBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "fake_quant backward")?;
-        let g = f32_slice(s2, l2, "fake_quant backward")?;
+        let x = slice_f32(s1, l1)?;
+        let g = slice_f32(s2, l2)?;
         if x.len() != g.len() {
             candle::bail!(
                 "fake_quant backward: gradient has {} elements, input {}",

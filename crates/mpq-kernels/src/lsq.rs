@@ -16,6 +16,8 @@ use crate::fake_quant::{clamp_like_candle, round_half_even};
 use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::storage::slice_f32;
+
 /// Elements per rayon task for per-tensor steps.
 const BLOCK: usize = 8192;
 
@@ -88,17 +90,6 @@ impl Lsq {
 
 struct LsqBackward(Lsq);
 
-fn f32_slice<'a>(s: &'a CpuStorage, layout: &Layout, what: &str) -> candle::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle::bail!("{what}: only f32 is supported"),
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle::bail!("{what}: input must be contiguous"),
-    }
-}
-
 /// Elements per channel, after checking that `steps` values fit `n` elements.
 fn inner_len(n: usize, steps: usize) -> candle::Result<usize> {
     if steps == 0 || !n.is_multiple_of(steps) {
@@ -119,8 +110,8 @@ impl CustomOp2 for Lsq {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "lsq")?;
-        let step = f32_slice(s2, l2, "lsq")?;
+        let x = slice_f32(s1, l1)?;
+        let step = slice_f32(s2, l2)?;
         let inner = inner_len(x.len(), step.len())?;
         let block = Self::block(step.len(), inner);
         let mut out = vec![0f32; x.len()];
@@ -172,9 +163,9 @@ impl CustomOp3 for LsqBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "lsq backward")?;
-        let step = f32_slice(s2, l2, "lsq backward")?;
-        let g = f32_slice(s3, l3, "lsq backward")?;
+        let x = slice_f32(s1, l1)?;
+        let step = slice_f32(s2, l2)?;
+        let g = slice_f32(s3, l3)?;
         if x.len() != g.len() {
             candle::bail!(
                 "lsq backward: gradient has {} elements, input {}",

@@ -6,6 +6,8 @@
 use candle::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::storage::slice_f32;
+
 /// Window of a pooling: kernel, stride and padding per spatial dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolParams {
@@ -46,17 +48,6 @@ fn dims4(layout: &Layout) -> candle::Result<(usize, usize, usize, usize)> {
     layout.shape().dims4()
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, layout: &Layout) -> candle::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle::bail!("pooling: only f32 is supported"),
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle::bail!("pooling: input must be contiguous"),
-    }
-}
-
 /// Visits the window of output `(oy, ox)`: calls `f(iy, ix)` for every in-bounds input pixel.
 #[inline]
 fn window(
@@ -94,7 +85,7 @@ impl CustomOp1 for Pool {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = dims4(l)?;
-        let x = f32_slice(s, l)?;
+        let x = slice_f32(s, l)?;
         let Some((oh, ow)) = self.p.out_hw(h, w) else {
             candle::bail!("pooling window larger than the padded input {h}x{w}")
         };
@@ -157,8 +148,8 @@ impl CustomOp2 for PoolBackward {
     ) -> candle::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = dims4(l1)?;
         let (_, _, oh, ow) = dims4(l2)?;
-        let x = f32_slice(s1, l1)?;
-        let g = f32_slice(s2, l2)?;
+        let x = slice_f32(s1, l1)?;
+        let g = slice_f32(s2, l2)?;
         let area = (self.p.kernel[0] * self.p.kernel[1]) as f32;
         let mut out = vec![0f32; n * c * h * w];
         out.par_chunks_mut(h * w)

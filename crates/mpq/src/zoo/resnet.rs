@@ -51,26 +51,9 @@ pub(super) fn cifar_resnet(n: usize, cfg: &ZooConfig, seed: u64, device: &Device
     let c = cfg.input_shape[0];
     let x = b.conv2d("conv1", b.input(), Conv2dSpec::new(c, 16, 3, 1, 1, false))?;
     let x = b.batch_norm("bn1", x)?;
-    let mut x = b.relu(x)?;
-    let mut cin = 16;
-    for (stage, cout) in [16, 32, 64].into_iter().enumerate() {
-        for i in 0..n {
-            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-            x = basic_block(
-                &mut b,
-                &format!("layer{}.{i}", stage + 1),
-                x,
-                cin,
-                cout,
-                stride,
-            )?;
-            cin = cout;
-        }
-    }
-    let x = b.global_avg_pool(x)?;
-    let x = b.flatten(x)?;
-    let x = b.linear("fc", x, cfg.classes, true)?;
-    b.finish(x)
+    let x = b.relu(x)?;
+    let x = stages(&mut b, x, 16, &[16, 32, 64], n)?;
+    classifier(b, x, cfg.classes)
 }
 
 /// torchvision `resnet18`: 7x7/2 stem, 3x3/2 max-pool, four stages of two BasicBlocks.
@@ -81,24 +64,34 @@ pub(super) fn resnet18(cfg: &ZooConfig, seed: u64, device: &Device) -> Result<Gr
     let x = b.conv2d("conv1", b.input(), Conv2dSpec::new(c, 64, 7, 2, 3, false))?;
     let x = b.batch_norm("bn1", x)?;
     let x = b.relu(x)?;
-    let mut x = b.max_pool(x, PoolSpec::new(3, 2, 1))?;
-    let mut cin = 64;
-    for (stage, cout) in [64, 128, 256, 512].into_iter().enumerate() {
-        for i in 0..2 {
+    let x = b.max_pool(x, PoolSpec::new(3, 2, 1))?;
+    let x = stages(&mut b, x, 64, &[64, 128, 256, 512], 2)?;
+    classifier(b, x, cfg.classes)
+}
+
+/// Stages `layer1..` of `blocks` BasicBlocks each; every stage after the first halves the
+/// resolution in its first block.
+fn stages(
+    b: &mut GraphBuilder,
+    mut x: NodeId,
+    mut cin: usize,
+    widths: &[usize],
+    blocks: usize,
+) -> Result<NodeId> {
+    for (stage, &cout) in widths.iter().enumerate() {
+        for i in 0..blocks {
             let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-            x = basic_block(
-                &mut b,
-                &format!("layer{}.{i}", stage + 1),
-                x,
-                cin,
-                cout,
-                stride,
-            )?;
+            x = basic_block(b, &format!("layer{}.{i}", stage + 1), x, cin, cout, stride)?;
             cin = cout;
         }
     }
+    Ok(x)
+}
+
+/// Global average pooling, flatten, `fc`.
+fn classifier(mut b: GraphBuilder, x: NodeId, classes: usize) -> Result<Graph> {
     let x = b.global_avg_pool(x)?;
     let x = b.flatten(x)?;
-    let x = b.linear("fc", x, cfg.classes, true)?;
+    let x = b.linear("fc", x, classes, true)?;
     b.finish(x)
 }
