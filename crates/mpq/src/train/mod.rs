@@ -9,5 +9,5 @@ mod trainer;
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
 pub use schedule::Schedule;
 pub use trainer::{
-    EpochStats, EvalStats, TrainConfig, TrainReport, cross_entropy, evaluate, train,
+    EpochStats, EvalStats, TrainConfig, TrainReport, cross_entropy, evaluate, train, train_with,
 };

@@ -195,6 +195,29 @@ pub fn train(
     cfg: &TrainConfig,
     progress: &mut dyn Progress,
 ) -> Result<TrainReport> {
+    train_with(
+        graph,
+        train_set,
+        test_set,
+        norm,
+        cfg,
+        &mut NoHooks,
+        progress,
+    )
+}
+
+/// Trains under layer hooks: with [`crate::quant::PlanHooks`] this is quantization-aware
+/// training (fake-quantized forward, straight-through backward with the clip mask); the
+/// per-epoch test evaluation runs under the same hooks.
+pub fn train_with(
+    graph: &Graph,
+    train_set: &Dataset,
+    test_set: Option<&Dataset>,
+    norm: &Normalization,
+    cfg: &TrainConfig,
+    hooks: &mut dyn Hooks,
+    progress: &mut dyn Progress,
+) -> Result<TrainReport> {
     cfg.validate()?;
     if train_set.is_empty() {
         return Err(Error::config("data", "the training set is empty"));
@@ -230,8 +253,7 @@ pub fn train(
             let batch = batch?;
             let n = batch.y.dims1()?;
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
-            let mut hooks = NoHooks;
-            let mut opts = ForwardOptions::new(Mode::Train, &mut hooks);
+            let mut opts = ForwardOptions::new(Mode::Train, &mut *hooks);
             opts.dropout_seed = cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step as u64;
             let logits = graph.forward_with(&batch.x, &mut opts)?;
             let loss = cross_entropy(&logits, &batch.y, cfg.label_smoothing)?;
@@ -254,7 +276,7 @@ pub fn train(
         progress.finish();
         let seconds = t0.elapsed().as_secs_f64();
         let test = match test_set {
-            Some(ts) => Some(evaluate(graph, ts, norm, 256, &mut NoHooks)?),
+            Some(ts) => Some(evaluate(graph, ts, norm, 256, &mut *hooks)?),
             None => None,
         };
         epochs.push(EpochStats {
