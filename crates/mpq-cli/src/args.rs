@@ -44,8 +44,54 @@ pub(crate) enum Command {
     Train(TrainArgs),
     /// Test accuracy and loss of a model.
     Eval(EvalArgs),
+    /// Bit-width search: a policy (QuantPlan JSON) within a budget.
+    Search(SearchArgs),
     /// The whole pipeline on the bundled MNIST subset.
     Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum MethodArg {
+    /// The largest uniform plan within budget.
+    Uniform,
+    /// Seeded, uniform among the plans of the candidate grid within budget.
+    Random,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SearchArgs {
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    /// Search method.
+    #[arg(long, value_enum)]
+    pub(crate) method: MethodArg,
+    /// Sensitivity JSON from `mpq analyze` (not needed by uniform and random).
+    #[arg(long)]
+    pub(crate) sensitivity: Option<PathBuf>,
+    /// Candidate weight bit-widths.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
+    pub(crate) w_bits: Vec<u32>,
+    /// Candidate activation bit-widths.
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    pub(crate) a_bits: Vec<u32>,
+    /// Largest average weight bit-width.
+    #[arg(long, group = "size")]
+    pub(crate) avg_bits: Option<f64>,
+    /// Largest weight storage in MiB (scales included).
+    #[arg(long, group = "size")]
+    pub(crate) max_size_mb: Option<f64>,
+    /// Smallest compression ratio versus FP32 weights.
+    #[arg(long, group = "size")]
+    pub(crate) compression: Option<f64>,
+    /// Largest giga bit-operations per sample.
+    #[arg(long)]
+    pub(crate) max_bops: Option<f64>,
+    /// Random draws before `random` gives up.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) max_tries: usize,
+    /// Output policy file.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
 }
 
 /// How to find or build a model.

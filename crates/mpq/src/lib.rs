@@ -23,6 +23,7 @@ pub mod model;
 pub mod plan;
 pub mod progress;
 pub mod quant;
+pub mod search;
 pub mod train;
 pub mod zoo;
 

@@ -3,6 +3,7 @@
 mod eval;
 mod info;
 mod quickstart;
+mod search;
 mod train;
 
 use candle::Device;
@@ -15,6 +16,7 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(&cli.global, a),
         Command::Train(a) => train::run(&cli.global, a),
         Command::Eval(a) => eval::run(&cli.global, a),
+        Command::Search(a) => search::run(&cli.global, a),
         Command::Quickstart(a) => quickstart::run(&cli.global, a),
     }
 }

@@ -924,3 +924,73 @@ fn eval_policy_bad_layers_are_input_errors() {
         expect_error(&dir, &args, 2, &[fragment]);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 11. search --method uniform|random
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn search_uniform_and_random_meet_the_budget() {
+    let dir = TempDir::new("search");
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "search",
+            "--model",
+            "zoo:lenet5",
+            "--avg-bits",
+            "3",
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        parse_json(&expect_ok(dir.path(), &all), "mpq search --json")
+    };
+    let u = run(&["--method", "uniform", "--out", "u.json"]);
+    assert_eq!(u["method"], "uniform");
+    assert_eq!(u["avg_w_bits"], 3.0);
+    assert!(
+        u["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["w_bits"] == 3)
+    );
+    for key in [
+        "constraints",
+        "seconds",
+        "size_bytes",
+        "bops",
+        "omega",
+        "latency_ms",
+    ] {
+        assert!(u.get(key).is_some(), "policy JSON lacks {key}");
+    }
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("u.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["layers"], u["layers"]);
+    let r1 = run(&["--method", "random", "--out", "r1.json", "--seed", "5"]);
+    let r2 = run(&["--method", "random", "--out", "r2.json", "--seed", "5"]);
+    assert_eq!(r1["layers"], r2["layers"], "same seed, same plan");
+    assert!(r1["avg_w_bits"].as_f64().unwrap() <= 3.0 + 1e-9);
+}
+
+#[test]
+fn search_infeasible_or_contradictory_budgets_exit_2() {
+    let dir = TempDir::new("searchbad");
+    let base = [
+        "search",
+        "--model",
+        "zoo:lenet5",
+        "--method",
+        "uniform",
+        "--out",
+        "p.json",
+    ];
+    let mut infeasible = base.to_vec();
+    infeasible.extend(["--avg-bits", "1.5"]);
+    expect_error(&dir, &infeasible, 2, &["avg_bits", "2.000000"]);
+    let mut both = base.to_vec();
+    both.extend(["--avg-bits", "3", "--max-size-mb", "1"]);
+    let out = mpq_in(dir.path(), &both);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!dir.join("p.json").exists());
+}

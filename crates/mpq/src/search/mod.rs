@@ -1,0 +1,280 @@
+//! Bit-width search over plain tables (no tensors): budgets, the feasibility pre-flight and
+//! the baseline methods `uniform` (the largest uniform plan within budget) and `random`
+//! (seeded, uniform among the plans of the candidate grid that meet the budget).
+//! Sensitivity-driven methods (HAWQ, HAWQ-V2 Pareto, ILP, HAQ, CW-HAWQ, LIMPQ) build on this.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::cost::CostTable;
+use crate::graph::LayerInfo;
+use crate::plan::{BitWidth, LayerPrecision, QuantPlan, is_valid_bits};
+use crate::{Error, Result};
+
+/// Bytes in the "MB" of `--max-size-mb` (2^20, the LIMPQ convention).
+pub const MB: f64 = 1024.0 * 1024.0;
+
+/// Resource limits a plan must meet (any combination; `None` is no limit).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Largest average weight bit-width (weights-only, element-weighted).
+    pub avg_bits: Option<f64>,
+    /// Largest weight storage in MiB, scales and zero points included.
+    pub max_size_mb: Option<f64>,
+    /// Smallest compression ratio versus FP32 weights.
+    pub compression: Option<f64>,
+    /// Largest bit-operations, in units of 10^9.
+    pub max_bops_g: Option<f64>,
+}
+
+impl Budget {
+    /// The limits `cost` breaks, as `(name, limit, value)`.
+    pub fn violations(&self, cost: &CostTable) -> Vec<(&'static str, f64, f64)> {
+        let mut v = Vec::new();
+        if let Some(b) = self.avg_bits.filter(|&b| cost.avg_w_bits > b + 1e-9) {
+            v.push(("avg_bits", b, cost.avg_w_bits));
+        }
+        if let Some(m) = self
+            .max_size_mb
+            .filter(|&m| cost.size_bytes as f64 / MB > m)
+        {
+            v.push(("max_size_mb", m, cost.size_bytes as f64 / MB));
+        }
+        if let Some(r) = self.compression.filter(|&r| cost.compression + 1e-9 < r) {
+            v.push(("compression", r, cost.compression));
+        }
+        if let Some(g) = self.max_bops_g.filter(|&g| cost.bops / 1e9 > g) {
+            v.push(("max_bops_g", g, cost.bops / 1e9));
+        }
+        v
+    }
+
+    /// The budget as the plan's `constraints` object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self)
+            .map(|v| match v {
+                serde_json::Value::Object(m) => {
+                    serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect())
+                }
+                other => other,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Candidate bit-widths for weights and activations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidates {
+    /// Weight bit-widths, e.g. `[2, 3, 4, 8]`.
+    pub w_bits: Vec<BitWidth>,
+    /// Activation bit-widths, e.g. `[4, 8]`.
+    pub a_bits: Vec<BitWidth>,
+}
+
+impl Candidates {
+    /// Sorted, deduplicated and checked (2..8 or 32).
+    pub fn validated(&self) -> Result<Candidates> {
+        let clean = |v: &[BitWidth], field: &str| -> Result<Vec<BitWidth>> {
+            if v.is_empty() {
+                return Err(Error::config(field, "needs at least one bit-width"));
+            }
+            if let Some(b) = v.iter().find(|&&b| !is_valid_bits(b)) {
+                return Err(Error::config(
+                    field,
+                    format!("{b} is not allowed (use 2..8 or 32)"),
+                ));
+            }
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            Ok(v)
+        };
+        Ok(Candidates {
+            w_bits: clean(&self.w_bits, "w-bits")?,
+            a_bits: clean(&self.a_bits, "a-bits")?,
+        })
+    }
+}
+
+fn plan_of(layers: &[LayerInfo], bits: &[(BitWidth, BitWidth)], method: &str) -> QuantPlan {
+    let mut plan = QuantPlan::uniform(layers, 32, 32);
+    plan.method = method.to_string();
+    plan.layers = layers
+        .iter()
+        .zip(bits)
+        .map(|(l, &(w, a))| LayerPrecision::new(l.name.clone(), w, a))
+        .collect();
+    plan
+}
+
+/// Fails with [`Error::Infeasible`] (naming the limit and the smallest achievable value)
+/// when even the smallest candidate bits everywhere break the budget. Every cost grows with
+/// bits, so that plan is the smallest in every respect.
+pub fn preflight(layers: &[LayerInfo], cands: &Candidates, budget: &Budget) -> Result<()> {
+    let min = (cands.w_bits[0], cands.a_bits[0]);
+    let cost = CostTable::new(
+        layers,
+        &plan_of(layers, &vec![min; layers.len()], "preflight"),
+    )?;
+    match budget.violations(&cost).first() {
+        None => Ok(()),
+        Some(&(name, limit, value)) => Err(Error::Infeasible {
+            budget: format!(
+                "{name} {limit} (with w-bits >= {}, a-bits >= {})",
+                min.0, min.1
+            ),
+            min_value: format!("{value:.6}"),
+        }),
+    }
+}
+
+fn finish(
+    layers: &[LayerInfo],
+    mut plan: QuantPlan,
+    budget: &Budget,
+    start: Instant,
+) -> Result<QuantPlan> {
+    let cost = CostTable::new(layers, &plan)?;
+    cost.fill_plan(&mut plan);
+    plan.constraints = budget.to_json();
+    plan.seconds = start.elapsed().as_secs_f64();
+    Ok(plan)
+}
+
+/// The uniform plan with the most weight bits (then the most activation bits) that meets
+/// the budget.
+pub fn uniform(layers: &[LayerInfo], cands: &Candidates, budget: &Budget) -> Result<QuantPlan> {
+    let start = Instant::now();
+    let cands = cands.validated()?;
+    preflight(layers, &cands, budget)?;
+    for &w in cands.w_bits.iter().rev() {
+        for &a in cands.a_bits.iter().rev() {
+            let plan = plan_of(layers, &vec![(w, a); layers.len()], "uniform");
+            if budget
+                .violations(&CostTable::new(layers, &plan)?)
+                .is_empty()
+            {
+                return finish(layers, plan, budget, start);
+            }
+        }
+    }
+    Err(Error::Infeasible {
+        budget: "the budget with one bit-width for every layer".into(),
+        min_value: "a mixed plan (try --method random)".into(),
+    })
+}
+
+/// A plan drawn uniformly among the per-layer (w, a) choices that meet the budget, by
+/// rejection sampling from a generator seeded with `seed` (at most `max_tries` draws).
+pub fn random(
+    layers: &[LayerInfo],
+    cands: &Candidates,
+    budget: &Budget,
+    seed: u64,
+    max_tries: usize,
+) -> Result<QuantPlan> {
+    let start = Instant::now();
+    let cands = cands.validated()?;
+    preflight(layers, &cands, budget)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for _ in 0..max_tries {
+        let bits: Vec<(BitWidth, BitWidth)> = layers
+            .iter()
+            .map(|_| {
+                let w = cands.w_bits[rng.random_range(0..cands.w_bits.len())];
+                let a = cands.a_bits[rng.random_range(0..cands.a_bits.len())];
+                (w, a)
+            })
+            .collect();
+        let plan = plan_of(layers, &bits, "random");
+        if budget
+            .violations(&CostTable::new(layers, &plan)?)
+            .is_empty()
+        {
+            return finish(layers, plan, budget, start);
+        }
+    }
+    Err(Error::Infeasible {
+        budget: format!("random sampling: no plan met the budget in {max_tries} draws"),
+        min_value: "a looser budget".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zoo::{self, ZooConfig};
+
+    fn lenet() -> Vec<LayerInfo> {
+        zoo::build("lenet5", &ZooConfig::new([1, 28, 28], 10), 0)
+            .unwrap()
+            .graph
+            .layer_infos()
+            .unwrap()
+    }
+
+    fn cands() -> Candidates {
+        Candidates {
+            w_bits: vec![8, 2, 4, 3],
+            a_bits: vec![8, 4],
+        }
+    }
+
+    #[test]
+    fn uniform_picks_the_largest_plan_within_budget() {
+        let layers = lenet();
+        let b = Budget {
+            avg_bits: Some(3.5),
+            ..Default::default()
+        };
+        let p = uniform(&layers, &cands(), &b).unwrap();
+        assert!(p.layers.iter().all(|l| l.w_bits == 3 && l.a_bits == 8));
+        assert_eq!(p.avg_w_bits, Some(3.0));
+        let b = Budget {
+            avg_bits: Some(3.5),
+            max_bops_g: Some(281_640.0 * 3.0 * 4.0 / 1e9),
+            ..Default::default()
+        };
+        let p = uniform(&layers, &cands(), &b).unwrap();
+        assert!(p.layers.iter().all(|l| l.w_bits == 3 && l.a_bits == 4));
+    }
+
+    #[test]
+    fn random_meets_the_budget_and_is_seeded() {
+        let layers = lenet();
+        let b = Budget {
+            avg_bits: Some(3.0),
+            ..Default::default()
+        };
+        let p1 = random(&layers, &cands(), &b, 7, 100_000).unwrap();
+        let p2 = random(&layers, &cands(), &b, 7, 100_000).unwrap();
+        assert_eq!(p1.layers, p2.layers);
+        assert!(p1.avg_w_bits.unwrap() <= 3.0 + 1e-9);
+        let others: Vec<_> = (0..8)
+            .map(|s| random(&layers, &cands(), &b, s, 100_000).unwrap().layers)
+            .collect();
+        assert!(
+            others.iter().any(|l| *l != others[0]),
+            "different seeds should differ"
+        );
+    }
+
+    #[test]
+    fn infeasible_budget_reports_the_smallest_value() {
+        let layers = lenet();
+        let b = Budget {
+            avg_bits: Some(1.5),
+            ..Default::default()
+        };
+        match uniform(&layers, &cands(), &b) {
+            Err(Error::Infeasible { budget, min_value }) => {
+                assert!(budget.contains("avg_bits"), "{budget}");
+                assert_eq!(min_value, "2.000000");
+            }
+            other => panic!("expected infeasible, got {other:?}"),
+        }
+    }
+}
