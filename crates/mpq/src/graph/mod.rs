@@ -8,6 +8,7 @@
 
 mod build;
 mod exec;
+mod fold;
 mod info;
 mod ops;
 mod params;

@@ -406,3 +406,60 @@ fn same_seed_builds_identical_weights_and_another_seed_differs() {
         assert_ne!(a, c, "{arch}");
     }
 }
+
+/// Folding every Conv→BN pair keeps the eval-mode function (running statistics made
+/// non-trivial first) and removes every BatchNorm node of ResNet-8 and MobileNetV2.
+#[test]
+fn batch_norm_folding_preserves_eval_logits() {
+    use mpq::graph::{Mode, Op};
+    for (arch, shape) in [("resnet8", [3, 16, 16]), ("mobilenetv2", [3, 32, 32])] {
+        let model = zoo::build(arch, &ZooConfig::new(shape, 10), 5).unwrap();
+        let g = &model.graph;
+        let x = candle::Tensor::randn(
+            0f32,
+            1.0,
+            (4, shape[0], shape[1], shape[2]),
+            &candle::Device::Cpu,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            g.forward(&(&x * 2.0).unwrap(), Mode::Train).unwrap();
+        }
+        let (folded, pairs) = g.fold_batch_norm().unwrap();
+        let bn_count = g
+            .nodes()
+            .iter()
+            .filter(|n| matches!(n.op, Op::BatchNorm2d(_)))
+            .count();
+        assert_eq!(pairs.len(), bn_count, "{arch}: every BN follows a conv");
+        assert!(
+            folded
+                .nodes()
+                .iter()
+                .all(|n| !matches!(n.op, Op::BatchNorm2d(_)))
+        );
+        assert_eq!(folded.quantizable_layers(), g.quantizable_layers());
+        let a: Vec<f32> = g
+            .forward(&x, Mode::Eval)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = folded
+            .forward(&x, Mode::Eval)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+        for (u, v) in a.iter().zip(&b) {
+            assert!((u - v).abs() <= 1e-4 * scale, "{arch}: {u} vs {v}");
+        }
+    }
+    let lenet = zoo::build("lenet5", &ZooConfig::new([1, 28, 28], 10), 0).unwrap();
+    let (same, pairs) = lenet.graph.fold_batch_norm().unwrap();
+    assert!(pairs.is_empty());
+    assert_eq!(same.nodes().len(), lenet.graph.nodes().len());
+}
