@@ -299,22 +299,9 @@ impl QuantPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::LayerOp;
 
     fn info(index: usize, name: &str, out: usize, inp: usize) -> LayerInfo {
-        LayerInfo {
-            index,
-            name: name.into(),
-            op: LayerOp::Linear,
-            weight_shape: vec![out, inp],
-            params: out * inp,
-            bias_params: out,
-            input_shape: vec![inp],
-            output_shape: vec![out],
-            input_elems: inp,
-            macs: (out * inp) as u64,
-            out_channels: out,
-        }
+        LayerInfo::linear(index, name, out, inp)
     }
 
     fn model() -> Vec<LayerInfo> {

@@ -193,19 +193,7 @@ mod tests {
     }
 
     fn linear(index: usize, name: &str, out: usize, inp: usize) -> LayerInfo {
-        LayerInfo {
-            index,
-            name: name.into(),
-            op: LayerOp::Linear,
-            weight_shape: vec![out, inp],
-            params: out * inp,
-            bias_params: out,
-            input_shape: vec![inp],
-            output_shape: vec![out],
-            input_elems: inp,
-            macs: (out * inp) as u64,
-            out_channels: out,
-        }
+        LayerInfo::linear(index, name, out, inp)
     }
 
     /// LeNet-5: conv1 6x1x5x5 (24x24 out), conv2 16x6x5x5 (8x8 out), fc 256-120-84-10.

@@ -49,6 +49,26 @@ pub struct LayerInfo {
     pub out_channels: usize,
 }
 
+impl LayerInfo {
+    /// The table row of a fully connected layer `in_features → out_features` with a bias,
+    /// for building layer tables without a graph (hand-written or published tables).
+    pub fn linear(index: usize, name: &str, out_features: usize, in_features: usize) -> Self {
+        LayerInfo {
+            index,
+            name: name.into(),
+            op: LayerOp::Linear,
+            weight_shape: vec![out_features, in_features],
+            params: out_features * in_features,
+            bias_params: out_features,
+            input_shape: vec![in_features],
+            output_shape: vec![out_features],
+            input_elems: in_features,
+            macs: (out_features * in_features) as u64,
+            out_channels: out_features,
+        }
+    }
+}
+
 fn mismatch(name: &str, expected: impl Into<String>, got: &[usize]) -> Error {
     Error::ShapeMismatch {
         name: format!("layer {name}"),
