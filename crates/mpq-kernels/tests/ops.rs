@@ -5,28 +5,9 @@
 use candle::{DType, Device, Result, Tensor, Var};
 use mpq_kernels::{Conv2dParams, batch_norm_eval, batch_norm_train, conv2d, reference, simd};
 
-/// Deterministic xorshift generator for test data and shapes.
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn tensor(&mut self, dims: &[usize]) -> Result<Tensor> {
-        let n = dims.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| self.uniform()).collect();
-        Tensor::from_vec(v, dims, &Device::Cpu)
-    }
-}
+use common::Rng;
 
 /// `max |a − b| / max |b|` must not exceed `rtol`.
 fn assert_close(a: &Tensor, b: &Tensor, rtol: f64, what: &str) -> Result<()> {

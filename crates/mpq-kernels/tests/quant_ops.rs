@@ -9,37 +9,9 @@ use mpq_kernels::{
     round_half_even,
 };
 
-/// Deterministic xorshift generator for test data.
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    /// `n` values in [-amp, amp), a quarter of them exactly on half steps `(k + 0.5)·step`.
-    fn data(&mut self, n: usize, amp: f32, step: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                if self.below(4) == 0 {
-                    let k = self.below(2 * (amp / step) as usize + 1) as f32 - amp / step;
-                    (k.round() + 0.5) * step
-                } else {
-                    self.uniform() * amp
-                }
-            })
-            .collect()
-    }
-}
+use common::Rng;
 
 fn t(v: &[f32], dims: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(v.to_vec(), dims, &Device::Cpu)
