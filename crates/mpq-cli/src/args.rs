@@ -46,6 +46,8 @@ pub(crate) enum Command {
     Eval(EvalArgs),
     /// Bit-width search: a policy (QuantPlan JSON) within a budget.
     Search(SearchArgs),
+    /// Apply a policy (optional QAT fine-tuning) and export the packed quantized model.
+    Quantize(crate::commands::QuantizeArgs),
     /// The whole pipeline on the bundled MNIST subset.
     Quickstart(QuickstartArgs),
 }

@@ -69,9 +69,12 @@ impl Lsq {
         if channels == 1 { BLOCK } else { inner.max(1) }
     }
 
+    /// `(round(clamp(x/s)) + 0)·s`: the `+ 0` turns a code of `−0` into `+0`, so the
+    /// result has the same bits as the uniform quantizer `s·(clamp(round(x/s) + z) − z)`
+    /// with `z = 0` that export uses (not just the same value).
     #[inline]
     fn forward(&self, x: f32, s: f32) -> f32 {
-        clamp_like_candle(x / s, -self.qn, self.qp).round_ties_even() * s
+        (clamp_like_candle(x / s, -self.qn, self.qp).round_ties_even() + 0.0) * s
     }
 
     /// `(∂ŷ/∂x, ∂ŷ/∂s)` at `x` for step `s`.

@@ -17,9 +17,11 @@
 pub mod cost;
 pub mod data;
 mod error;
+pub mod export;
 pub mod graph;
 pub(crate) mod io;
 pub mod model;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod quant;

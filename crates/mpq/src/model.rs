@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Normalization;
 use crate::graph::Graph;
+use crate::quant::PlanHooks;
 use crate::zoo::{self, ZooConfig};
 use crate::{Error, Result};
 
@@ -28,6 +29,10 @@ pub struct ModelMeta {
     pub normalization: Option<Normalization>,
     /// Free-form training summary (epochs, accuracy, time, settings).
     pub training: Option<serde_json::Value>,
+    /// Present in packed quantized models ([`crate::export`]): the plan and the layout of
+    /// the packed tensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::export::PackedMeta>,
 }
 
 impl ModelMeta {
@@ -38,6 +43,7 @@ impl ModelMeta {
             config,
             normalization: None,
             training: None,
+            quantization: None,
         }
     }
 }
@@ -49,6 +55,9 @@ pub struct Model {
     pub graph: Graph,
     /// What the model is.
     pub meta: ModelMeta,
+    /// For a packed quantized model: hooks that quantize its input activations as the
+    /// simulation did (its weights already hold the dequantized values).
+    pub quantized: Option<PlanHooks>,
 }
 
 /// Fallbacks for building a model whose file does not describe itself (a PyTorch
@@ -86,6 +95,12 @@ impl ModelHint {
 impl Model {
     /// Saves weights and metadata as safetensors (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
+        if self.quantized.is_some() {
+            return Err(Error::config(
+                "model",
+                "a packed quantized model is saved by the export, not as FP32",
+            ));
+        }
         let mut md = HashMap::new();
         // One key only: safetensors writes metadata in HashMap order, and byte-identical files
         // for identical runs need a deterministic header.
@@ -113,8 +128,20 @@ impl Model {
             }
         };
         let mut graph = zoo::build_graph(&meta.arch, &meta.config, hint.seed, device)?;
+        if let Some(packed) = &meta.quantization {
+            let (graph, hooks) = crate::export::unpack(path, tensors, packed, graph)?;
+            return Ok(Model {
+                graph,
+                meta,
+                quantized: Some(hooks),
+            });
+        }
         graph.params_mut().assign_strict(path, tensors)?;
-        Ok(Model { graph, meta })
+        Ok(Model {
+            graph,
+            meta,
+            quantized: None,
+        })
     }
 
     /// Resolves a `--model` reference: `zoo:NAME` (fresh weights) or a safetensors path.

@@ -210,7 +210,8 @@ impl QuantPlan {
     ///
     /// Errors: an entry naming no layer of the model ([`Error::UnknownLayer`]); a layer
     /// listed twice; a bit-width outside `2..=8` and `32`; `channel_w_bits` whose length is
-    /// not the layer's output channels, or combined with per-tensor granularity; a
+    /// not the layer's output channels, that mixes `32` with quantized widths, or that is
+    /// combined with per-tensor granularity or a non-symmetric quantizer; a
     /// `constraints` value that is not an object; negative or non-finite `seconds`.
     /// Model layers missing from the plan are allowed (full precision).
     pub fn validate(&self, layers: &[LayerInfo]) -> Result<()> {
@@ -258,12 +259,26 @@ impl QuantPlan {
                         got: format!("{} entries", ch.len()),
                     });
                 }
-                if let Some((c, &bits)) = ch.iter().enumerate().find(|(_, b)| !is_valid_bits(**b)) {
+                let all_fp = ch.iter().all(|&b| b == FULL_PRECISION);
+                if let Some((c, &bits)) = ch
+                    .iter()
+                    .enumerate()
+                    .find(|(_, b)| !(MIN_BITS..=MAX_BITS).contains(*b) && !all_fp)
+                {
                     return Err(Error::config(
                         "channel_w_bits",
                         format!(
                             "layer {} channel {c}: {bits} bits is not allowed (use \
-                             {MIN_BITS}..={MAX_BITS} or {FULL_PRECISION})",
+                             {MIN_BITS}..={MAX_BITS}; {FULL_PRECISION} only for every channel)",
+                            p.name
+                        ),
+                    ));
+                }
+                if p.quantizer != QuantizerKind::Symmetric && !all_fp {
+                    return Err(Error::config(
+                        "quantizer",
+                        format!(
+                            "layer {}: channel_w_bits needs the symmetric quantizer",
                             p.name
                         ),
                     ));

@@ -8,7 +8,7 @@ use mpq::data::{self, LoadOptions};
 use mpq::graph::{Hooks, NoHooks};
 use mpq::quant::{CalibrationConfig, PlanHooks};
 
-use crate::args::{EvalArgs, GlobalArgs};
+use crate::args::{EvalArgs, GlobalArgs, UsageError};
 use crate::output::{self, Bars};
 
 #[derive(Serialize)]
@@ -34,35 +34,36 @@ pub(crate) fn run(g: &GlobalArgs, a: &EvalArgs) -> anyhow::Result<()> {
     let _bars = Bars::new(g.quiet);
     let norm = model.normalization_or(&splits.normalization);
     let layers = model.graph.layer_infos()?;
-    // Without a policy every layer is FP32 (an empty plan), priced the same way.
-    let plan = match &a.policy {
-        Some(p) => QuantPlan::load(p)?,
-        None => QuantPlan::uniform(&[], 32, 32),
-    };
+    // A packed quantized model carries its plan and activation quantizers; otherwise
+    // without a policy every layer is FP32 (an empty plan), priced the same way.
+    let (plan, graph, mut hooks): (QuantPlan, _, Box<dyn Hooks>) =
+        match (&model.quantized, &a.policy) {
+            (Some(_), Some(_)) => {
+                return Err(UsageError(
+                    "the model is already quantized (a packed file): drop --policy".into(),
+                )
+                .into());
+            }
+            (Some(q), None) => (q.plan().clone(), model.graph.clone(), Box::new(q.clone())),
+            (None, Some(p)) => {
+                let plan = QuantPlan::load(p)?;
+                plan.validate(&layers)?;
+                let graph = mpq::quant::prepare_graph(&model.graph, &plan)?;
+                let cfg = CalibrationConfig {
+                    samples: a.calib_samples,
+                    ..Default::default()
+                };
+                let hooks = PlanHooks::calibrate(&graph, &plan, &splits.train, &norm, &cfg)?;
+                (plan, graph, Box::new(hooks))
+            }
+            (None, None) => (
+                QuantPlan::uniform(&[], 32, 32),
+                model.graph.clone(),
+                Box::new(NoHooks),
+            ),
+        };
     let cost = CostTable::new(&layers, &plan)?;
-    let mut hooks: Box<dyn Hooks> = match &a.policy {
-        Some(_) => {
-            let cfg = CalibrationConfig {
-                samples: a.calib_samples,
-                ..Default::default()
-            };
-            Box::new(PlanHooks::calibrate(
-                &model.graph,
-                &plan,
-                &splits.train,
-                &norm,
-                &cfg,
-            )?)
-        }
-        None => Box::new(NoHooks),
-    };
-    let stats = mpq::train::evaluate(
-        &model.graph,
-        &splits.test,
-        &norm,
-        a.batch_size,
-        hooks.as_mut(),
-    )?;
+    let stats = mpq::train::evaluate(&graph, &splits.test, &norm, a.batch_size, hooks.as_mut())?;
     let result = EvalJson {
         accuracy: stats.accuracy,
         loss: stats.loss,

@@ -2,6 +2,7 @@
 
 mod eval;
 mod info;
+mod quantize;
 mod quickstart;
 mod search;
 mod train;
@@ -10,6 +11,7 @@ use candle::Device;
 use mpq::model::{Model, ModelHint};
 
 use crate::args::{Cli, Command, ModelArgs};
+pub(crate) use quantize::QuantizeArgs;
 
 pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
@@ -18,6 +20,7 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(&cli.global, a),
         Command::Search(a) => search::run(&cli.global, a),
         Command::Quickstart(a) => quickstart::run(&cli.global, a),
+        Command::Quantize(a) => quantize::run(&cli.global, a),
     }
 }
 

@@ -105,6 +105,12 @@ pub struct CostTable {
     pub fp32_size_bytes: u64,
     /// FP32 reference bit operations, `32·32·Σ MAC`.
     pub fp32_bops: f64,
+    /// Bytes of this plan's packed export ([`crate::export`]) without the safetensors header:
+    /// per layer its codes rounded up to whole bytes (or `4·n` in FP32), its scales and zero
+    /// points, its FP32 biases, and 8 bytes (scale and zero point) per quantized input
+    /// activation. Unlike `size_bytes` (spec §0.4, biases excluded) this is what the file
+    /// holds; unfolded BatchNorm parameters are not layer rows and are not counted.
+    pub stored_bytes: u64,
 }
 
 impl CostTable {
@@ -137,6 +143,18 @@ impl CostTable {
         let macs: u64 = rows.iter().map(|r| r.macs).sum();
         let bops: f64 = rows.iter().map(|r| r.bops).sum();
         let fp = u64::from(FULL_PRECISION);
+        let stored_bytes = layers
+            .iter()
+            .zip(&rows)
+            .map(|(l, r)| {
+                let acts = if r.a_bits < f64::from(FULL_PRECISION) {
+                    8
+                } else {
+                    0
+                };
+                r.weight_bits.div_ceil(8) + r.overhead_bits / 8 + 4 * l.bias_params as u64 + acts
+            })
+            .sum();
         Ok(CostTable {
             layers: rows,
             params,
@@ -158,6 +176,7 @@ impl CostTable {
             bops,
             fp32_size_bytes: fp * params / 8,
             fp32_bops: (fp * fp * macs) as f64,
+            stored_bytes,
         })
     }
 
@@ -252,6 +271,9 @@ mod tests {
         assert_eq!(t.overhead_bits, 7_552);
         assert_eq!(t.size_bytes, 15_854); // 126_832 / 8
         assert_eq!(t.size_bytes_weights_only, 14_910); // 119_280 / 8
+        // Stored: 14_910 code bytes + 944 scale bytes + 4·(6+16+120+84+10) bias bytes + 5·8
+        // activation bytes.
+        assert_eq!(t.stored_bytes, 14_910 + 944 + 944 + 40);
         assert!((t.avg_w_bits - 2.699_253_224_711_473).abs() < 1e-12);
         assert!((t.compression - 11.855_130_784_708_25).abs() < 1e-12);
         assert_eq!(t.macs, 281_640);
@@ -301,27 +323,23 @@ mod tests {
         conv1.channel_w_bits = Some(vec![2, 4, 8, 8, 4, 2]); // Σ 28, 25 weights each
         let mut conv2 = lp("conv2", 4, 8);
         conv2.channel_w_bits = Some(vec![2, 3, 4, 5, 6, 7, 8, 2, 3, 4, 5, 6, 7, 8, 4, 4]); // Σ 78
-        conv2.quantizer = QuantizerKind::Asymmetric;
-        let p = plan(vec![
-            conv1,
-            conv2,
-            lp("fc1", 4, 4),
-            lp("fc2", 4, 4),
-            lp("fc3", 4, 4),
-        ]);
+        let mut fc2 = lp("fc2", 4, 4);
+        fc2.quantizer = QuantizerKind::Asymmetric;
+        let p = plan(vec![conv1, conv2, lp("fc1", 4, 4), fc2, lp("fc3", 4, 4)]);
         let t = CostTable::new(&lenet(), &p).unwrap();
         assert!((t.layers[0].w_bits - 28.0 / 6.0).abs() < 1e-12);
         assert_eq!(t.layers[1].w_bits, 78.0 / 16.0);
         let wb: Vec<u64> = t.layers.iter().map(|r| r.weight_bits).collect();
         assert_eq!(wb, [700, 11_700, 122_880, 40_320, 3_360]);
         let ob: Vec<u64> = t.layers.iter().map(|r| r.overhead_bits).collect();
-        assert_eq!(ob, [192, 1_024, 3_840, 2_688, 320]);
+        // Per-channel scales (32 bits each); fc2 also has 84 zero points.
+        assert_eq!(ob, [192, 512, 3_840, 5_376, 320]);
         // conv1: 14_400 MACs/channel · 28 · 8; conv2: 9_600 · 78 · 8.
         assert_eq!(t.layers[0].bops, 3_225_600.0);
         assert_eq!(t.layers[1].bops, 5_990_400.0);
         assert_eq!(t.weight_bits, 178_960);
-        assert_eq!(t.overhead_bits, 8_064);
-        assert_eq!(t.size_bytes, 23_378);
+        assert_eq!(t.overhead_bits, 10_240);
+        assert_eq!(t.size_bytes, 23_650);
         assert_eq!(t.size_bytes_weights_only, 22_370);
         assert!((t.avg_w_bits - 4.049_785_019_235_121).abs() < 1e-12);
         assert!((t.compression - 7.901_654_000_894_054).abs() < 1e-12);

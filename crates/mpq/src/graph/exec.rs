@@ -33,6 +33,12 @@ pub trait Hooks {
         let _ = layer;
         Ok(x.clone())
     }
+
+    /// Variables the hooks own that training should update next to the graph's own
+    /// (LSQ's learned step sizes). Default: none.
+    fn trainable(&self) -> Vec<candle::Var> {
+        Vec::new()
+    }
 }
 
 /// Hooks that change nothing.

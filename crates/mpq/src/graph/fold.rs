@@ -9,6 +9,21 @@ use super::{Graph, Node, NodeId, Op, ParamKind, ParamStore};
 use crate::Result;
 
 impl Graph {
+    /// A copy of the graph with its own copies of every parameter (a plain `clone` shares
+    /// the variables, so training one would change the other).
+    pub fn deep_copy(&self) -> Result<Graph> {
+        let mut params = ParamStore::new(self.params.device());
+        for p in self.params.iter() {
+            params.insert(&p.name, p.var.as_tensor().copy()?, p.kind)?;
+        }
+        Graph::from_parts(
+            self.nodes.clone(),
+            self.output,
+            self.input_shape.clone(),
+            params,
+        )
+    }
+
     /// A copy of the graph with every foldable BatchNorm merged into its convolution;
     /// returns the folded graph and the `(conv, batchnorm)` name pairs that were merged.
     pub fn fold_batch_norm(&self) -> Result<(Graph, Vec<(String, String)>)> {

@@ -20,8 +20,8 @@ pub use ops::{
     avg_pool2d, batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, max_pool2d,
     relu6, stock_ops,
 };
-pub(crate) use params::load_tensors;
 pub use params::{Param, ParamKind, ParamStore};
+pub(crate) use params::{load_tensors, save_tensors};
 
 use serde::{Deserialize, Serialize};
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use candle::Tensor;
 
+use super::lsq::LsqQuantizer;
 use super::observer::{Observer, RangeMethod};
 use super::params::QuantParams;
 use crate::data::{self, Dataset, LoaderConfig, Normalization};
@@ -30,11 +31,33 @@ impl Hooks for CalibrationHooks {
     }
 }
 
+/// How a planned layer's weight is quantized on each forward pass.
+#[derive(Debug, Clone)]
+enum WeightQuant {
+    /// Scales from the current weight (max-abs per channel or tensor, or min/max), so QAT
+    /// sees the quantizer follow the weights.
+    Dynamic(LayerPrecision),
+    /// LSQ's learned step.
+    Lsq(LsqQuantizer),
+    /// The weight already holds dequantized values (a loaded packed model): identity.
+    Frozen,
+}
+
+/// How a planned layer's input activation is quantized.
+#[derive(Debug, Clone)]
+enum ActQuant {
+    /// A calibrated range.
+    Fixed(QuantParams),
+    /// LSQ's learned step (initialised from calibration).
+    Lsq(LsqQuantizer),
+}
+
 /// Hooks that simulate a plan exactly: fake-quantized weights and input activations.
 #[derive(Debug, Clone)]
 pub struct PlanHooks {
-    layers: HashMap<String, LayerPrecision>,
-    activations: HashMap<String, QuantParams>,
+    plan: QuantPlan,
+    weights: HashMap<String, WeightQuant>,
+    activations: HashMap<String, ActQuant>,
 }
 
 /// Settings of activation calibration.
@@ -58,30 +81,49 @@ impl Default for CalibrationConfig {
     }
 }
 
-/// Quantization parameters of a weight tensor `[out, ...]` under `p` (`bits < 32`).
+/// Quantization parameters of a weight tensor `[out, ...]` under `p` (`bits < 32`):
+/// symmetric max-abs (per channel, with optional per-channel widths, or per tensor) or
+/// asymmetric min/max (per channel or per tensor). LSQ layers get theirs from their learned
+/// step ([`PlanHooks::weight_quant_params`]).
 pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
-    if p.channel_w_bits.is_some() {
-        return Err(Error::config(
-            "policy",
-            format!(
-                "layer {}: per-channel bit-widths are not supported by this build yet",
-                p.name
-            ),
-        ));
-    }
     let out = w.dim(0)?;
     let flat = w.detach().reshape((out, w.elem_count() / out.max(1)))?;
+    if let Some(bits) = &p.channel_w_bits {
+        if p.quantizer != QuantizerKind::Symmetric || p.granularity != Granularity::PerChannel {
+            return Err(Error::config(
+                "policy",
+                format!(
+                    "layer {}: channel_w_bits needs the symmetric per-channel quantizer",
+                    p.name
+                ),
+            ));
+        }
+        let m: Vec<f32> = flat.abs()?.max(1)?.to_vec1()?;
+        return QuantParams::symmetric_channel_bits(&m, bits, 0);
+    }
     match (p.quantizer, p.granularity) {
-        (QuantizerKind::Asymmetric, _) => {
+        (QuantizerKind::Lsq, _) => Err(Error::config(
+            "policy",
+            format!(
+                "layer {}: LSQ weight steps are learned, not computed",
+                p.name
+            ),
+        )),
+        (QuantizerKind::Asymmetric, Granularity::PerChannel) => {
+            let lo: Vec<f32> = flat.min(1)?.to_vec1()?;
+            let hi: Vec<f32> = flat.max(1)?.to_vec1()?;
+            QuantParams::asymmetric_per_channel(&lo, &hi, p.w_bits, 0)
+        }
+        (QuantizerKind::Asymmetric, Granularity::PerTensor) => {
             let lo = flat.min_all()?.to_scalar::<f32>()?;
             let hi = flat.max_all()?.to_scalar::<f32>()?;
             QuantParams::asymmetric(lo, hi, p.w_bits)
         }
-        (_, Granularity::PerChannel) => {
+        (QuantizerKind::Symmetric, Granularity::PerChannel) => {
             let m: Vec<f32> = flat.abs()?.max(1)?.to_vec1()?;
             QuantParams::symmetric_per_channel(&m, p.w_bits, 0)
         }
-        (_, Granularity::PerTensor) => {
+        (QuantizerKind::Symmetric, Granularity::PerTensor) => {
             let m = flat.abs()?.max_all()?.to_scalar::<f32>()?;
             QuantParams::symmetric(m, p.w_bits)
         }
@@ -99,9 +141,23 @@ pub fn fake_quant_tensor(x: &Tensor, q: &QuantParams) -> Result<Tensor> {
     )?)
 }
 
+/// The graph a plan runs on: with `plan.fold_bn`, every foldable BatchNorm merged into its
+/// convolution (as deployed integer models do, so weights are quantized after folding);
+/// otherwise a copy. Either way the result owns its weights, so fine-tuning it leaves
+/// `graph` unchanged.
+pub fn prepare_graph(graph: &Graph, plan: &QuantPlan) -> Result<Graph> {
+    if plan.fold_bn {
+        Ok(graph.fold_batch_norm()?.0)
+    } else {
+        graph.deep_copy()
+    }
+}
+
 impl PlanHooks {
     /// Validates `plan` against the graph and calibrates the activation ranges of every layer
-    /// whose activations it quantizes, on the first `cfg.samples` samples of `calib`.
+    /// whose activations it quantizes, on the first `cfg.samples` samples of `calib`. LSQ
+    /// layers get their initial steps here (`2·mean|x|/√Qp` over the calibration samples
+    /// for activations). Run it on [`prepare_graph`]'s graph.
     pub fn calibrate(
         graph: &Graph,
         plan: &QuantPlan,
@@ -141,40 +197,137 @@ impl PlanHooks {
         }
         let mut activations = HashMap::new();
         for (name, obs) in &hooks.observers {
-            let bits = layers[name].a_bits;
+            let p = &layers[name];
+            let bits = p.a_bits;
             let (lo, hi) = obs.range(bits, false)?;
-            let q = if lo >= 0.0 {
-                QuantParams::unsigned(hi, bits)?
+            let q = if p.quantizer == QuantizerKind::Lsq {
+                ActQuant::Lsq(LsqQuantizer::for_activation(
+                    obs.mean_abs(),
+                    bits,
+                    lo < 0.0,
+                    graph.device(),
+                )?)
+            } else if lo >= 0.0 {
+                ActQuant::Fixed(QuantParams::unsigned(hi, bits)?)
             } else {
-                QuantParams::asymmetric(lo, hi, bits)?
+                ActQuant::Fixed(QuantParams::asymmetric(lo, hi, bits)?)
             };
             activations.insert(name.clone(), q);
         }
+        let mut weights = HashMap::new();
+        for p in layers.values().filter(|p| !p.weights_full_precision()) {
+            let q = if p.quantizer == QuantizerKind::Lsq {
+                if p.channel_w_bits.is_some() {
+                    return Err(Error::config(
+                        "policy",
+                        format!("layer {}: channel_w_bits is not supported with LSQ", p.name),
+                    ));
+                }
+                let w = graph.params().var(&format!("{}.weight", p.name))?;
+                WeightQuant::Lsq(LsqQuantizer::for_weight(
+                    w.as_tensor(),
+                    p.w_bits,
+                    p.granularity == Granularity::PerChannel,
+                )?)
+            } else {
+                WeightQuant::Dynamic(p.clone())
+            };
+            weights.insert(p.name.clone(), q);
+        }
         Ok(PlanHooks {
-            layers,
+            plan: plan.clone(),
+            weights,
             activations,
         })
     }
 
-    /// The calibrated activation parameters of `layer`, if its activations are quantized.
-    pub fn activation_params(&self, layer: &str) -> Option<&QuantParams> {
-        self.activations.get(layer)
+    /// Hooks of an already-quantized model whose weights hold dequantized values: weights
+    /// pass unchanged, input activations are fake-quantized with the given parameters.
+    pub fn frozen(plan: &QuantPlan, activations: HashMap<String, QuantParams>) -> PlanHooks {
+        let weights = plan
+            .layers
+            .iter()
+            .filter(|p| !p.weights_full_precision())
+            .map(|p| (p.name.clone(), WeightQuant::Frozen))
+            .collect();
+        PlanHooks {
+            plan: plan.clone(),
+            weights,
+            activations: activations
+                .into_iter()
+                .map(|(k, v)| (k, ActQuant::Fixed(v)))
+                .collect(),
+        }
+    }
+
+    /// The plan being simulated.
+    pub fn plan(&self) -> &QuantPlan {
+        &self.plan
+    }
+
+    /// The activation parameters of `layer` now (LSQ steps as uniform parameters), if its
+    /// activations are quantized.
+    pub fn activation_params(&self, layer: &str) -> Result<Option<QuantParams>> {
+        match self.activations.get(layer) {
+            Some(ActQuant::Fixed(q)) => Ok(Some(q.clone())),
+            Some(ActQuant::Lsq(l)) => Ok(Some(l.params()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The parameters that quantize `layer`'s weight `w` on the next forward pass, if its
+    /// weights are quantized. Frozen (already dequantized) weights are an error: their
+    /// parameters were consumed when they were loaded.
+    pub fn weight_quant_params(&self, layer: &str, w: &Tensor) -> Result<Option<QuantParams>> {
+        match self.weights.get(layer) {
+            Some(WeightQuant::Dynamic(p)) => Ok(Some(weight_params(w, p)?)),
+            Some(WeightQuant::Lsq(l)) => Ok(Some(l.params()?)),
+            Some(WeightQuant::Frozen) => Err(Error::config(
+                "model",
+                format!("layer {layer} is already quantized"),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the weights are already quantized (a loaded packed model).
+    pub fn is_frozen(&self) -> bool {
+        self.weights
+            .values()
+            .any(|w| matches!(w, WeightQuant::Frozen))
     }
 }
 
 impl Hooks for PlanHooks {
     fn weight(&mut self, layer: &str, w: &Tensor) -> Result<Tensor> {
-        match self.layers.get(layer) {
-            Some(p) if p.w_bits < 32 => fake_quant_tensor(w, &weight_params(w, p)?),
-            _ => Ok(w.clone()),
+        match self.weights.get(layer) {
+            Some(WeightQuant::Dynamic(p)) => fake_quant_tensor(w, &weight_params(w, p)?),
+            Some(WeightQuant::Lsq(l)) => l.apply(w),
+            Some(WeightQuant::Frozen) | None => Ok(w.clone()),
         }
     }
 
     fn activation(&mut self, layer: &str, x: &Tensor) -> Result<Tensor> {
         match self.activations.get(layer) {
-            Some(q) => fake_quant_tensor(x, q),
+            Some(ActQuant::Fixed(q)) => fake_quant_tensor(x, q),
+            Some(ActQuant::Lsq(l)) => l.apply(x),
             None => Ok(x.clone()),
         }
+    }
+
+    fn trainable(&self) -> Vec<candle::Var> {
+        let names: std::collections::BTreeSet<&String> =
+            self.weights.keys().chain(self.activations.keys()).collect();
+        let mut vars = Vec::new();
+        for n in names {
+            if let Some(WeightQuant::Lsq(l)) = self.weights.get(n) {
+                vars.push(l.var().clone());
+            }
+            if let Some(ActQuant::Lsq(l)) = self.activations.get(n) {
+                vars.push(l.var().clone());
+            }
+        }
+        vars
     }
 }
 
@@ -246,13 +399,13 @@ mod tests {
                 &CalibrationConfig::default(),
             )
             .unwrap();
-            let first = hooks.activation_params("conv1").unwrap().clone();
+            let first = hooks.activation_params("conv1").unwrap().unwrap();
             assert!(
                 first.qmin == 0.0 && first.zero_point[0] > 0.0,
                 "normalised input is signed"
             );
             assert_eq!(
-                hooks.activation_params("fc1").unwrap().zero_point[0],
+                hooks.activation_params("fc1").unwrap().unwrap().zero_point[0],
                 0.0,
                 "post-ReLU is unsigned"
             );

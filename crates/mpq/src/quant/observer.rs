@@ -32,6 +32,8 @@ pub struct Observer {
     min: f32,
     max: f32,
     samples: Vec<f32>,
+    sum_abs: f64,
+    count: u64,
 }
 
 impl Observer {
@@ -42,6 +44,8 @@ impl Observer {
             min: f32::INFINITY,
             max: f32::NEG_INFINITY,
             samples: Vec::new(),
+            sum_abs: 0.0,
+            count: 0,
         }
     }
 
@@ -52,6 +56,8 @@ impl Observer {
             if v.is_finite() {
                 self.min = self.min.min(v);
                 self.max = self.max.max(v);
+                self.sum_abs += f64::from(v.abs());
+                self.count += 1;
             }
         }
         if self.method == RangeMethod::MinMax || self.samples.len() >= CAP {
@@ -66,6 +72,15 @@ impl Observer {
                 .filter(|v| v.is_finite()),
         );
         self.samples.truncate(CAP);
+    }
+
+    /// Mean absolute value of everything observed (for LSQ's `2·mean|x|/√Qp` step init).
+    pub fn mean_abs(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum_abs / self.count as f64
+        }
     }
 
     /// Whether nothing finite has been observed.

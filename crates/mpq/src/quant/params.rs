@@ -21,10 +21,22 @@ pub fn quant_range(bits: u32, signed: bool) -> Result<(f32, f32)> {
 }
 
 /// Scale, zero point and integer range of one quantized tensor.
+///
+/// With [`QuantParams::channel_bits`] (CW-HAWQ's per-channel widths, symmetric only) channel
+/// `c` uses the narrow signed range of its own width, `±(2^(b_c−1)−1)`, and `qmin`/`qmax`
+/// hold the widest channel's range. Because a symmetric max-abs scale `s_c = max|x_c|/m_c`
+/// maps every element of its channel into `[−m_c, m_c]` before rounding, clamping to the
+/// widest range gives the same codes as clamping per channel, so the per-tensor-range fake
+/// quantization kernel simulates per-channel widths exactly (tested against
+/// [`fake_quant_values`], which clamps per channel).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantParams {
-    /// Bits of the integer code.
+    /// Bits of the integer code (the widest channel's with `channel_bits`).
     pub bits: u32,
+    /// Per-channel code widths along `axis` (symmetric signed codes only); `None`: every
+    /// channel uses `bits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_bits: Option<Vec<u32>>,
     /// One scale per tensor (`len 1`) or per channel along `axis`.
     pub scale: Vec<f32>,
     /// Zero points, same length as `scale` (0 for symmetric).
@@ -46,6 +58,7 @@ impl QuantParams {
         let (qmin, qmax) = quant_range(bits, true)?;
         Ok(QuantParams {
             bits,
+            channel_bits: None,
             scale: vec![(max_abs / qmax).max(MIN_SCALE)],
             zero_point: vec![0.0],
             qmin,
@@ -59,6 +72,7 @@ impl QuantParams {
         let (qmin, qmax) = quant_range(bits, true)?;
         Ok(QuantParams {
             bits,
+            channel_bits: None,
             scale: max_abs.iter().map(|m| (m / qmax).max(MIN_SCALE)).collect(),
             zero_point: vec![0.0; max_abs.len()],
             qmin,
@@ -76,6 +90,7 @@ impl QuantParams {
         let zp = (qmin - lo / scale).round_ties_even().clamp(qmin, qmax);
         Ok(QuantParams {
             bits,
+            channel_bits: None,
             scale: vec![scale],
             zero_point: vec![zp],
             qmin,
@@ -89,6 +104,7 @@ impl QuantParams {
         let (qmin, qmax) = quant_range(bits, false)?;
         Ok(QuantParams {
             bits,
+            channel_bits: None,
             scale: vec![(hi.max(0.0) / qmax).max(MIN_SCALE)],
             zero_point: vec![0.0],
             qmin,
@@ -97,10 +113,105 @@ impl QuantParams {
         })
     }
 
+    /// Asymmetric (affine) per-channel parameters from each channel's `(min, max)`.
+    pub fn asymmetric_per_channel(lo: &[f32], hi: &[f32], bits: u32, axis: usize) -> Result<Self> {
+        let mut scale = Vec::with_capacity(lo.len());
+        let mut zero_point = Vec::with_capacity(lo.len());
+        for (&l, &h) in lo.iter().zip(hi) {
+            let one = QuantParams::asymmetric(l, h, bits)?;
+            scale.push(one.scale[0]);
+            zero_point.push(one.zero_point[0]);
+        }
+        let (qmin, qmax) = quant_range(bits, false)?;
+        Ok(QuantParams {
+            bits,
+            channel_bits: None,
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+            axis: Some(axis),
+        })
+    }
+
+    /// Symmetric signed per-channel parameters where channel `c` has its own width
+    /// `bits[c]` (each `2..=8`): `s_c = max|x_c| / (2^(b_c−1)−1)`.
+    pub fn symmetric_channel_bits(max_abs: &[f32], bits: &[u32], axis: usize) -> Result<Self> {
+        if max_abs.len() != bits.len() || bits.is_empty() {
+            return Err(Error::config(
+                "channel_w_bits",
+                format!("{} widths for {} channels", bits.len(), max_abs.len()),
+            ));
+        }
+        let mut scale = Vec::with_capacity(bits.len());
+        for (&m, &b) in max_abs.iter().zip(bits) {
+            let (_, qmax) = quant_range(b, true)?;
+            scale.push((m / qmax).max(MIN_SCALE));
+        }
+        let widest = bits.iter().copied().max().unwrap_or(8);
+        let (qmin, qmax) = quant_range(widest, true)?;
+        Ok(QuantParams {
+            bits: widest,
+            channel_bits: Some(bits.to_vec()),
+            scale,
+            zero_point: vec![0.0; bits.len()],
+            qmin,
+            qmax,
+            axis: Some(axis),
+        })
+    }
+
+    /// LSQ parameters (spec §5.2): learned step(s) `s`, zero point 0 and the full range
+    /// `[−Qn, Qp]`. LSQ's `round(clamp(x/s, −Qn, Qp))·s` equals this uniform quantizer's
+    /// `s·(clamp(round(x/s), −Qn, Qp) − 0)` bit for bit (the bounds are integers), which is
+    /// how LSQ-trained layers are exported.
+    pub fn lsq(step: &[f32], bits: u32, signed: bool, axis: Option<usize>) -> Result<Self> {
+        if !(2..=8).contains(&bits) {
+            return Err(Error::config("bits", format!("{bits} is outside 2..8")));
+        }
+        let (qn, qp) = mpq_kernels::lsq_bounds(bits, signed);
+        Ok(QuantParams {
+            bits,
+            channel_bits: None,
+            scale: step.to_vec(),
+            zero_point: vec![0.0; step.len()],
+            qmin: -qn,
+            qmax: qp,
+            axis: if step.len() > 1 { axis } else { None },
+        })
+    }
+
+    /// Code width of channel `c`.
+    #[inline]
+    pub fn bits_of(&self, c: usize) -> u32 {
+        match &self.channel_bits {
+            Some(b) => b[c],
+            None => self.bits,
+        }
+    }
+
+    /// Code range `(qmin, qmax)` of channel `c`.
+    #[inline]
+    pub fn range(&self, c: usize) -> (f32, f32) {
+        match &self.channel_bits {
+            Some(b) => {
+                let m = ((1u32 << (b[c] - 1)) - 1) as f32;
+                (-m, m)
+            }
+            None => (self.qmin, self.qmax),
+        }
+    }
+
+    /// Number of channels the parameters describe (1 per tensor).
+    pub fn channels(&self) -> usize {
+        self.scale.len()
+    }
+
     /// The integer code of `x` in channel `c`.
     #[inline]
     pub fn code(&self, x: f32, c: usize) -> f32 {
-        ((x / self.scale[c]).round_ties_even() + self.zero_point[c]).clamp(self.qmin, self.qmax)
+        let (lo, hi) = self.range(c);
+        ((x / self.scale[c]).round_ties_even() + self.zero_point[c]).clamp(lo, hi)
     }
 
     /// The dequantized value of code `q` in channel `c`.

@@ -222,7 +222,8 @@ pub fn train_with(
     if train_set.is_empty() {
         return Err(Error::config("data", "the training set is empty"));
     }
-    let vars = graph.params().trainable();
+    let mut vars = graph.params().trainable();
+    vars.extend(hooks.trainable());
     let mut opt: Box<dyn Optimizer> = match cfg.optimizer {
         OptimizerKind::Sgd => {
             Box::new(Sgd::new(vars, cfg.momentum, cfg.nesterov, cfg.weight_decay))

@@ -118,5 +118,6 @@ pub fn build_on(arch: &str, cfg: &ZooConfig, seed: u64, device: &Device) -> Resu
     Ok(Model {
         graph,
         meta: ModelMeta::new(arch, cfg.clone()),
+        quantized: None,
     })
 }

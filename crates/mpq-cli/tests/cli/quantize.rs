@@ -1,0 +1,146 @@
+//! `mpq quantize`: packed export, reload through `mpq eval`, and bad policies.
+
+use super::*;
+
+fn policy_json(dir: &Path, name: &str, layers: serde_json::Value) {
+    let plan = serde_json::json!({"method": "test", "layers": layers});
+    std::fs::write(dir.join(name), plan.to_string()).unwrap();
+}
+
+#[test]
+fn quantize_exports_a_packed_model_that_eval_reproduces() {
+    let dir = TempDir::new("quantize");
+    train_mlp(dir.path(), "m.safetensors", &[]);
+    policy_json(
+        dir.path(),
+        "p.json",
+        serde_json::json!([
+            {"name": "fc1", "w_bits": 4, "a_bits": 8},
+            {"name": "fc2", "w_bits": 2, "a_bits": 4, "quantizer": "asymmetric"},
+            {"name": "fc3", "w_bits": 8, "a_bits": 8, "granularity": "per_tensor"}
+        ]),
+    );
+    for (out, extra) in [
+        ("q", vec![]),
+        ("qat", vec!["--finetune-epochs", "1"]),
+        ("lsq", vec!["--finetune-epochs", "1", "--quantizer", "lsq"]),
+    ] {
+        let mut args = vec![
+            "quantize",
+            "--model",
+            "m.safetensors",
+            "--policy",
+            "p.json",
+            "--data",
+            SYNTH,
+            "--out",
+            out,
+            "--json",
+            "--quiet",
+        ];
+        args.extend(extra);
+        let s = parse_json(&expect_ok(dir.path(), &args), "mpq quantize --json");
+        assert_eq!(s["roundtrip_bit_identical"], true, "{s}");
+        let files: BTreeSet<String> = std::fs::read_dir(dir.join(out))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let want: BTreeSet<String> = ["model.safetensors", "plan.json", "summary.json"]
+            .map(String::from)
+            .into();
+        assert_eq!(files, want);
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(out).join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["after_finetune"], s["after_finetune"]);
+
+        let packed = format!("{out}/model.safetensors");
+        let e = parse_json(
+            &expect_ok(
+                dir.path(),
+                &["eval", "--model", &packed, "--data", SYNTH, "--json"],
+            ),
+            "mpq eval --json",
+        );
+        // The packed file alone (no policy, no calibration) gives the simulated numbers.
+        assert_eq!(e["accuracy"], s["after_finetune"]["accuracy"], "{e} vs {s}");
+        assert_eq!(e["loss"], s["after_finetune"]["loss"], "{e} vs {s}");
+        assert_eq!(e["size_bytes"], s["size_bytes"]);
+        assert_eq!(e["bops"], s["bops"]);
+        let on_disk = std::fs::metadata(dir.join(&packed)).unwrap().len();
+        assert_eq!(on_disk, s["export"]["file_bytes"].as_u64().unwrap());
+    }
+    // A packed model is not quantized twice.
+    expect_error(
+        &dir,
+        &[
+            "eval",
+            "--model",
+            "q/model.safetensors",
+            "--data",
+            SYNTH,
+            "--policy",
+            "p.json",
+        ],
+        2,
+        &["already quantized"],
+    );
+    // A truncated packed file is an input error.
+    let bytes = std::fs::read(dir.join("q/model.safetensors")).unwrap();
+    std::fs::write(dir.join("cut.safetensors"), &bytes[..bytes.len() - 40]).unwrap();
+    expect_error(
+        &dir,
+        &["eval", "--model", "cut.safetensors", "--data", SYNTH],
+        2,
+        &["cut.safetensors"],
+    );
+}
+
+#[test]
+fn quantize_rejects_bad_policies_naming_the_layer() {
+    let dir = TempDir::new("quantize-bad");
+    train_mlp(dir.path(), "m.safetensors", &[]);
+    let cases = [
+        (
+            "unknown.json",
+            serde_json::json!([{"name": "conv9", "w_bits": 4, "a_bits": 8}]),
+            "conv9",
+        ),
+        (
+            "bits.json",
+            serde_json::json!([{"name": "fc2", "w_bits": 9, "a_bits": 8}]),
+            "fc2",
+        ),
+        (
+            "abits.json",
+            serde_json::json!([{"name": "fc1", "w_bits": 4, "a_bits": 1}]),
+            "fc1",
+        ),
+        (
+            "channels.json",
+            serde_json::json!([{"name": "fc1", "w_bits": 4, "a_bits": 8, "channel_w_bits": [4, 4, 2]}]),
+            "fc1",
+        ),
+    ];
+    for (name, layers, _) in &cases {
+        policy_json(dir.path(), name, layers.clone());
+    }
+    for (name, _, fragment) in cases {
+        expect_error(
+            &dir,
+            &[
+                "quantize",
+                "--model",
+                "m.safetensors",
+                "--policy",
+                name,
+                "--data",
+                SYNTH,
+                "--out",
+                "out",
+            ],
+            2,
+            &[fragment],
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! Export of a quantized model as packed safetensors, and loading it back.
+//!
+//! Layout of `model.safetensors` (format 1), for every layer whose weights the plan
+//! quantizes (`L` is the layer name, as in the plan):
+//!
+//! - `L.weight.codes`: `U8`, the integer codes bit-packed at exactly their width
+//!   ([`pack`]), stored as `code − qmin` (so narrow symmetric codes `[−m, m]` become
+//!   `[0, 2m]`), row-major, channel after channel, each channel at its own width when the
+//!   plan has `channel_w_bits`;
+//! - `L.weight.scale`: `F32 [C]` (per channel) or `[1]`; `L.weight.zero_point`: `F32`, same
+//!   shape, only for quantizers with a zero point;
+//! - `L.input.scale` / `L.input.zero_point`: `F32 [1]`, the input-activation quantizer of
+//!   layers whose activations the plan quantizes;
+//! - every other parameter (biases, full-precision layers, unfolded BatchNorms) as `F32`.
+//!
+//! The metadata key `mpq` holds the model description with a `quantization` entry: the plan
+//! and, per packed tensor, its shape, widths and code range ([`PackedMeta`]). Loading
+//! dequantizes `x = s·(q − z)`, the arithmetic of the fake-quantization kernel, so the
+//! reloaded weights are bit-identical to the simulation's and give identical logits
+//! (HAWQ-V3's "simulation equals deployment" requirement; Yao et al., ICML 2021).
+
+pub mod pack;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::graph::{Graph, ParamKind};
+use crate::model::{META_KEY, ModelMeta};
+use crate::quant::{PlanHooks, QuantParams};
+use crate::{Error, QuantPlan, Result};
+use pack::{BitReader, BitWriter};
+
+/// Version of the packed layout described in the module docs.
+pub const FORMAT: u32 = 1;
+
+/// What a packed file says about its quantized tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackedMeta {
+    /// Layout version ([`FORMAT`]).
+    pub format: u32,
+    /// The plan the model was quantized with.
+    pub plan: QuantPlan,
+    /// Packed weights, by layer name.
+    pub weights: BTreeMap<String, PackedWeight>,
+    /// Quantized input activations, by layer name.
+    pub activations: BTreeMap<String, PackedActivation>,
+}
+
+/// One packed weight tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackedWeight {
+    /// Shape of the dequantized weight.
+    pub shape: Vec<usize>,
+    /// Code width (the widest channel's with `channel_bits`).
+    pub bits: u32,
+    /// Per-channel widths (symmetric codes), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_bits: Option<Vec<u32>>,
+    /// Smallest and largest code (of the widest channel).
+    pub qmin: f32,
+    /// Largest code.
+    pub qmax: f32,
+    /// Number of scales (1: per tensor).
+    pub channels: usize,
+    /// Whether a zero-point tensor is stored.
+    pub zero_point: bool,
+    /// Bytes of the packed codes.
+    pub code_bytes: u64,
+}
+
+/// One quantized input activation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackedActivation {
+    /// Code width.
+    pub bits: u32,
+    /// Smallest code.
+    pub qmin: f32,
+    /// Largest code.
+    pub qmax: f32,
+}
+
+/// Sizes of a written packed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExportStats {
+    /// Bytes on disk (header included).
+    pub file_bytes: u64,
+    /// Bytes of the safetensors header (JSON + its 8-byte length).
+    pub header_bytes: u64,
+    /// Bytes of packed weight codes.
+    pub code_bytes: u64,
+    /// Bytes of weight scales and zero points.
+    pub weight_param_bytes: u64,
+    /// Bytes of activation scales and zero points.
+    pub activation_param_bytes: u64,
+    /// Bytes of everything else stored in full precision (biases, FP32 layers, BatchNorm).
+    pub other_bytes: u64,
+}
+
+fn layer_of(param: &str) -> Option<&str> {
+    param.strip_suffix(".weight")
+}
+
+/// Packs `w` with `q`: the bit stream of `code − qmin_c` at each channel's width.
+pub fn pack_weight(w: &Tensor, q: &QuantParams) -> Result<(Vec<u8>, PackedWeight)> {
+    let v: Vec<f32> = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::NonFinite("weights to export".into()));
+    }
+    let ch = q.channels().max(1);
+    let per = if ch > 1 { v.len() / ch } else { v.len().max(1) };
+    let mut out = BitWriter::new();
+    for (i, &x) in v.iter().enumerate() {
+        let c = if ch > 1 { i / per } else { 0 };
+        let code = q.code(x, c);
+        let stored = code - q.range(c).0;
+        out.push(stored as u32, q.bits_of(c));
+    }
+    let bytes = out.finish();
+    let meta = PackedWeight {
+        shape: w.dims().to_vec(),
+        bits: q.bits,
+        channel_bits: q.channel_bits.clone(),
+        qmin: q.qmin,
+        qmax: q.qmax,
+        channels: ch,
+        zero_point: q.zero_point.iter().any(|&z| z != 0.0),
+        code_bytes: bytes.len() as u64,
+    };
+    Ok((bytes, meta))
+}
+
+/// Dequantizes packed codes: `s_c·(q − z_c)` with `q = stored + qmin_c`.
+pub fn unpack_weight(bytes: &[u8], meta: &PackedWeight, q: &QuantParams) -> Result<Vec<f32>> {
+    let n: usize = meta.shape.iter().product();
+    let ch = meta.channels.max(1);
+    if !n.is_multiple_of(ch) || q.channels() != ch {
+        return Err(Error::config(
+            "codes",
+            format!("{ch} channels do not divide {n} codes"),
+        ));
+    }
+    let per = n / ch;
+    let mut r = BitReader::new(bytes);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = if ch > 1 { i / per } else { 0 };
+        let (lo, hi) = q.range(c);
+        let stored = r.next(q.bits_of(c))?;
+        let code = stored as f32 + lo;
+        if code > hi {
+            return Err(Error::config("codes", format!("code {code} above {hi}")));
+        }
+        out.push(q.dequant(code, c));
+    }
+    if r.bytes_read() != bytes.len() {
+        return Err(Error::config(
+            "codes",
+            format!(
+                "{} bytes of codes, expected {}",
+                bytes.len(),
+                r.bytes_read()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+fn f32_tensor(v: &[f32]) -> Result<Tensor> {
+    Ok(Tensor::from_slice(v, v.len(), &Device::Cpu)?)
+}
+
+/// Writes `graph` (the plan's graph from [`crate::quant::prepare_graph`], possibly
+/// fine-tuned) quantized by `hooks` as a packed safetensors file at `path` (atomically).
+/// `base` describes the model (architecture, input, normalisation).
+pub fn save_packed(
+    path: &Path,
+    base: &ModelMeta,
+    graph: &Graph,
+    hooks: &PlanHooks,
+) -> Result<ExportStats> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut weights = BTreeMap::new();
+    let mut activations = BTreeMap::new();
+    let mut stats = ExportStats {
+        file_bytes: 0,
+        header_bytes: 0,
+        code_bytes: 0,
+        weight_param_bytes: 0,
+        activation_param_bytes: 0,
+        other_bytes: 0,
+    };
+    for p in graph.params().iter() {
+        let t = p.var.as_tensor();
+        let packed = match layer_of(&p.name) {
+            Some(layer) if p.kind == ParamKind::Trainable => {
+                hooks.weight_quant_params(layer, t)?.map(|q| (layer, q))
+            }
+            _ => None,
+        };
+        match packed {
+            Some((layer, q)) => {
+                let (bytes, meta) = pack_weight(t, &q)?;
+                stats.code_bytes += bytes.len() as u64;
+                let n = bytes.len();
+                tensors.push((
+                    format!("{layer}.weight.codes"),
+                    Tensor::from_vec(bytes, n, &Device::Cpu)?,
+                ));
+                tensors.push((format!("{layer}.weight.scale"), f32_tensor(&q.scale)?));
+                stats.weight_param_bytes += 4 * q.scale.len() as u64;
+                if meta.zero_point {
+                    tensors.push((
+                        format!("{layer}.weight.zero_point"),
+                        f32_tensor(&q.zero_point)?,
+                    ));
+                    stats.weight_param_bytes += 4 * q.zero_point.len() as u64;
+                }
+                weights.insert(layer.to_string(), meta);
+            }
+            None => {
+                stats.other_bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+                tensors.push((p.name.clone(), t.clone()));
+            }
+        }
+    }
+    for lp in &hooks.plan().layers {
+        if let Some(q) = hooks.activation_params(&lp.name)? {
+            tensors.push((format!("{}.input.scale", lp.name), f32_tensor(&q.scale)?));
+            tensors.push((
+                format!("{}.input.zero_point", lp.name),
+                f32_tensor(&q.zero_point)?,
+            ));
+            stats.activation_param_bytes += 8;
+            activations.insert(
+                lp.name.clone(),
+                PackedActivation {
+                    bits: q.bits,
+                    qmin: q.qmin,
+                    qmax: q.qmax,
+                },
+            );
+        }
+    }
+    let mut meta = base.clone();
+    meta.quantization = Some(PackedMeta {
+        format: FORMAT,
+        plan: hooks.plan().clone(),
+        weights,
+        activations,
+    });
+    let mut md = HashMap::new();
+    md.insert(META_KEY.to_string(), serde_json::to_string(&meta)?);
+    crate::graph::save_tensors(path, tensors, md)?;
+    stats.file_bytes = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    stats.header_bytes = stats.file_bytes
+        - stats.code_bytes
+        - stats.weight_param_bytes
+        - stats.activation_param_bytes
+        - stats.other_bytes;
+    Ok(stats)
+}
+
+fn take(tensors: &mut HashMap<String, Tensor>, name: &str, path: &Path) -> Result<Tensor> {
+    tensors.remove(name).ok_or_else(|| Error::MissingTensor {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+    })
+}
+
+fn floats(t: &Tensor, len: usize, name: &str, path: &Path) -> Result<Vec<f32>> {
+    let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    if v.len() != len {
+        return Err(Error::ShapeMismatch {
+            name: format!("tensor {name:?} in {}", path.display()),
+            expected: format!("{len} values"),
+            got: format!("{} values", v.len()),
+        });
+    }
+    Ok(v)
+}
+
+/// Rebuilds the graph of a packed file (`graph` is the freshly built architecture) with
+/// dequantized weights, and the hooks that quantize its activations as simulated.
+pub(crate) fn unpack(
+    path: &Path,
+    mut tensors: HashMap<String, Tensor>,
+    meta: &PackedMeta,
+    graph: Graph,
+) -> Result<(Graph, PlanHooks)> {
+    if meta.format != FORMAT {
+        return Err(Error::corrupt(
+            path,
+            format!("packed format {} (this build reads {FORMAT})", meta.format),
+        ));
+    }
+    let mut graph = crate::quant::prepare_graph(&graph, &meta.plan)?;
+    meta.plan.validate(&graph.layer_infos()?)?;
+    let corrupt = |name: &str, e: Error| Error::corrupt(path, format!("{name}: {e}"));
+    for (layer, pw) in &meta.weights {
+        let codes = take(&mut tensors, &format!("{layer}.weight.codes"), path)?;
+        if codes.dtype() != DType::U8 {
+            return Err(Error::corrupt(
+                path,
+                format!("{layer}.weight.codes is not U8"),
+            ));
+        }
+        let bytes: Vec<u8> = codes.flatten_all()?.to_vec1()?;
+        let sname = format!("{layer}.weight.scale");
+        let scale = floats(
+            &take(&mut tensors, &sname, path)?,
+            pw.channels,
+            &sname,
+            path,
+        )?;
+        let zero_point = if pw.zero_point {
+            let zname = format!("{layer}.weight.zero_point");
+            floats(
+                &take(&mut tensors, &zname, path)?,
+                pw.channels,
+                &zname,
+                path,
+            )?
+        } else {
+            vec![0.0; pw.channels]
+        };
+        let q = QuantParams {
+            bits: pw.bits,
+            channel_bits: pw.channel_bits.clone(),
+            scale,
+            zero_point,
+            qmin: pw.qmin,
+            qmax: pw.qmax,
+            axis: (pw.channels > 1).then_some(0),
+        };
+        let values = unpack_weight(&bytes, pw, &q).map_err(|e| corrupt(layer, e))?;
+        let w = Tensor::from_vec(values, pw.shape.clone(), graph.device())?;
+        tensors.insert(format!("{layer}.weight"), w);
+    }
+    let mut acts = HashMap::new();
+    for (layer, pa) in &meta.activations {
+        let sname = format!("{layer}.input.scale");
+        let zname = format!("{layer}.input.zero_point");
+        let scale = floats(&take(&mut tensors, &sname, path)?, 1, &sname, path)?;
+        let zero_point = floats(&take(&mut tensors, &zname, path)?, 1, &zname, path)?;
+        acts.insert(
+            layer.clone(),
+            QuantParams {
+                bits: pa.bits,
+                channel_bits: None,
+                scale,
+                zero_point,
+                qmin: pa.qmin,
+                qmax: pa.qmax,
+                axis: None,
+            },
+        );
+    }
+    graph.params_mut().assign_strict(path, tensors)?;
+    let hooks = PlanHooks::frozen(&meta.plan, acts);
+    Ok((graph, hooks))
+}
