@@ -44,6 +44,8 @@ pub(crate) enum Command {
     Train(TrainArgs),
     /// Test accuracy and loss of a model.
     Eval(EvalArgs),
+    /// Hessian sensitivity per layer: eigenvalues, traces, activation/channel traces, density.
+    Analyze(crate::commands::analyze::AnalyzeArgs),
     /// Bit-width search: a policy (QuantPlan JSON) within a budget.
     Search(SearchArgs),
     /// Apply a policy (optional QAT fine-tuning) and export the packed quantized model.

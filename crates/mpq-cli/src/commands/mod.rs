@@ -1,5 +1,6 @@
 //! One module per subcommand; each parses nothing and prints everything.
 
+pub(crate) mod analyze;
 mod eval;
 mod info;
 mod quantize;
@@ -18,6 +19,7 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(&cli.global, a),
         Command::Train(a) => train::run(&cli.global, a),
         Command::Eval(a) => eval::run(&cli.global, a),
+        Command::Analyze(a) => analyze::run(&cli.global, a),
         Command::Search(a) => search::run(&cli.global, a),
         Command::Quickstart(a) => quickstart::run(&cli.global, a),
         Command::Quantize(a) => quantize::run(&cli.global, a),

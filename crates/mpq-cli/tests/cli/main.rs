@@ -996,3 +996,209 @@ fn search_infeasible_or_contradictory_budgets_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.join("p.json").exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// mpq analyze (Hessian sensitivity)
+// ---------------------------------------------------------------------------------------------
+
+/// Small ResNet-8 analysis on synthetic 3x8x8 data (every metric, short iterations).
+const ANALYZE: &[&str] = &[
+    "analyze",
+    "--model",
+    "zoo:resnet8",
+    "--input",
+    "3x8x8",
+    "--classes",
+    "3",
+    "--data",
+    "synthetic:3x8x8:3:64",
+    "--batches",
+    "2",
+    "--batch-size",
+    "8",
+    "--max-iter",
+    "12",
+    "--lanczos-steps",
+    "6",
+    "--quiet",
+];
+
+/// The analysis JSON on disk and on stdout, with `seconds` removed.
+fn analyze_json(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = ANALYZE.to_vec();
+    args.extend_from_slice(extra);
+    args.extend(["--out", out, "--json"]);
+    let stdout = expect_ok(dir, &args);
+    let printed = parse_json(&stdout, "mpq analyze --json");
+    let mut on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(out)).unwrap()).unwrap();
+    assert_eq!(
+        printed, on_disk,
+        "stdout and the file should hold the same table"
+    );
+    on_disk.as_object_mut().unwrap().remove("seconds");
+    on_disk
+}
+
+#[test]
+fn analyze_same_seed_bit_identical_json() {
+    let dir = TempDir::new("analyze");
+    let a = analyze_json(dir.path(), "a.json", &["--metric", "all"]);
+    let b = analyze_json(dir.path(), "b.json", &["--metric", "all"]);
+    // Same seed, same inputs: every number identical (text equality of the JSON).
+    assert_eq!(a.to_string(), b.to_string());
+    assert!(dir.join("a.svg").is_file(), "density plot next to the JSON");
+    let svg = std::fs::read_to_string(dir.join("a.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    for key in [
+        "model",
+        "metric",
+        "estimator",
+        "seed",
+        "batches",
+        "batch_size",
+        "hvp_count",
+        "layers",
+    ] {
+        assert!(a.get(key).is_some(), "sensitivity JSON lacks {key}");
+    }
+    assert_eq!(a["model"], "zoo:resnet8");
+    assert_eq!(a["metric"], "all");
+    assert_eq!(a["estimator"], "hutchinson");
+    assert_eq!(a["batches"], 2);
+    assert_eq!(a["batch_size"], 8);
+    assert!(a["hvp_count"].as_u64().unwrap() > 0);
+    let layers = a["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 10, "resnet8: 7 convs, 2 downsample convs, fc");
+    for l in layers {
+        for key in [
+            "name",
+            "op",
+            "params",
+            "macs",
+            "trace",
+            "trace_stderr",
+            "trace_per_param",
+            "top_eigenvalue",
+            "act_trace",
+            "channel_traces",
+        ] {
+            assert!(!l[key].is_null(), "layer {} lacks {key}", l["name"]);
+        }
+        let ch: f64 = l["channel_traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        let tr = l["trace"].as_f64().unwrap();
+        assert!(
+            (ch - tr).abs() <= 1e-9 * tr.abs().max(1e-12),
+            "{ch} vs {tr}"
+        );
+    }
+    // Another seed draws other probes.
+    let c = analyze_json(dir.path(), "c.json", &["--metric", "trace", "--seed", "1"]);
+    let d = analyze_json(dir.path(), "d.json", &["--metric", "trace"]);
+    assert_ne!(c["layers"][0]["trace"], d["layers"][0]["trace"]);
+    assert_eq!(c["layers"][0]["channel_traces"], serde_json::Value::Null);
+}
+
+#[test]
+fn analyze_human_table_lists_every_layer() {
+    let dir = TempDir::new("analyzetable");
+    let out = mpq_in(
+        dir.path(),
+        &[
+            "analyze",
+            "--model",
+            "zoo:mlp",
+            "--input",
+            "1x8x8",
+            "--classes",
+            "3",
+            "--data",
+            SYNTH,
+            "--batch-size",
+            "16",
+            "--probes",
+            "3",
+            "--out",
+            "s.json",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for name in [
+        "layer",
+        "trace",
+        "stderr",
+        "fc1",
+        "fc2",
+        "fc3",
+        "3 weight probes",
+    ] {
+        assert!(stdout.contains(name), "{name} missing from\n{stdout}");
+    }
+    assert!(dir.join("s.json").is_file());
+}
+
+/// Bad input: exit 2, one `error:` line naming the problem, no output file.
+#[test]
+fn analyze_bad_inputs_exit_2_without_output() {
+    let dir = TempDir::new("analyzebad");
+    let base = [
+        "analyze",
+        "--model",
+        "zoo:mlp",
+        "--input",
+        "1x8x8",
+        "--classes",
+        "3",
+        "--data",
+        SYNTH,
+        "--out",
+        "s.json",
+    ];
+    let check = |extra: &[&str], fragments: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let stderr = expect_error(&dir, &args, 2, fragments);
+        let error_lines = stderr.lines().filter(|l| l.starts_with("error")).count();
+        assert_eq!(error_lines, 1, "one error line:\n{stderr}");
+        assert!(!dir.join("s.json").exists());
+    };
+    let b16 = ["--batch-size", "16"];
+    check(&["--batches", "0"], &["batches", "at least 1"]);
+    check(&["--batch-size", "0"], &["batch-size", "at least 1"]);
+    check(&["--batches", "100"], &["samples"]);
+    check(&[&b16[..], &["--tol", "0"]].concat(), &["tol"]);
+    check(&[&b16[..], &["--layers", "fc9"]].concat(), &["fc9"]);
+    check(
+        &[&b16[..], &["--estimator", "exact"]].concat(),
+        &["exact-max-params"],
+    );
+    check(&[&b16[..], &["--probes", "0"]].concat(), &["probes"]);
+    // NaN in the weights: a trained MLP with one weight overwritten by NaN.
+    train_mlp(dir.path(), "m.safetensors", &[]);
+    let mut bytes = std::fs::read(dir.join("m.safetensors")).unwrap();
+    let (header, _) = split_safetensors(&bytes);
+    let start = header["fc2.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + n + start..8 + n + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(dir.join("nan.safetensors"), &bytes).unwrap();
+    let nan = [
+        "analyze",
+        "--model",
+        "nan.safetensors",
+        "--data",
+        SYNTH,
+        "--batch-size",
+        "16",
+        "--out",
+        "s.json",
+    ];
+    let stderr = expect_error(&dir, &nan, 2, &["non-finite", "fc2.weight"]);
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1);
+    assert!(!dir.join("s.json").exists());
+}
