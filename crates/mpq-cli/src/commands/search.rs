@@ -13,6 +13,8 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         max_size_mb: a.max_size_mb,
         compression: a.compression,
         max_bops_g: a.max_bops,
+        max_latency_ms: None,
+        max_energy_mj: None,
     };
     for (name, v) in [
         ("avg-bits", a.avg_bits),

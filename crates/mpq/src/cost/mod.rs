@@ -13,12 +13,24 @@
 //! - `BOPs = Σ MAC·b_w·b_a` per sample ([`bitops`]); FP32 counts as 32×32.
 //!
 //! The [`CostModel`] trait gives search methods one scalar per layer and bit pair, so
-//! hardware simulators (latency, energy) can be added next to [`ModelSize`] and [`BitOps`].
+//! hardware simulators sit next to [`ModelSize`] and [`BitOps`]: [`HardwareModel`] gives per-layer
+//! latency and energy from the analytic BitFusion / BISMO models ([`HardwareSpec`], TOML) or a
+//! CSV [`LookupTable`] (formulas in `docs/cost-models.md`).
 
+mod bismo;
+mod bitfusion;
 pub mod bitops;
+mod hardware;
+mod lookup;
+mod simulator;
 pub mod size;
 
+pub use bismo::matrix_dims;
+pub use bitfusion::{bricks_per_mac, padded_bits};
 pub use bitops::{BitOps, layer_bops};
+pub use hardware::{ArraySpec, HardwareSpec};
+pub use lookup::LookupTable;
+pub use simulator::{Bound, Energy, HardwareModel, HwTable, Latency, LayerHw, hw_bits, simulate};
 pub use size::{ModelSize, SCALE_BITS, overhead_bits, weight_bits};
 
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,34 @@
 //! Bit-width search over plain tables (no tensors): budgets, the feasibility pre-flight and
 //! the baseline methods `uniform` (the largest uniform plan within budget) and `random`
 //! (seeded, uniform among the plans of the candidate grid that meet the budget).
-//! Sensitivity-driven methods (HAWQ, HAWQ-V2 Pareto, ILP, HAQ, CW-HAWQ, LIMPQ) build on this.
+//! Sensitivity-driven methods build on this: [`hawq_v1`] (HAWQ), [`pareto`] (HAWQ-V2's exact
+//! frontier), [`ilp`] (HAWQ-V3 / LIMPQ), all over a shared [`SearchSpace`] whose Ω comes from
+//! a [`Sensitivities`] table ([`OmegaTable`]).
+
+mod frontier_svg;
+mod hawq_v1;
+mod ilp;
+mod lp;
+pub mod mckp;
+mod omega;
+mod pareto;
+mod sensitivity;
+mod space;
+mod surrogate;
+
+pub use frontier_svg::frontier_svg;
+pub use hawq_v1::hawq_v1;
+pub use ilp::{IlpStats, ilp};
+pub use omega::{OmegaConfig, OmegaMetric, OmegaTable, act_noise_proxy};
+pub use pareto::{
+    Frontier, FrontierPoint, ParetoResult, UniformPoint, brute_force_frontier, pareto,
+    pareto_frontier,
+};
+pub use sensitivity::{Sensitivities, SensitivityRow};
+pub use space::{
+    BudgetKind, BudgetStatus, Choice, Constraint, Feasibility, Group, Pin, SearchOptions,
+    SearchSpace,
+};
 
 use std::time::Instant;
 
@@ -28,6 +55,12 @@ pub struct Budget {
     pub compression: Option<f64>,
     /// Largest bit-operations, in units of 10^9.
     pub max_bops_g: Option<f64>,
+    /// Largest latency in ms on the search's hardware model.
+    #[serde(default)]
+    pub max_latency_ms: Option<f64>,
+    /// Largest energy in mJ on the search's hardware model.
+    #[serde(default)]
+    pub max_energy_mj: Option<f64>,
 }
 
 impl Budget {
@@ -111,24 +144,12 @@ fn plan_of(layers: &[LayerInfo], bits: &[(BitWidth, BitWidth)], method: &str) ->
 }
 
 /// Fails with [`Error::Infeasible`] (naming the limit and the smallest achievable value)
-/// when even the smallest candidate bits everywhere break the budget. Every cost grows with
-/// bits, so that plan is the smallest in every respect.
+/// when even the smallest candidate bits everywhere break the budget (the size and BOPs
+/// budgets; [`SearchSpace::feasibility`] covers hardware budgets, pins and ties too).
 pub fn preflight(layers: &[LayerInfo], cands: &Candidates, budget: &Budget) -> Result<()> {
-    let min = (cands.w_bits[0], cands.a_bits[0]);
-    let cost = CostTable::new(
-        layers,
-        &plan_of(layers, &vec![min; layers.len()], "preflight"),
-    )?;
-    match budget.violations(&cost).first() {
-        None => Ok(()),
-        Some(&(name, limit, value)) => Err(Error::Infeasible {
-            budget: format!(
-                "{name} {limit} (with w-bits >= {}, a-bits >= {})",
-                min.0, min.1
-            ),
-            min_value: format!("{value:.6}"),
-        }),
-    }
+    SearchSpace::new(layers, cands, budget, None, &SearchOptions::default())?
+        .feasibility()
+        .check()
 }
 
 fn finish(

@@ -1,0 +1,450 @@
+//! HAWQ-V2's Pareto-frontier bit selection (Dong et al., NeurIPS 2020; spec §2.5): the exact
+//! `(size, Ω)` frontier of the multiple-choice knapsack, by dynamic programming over layers
+//! with the state kept as the frontier itself (no enumeration, no size buckets): after each
+//! layer, every partial point shifted by every choice is merged in size order and only points
+//! whose Ω is strictly below every smaller-or-equal-size point survive. A partial point
+//! dominated in both size and Ω can never complete into a frontier point, so the result is
+//! exactly `{(s, F[s]) : F[s] < min_{s'<s} F[s']}` of the spec's DP.
+//!
+//! The search picks the frontier point with the largest size under the size budget (the
+//! smallest Ω under it) that also meets every other budget. Activation bits do not change
+//! size, so each layer's activation bits are the ones with the least Ω for its weight bits.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::MB;
+use super::frontier_svg::frontier_svg;
+use super::space::{BudgetKind, SearchSpace};
+use crate::plan::{BitWidth, QuantPlan};
+use crate::{Error, Result};
+
+/// One frontier point.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FrontierPoint {
+    /// Summed size cost (bits).
+    pub size_bits: u64,
+    /// Summed Ω.
+    pub omega: f64,
+}
+
+/// The exact frontier: sizes strictly increasing, Ω strictly decreasing, with back-pointers
+/// to recover each point's choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frontier {
+    /// The points.
+    pub points: Vec<FrontierPoint>,
+    /// Per group: `(parent point of the previous group, item)` of each surviving point.
+    back: Vec<Vec<(u32, u32)>>,
+}
+
+impl Frontier {
+    /// The item index per group of point `idx`.
+    pub fn choices(&self, idx: usize) -> Vec<usize> {
+        let mut out = vec![0; self.back.len()];
+        let mut p = idx;
+        for g in (0..self.back.len()).rev() {
+            let (parent, item) = self.back[g][p];
+            out[g] = item as usize;
+            p = parent as usize;
+        }
+        out
+    }
+
+    /// The point with the largest size `≤ limit` (the least Ω within it).
+    pub fn best_under(&self, limit: u64) -> Option<usize> {
+        self.points
+            .partition_point(|p| p.size_bits <= limit)
+            .checked_sub(1)
+    }
+}
+
+type Partial = (u64, f64, u32, u32);
+
+/// Merges two size-sorted lists, keeping points whose Ω is below every earlier point's.
+fn merge_prune(a: &[Partial], b: &[Partial], out: &mut Vec<Partial>) {
+    out.clear();
+    let (mut i, mut j) = (0, 0);
+    let mut last = f64::INFINITY;
+    while i < a.len() || j < b.len() {
+        let take_a = j >= b.len() || (i < a.len() && (a[i].0, a[i].1) <= (b[j].0, b[j].1));
+        let x = if take_a {
+            i += 1;
+            a[i - 1]
+        } else {
+            j += 1;
+            b[j - 1]
+        };
+        if x.1 < last {
+            last = x.1;
+            out.push(x);
+        }
+    }
+}
+
+/// The exact frontier of choosing one `(size, Ω)` item per group.
+pub fn pareto_frontier(groups: &[Vec<(u64, f64)>]) -> Frontier {
+    let mut cur: Vec<(u64, f64)> = vec![(0, 0.0)];
+    let mut back = Vec::with_capacity(groups.len());
+    let (mut acc, mut shifted, mut merged) = (Vec::new(), Vec::new(), Vec::new());
+    for items in groups {
+        acc.clear();
+        for (j, &(s, o)) in items.iter().enumerate() {
+            shifted.clear();
+            shifted.extend(
+                cur.iter()
+                    .enumerate()
+                    .map(|(p, &(cs, co))| (cs + s, co + o, p as u32, j as u32)),
+            );
+            merge_prune(&acc, &shifted, &mut merged);
+            std::mem::swap(&mut acc, &mut merged);
+        }
+        back.push(acc.iter().map(|x| (x.2, x.3)).collect());
+        cur = acc.iter().map(|x| (x.0, x.1)).collect();
+    }
+    Frontier {
+        points: cur
+            .into_iter()
+            .map(|(size_bits, omega)| FrontierPoint { size_bits, omega })
+            .collect(),
+        back,
+    }
+}
+
+/// The frontier by enumerating every choice (tests; exponential).
+pub fn brute_force_frontier(groups: &[Vec<(u64, f64)>]) -> Vec<FrontierPoint> {
+    let mut all = Vec::new();
+    let mut pick = vec![0usize; groups.len()];
+    if groups.iter().any(|g| g.is_empty()) {
+        return Vec::new();
+    }
+    'outer: loop {
+        let (mut s, mut o) = (0u64, 0.0f64);
+        for (g, &i) in pick.iter().enumerate() {
+            s += groups[g][i].0;
+            o += groups[g][i].1;
+        }
+        all.push((s, o));
+        for g in 0..pick.len() {
+            pick[g] += 1;
+            if pick[g] < groups[g].len() {
+                continue 'outer;
+            }
+            pick[g] = 0;
+        }
+        break;
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let mut out: Vec<FrontierPoint> = Vec::new();
+    for (s, o) in all {
+        if out.last().is_none_or(|p| o < p.omega) {
+            out.push(FrontierPoint {
+                size_bits: s,
+                omega: o,
+            });
+        }
+    }
+    out
+}
+
+/// A uniform plan's place in the `(size, Ω)` plane.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UniformPoint {
+    /// Weight bits of every searched layer.
+    pub w_bits: BitWidth,
+    /// Summed size cost (bits).
+    pub size_bits: u64,
+    /// Summed Ω.
+    pub omega: f64,
+}
+
+/// What [`pareto`] found: the plan, the whole frontier and the uniform plans.
+#[derive(Debug, Clone)]
+pub struct ParetoResult {
+    /// The chosen plan.
+    pub plan: QuantPlan,
+    /// The exact frontier.
+    pub frontier: Frontier,
+    /// Index of the chosen point.
+    pub chosen: usize,
+    /// `weight_bits` (`Σ n·w`) or `size_bits` (with scales, under `--max-size-mb`).
+    pub axis: &'static str,
+    /// `Σ n` over the layers.
+    pub params: u64,
+    /// Uniform plans (one per candidate weight width).
+    pub uniform: Vec<UniformPoint>,
+    /// Per group: the space's choice index of each frontier item.
+    item_choice: Vec<Vec<usize>>,
+}
+
+impl ParetoResult {
+    /// Weight bits per model layer of frontier point `idx`.
+    pub fn point_w_bits(&self, space: &SearchSpace, idx: usize) -> Vec<BitWidth> {
+        let mut bits = vec![0; space.layers().len()];
+        for (g, item) in self.frontier.choices(idx).into_iter().enumerate() {
+            let group = &space.groups()[g];
+            for &l in &group.layers {
+                bits[l] = group.choices[self.item_choice[g][item]].w_bits;
+            }
+        }
+        bits
+    }
+
+    fn x_of(&self, size_bits: u64) -> f64 {
+        if self.axis == "weight_bits" {
+            size_bits as f64 / self.params.max(1) as f64
+        } else {
+            (size_bits as f64 / 8.0).ceil() / MB
+        }
+    }
+
+    /// The frontier as JSON: every point (size, average bits or MiB, Ω, per-layer weight
+    /// bits as `"8,4,…"`), the chosen index and the uniform plans.
+    pub fn to_json(&self, space: &SearchSpace) -> serde_json::Value {
+        let x_key = if self.axis == "weight_bits" {
+            "avg_w_bits"
+        } else {
+            "size_mb"
+        };
+        let points: Vec<serde_json::Value> = self
+            .frontier
+            .points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let bits: Vec<String> = self
+                    .point_w_bits(space, i)
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect();
+                serde_json::json!({
+                    "size_bits": p.size_bits,
+                    x_key: self.x_of(p.size_bits),
+                    "omega": p.omega,
+                    "w_bits": bits.join(","),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "axis": self.axis,
+            "params": self.params,
+            "points": points,
+            "chosen": self.chosen,
+            "uniform": self.uniform,
+        })
+    }
+
+    /// An SVG plot of the frontier with the chosen point and the uniform plans marked.
+    pub fn svg(&self) -> String {
+        let pts: Vec<(f64, f64)> = self
+            .frontier
+            .points
+            .iter()
+            .map(|p| (self.x_of(p.size_bits), p.omega))
+            .collect();
+        let c = self.frontier.points[self.chosen];
+        let marks: Vec<(String, f64, f64)> = self
+            .uniform
+            .iter()
+            .map(|u| (format!("W{}", u.w_bits), self.x_of(u.size_bits), u.omega))
+            .collect();
+        let x_label = if self.axis == "weight_bits" {
+            "average weight bits"
+        } else {
+            "model size (MiB, scales included)"
+        };
+        frontier_svg(
+            &pts,
+            (self.x_of(c.size_bits), c.omega),
+            &marks,
+            x_label,
+            "Ω (sum of Tr(H)/n · ‖ΔW‖²)",
+        )
+    }
+}
+
+/// HAWQ-V2's search: the exact frontier and its best point under the budgets. Needs Ω
+/// ([`SearchSpace::set_omega`]).
+pub fn pareto(space: &SearchSpace) -> Result<ParetoResult> {
+    let start = Instant::now();
+    if !space.has_omega() {
+        return Err(Error::config(
+            "method",
+            "pareto needs a sensitivity table (--sensitivity)",
+        ));
+    }
+    space.feasibility().check()?;
+    let size_mb = space
+        .constraints()
+        .iter()
+        .any(|c| c.kind == BudgetKind::SizeMb);
+    let axis = if size_mb { "size_bits" } else { "weight_bits" };
+    let limit = space
+        .constraints()
+        .iter()
+        .filter(|c| match c.kind {
+            BudgetKind::SizeMb => true,
+            BudgetKind::AvgBits | BudgetKind::Compression => !size_mb,
+            _ => false,
+        })
+        .map(|c| (c.cost_limit * (1.0 + 1e-12)).floor() as u64)
+        .min()
+        .unwrap_or(u64::MAX);
+    let size_of = |ch: &super::space::Choice| {
+        if size_mb {
+            ch.size_bits
+        } else {
+            ch.weight_bits
+        }
+    };
+    let mut items = Vec::new();
+    let mut item_choice = Vec::new();
+    for g in space.groups() {
+        let (mut it, mut map): (Vec<(u64, f64)>, Vec<usize>) = (Vec::new(), Vec::new());
+        for (i, ch) in g.choices.iter().enumerate() {
+            match map.iter().position(|&j| g.choices[j].w_bits == ch.w_bits) {
+                Some(k) if ch.omega <= it[k].1 => {
+                    it[k] = (size_of(ch), ch.omega);
+                    map[k] = i;
+                }
+                Some(_) => {}
+                None => {
+                    it.push((size_of(ch), ch.omega));
+                    map.push(i);
+                }
+            }
+        }
+        items.push(it);
+        item_choice.push(map);
+    }
+    let frontier = pareto_frontier(&items);
+    let to_choice = |idx: usize| -> Vec<usize> {
+        frontier
+            .choices(idx)
+            .into_iter()
+            .enumerate()
+            .map(|(g, it)| item_choice[g][it])
+            .collect()
+    };
+    let top = frontier.best_under(limit);
+    let chosen = top.and_then(|top| {
+        (0..=top)
+            .rev()
+            .find(|&i| space.fits(&space.totals(&to_choice(i))))
+    });
+    let Some(chosen) = chosen else {
+        let others: Vec<&str> = space
+            .constraints()
+            .iter()
+            .filter(|c| {
+                !matches!(
+                    c.kind,
+                    BudgetKind::SizeMb | BudgetKind::AvgBits | BudgetKind::Compression
+                )
+            })
+            .map(|c| c.kind.name())
+            .collect();
+        return Err(Error::Infeasible {
+            budget: format!(
+                "pareto: no frontier point under the size budget also meets {} (activation bits \
+                 stay at their least-Ω choice; use --method ilp)",
+                others.join(", ")
+            ),
+            min_value: "see --method ilp".into(),
+        });
+    };
+    let params: u64 = space.layers().iter().map(|l| l.params as u64).sum();
+    let uniform = space
+        .candidates()
+        .w_bits
+        .iter()
+        .map(|&w| {
+            let (mut size_bits, mut omega) = (0u64, 0.0);
+            for (g, it) in items.iter().enumerate() {
+                let group = &space.groups()[g];
+                let k = (0..it.len())
+                    .find(|&k| group.choices[item_choice[g][k]].w_bits == w)
+                    .unwrap_or(0);
+                size_bits += it[k].0;
+                omega += it[k].1;
+            }
+            UniformPoint {
+                w_bits: w,
+                size_bits,
+                omega,
+            }
+        })
+        .collect();
+    let plan = space.plan(&to_choice(chosen), "pareto", start)?;
+    Ok(ParetoResult {
+        plan,
+        frontier,
+        chosen,
+        axis,
+        params,
+        uniform,
+        item_choice,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn dp_frontier_equals_brute_force_on_200_random_tables() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2020);
+        for case in 0..200 {
+            let layers = rng.random_range(1..=8);
+            let groups: Vec<Vec<(u64, f64)>> = (0..layers)
+                .map(|_| {
+                    let n = rng.random_range(1..=4);
+                    (0..n)
+                        .map(|_| {
+                            let size =
+                                rng.random_range(1..40u64) * [1, 2, 4][rng.random_range(0..3)];
+                            // Integer Ω (sums exact) in odd cases, real Ω in even ones.
+                            let o = if case % 2 == 1 {
+                                f64::from(rng.random_range(0..50u32))
+                            } else {
+                                rng.random_range(0.0..10.0)
+                            };
+                            (size, o)
+                        })
+                        .collect()
+                })
+                .collect();
+            let dp = pareto_frontier(&groups);
+            let brute = brute_force_frontier(&groups);
+            assert_eq!(dp.points, brute, "case {case}: {groups:?}");
+            // Every point's back-pointers rebuild its size and Ω exactly.
+            for (i, p) in dp.points.iter().enumerate() {
+                let ch = dp.choices(i);
+                let s: u64 = ch.iter().enumerate().map(|(g, &c)| groups[g][c].0).sum();
+                let o = ch
+                    .iter()
+                    .enumerate()
+                    .fold(0.0, |acc, (g, &c)| acc + groups[g][c].1);
+                assert_eq!((s, o), (p.size_bits, p.omega), "case {case} point {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn best_under_picks_the_largest_size_within_the_limit() {
+        let groups = vec![
+            vec![(2, 10.0), (4, 3.0), (8, 1.0)],
+            vec![(1, 5.0), (3, 0.0)],
+        ];
+        let f = pareto_frontier(&groups);
+        let sizes: Vec<u64> = f.points.iter().map(|p| p.size_bits).collect();
+        assert_eq!(sizes, [3, 5, 7, 11]);
+        assert_eq!(f.best_under(6), Some(1));
+        assert_eq!(f.choices(1), vec![1, 0]);
+        assert_eq!(f.best_under(2), None);
+        assert_eq!(f.best_under(u64::MAX), Some(3));
+    }
+}

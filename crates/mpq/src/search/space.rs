@@ -1,0 +1,829 @@
+//! The search space every method shares: per layer the allowed `(w_bits, a_bits)` choices
+//! (candidates, pinned layers, tied layers that share bits as in HAWQ-V3's residual
+//! downsample ties, spec §2.7), each choice's Ω and its cost under every budget as a linear
+//! constraint (spec §0.4, §5.6, §7.6), and the feasibility pre-flight: the smallest achievable
+//! value of each budget, which budgets bind, and layers left with no allowed choice.
+
+use std::fmt;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::omega::OmegaTable;
+use super::{Budget, Candidates, MB};
+use crate::cost::{CostTable, HardwareModel, overhead_bits};
+use crate::graph::LayerInfo;
+use crate::plan::{BitWidth, FULL_PRECISION, LayerPrecision, QuantPlan, is_valid_bits};
+use crate::{Error, Result};
+
+/// A budget as a linear constraint `Σ_l cost_l(w, a) ≤ limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetKind {
+    /// `Σ n·w ≤ B·Σ n`.
+    AvgBits,
+    /// `Σ (n·w + scale bits) ≤ 8·⌊X·2^20⌋`.
+    SizeMb,
+    /// `Σ n·w ≤ 32·Σ n / R`.
+    Compression,
+    /// `Σ MAC·w·a ≤ G·10^9`.
+    Bops,
+    /// `Σ latency ≤ L` ms on the hardware model.
+    Latency,
+    /// `Σ energy ≤ E` mJ on the hardware model.
+    Energy,
+}
+
+impl BudgetKind {
+    /// The budget's name in plans and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            BudgetKind::AvgBits => "avg_bits",
+            BudgetKind::SizeMb => "max_size_mb",
+            BudgetKind::Compression => "compression",
+            BudgetKind::Bops => "max_bops_g",
+            BudgetKind::Latency => "max_latency_ms",
+            BudgetKind::Energy => "max_energy_mj",
+        }
+    }
+
+    fn relation(self) -> &'static str {
+        if self == BudgetKind::Compression {
+            ">="
+        } else {
+            "<="
+        }
+    }
+}
+
+/// One budget of a search space: the user's limit and the constraint's limit in cost units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Constraint {
+    /// What is limited.
+    pub kind: BudgetKind,
+    /// The user's number (bits, MiB, ratio, GBOPs, ms, mJ).
+    pub limit: f64,
+    /// The limit of `Σ cost` in cost units.
+    pub cost_limit: f64,
+}
+
+/// A layer pinned to fixed bits (`first`, `last` or a layer name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// Layer name, `first` or `last`.
+    pub layer: String,
+    /// Weight bits.
+    pub w_bits: BitWidth,
+    /// Activation bits.
+    pub a_bits: BitWidth,
+}
+
+impl Pin {
+    /// Parses `NAME=W` (weights and activations at `W`) or `NAME=W:A` (or `W/A`).
+    pub fn parse(spec: &str) -> Result<Pin> {
+        let bad = || Error::config("pin", format!("expected NAME=W or NAME=W:A, got {spec:?}"));
+        let (name, bits) = spec.split_once('=').ok_or_else(bad)?;
+        let num = |s: &str| {
+            s.trim()
+                .parse::<BitWidth>()
+                .ok()
+                .filter(|&b| is_valid_bits(b))
+        };
+        let (w, a) = match bits.split_once([':', '/']) {
+            Some((w, a)) => (num(w).ok_or_else(bad)?, num(a).ok_or_else(bad)?),
+            None => {
+                let b = num(bits).ok_or_else(bad)?;
+                (b, b)
+            }
+        };
+        if name.trim().is_empty() {
+            return Err(bad());
+        }
+        Ok(Pin {
+            layer: name.trim().to_string(),
+            w_bits: w,
+            a_bits: a,
+        })
+    }
+}
+
+/// Pins and ties.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchOptions {
+    /// Layers at fixed bits.
+    pub pins: Vec<Pin>,
+    /// Groups of layers that must share `(w_bits, a_bits)`.
+    pub ties: Vec<Vec<String>>,
+}
+
+/// One allowed `(w_bits, a_bits)` of a group, with its Ω and costs summed over the group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// Weight bits.
+    pub w_bits: BitWidth,
+    /// Activation bits.
+    pub a_bits: BitWidth,
+    /// Σ Ω of the group's layers (0 before [`SearchSpace::set_omega`]).
+    pub omega: f64,
+    /// One cost per constraint of [`SearchSpace::constraints`].
+    pub costs: Vec<f64>,
+    /// `Σ n·w`.
+    pub weight_bits: u64,
+    /// `Σ n·w` plus quantizer scales.
+    pub size_bits: u64,
+}
+
+/// Layers that share bits (one layer unless tied) and their allowed choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// Indices into the layer table, ascending.
+    pub layers: Vec<usize>,
+    /// Allowed choices, weight bits major, both ascending.
+    pub choices: Vec<Choice>,
+    /// Whether a pin fixes the group.
+    pub pinned: bool,
+}
+
+/// The shared search space of a model, candidates, budget, hardware, pins and ties.
+#[derive(Debug, Clone)]
+pub struct SearchSpace<'a> {
+    layers: &'a [LayerInfo],
+    cands: Candidates,
+    budget: Budget,
+    hw: Option<&'a HardwareModel>,
+    constraints: Vec<Constraint>,
+    groups: Vec<Group>,
+    opts: SearchOptions,
+    has_omega: bool,
+}
+
+fn fits(cost: f64, limit: f64) -> bool {
+    cost <= limit + 1e-12 * limit.abs()
+}
+
+impl Budget {
+    /// Checks that every limit given is a positive finite number.
+    pub fn validate(&self) -> Result<()> {
+        let limits = [
+            ("avg-bits", self.avg_bits),
+            ("max-size-mb", self.max_size_mb),
+            ("compression", self.compression),
+            ("max-bops", self.max_bops_g),
+            ("max-latency-ms", self.max_latency_ms),
+            ("max-energy-mj", self.max_energy_mj),
+        ];
+        for (name, v) in limits {
+            if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return Err(Error::config(name, "must be a positive number"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn union_find_root(parent: &mut [usize], i: usize) -> usize {
+    let mut r = i;
+    while parent[r] != r {
+        r = parent[r];
+    }
+    parent[i] = r;
+    r
+}
+
+impl<'a> SearchSpace<'a> {
+    /// Builds the space. Unknown layer names in pins or ties, conflicting pins on one layer,
+    /// a latency or energy budget without hardware, and invalid budgets are input errors; a
+    /// lookup table missing an entry a choice needs is an input error naming it.
+    pub fn new(
+        layers: &'a [LayerInfo],
+        cands: &Candidates,
+        budget: &Budget,
+        hw: Option<&'a HardwareModel>,
+        opts: &SearchOptions,
+    ) -> Result<SearchSpace<'a>> {
+        let cands = cands.validated()?;
+        budget.validate()?;
+        if layers.is_empty() {
+            return Err(Error::config("model", "has no quantizable layers"));
+        }
+        let constraints = constraints_of(layers, budget, hw)?;
+        let index =
+            |name: &str| -> Result<usize> {
+                match name {
+                    "first" => Ok(0),
+                    "last" => Ok(layers.len() - 1),
+                    _ => layers.iter().position(|l| l.name == name).ok_or_else(|| {
+                        Error::UnknownLayer {
+                            name: name.to_string(),
+                        }
+                    }),
+                }
+            };
+        let mut pin: Vec<Option<(BitWidth, BitWidth)>> = vec![None; layers.len()];
+        for p in &opts.pins {
+            let i = index(&p.layer)?;
+            if !is_valid_bits(p.w_bits) || !is_valid_bits(p.a_bits) {
+                return Err(Error::config(
+                    "pin",
+                    format!("{}: bits must be 2..8 or 32", p.layer),
+                ));
+            }
+            match pin[i] {
+                Some(old) if old != (p.w_bits, p.a_bits) => {
+                    return Err(Error::config(
+                        "pin",
+                        format!(
+                            "layer {} is pinned twice with different bits",
+                            layers[i].name
+                        ),
+                    ));
+                }
+                _ => pin[i] = Some((p.w_bits, p.a_bits)),
+            }
+        }
+        let mut parent: Vec<usize> = (0..layers.len()).collect();
+        for tie in &opts.ties {
+            if tie.len() < 2 {
+                return Err(Error::config("tie", "a tie needs at least two layers"));
+            }
+            let first = index(&tie[0])?;
+            for name in &tie[1..] {
+                let (a, b) = (
+                    union_find_root(&mut parent, first),
+                    union_find_root(&mut parent, index(name)?),
+                );
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); layers.len()];
+        for i in 0..layers.len() {
+            let r = union_find_root(&mut parent, i);
+            members[r].push(i);
+        }
+        let mut groups = Vec::new();
+        for m in members.into_iter().filter(|m| !m.is_empty()) {
+            let pins: Vec<(BitWidth, BitWidth)> = m.iter().filter_map(|&i| pin[i]).collect();
+            let pairs: Vec<(BitWidth, BitWidth)> = if let Some(&p) = pins.first() {
+                if pins.iter().all(|&q| q == p) {
+                    vec![p]
+                } else {
+                    Vec::new()
+                }
+            } else {
+                cands
+                    .w_bits
+                    .iter()
+                    .flat_map(|&w| cands.a_bits.iter().map(move |&a| (w, a)))
+                    .collect()
+            };
+            let choices = pairs
+                .into_iter()
+                .map(|(w, a)| choice_of(layers, &m, w, a, &constraints, hw))
+                .collect::<Result<Vec<_>>>()?;
+            groups.push(Group {
+                layers: m,
+                choices,
+                pinned: !pins.is_empty(),
+            });
+        }
+        Ok(SearchSpace {
+            layers,
+            cands,
+            budget: budget.clone(),
+            hw,
+            constraints,
+            groups,
+            opts: opts.clone(),
+            has_omega: false,
+        })
+    }
+
+    /// Fills every choice's Ω. Layers with more than one allowed choice need a sensitivity
+    /// row (pin the others).
+    pub fn set_omega(&mut self, omega: &OmegaTable) -> Result<()> {
+        for g in &mut self.groups {
+            let searched = g.choices.len() > 1;
+            for c in &mut g.choices {
+                c.omega = 0.0;
+                for &i in &g.layers {
+                    if !omega.has_row(i) {
+                        if searched {
+                            return Err(Error::config(
+                                "sensitivity",
+                                format!(
+                                    "layer {} is searched but the sensitivity JSON has no row \
+                                     for it (add one, or pin the layer)",
+                                    self.layers[i].name
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
+                    c.omega += omega.omega(i, c.w_bits, c.a_bits)?;
+                }
+            }
+        }
+        self.has_omega = true;
+        Ok(())
+    }
+
+    /// Whether Ω has been set.
+    pub fn has_omega(&self) -> bool {
+        self.has_omega
+    }
+
+    /// The model's layers.
+    pub fn layers(&self) -> &'a [LayerInfo] {
+        self.layers
+    }
+
+    /// The validated candidates.
+    pub fn candidates(&self) -> &Candidates {
+        &self.cands
+    }
+
+    /// The budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// The hardware model, if any.
+    pub fn hardware(&self) -> Option<&'a HardwareModel> {
+        self.hw
+    }
+
+    /// The budgets as constraints, in the order of [`Choice::costs`].
+    pub fn constraints(&self) -> &[Constraint] {
+        &self.constraints
+    }
+
+    /// The groups, in order of their first layer.
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// Summed costs of a choice index per group.
+    pub fn totals(&self, choice: &[usize]) -> Vec<f64> {
+        let mut t = vec![0.0; self.constraints.len()];
+        for (g, &c) in self.groups.iter().zip(choice) {
+            for (x, y) in t.iter_mut().zip(&g.choices[c].costs) {
+                *x += y;
+            }
+        }
+        t
+    }
+
+    /// Whether summed costs meet every constraint.
+    pub fn fits(&self, totals: &[f64]) -> bool {
+        totals
+            .iter()
+            .zip(&self.constraints)
+            .all(|(&t, c)| fits(t, c.cost_limit))
+    }
+
+    /// Σ Ω of a choice.
+    pub fn omega_of(&self, choice: &[usize]) -> f64 {
+        self.groups
+            .iter()
+            .zip(choice)
+            .map(|(g, &c)| g.choices[c].omega)
+            .sum()
+    }
+
+    /// The pre-flight report.
+    pub fn feasibility(&self) -> Feasibility {
+        let n: u64 = self.layers.iter().map(|l| l.params as u64).sum();
+        let budgets = self
+            .constraints
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let fold = |f: fn(f64, f64) -> f64, init: f64| -> f64 {
+                    self.groups
+                        .iter()
+                        .filter(|g| !g.choices.is_empty())
+                        .map(|g| g.choices.iter().map(|ch| ch.costs[k]).fold(init, f))
+                        .sum()
+                };
+                let (lo, hi) = (
+                    fold(f64::min, f64::INFINITY),
+                    fold(f64::max, f64::NEG_INFINITY),
+                );
+                BudgetStatus {
+                    budget: c.kind.name(),
+                    relation: c.kind.relation(),
+                    limit: c.limit,
+                    best: value_of(c.kind, lo, n),
+                    worst: value_of(c.kind, hi, n),
+                    feasible: fits(lo, c.cost_limit),
+                    binding: !fits(hi, c.cost_limit),
+                }
+            })
+            .collect();
+        let empty_layers = self
+            .groups
+            .iter()
+            .filter(|g| g.choices.is_empty())
+            .flat_map(|g| g.layers.iter().map(|&i| self.layers[i].name.clone()))
+            .collect();
+        Feasibility {
+            budgets,
+            empty_layers,
+            w_min: self.cands.w_bits[0],
+            a_min: self.cands.a_bits[0],
+        }
+    }
+
+    /// For each group in turn, the largest `(w, a)` (weights first) whose Ω is no larger than
+    /// the current choice's and which keeps every budget: spends slack that Ω does not price
+    /// (e.g. activation bits without an activation trace) on more bits.
+    pub fn raise_free_bits(&self, choice: &mut [usize]) {
+        let mut totals = self.totals(choice);
+        for (g, c) in self.groups.iter().zip(choice.iter_mut()) {
+            let cur = &g.choices[*c];
+            let mut best = *c;
+            for (j, ch) in g.choices.iter().enumerate() {
+                let better =
+                    (ch.w_bits, ch.a_bits) > (g.choices[best].w_bits, g.choices[best].a_bits);
+                if !better || ch.omega > cur.omega {
+                    continue;
+                }
+                let t: Vec<f64> = totals
+                    .iter()
+                    .zip(&ch.costs)
+                    .zip(&cur.costs)
+                    .map(|((t, n), o)| t - o + n)
+                    .collect();
+                if self.fits(&t) {
+                    best = j;
+                }
+            }
+            if best != *c {
+                for ((t, n), o) in totals
+                    .iter_mut()
+                    .zip(&g.choices[best].costs)
+                    .zip(&cur.costs)
+                {
+                    *t += n - o;
+                }
+                *c = best;
+            }
+        }
+    }
+
+    /// The plan of a choice index per group, with sizes, BOPs, Ω (when set), latency and
+    /// energy (with hardware) and the constraints filled in; `start` times `seconds`.
+    pub fn plan(&self, choice: &[usize], method: &str, start: Instant) -> Result<QuantPlan> {
+        let mut bits = vec![(FULL_PRECISION, FULL_PRECISION); self.layers.len()];
+        for (g, &c) in self.groups.iter().zip(choice) {
+            for &i in &g.layers {
+                bits[i] = (g.choices[c].w_bits, g.choices[c].a_bits);
+            }
+        }
+        let mut plan = QuantPlan::uniform(&[], 32, 32);
+        plan.method = method.to_string();
+        plan.layers = self
+            .layers
+            .iter()
+            .zip(&bits)
+            .map(|(l, &(w, a))| LayerPrecision::new(l.name.clone(), w, a))
+            .collect();
+        let cost = CostTable::new(self.layers, &plan)?;
+        cost.fill_plan(&mut plan);
+        if self.has_omega {
+            plan.omega = Some(self.omega_of(choice));
+        }
+        let hw = match self.hw {
+            Some(hw) => {
+                let t = hw.table(self.layers, &plan)?;
+                t.fill_plan(&mut plan);
+                Some(t)
+            }
+            None => None,
+        };
+        let mut violated: Vec<String> = self
+            .budget
+            .violations(&cost)
+            .into_iter()
+            .map(|(n, l, v)| format!("{n} {l} (plan: {v})"))
+            .collect();
+        if let (Some(t), Some(l)) = (&hw, self.budget.max_latency_ms)
+            && !fits(t.latency_ms, l)
+        {
+            violated.push(format!("max_latency_ms {l} (plan: {})", t.latency_ms));
+        }
+        if let (Some(e), Some(l)) = (plan.energy_mj, self.budget.max_energy_mj)
+            && !fits(e, l)
+        {
+            violated.push(format!("max_energy_mj {l} (plan: {e})"));
+        }
+        if !violated.is_empty() {
+            return Err(Error::Infeasible {
+                budget: format!("{method} plan breaks {}", violated.join(", ")),
+                min_value: "unknown (report this as a bug)".into(),
+            });
+        }
+        plan.constraints = self.constraints_json();
+        plan.seconds = start.elapsed().as_secs_f64();
+        Ok(plan)
+    }
+
+    fn constraints_json(&self) -> serde_json::Value {
+        let mut v = self.budget.to_json();
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("w_bits".into(), serde_json::json!(self.cands.w_bits));
+            m.insert("a_bits".into(), serde_json::json!(self.cands.a_bits));
+            if let Some(hw) = self.hw {
+                m.insert("hardware".into(), hw.name().into());
+            }
+            if !self.opts.pins.is_empty() {
+                let pins: serde_json::Map<String, serde_json::Value> = self
+                    .opts
+                    .pins
+                    .iter()
+                    .map(|p| (p.layer.clone(), serde_json::json!([p.w_bits, p.a_bits])))
+                    .collect();
+                m.insert("pins".into(), pins.into());
+            }
+            if !self.opts.ties.is_empty() {
+                m.insert("ties".into(), serde_json::json!(self.opts.ties));
+            }
+        }
+        v
+    }
+
+    /// The largest uniform plan (weights, then activations) that meets every budget;
+    /// pinned groups keep their pins.
+    pub fn uniform(&self) -> Result<QuantPlan> {
+        let start = Instant::now();
+        self.feasibility().check()?;
+        for &w in self.cands.w_bits.iter().rev() {
+            for &a in self.cands.a_bits.iter().rev() {
+                let choice: Vec<usize> = self
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        g.choices
+                            .iter()
+                            .position(|c| (c.w_bits, c.a_bits) == (w, a))
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                if self.fits(&self.totals(&choice)) {
+                    return self.plan(&choice, "uniform", start);
+                }
+            }
+        }
+        Err(Error::Infeasible {
+            budget: "the budget with one bit-width for every layer".into(),
+            min_value: "a mixed plan (try --method ilp or random)".into(),
+        })
+    }
+
+    /// A plan drawn uniformly among the choices that meet every budget, by rejection sampling
+    /// (at most `max_tries` draws) from a generator seeded with `seed`.
+    pub fn random(&self, seed: u64, max_tries: usize) -> Result<QuantPlan> {
+        let start = Instant::now();
+        self.feasibility().check()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (nw, na) = (self.cands.w_bits.len(), self.cands.a_bits.len());
+        for _ in 0..max_tries {
+            let choice: Vec<usize> = self
+                .groups
+                .iter()
+                .map(|g| {
+                    if g.pinned {
+                        0
+                    } else {
+                        let w = rng.random_range(0..nw);
+                        let a = rng.random_range(0..na);
+                        w * na + a
+                    }
+                })
+                .collect();
+            if self.fits(&self.totals(&choice)) {
+                return self.plan(&choice, "random", start);
+            }
+        }
+        Err(Error::Infeasible {
+            budget: format!("random sampling: no plan met the budget in {max_tries} draws"),
+            min_value: "a looser budget".into(),
+        })
+    }
+}
+
+fn constraints_of(
+    layers: &[LayerInfo],
+    b: &Budget,
+    hw: Option<&HardwareModel>,
+) -> Result<Vec<Constraint>> {
+    let n: f64 = layers.iter().map(|l| l.params as f64).sum();
+    let mut out = Vec::new();
+    let mut push = |kind, limit: Option<f64>, cost_limit: &dyn Fn(f64) -> f64| {
+        if let Some(l) = limit {
+            out.push(Constraint {
+                kind,
+                limit: l,
+                cost_limit: cost_limit(l),
+            });
+        }
+    };
+    push(BudgetKind::AvgBits, b.avg_bits, &|l| l * n);
+    push(BudgetKind::SizeMb, b.max_size_mb, &|l| {
+        8.0 * (l * MB).floor()
+    });
+    push(BudgetKind::Compression, b.compression, &|l| 32.0 * n / l);
+    push(BudgetKind::Bops, b.max_bops_g, &|l| l * 1e9);
+    push(BudgetKind::Latency, b.max_latency_ms, &|l| l);
+    push(BudgetKind::Energy, b.max_energy_mj, &|l| l);
+    for c in &out {
+        match (c.kind, hw) {
+            (BudgetKind::Latency | BudgetKind::Energy, None) => {
+                return Err(Error::config(
+                    c.kind.name().replace('_', "-"),
+                    "needs a hardware model (--hardware bitfusion|bismo|PATH.toml|PATH.csv)",
+                ));
+            }
+            (BudgetKind::Energy, Some(h)) if !h.has_energy() => {
+                return Err(Error::config(
+                    "max-energy-mj",
+                    format!(
+                        "hardware {} gives no energy (add an energy_mj column)",
+                        h.name()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn choice_of(
+    layers: &[LayerInfo],
+    members: &[usize],
+    w: BitWidth,
+    a: BitWidth,
+    constraints: &[Constraint],
+    hw: Option<&HardwareModel>,
+) -> Result<Choice> {
+    let mut costs = vec![0.0; constraints.len()];
+    let (mut weight_bits, mut size_bits) = (0u64, 0u64);
+    for &i in members {
+        let l = &layers[i];
+        let wb = l.params as u64 * u64::from(w);
+        let ob = overhead_bits(l, Some(&LayerPrecision::new(l.name.clone(), w, a)));
+        weight_bits += wb;
+        size_bits += wb + ob;
+        let sim = match hw {
+            Some(h)
+                if constraints
+                    .iter()
+                    .any(|c| matches!(c.kind, BudgetKind::Latency | BudgetKind::Energy)) =>
+            {
+                Some(h.layer(l, w, a)?)
+            }
+            _ => None,
+        };
+        for (x, c) in costs.iter_mut().zip(constraints) {
+            *x += match c.kind {
+                BudgetKind::AvgBits | BudgetKind::Compression => wb as f64,
+                BudgetKind::SizeMb => (wb + ob) as f64,
+                BudgetKind::Bops => l.macs as f64 * f64::from(w) * f64::from(a),
+                BudgetKind::Latency => sim.as_ref().map_or(0.0, |s| s.latency_ms),
+                BudgetKind::Energy => sim.as_ref().and_then(|s| s.energy_mj).unwrap_or(0.0),
+            };
+        }
+    }
+    Ok(Choice {
+        w_bits: w,
+        a_bits: a,
+        omega: 0.0,
+        costs,
+        weight_bits,
+        size_bits,
+    })
+}
+
+/// The plan-level value of a summed cost (average bits, MiB, ratio, GBOPs, ms, mJ).
+fn value_of(kind: BudgetKind, cost: f64, params: u64) -> f64 {
+    let n = params as f64;
+    match kind {
+        BudgetKind::AvgBits => {
+            if n > 0.0 {
+                cost / n
+            } else {
+                0.0
+            }
+        }
+        BudgetKind::SizeMb => (cost / 8.0).ceil() / MB,
+        BudgetKind::Compression => {
+            if cost > 0.0 {
+                32.0 * n / cost
+            } else {
+                f64::INFINITY
+            }
+        }
+        BudgetKind::Bops => cost / 1e9,
+        BudgetKind::Latency | BudgetKind::Energy => cost,
+    }
+}
+
+/// One budget in the pre-flight report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BudgetStatus {
+    /// Budget name.
+    pub budget: &'static str,
+    /// `<=` or `>=` (compression).
+    pub relation: &'static str,
+    /// The user's limit.
+    pub limit: f64,
+    /// The best achievable value (smallest; largest for compression).
+    pub best: f64,
+    /// The value of the largest allowed plan.
+    pub worst: f64,
+    /// Whether the best plan meets it.
+    pub feasible: bool,
+    /// Whether it constrains the search (the largest plan breaks it).
+    pub binding: bool,
+}
+
+/// The feasibility pre-flight of a search space.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Feasibility {
+    /// One entry per budget.
+    pub budgets: Vec<BudgetStatus>,
+    /// Layers whose pins and ties leave no allowed choice.
+    pub empty_layers: Vec<String>,
+    /// Smallest candidate weight bits.
+    pub w_min: BitWidth,
+    /// Smallest candidate activation bits.
+    pub a_min: BitWidth,
+}
+
+impl Feasibility {
+    /// Whether every budget is achievable and every layer has a choice.
+    pub fn is_feasible(&self) -> bool {
+        self.empty_layers.is_empty() && self.budgets.iter().all(|b| b.feasible)
+    }
+
+    /// [`Error::Infeasible`] for the first problem, naming the budget and its best value.
+    pub fn check(&self) -> Result<()> {
+        if !self.empty_layers.is_empty() {
+            return Err(Error::Infeasible {
+                budget: format!(
+                    "pins and ties: layers {} have no allowed choice",
+                    self.empty_layers.join(", ")
+                ),
+                min_value: "none (tied layers are pinned to different bits)".into(),
+            });
+        }
+        match self.budgets.iter().find(|b| !b.feasible) {
+            None => Ok(()),
+            Some(b) => Err(Error::Infeasible {
+                budget: format!(
+                    "{} {} (with w-bits >= {}, a-bits >= {})",
+                    b.budget, b.limit, self.w_min, self.a_min
+                ),
+                min_value: format!("{:.6}", b.best),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Feasibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "feasibility pre-flight:")?;
+        for b in &self.budgets {
+            let status = if !b.feasible {
+                "INFEASIBLE"
+            } else if b.binding {
+                "binding"
+            } else {
+                "not binding"
+            };
+            let word = if b.relation == ">=" {
+                "largest"
+            } else {
+                "smallest"
+            };
+            write!(
+                f,
+                "\n  {} {} {}: {word} achievable {:.6}, largest plan {:.6} ({status})",
+                b.budget, b.relation, b.limit, b.best, b.worst
+            )?;
+        }
+        if !self.empty_layers.is_empty() {
+            write!(
+                f,
+                "\n  layers with no allowed choice: {}",
+                self.empty_layers.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "space_tests.rs"]
+mod tests;

@@ -1,0 +1,437 @@
+//! Tests of the search methods over a shared space (HAWQ, HAWQ-V2 Pareto, HAWQ-V3 ILP) on
+//! zoo layer tables with synthetic sensitivities.
+
+use super::*;
+use crate::cost::HardwareModel;
+use crate::search::mckp;
+use crate::search::{OmegaConfig, OmegaMetric, OmegaTable, Sensitivities, hawq_v1, ilp, pareto};
+use crate::zoo::{self, ZooConfig};
+
+fn layers(arch: &str, input: [usize; 3]) -> Vec<LayerInfo> {
+    zoo::build(arch, &ZooConfig::new(input, 10), 0)
+        .unwrap()
+        .graph
+        .layer_infos()
+        .unwrap()
+}
+
+/// Sensitivities whose curvature differs per layer and whose errors fall 4x per bit.
+fn sens(layers: &[LayerInfo], act: bool) -> Sensitivities {
+    let rows: Vec<serde_json::Value> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let n = l.params as f64;
+            let curv = [3.0, 0.5, 1.7, 0.9, 2.3, 0.2, 1.1][i % 7];
+            let errs: serde_json::Map<String, serde_json::Value> = (2..=8)
+                .map(|b| (b.to_string(), (n * 0.1 * 4f64.powi(-b) * (1.0 + 0.1 * i as f64)).into()))
+                .collect();
+            serde_json::json!({
+                "name": l.name, "params": l.params, "trace": curv * n,
+                "top_eigenvalue": curv * (1.0 + (i % 3) as f64),
+                "act_trace": if act { serde_json::json!(curv * 10.0) } else { serde_json::Value::Null },
+                "weight_error": errs,
+            })
+        })
+        .collect();
+    Sensitivities::parse(
+        &serde_json::json!({ "layers": rows }).to_string(),
+        "synthetic",
+    )
+    .unwrap()
+}
+
+fn cands(w: &[u32], a: &[u32]) -> Candidates {
+    Candidates {
+        w_bits: w.to_vec(),
+        a_bits: a.to_vec(),
+    }
+}
+
+fn space<'a>(
+    l: &'a [LayerInfo],
+    c: &Candidates,
+    b: &Budget,
+    hw: Option<&'a HardwareModel>,
+    opts: &SearchOptions,
+    metric: OmegaMetric,
+    act: bool,
+) -> SearchSpace<'a> {
+    let mut s = SearchSpace::new(l, c, b, hw, opts).unwrap();
+    let cfg = OmegaConfig {
+        metric,
+        act_weight: 1.0,
+    };
+    s.set_omega(&OmegaTable::new(l, &sens(l, act), cfg).unwrap())
+        .unwrap();
+    s
+}
+
+fn bits(plan: &QuantPlan, name: &str) -> (u32, u32) {
+    plan.bits(name)
+}
+
+#[test]
+fn ilp_equals_brute_force_on_lenet_with_two_budgets() {
+    let l = layers("lenet5", [1, 28, 28]);
+    let all8 = Budget::default();
+    for (avg, bops_frac) in [(3.0, 0.3), (4.5, 0.2), (2.5, 0.6), (6.0, 0.5)] {
+        let b8 = SearchSpace::new(
+            &l,
+            &cands(&[8], &[8]),
+            &all8,
+            None,
+            &SearchOptions::default(),
+        )
+        .unwrap();
+        let max_bops = b8.feasibility().budgets.len() as f64; // no budgets: 0
+        assert_eq!(max_bops, 0.0);
+        let macs: u64 = l.iter().map(|x| x.macs).sum();
+        let b = Budget {
+            avg_bits: Some(avg),
+            max_bops_g: Some(macs as f64 * 64.0 * bops_frac / 1e9),
+            ..Default::default()
+        };
+        let s = space(
+            &l,
+            &cands(&[2, 3, 4, 8], &[4, 6, 8]),
+            &b,
+            None,
+            &SearchOptions::default(),
+            OmegaMetric::Trace,
+            true,
+        );
+        let brute = mckp::brute_force(&s.to_mckp()).unwrap();
+        let (plan, stats) = ilp(&s).unwrap();
+        assert!(stats.proven_optimal);
+        let om = plan.omega.unwrap();
+        assert!(
+            (om - brute.value).abs() <= 1e-9 * brute.value.abs().max(1e-12),
+            "{om} vs {}",
+            brute.value
+        );
+        assert!(plan.avg_w_bits.unwrap() <= avg + 1e-9);
+        assert!(plan.bops.unwrap() <= macs as f64 * 64.0 * bops_frac);
+        assert_eq!(plan.method, "ilp");
+        assert_eq!(plan.constraints["avg_bits"], avg);
+    }
+}
+
+#[test]
+fn pinned_and_tied_layers_hold_in_every_method() {
+    let l = layers("resnet20", [3, 32, 32]);
+    let opts = SearchOptions {
+        pins: vec![
+            Pin::parse("first=8").unwrap(),
+            Pin::parse("last=8:4").unwrap(),
+        ],
+        ties: vec![
+            vec!["layer2.0.conv1".into(), "layer2.0.downsample.0".into()],
+            vec![
+                "layer3.0.conv1".into(),
+                "layer3.0.downsample.0".into(),
+                "layer3.0.conv2".into(),
+            ],
+        ],
+    };
+    let b = Budget {
+        avg_bits: Some(3.5),
+        ..Default::default()
+    };
+    let s = space(
+        &l,
+        &cands(&[2, 3, 4, 6], &[4, 8]),
+        &b,
+        None,
+        &opts,
+        OmegaMetric::Trace,
+        false,
+    );
+    assert_eq!(s.groups().len(), l.len() - 3);
+    let omega = OmegaTable::new(&l, &sens(&l, false), OmegaConfig::default()).unwrap();
+    let eig = space(
+        &l,
+        &cands(&[2, 3, 4, 6], &[4, 8]),
+        &b,
+        None,
+        &opts,
+        OmegaMetric::Eigen,
+        false,
+    );
+    let plans = [
+        ilp(&s).unwrap().0,
+        pareto(&s).unwrap().plan,
+        hawq_v1(&eig, &omega).unwrap(),
+        s.uniform().unwrap(),
+        s.random(3, 100_000).unwrap(),
+    ];
+    for p in &plans {
+        assert_eq!(bits(p, "conv1"), (8, 8), "{}", p.method);
+        assert_eq!(bits(p, "fc"), (8, 4), "{}", p.method);
+        assert_eq!(
+            bits(p, "layer2.0.conv1"),
+            bits(p, "layer2.0.downsample.0"),
+            "{}",
+            p.method
+        );
+        let t = bits(p, "layer3.0.conv1");
+        assert_eq!(t, bits(p, "layer3.0.downsample.0"));
+        assert_eq!(t, bits(p, "layer3.0.conv2"));
+        assert!(p.avg_w_bits.unwrap() <= 3.5 + 1e-9, "{}", p.method);
+        assert_eq!(p.constraints["pins"]["first"], serde_json::json!([8, 8]));
+        p.validate(&l).unwrap();
+    }
+    // ILP is optimal, so no other method beats its Ω.
+    let best = plans[0].omega.unwrap();
+    assert!((omega.plan_omega(&l, &plans[0]).unwrap() - best).abs() <= 1e-12 * best);
+    for p in &plans[1..] {
+        let o = omega.plan_omega(&l, p).unwrap();
+        assert!(o >= best * (1.0 - 1e-12), "{} beat ilp", p.method);
+    }
+}
+
+#[test]
+fn pareto_agrees_with_ilp_under_one_size_budget() {
+    let l = layers("resnet20", [3, 32, 32]);
+    for avg in [2.5, 3.0, 4.2, 5.0] {
+        let b = Budget {
+            avg_bits: Some(avg),
+            ..Default::default()
+        };
+        let s = space(
+            &l,
+            &cands(&[2, 3, 4, 5, 6, 8], &[4, 8]),
+            &b,
+            None,
+            &SearchOptions::default(),
+            OmegaMetric::Trace,
+            true,
+        );
+        let r = pareto(&s).unwrap();
+        let (p, _) = ilp(&s).unwrap();
+        let (a, b2) = (r.plan.omega.unwrap(), p.omega.unwrap());
+        assert!((a - b2).abs() <= 1e-9 * a, "avg {avg}: pareto {a} ilp {b2}");
+        // The frontier is strictly monotone and holds the chosen point.
+        let pts = &r.frontier.points;
+        assert!(
+            pts.windows(2)
+                .all(|w| w[0].size_bits < w[1].size_bits && w[0].omega > w[1].omega)
+        );
+        assert_eq!(pts[r.chosen].omega, a);
+        assert_eq!(r.uniform.len(), 6);
+        let json = r.to_json(&s);
+        assert_eq!(json["points"].as_array().unwrap().len(), pts.len());
+        let w: Vec<u32> = json["points"][r.chosen]["w_bits"]
+            .as_str()
+            .unwrap()
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let plan_w: Vec<u32> = r.plan.layers.iter().map(|x| x.w_bits).collect();
+        assert_eq!(w, plan_w);
+        assert!(r.svg().contains("chosen"));
+    }
+}
+
+#[test]
+fn hawq_v1_bits_follow_the_eigen_order_and_fill_the_budget() {
+    let l = layers("lenet5", [1, 28, 28]);
+    let c = cands(&[2, 4, 8], &[8]);
+    let omega = OmegaTable::new(
+        &l,
+        &sens(&l, false),
+        OmegaConfig {
+            metric: OmegaMetric::Eigen,
+            act_weight: 1.0,
+        },
+    )
+    .unwrap();
+    for avg in [2.2, 3.0, 4.0, 6.5] {
+        let b = Budget {
+            avg_bits: Some(avg),
+            ..Default::default()
+        };
+        let s = space(
+            &l,
+            &c,
+            &b,
+            None,
+            &SearchOptions::default(),
+            OmegaMetric::Eigen,
+            false,
+        );
+        let p = hawq_v1(&s, &omega).unwrap();
+        let mut order: Vec<usize> = (0..l.len()).collect();
+        let score = |i: usize| omega.hawq_score(i, l[i].params).unwrap();
+        order.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+        let w: Vec<u32> = order.iter().map(|&i| p.layers[i].w_bits).collect();
+        assert!(w.windows(2).all(|x| x[0] >= x[1]), "avg {avg}: {w:?}");
+        // Brute force over all monotone sequences: none is larger within the budget.
+        let n: u64 = l.iter().map(|x| x.params as u64).sum();
+        let mut best = 0u64;
+        let total = 3usize.pow(l.len() as u32);
+        for code in 0..total {
+            let mut seq = Vec::new();
+            let mut x = code;
+            for _ in 0..l.len() {
+                seq.push([2u64, 4, 8][x % 3]);
+                x /= 3;
+            }
+            if !seq.windows(2).all(|s| s[0] >= s[1]) {
+                continue;
+            }
+            let size: u64 = order
+                .iter()
+                .zip(&seq)
+                .map(|(&i, &b)| l[i].params as u64 * b)
+                .sum();
+            if size as f64 <= avg * n as f64 {
+                best = best.max(size);
+            }
+        }
+        let got: u64 = l
+            .iter()
+            .zip(&p.layers)
+            .map(|(x, q)| x.params as u64 * u64::from(q.w_bits))
+            .sum();
+        assert_eq!(got, best, "avg {avg}");
+        let order = p.finetune_order.as_ref().unwrap();
+        assert_eq!(order.len(), l.len());
+    }
+}
+
+#[test]
+fn ilp_meets_latency_and_energy_on_bitfusion() {
+    let l = layers("resnet20", [3, 32, 32]);
+    let hw = HardwareModel::from_reference("bitfusion").unwrap();
+    let c = cands(&[2, 4, 8], &[2, 4, 8]);
+    let all8 = QuantPlan::uniform(&l, 8, 8);
+    let t8 = hw.table(&l, &all8).unwrap();
+    let b = Budget {
+        max_latency_ms: Some(t8.latency_ms * 0.4),
+        max_energy_mj: Some(t8.energy_mj.unwrap() * 0.6),
+        ..Default::default()
+    };
+    let s = space(
+        &l,
+        &c,
+        &b,
+        Some(&hw),
+        &SearchOptions::default(),
+        OmegaMetric::Trace,
+        true,
+    );
+    let f = s.feasibility();
+    assert!(
+        f.is_feasible() && f.budgets.iter().all(|x| x.binding),
+        "{f}"
+    );
+    let (p, _) = ilp(&s).unwrap();
+    assert!(p.latency_ms.unwrap() <= t8.latency_ms * 0.4 * (1.0 + 1e-12));
+    assert!(p.energy_mj.unwrap() <= t8.energy_mj.unwrap() * 0.6 * (1.0 + 1e-12));
+    assert_eq!(p.constraints["hardware"], "bitfusion");
+    assert!(p.layers.iter().any(|x| x.w_bits < 8));
+}
+
+#[test]
+fn feasibility_reports_each_budget_and_empty_layers() {
+    let l = layers("lenet5", [1, 28, 28]);
+    let macs: u64 = l.iter().map(|x| x.macs).sum();
+    let b = Budget {
+        avg_bits: Some(5.0),
+        max_bops_g: Some(macs as f64 * 2.0 * 4.0 / 1e9 * 0.5),
+        ..Default::default()
+    };
+    let c = cands(&[2, 4, 8], &[4, 8]);
+    let s = SearchSpace::new(&l, &c, &b, None, &SearchOptions::default()).unwrap();
+    let f = s.feasibility();
+    assert!(!f.is_feasible());
+    assert!(f.budgets[0].feasible && f.budgets[0].binding);
+    assert_eq!(f.budgets[0].best, 2.0);
+    assert!(!f.budgets[1].feasible);
+    assert!((f.budgets[1].best - macs as f64 * 8.0 / 1e9).abs() < 1e-15);
+    let text = f.to_string();
+    assert!(
+        text.contains("INFEASIBLE") && text.contains("binding"),
+        "{text}"
+    );
+    match f.check() {
+        Err(Error::Infeasible { budget, min_value }) => {
+            assert!(budget.contains("max_bops_g"), "{budget}");
+            assert_eq!(min_value, format!("{:.6}", macs as f64 * 8.0 / 1e9));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Compression reports the largest achievable ratio: 32 / 2 = 16.
+    let b = Budget {
+        compression: Some(20.0),
+        ..Default::default()
+    };
+    let f = SearchSpace::new(&l, &c, &b, None, &SearchOptions::default())
+        .unwrap()
+        .feasibility();
+    assert!(!f.is_feasible() && f.budgets[0].best == 16.0);
+    // A tie between layers pinned to different bits leaves them no choice.
+    let opts = SearchOptions {
+        pins: vec![Pin::parse("conv1=8").unwrap(), Pin::parse("fc3=4").unwrap()],
+        ties: vec![vec!["conv1".into(), "fc3".into()]],
+    };
+    let f = SearchSpace::new(&l, &c, &Budget::default(), None, &opts)
+        .unwrap()
+        .feasibility();
+    assert_eq!(f.empty_layers, ["conv1", "fc3"]);
+    assert!(f.check().unwrap_err().to_string().contains("conv1"));
+}
+
+#[test]
+fn bad_pins_ties_and_hardware_budgets_are_input_errors() {
+    let l = layers("lenet5", [1, 28, 28]);
+    let c = cands(&[2, 4, 8], &[4, 8]);
+    for bad in ["conv1", "conv1=9", "=8", "conv1=8:x"] {
+        assert!(Pin::parse(bad).unwrap_err().is_input_error(), "{bad}");
+    }
+    assert_eq!(Pin::parse("fc1=4/8").unwrap().a_bits, 8);
+    let opts = SearchOptions {
+        pins: vec![Pin::parse("conv9=8").unwrap()],
+        ..Default::default()
+    };
+    let err = SearchSpace::new(&l, &c, &Budget::default(), None, &opts).unwrap_err();
+    assert!(matches!(err, Error::UnknownLayer { .. }));
+    let opts = SearchOptions {
+        ties: vec![vec!["conv1".into()]],
+        ..Default::default()
+    };
+    assert!(SearchSpace::new(&l, &c, &Budget::default(), None, &opts).is_err());
+    let b = Budget {
+        max_latency_ms: Some(1.0),
+        ..Default::default()
+    };
+    let msg = SearchSpace::new(&l, &c, &b, None, &SearchOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("hardware"), "{msg}");
+    let b = Budget {
+        avg_bits: Some(-1.0),
+        ..Default::default()
+    };
+    assert!(SearchSpace::new(&l, &c, &b, None, &SearchOptions::default()).is_err());
+}
+
+#[test]
+fn searched_layers_need_sensitivity_rows() {
+    let l = layers("lenet5", [1, 28, 28]);
+    let c = cands(&[2, 4, 8], &[8]);
+    let mut partial = sens(&l, false);
+    partial.layers.retain(|r| r.name != "fc3");
+    let table = OmegaTable::new(&l, &partial, OmegaConfig::default()).unwrap();
+    let mut s =
+        SearchSpace::new(&l, &c, &Budget::default(), None, &SearchOptions::default()).unwrap();
+    let msg = s.set_omega(&table).unwrap_err().to_string();
+    assert!(msg.contains("fc3") && msg.contains("pin"), "{msg}");
+    let opts = SearchOptions {
+        pins: vec![Pin::parse("last=8").unwrap()],
+        ..Default::default()
+    };
+    let mut s = SearchSpace::new(&l, &c, &Budget::default(), None, &opts).unwrap();
+    s.set_omega(&table).unwrap();
+}
