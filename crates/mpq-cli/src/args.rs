@@ -52,6 +52,8 @@ pub(crate) enum Command {
     Quantize(crate::commands::QuantizeArgs),
     /// The whole pipeline on the bundled MNIST subset.
     Quickstart(QuickstartArgs),
+    /// Warm timings of fixed forward/backward/HVP workloads (ResNet-20, LeNet-5, MobileNetV2).
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -215,6 +217,20 @@ pub(crate) struct QuickstartArgs {
     /// A shorter run (fewer epochs) for a first look.
     #[arg(long)]
     pub(crate) fast: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Timed runs per workload, after one untimed warm-up run.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) repeats: usize,
+    /// Run only these workloads (comma separated): resnet20_fwd, resnet20_fwd_bwd,
+    /// resnet20_hvp, lenet5_fwd_bwd, mobilenetv2_fwd_bwd, matmul_1024.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Vec<String>,
+    /// Use candle's own conv and batch-norm ops instead of mpq-kernels (as MPQ_STOCK_OPS=1).
+    #[arg(long)]
+    pub(crate) stock: bool,
 }
 
 /// A per-sample shape such as `3x32x32`.

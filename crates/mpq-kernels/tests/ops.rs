@@ -7,25 +7,7 @@ use mpq_kernels::{Conv2dParams, batch_norm_eval, batch_norm_train, conv2d, refer
 
 mod common;
 
-use common::Rng;
-
-/// `max |a − b| / max |b|` must not exceed `rtol`.
-fn assert_close(a: &Tensor, b: &Tensor, rtol: f64, what: &str) -> Result<()> {
-    assert_eq!(a.dims(), b.dims(), "{what}: shape");
-    let a: Vec<f64> = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-    let b: Vec<f64> = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-    let scale = b.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-    assert!(
-        err / scale <= rtol,
-        "{what}: relative error {:.3e} > {rtol:.1e} (max abs err {err:.3e}, scale {scale:.3e})",
-        err / scale
-    );
-    Ok(())
-}
+use common::{Rng, assert_close};
 
 #[derive(Clone, Copy, Debug)]
 struct ConvCase {

@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cost;
 pub mod data;
 mod error;

@@ -1,6 +1,7 @@
 //! One module per subcommand; each parses nothing and prints everything.
 
 pub(crate) mod analyze;
+mod bench;
 mod eval;
 mod info;
 mod quantize;
@@ -22,6 +23,7 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Analyze(a) => analyze::run(&cli.global, a),
         Command::Search(a) => search::run(&cli.global, a),
         Command::Quickstart(a) => quickstart::run(&cli.global, a),
+        Command::Bench(a) => bench::run(&cli.global, a),
         Command::Quantize(a) => quantize::run(&cli.global, a),
     }
 }

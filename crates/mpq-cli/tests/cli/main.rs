@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod bench;
 mod quantize;
 
 /// Small synthetic data set shared by the happy-path tests (64 samples, 3 classes, 1x8x8).

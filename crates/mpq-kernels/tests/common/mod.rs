@@ -1,9 +1,10 @@
-//! Shared test helpers: a deterministic xorshift generator for test data and shapes.
+//! Shared test helpers: a deterministic xorshift generator for test data and shapes, and the
+//! relative-error assertion.
 
 // Each test binary uses a different subset of the helpers.
 #![allow(dead_code)]
 
-use candle::{Device, Result, Tensor};
+use candle::{DType, Device, Result, Tensor};
 
 /// Deterministic xorshift generator for test data and shapes.
 pub(crate) struct Rng(pub(crate) u64);
@@ -45,4 +46,22 @@ impl Rng {
             })
             .collect()
     }
+}
+
+/// `max |a − b| / max |b|` must not exceed `rtol`.
+pub(crate) fn assert_close(a: &Tensor, b: &Tensor, rtol: f64, what: &str) -> Result<()> {
+    assert_eq!(a.dims(), b.dims(), "{what}: shape");
+    let a: Vec<f64> = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let b: Vec<f64> = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let scale = b.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        err / scale <= rtol,
+        "{what}: relative error {:.3e} > {rtol:.1e} (max abs err {err:.3e}, scale {scale:.3e})",
+        err / scale
+    );
+    Ok(())
 }

@@ -24,11 +24,21 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, spec: &Conv2dSpec) 
     Ok(mpq_kernels::conv2d(x, w, bias, &p)?)
 }
 
-/// Whether `MPQ_STOCK_OPS=1` asks for candle's own operations instead of the fast kernels
-/// (for benchmarks that measure what the kernels gain).
+/// Whether `MPQ_STOCK_OPS=1` (read once) or [`set_stock_ops`] asks for candle's own
+/// operations instead of the fast kernels (for benchmarks that measure what the kernels gain).
 pub fn stock_ops() -> bool {
     static STOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STOCK.get_or_init(|| std::env::var("MPQ_STOCK_OPS").is_ok_and(|v| v == "1"))
+    FORCE_STOCK.load(std::sync::atomic::Ordering::Relaxed)
+        || *STOCK.get_or_init(|| std::env::var("MPQ_STOCK_OPS").is_ok_and(|v| v == "1"))
+}
+
+static FORCE_STOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every later forward pass use candle's own operations (`true`), as `MPQ_STOCK_OPS=1`
+/// does, or go back to the environment's choice (`false`). Process-wide; both paths compute
+/// the same values to rounding, so flipping it between passes is harmless.
+pub fn set_stock_ops(on: bool) {
+    FORCE_STOCK.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Fully connected layer `x · wᵀ + b`.
