@@ -48,6 +48,8 @@ pub(crate) enum Command {
     Analyze(crate::commands::analyze::AnalyzeArgs),
     /// Bit-width search: a policy (QuantPlan JSON) within a budget.
     Search(SearchArgs),
+    /// Per-layer latency and energy of a model (under a policy) on a simulated accelerator.
+    Hw(HwArgs),
     /// Apply a policy (optional QAT fine-tuning) and export the packed quantized model.
     Quantize(crate::commands::QuantizeArgs),
     /// The whole pipeline on the bundled MNIST subset.
@@ -56,12 +58,46 @@ pub(crate) enum Command {
     Bench(BenchArgs),
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum MethodArg {
     /// The largest uniform plan within budget.
     Uniform,
     /// Seeded, uniform among the plans of the candidate grid within budget.
     Random,
+    /// HAWQ: bits non-increasing in top eigenvalue per parameter, plus a fine-tuning order.
+    #[value(name = "hawq-v1")]
+    HawqV1,
+    /// HAWQ-V2: the exact (size, Omega) Pareto frontier and its best point within budget.
+    Pareto,
+    /// HAWQ-V3 / LIMPQ integer program: least Omega under every budget (exact).
+    Ilp,
+}
+
+impl MethodArg {
+    /// The method's name in plans and messages.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            MethodArg::Uniform => "uniform",
+            MethodArg::Random => "random",
+            MethodArg::HawqV1 => "hawq-v1",
+            MethodArg::Pareto => "pareto",
+            MethodArg::Ilp => "ilp",
+        }
+    }
+
+    /// Whether the method needs a sensitivity table.
+    pub(crate) fn needs_sensitivity(self) -> bool {
+        matches!(self, MethodArg::HawqV1 | MethodArg::Pareto | MethodArg::Ilp)
+    }
+}
+
+/// Which curvature scales the weight quantization error in Omega.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OmegaMetricArg {
+    /// Tr(H)/n (HAWQ-V2); the default except for hawq-v1.
+    Trace,
+    /// Top eigenvalue / n (HAWQ); the default of hawq-v1.
+    Eigen,
 }
 
 #[derive(Debug, Args)]
@@ -71,9 +107,16 @@ pub(crate) struct SearchArgs {
     /// Search method.
     #[arg(long, value_enum)]
     pub(crate) method: MethodArg,
-    /// Sensitivity JSON from `mpq analyze` (not needed by uniform and random).
+    /// Sensitivity JSON from `mpq analyze` (needed by hawq-v1, pareto and ilp; optional for
+    /// uniform and random, which then report the plan's Omega).
     #[arg(long)]
     pub(crate) sensitivity: Option<PathBuf>,
+    /// Curvature of Omega (default: eigen for hawq-v1, trace otherwise).
+    #[arg(long, value_enum)]
+    pub(crate) omega_metric: Option<OmegaMetricArg>,
+    /// Weight of the activation term of Omega (0 turns it off).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) act_weight: f64,
     /// Candidate weight bit-widths.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
     pub(crate) w_bits: Vec<u32>,
@@ -92,12 +135,49 @@ pub(crate) struct SearchArgs {
     /// Largest giga bit-operations per sample.
     #[arg(long)]
     pub(crate) max_bops: Option<f64>,
+    /// Largest latency in ms on --hardware.
+    #[arg(long)]
+    pub(crate) max_latency_ms: Option<f64>,
+    /// Largest energy in mJ on --hardware.
+    #[arg(long)]
+    pub(crate) max_energy_mj: Option<f64>,
+    /// Hardware model for latency/energy: bitfusion, bismo, bismo-cloud, PATH.toml or PATH.csv.
+    #[arg(long)]
+    pub(crate) hardware: Option<String>,
+    /// Pin a layer: NAME=W (weights and activations) or NAME=W/A; NAME may be `first` or
+    /// `last`. Repeatable or comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) pin: Vec<String>,
+    /// Pin the first and the last layer to W or W/A bits (e.g. 8).
+    #[arg(long, value_name = "W[/A]")]
+    pub(crate) pin_first_last: Option<String>,
+    /// Layers that share bits, comma separated (e.g. a residual downsample and its main path
+    /// conv). Repeatable.
+    #[arg(long, value_name = "L1,L2,...")]
+    pub(crate) tie: Vec<String>,
     /// Random draws before `random` gives up.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) max_tries: usize,
-    /// Output policy file.
+    /// Output policy file (pareto also writes OUT.frontier.json and OUT.frontier.svg).
     #[arg(long)]
     pub(crate) out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HwArgs {
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    /// Hardware model: bitfusion, bismo, bismo-cloud, PATH.toml (a spec) or PATH.csv
+    /// (`layer,w_bits,a_bits,latency_ms[,energy_mj]`).
+    #[arg(long)]
+    pub(crate) hardware: String,
+    /// A policy (QuantPlan JSON); without it every layer is W8A8 (a packed model uses its
+    /// own plan).
+    #[arg(long)]
+    pub(crate) policy: Option<PathBuf>,
+    /// Also write the model's lookup table (every layer at w, a in 2..8 and 32) as CSV.
+    #[arg(long, value_name = "PATH.csv")]
+    pub(crate) export_csv: Option<PathBuf>,
 }
 
 /// How to find or build a model.
@@ -207,6 +287,10 @@ pub(crate) struct EvalArgs {
     /// Training samples used to calibrate activation ranges under --policy.
     #[arg(long, default_value_t = 512)]
     pub(crate) calib_samples: usize,
+    /// Also simulate latency and energy on this hardware model (bitfusion, bismo,
+    /// bismo-cloud, PATH.toml or PATH.csv).
+    #[arg(long)]
+    pub(crate) hardware: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,10 @@
-//! `mpq eval`: test accuracy and loss of a model (FP32; size and BOPs at 32 bits).
+//! `mpq eval`: test accuracy and loss of a model, FP32 or under a policy; size, BOPs and, with
+//! `--hardware`, simulated latency and energy.
 
 use serde::Serialize;
 
 use mpq::QuantPlan;
-use mpq::cost::CostTable;
+use mpq::cost::{CostTable, HardwareModel};
 use mpq::data::{self, LoadOptions};
 use mpq::graph::{Hooks, NoHooks};
 use mpq::quant::{CalibrationConfig, PlanHooks};
@@ -19,9 +20,21 @@ pub(crate) struct EvalJson {
     pub(crate) size_bytes: u64,
     pub(crate) avg_w_bits: f64,
     pub(crate) bops: f64,
+    /// Simulated latency in ms on `--hardware` (null without it).
+    pub(crate) latency_ms: Option<f64>,
+    /// Simulated energy in mJ on `--hardware` (null without it, or a table without energies).
+    pub(crate) energy_mj: Option<f64>,
+    /// The hardware model simulated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hardware: Option<String>,
 }
 
 pub(crate) fn run(g: &GlobalArgs, a: &EvalArgs) -> anyhow::Result<()> {
+    let hw = a
+        .hardware
+        .as_deref()
+        .map(HardwareModel::from_reference)
+        .transpose()?;
     let model = super::open_model(&a.model, g.seed)?;
     let splits = data::load(
         &a.data,
@@ -63,6 +76,8 @@ pub(crate) fn run(g: &GlobalArgs, a: &EvalArgs) -> anyhow::Result<()> {
             ),
         };
     let cost = CostTable::new(&layers, &plan)?;
+    // Before the evaluation, so a lookup table missing an entry fails fast.
+    let hw_table = hw.as_ref().map(|h| h.table(&layers, &plan)).transpose()?;
     let stats = mpq::train::evaluate(&graph, &splits.test, &norm, a.batch_size, hooks.as_mut())?;
     let result = EvalJson {
         accuracy: stats.accuracy,
@@ -71,19 +86,31 @@ pub(crate) fn run(g: &GlobalArgs, a: &EvalArgs) -> anyhow::Result<()> {
         size_bytes: cost.size_bytes,
         avg_w_bits: cost.avg_w_bits,
         bops: cost.bops,
+        latency_ms: hw_table.as_ref().map(|t| t.latency_ms),
+        energy_mj: hw_table.as_ref().and_then(|t| t.energy_mj),
+        hardware: hw_table.as_ref().map(|t| t.hardware.clone()),
     };
     if g.json {
         return output::json(&result);
     }
-    output::line(&format!(
-        "accuracy {:.2}%  loss {:.4}  samples {}  ({} weight bytes, {:.2} avg weight bits, {:.3e} BOPs)",
+    let mut line = format!(
+        "accuracy {:.2}%  loss {:.4}  samples {}  ({} weight bytes, {:.2} avg weight bits, {:.3e} BOPs",
         100.0 * result.accuracy,
         result.loss,
         result.samples,
         result.size_bytes,
         result.avg_w_bits,
         result.bops
-    ))
+    );
+    if let Some(t) = &hw_table {
+        line.push_str(&format!(", {} ms", super::search::num(t.latency_ms)));
+        if let Some(e) = t.energy_mj {
+            line.push_str(&format!(", {} mJ", super::search::num(e)));
+        }
+        line.push_str(&format!(" on {} at batch {}", t.hardware, t.batch));
+    }
+    line.push(')');
+    output::line(&line)
 }
 
 /// The data's sample shape must be what the model takes.

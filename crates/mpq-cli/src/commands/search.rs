@@ -1,59 +1,477 @@
-//! `mpq search`: writes a policy (QuantPlan JSON) that meets a budget.
+//! `mpq search`: writes a policy (QuantPlan JSON) that meets a budget. Every method first runs
+//! the feasibility pre-flight (the smallest achievable value of each budget, layers that pins
+//! and ties leave without a choice); an infeasible request exits 2 with that report and writes
+//! nothing. Methods: `uniform`, `random`, `hawq-v1` (HAWQ), `pareto` (HAWQ-V2, plus the whole
+//! frontier as `OUT.frontier.json` and `OUT.frontier.svg`) and `ilp` (HAWQ-V3 / LIMPQ).
 
-use mpq::search::{self, Budget, Candidates};
+use std::collections::BTreeSet;
+use std::path::Path;
 
-use crate::args::{GlobalArgs, MethodArg, SearchArgs};
+use candle::DType;
+use mpq::QuantPlan;
+use mpq::cost::{HardwareModel, HwTable};
+use mpq::graph::LayerInfo;
+use mpq::model::Model;
+use mpq::plan::{FULL_PRECISION, LayerPrecision};
+use mpq::quant::{fake_quant_values, weight_params};
+use mpq::search::{
+    self, Budget, Candidates, Feasibility, OmegaConfig, OmegaMetric, OmegaTable, Pin,
+    SearchOptions, SearchSpace, Sensitivities,
+};
+use serde::Serialize;
+
+use crate::args::{GlobalArgs, MethodArg, OmegaMetricArg, SearchArgs, UsageError};
 use crate::output::{self, Table, thousands};
 
+/// What a method produced besides the plan.
+enum Extra {
+    None,
+    Frontier {
+        json: serde_json::Value,
+        svg: String,
+        points: usize,
+        chosen: usize,
+    },
+    Solver(search::IlpStats),
+}
+
 pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
+    check_usage(a)?;
     let model = super::open_model(&a.model, g.seed)?;
     let layers = model.graph.layer_infos()?;
+    let hw = a
+        .hardware
+        .as_deref()
+        .map(HardwareModel::from_reference)
+        .transpose()?;
     let budget = Budget {
         avg_bits: a.avg_bits,
         max_size_mb: a.max_size_mb,
         compression: a.compression,
         max_bops_g: a.max_bops,
-        max_latency_ms: None,
-        max_energy_mj: None,
+        max_latency_ms: a.max_latency_ms,
+        max_energy_mj: a.max_energy_mj,
     };
-    for (name, v) in [
-        ("avg-bits", a.avg_bits),
-        ("max-size-mb", a.max_size_mb),
-        ("compression", a.compression),
-        ("max-bops", a.max_bops),
-    ] {
-        if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
-            return Err(mpq::Error::config(name, "must be a positive number").into());
-        }
-    }
     let cands = Candidates {
         w_bits: a.w_bits.clone(),
         a_bits: a.a_bits.clone(),
     };
-    let plan = match a.method {
-        MethodArg::Uniform => search::uniform(&layers, &cands, &budget)?,
-        MethodArg::Random => search::random(&layers, &cands, &budget, g.seed, a.max_tries)?,
-    };
-    plan.save(&a.out)?;
-    if g.json {
-        return output::json(&plan);
+    let opts = search_options(a)?;
+    let mut space = SearchSpace::new(&layers, &cands, &budget, hw.as_ref(), &opts)?;
+
+    // Pre-flight before any expensive work (weight errors, the search itself).
+    let feasibility = space.feasibility();
+    if let Err(e) = feasibility.check() {
+        return Err(anyhow::Error::new(e).context(preflight_report(&feasibility, &opts)));
     }
-    let mut t = Table::new(&["layer", "params", "w_bits", "a_bits"]);
-    for (l, p) in layers.iter().zip(&plan.layers) {
-        t.row(vec![
+    if !feasibility.budgets.is_empty() {
+        output::status(g.quiet, &feasibility.to_string());
+    }
+
+    let omega = match &a.sensitivity {
+        Some(path) => {
+            let metric = match a.omega_metric {
+                Some(OmegaMetricArg::Trace) => OmegaMetric::Trace,
+                Some(OmegaMetricArg::Eigen) => OmegaMetric::Eigen,
+                None if a.method == MethodArg::HawqV1 => OmegaMetric::Eigen,
+                None => OmegaMetric::Trace,
+            };
+            let cfg = OmegaConfig {
+                metric,
+                act_weight: a.act_weight,
+            };
+            Some(omega_table(&model, &layers, path, &cands, &opts, cfg)?)
+        }
+        None => None,
+    };
+    if let Some(o) = &omega {
+        space.set_omega(o)?;
+    }
+
+    let (plan, extra) = match a.method {
+        MethodArg::Uniform => (space.uniform()?, Extra::None),
+        MethodArg::Random => (space.random(g.seed, a.max_tries)?, Extra::None),
+        MethodArg::HawqV1 => {
+            let o = omega
+                .as_ref()
+                .expect("check_usage should have required --sensitivity for hawq-v1");
+            (search::hawq_v1(&space, o)?, Extra::None)
+        }
+        MethodArg::Pareto => {
+            let r = search::pareto(&space)?;
+            let extra = Extra::Frontier {
+                json: r.to_json(&space),
+                svg: r.svg(),
+                points: r.frontier.points.len(),
+                chosen: r.chosen,
+            };
+            (r.plan, extra)
+        }
+        MethodArg::Ilp => {
+            let (plan, stats) = search::ilp(&space)?;
+            (plan, Extra::Solver(stats))
+        }
+    };
+
+    let hw_table = hw.as_ref().map(|h| h.table(&layers, &plan)).transpose()?;
+    let policy = policy_file(&plan, &extra, &a.out);
+    // The policy first: if its path cannot be written (a folder, say), nothing is.
+    let mut files = vec![(a.out.clone(), pretty(&policy)?)];
+    if let Extra::Frontier { json, svg, .. } = &extra {
+        let mut frontier = json.clone();
+        if let serde_json::Value::Object(m) = &mut frontier {
+            m.insert("model".into(), a.model.model.clone().into());
+            m.insert("constraints".into(), plan.constraints.clone());
+            m.insert("policy".into(), a.out.display().to_string().into());
+        }
+        files.push((
+            super::side_path(&a.out, "frontier.json"),
+            pretty(&frontier)?,
+        ));
+        files.push((
+            super::side_path(&a.out, "frontier.svg"),
+            svg.as_bytes().to_vec(),
+        ));
+    }
+    super::write_files_atomic(&files)?;
+
+    if g.json {
+        return output::json(&Printed {
+            policy: &policy,
+            out: a.out.display().to_string(),
+            preflight: &feasibility,
+        });
+    }
+    print_human(a, &layers, &plan, omega.as_ref(), hw_table.as_ref(), &extra)
+}
+
+/// Usage problems found before any file is read.
+fn check_usage(a: &SearchArgs) -> anyhow::Result<()> {
+    if a.method.needs_sensitivity() && a.sensitivity.is_none() {
+        let metric = if a.method == MethodArg::HawqV1 {
+            "eigen"
+        } else {
+            "trace"
+        };
+        return Err(UsageError(format!(
+            "--method {} needs --sensitivity S.json (write one with `mpq analyze --metric {metric} \
+             --out S.json`)",
+            a.method.name()
+        ))
+        .into());
+    }
+    for (flag, v) in [
+        ("--max-latency-ms", a.max_latency_ms),
+        ("--max-energy-mj", a.max_energy_mj),
+    ] {
+        if v.is_some() && a.hardware.is_none() {
+            return Err(UsageError(format!(
+                "{flag} needs a hardware model: --hardware bitfusion|bismo|PATH.toml|PATH.csv"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Pins (`--pin`, `--pin-first-last`) and ties (`--tie`).
+fn search_options(a: &SearchArgs) -> anyhow::Result<SearchOptions> {
+    let mut pins = a
+        .pin
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Pin::parse(s))
+        .collect::<mpq::Result<Vec<_>>>()?;
+    if let Some(bits) = &a.pin_first_last {
+        for end in ["first", "last"] {
+            pins.push(Pin::parse(&format!("{end}={bits}")).map_err(|_| {
+                mpq::Error::config(
+                    "pin-first-last",
+                    format!("expected W or W/A bits (2..8 or 32), got {bits:?}"),
+                )
+            })?);
+        }
+    }
+    let ties = a
+        .tie
+        .iter()
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(SearchOptions { pins, ties })
+}
+
+/// The pre-flight report as the context of an infeasible request.
+fn preflight_report(f: &Feasibility, opts: &SearchOptions) -> String {
+    let mut s = String::from("the request is infeasible (feasibility pre-flight):");
+    for b in &f.budgets {
+        let (word, status) = match (b.relation == ">=", b.feasible) {
+            (true, true) => ("largest", "ok"),
+            (true, false) => ("largest", "CANNOT BE MET"),
+            (false, true) => ("smallest", "ok"),
+            (false, false) => ("smallest", "CANNOT BE MET"),
+        };
+        s.push_str(&format!(
+            "\n  {} {} {}: {word} feasible value {:.6} ({status})",
+            b.budget, b.relation, b.limit, b.best
+        ));
+    }
+    if !f.empty_layers.is_empty() {
+        s.push_str(&format!(
+            "\n  layers with no allowed candidate (pins and ties conflict): {}",
+            f.empty_layers.join(", ")
+        ));
+    }
+    let fixed = if opts.pins.is_empty() && opts.ties.is_empty() {
+        ""
+    } else {
+        ", with the pins and ties given"
+    };
+    s.push_str(&format!(
+        "\n  (smallest candidates: w-bits {}, a-bits {}{fixed})",
+        f.w_min, f.a_min
+    ));
+    s
+}
+
+/// Ω of the sensitivity table at `path`, with `‖Q_b(W) − W‖²` computed from the model's
+/// weights for every needed bit-width the table does not give.
+fn omega_table(
+    model: &Model,
+    layers: &[LayerInfo],
+    path: &Path,
+    cands: &Candidates,
+    opts: &SearchOptions,
+    cfg: OmegaConfig,
+) -> anyhow::Result<OmegaTable> {
+    let mut sens = Sensitivities::load(path)?;
+    let bits: BTreeSet<u32> = cands
+        .w_bits
+        .iter()
+        .copied()
+        .chain(opts.pins.iter().map(|p| p.w_bits))
+        .filter(|&b| b != FULL_PRECISION)
+        .collect();
+    let mut missing: Vec<(String, Vec<u32>)> = Vec::new();
+    for row in &sens.layers {
+        if !layers.iter().any(|l| l.name == row.name) {
+            continue; // OmegaTable::new reports it as an unknown layer.
+        }
+        let need: Vec<u32> = bits
+            .iter()
+            .copied()
+            .filter(|&b| row.weight_error_at(b).is_none())
+            .collect();
+        if !need.is_empty() {
+            missing.push((row.name.clone(), need));
+        }
+    }
+    if !missing.is_empty() && model.quantized.is_some() {
+        return Err(UsageError(format!(
+            "{} has no weight_error for layer {} and the model is already quantized (a packed \
+             file): give the float model, or per-bit weight_error entries in the sensitivity JSON",
+            path.display(),
+            missing[0].0
+        ))
+        .into());
+    }
+    for (name, need) in missing {
+        for (b, e) in weight_errors(model, &name, &need)? {
+            sens.set_weight_error(&name, b, e);
+        }
+    }
+    Ok(OmegaTable::new(layers, &sens, cfg)?)
+}
+
+/// `‖Q_b(W) − W‖²` of `layer` for each of `bits`, with the quantizer a searched plan uses
+/// (symmetric, max-abs scale per output channel). That quantizer commutes with BatchNorm
+/// folding (folding scales each output channel, and so its max-abs scale, by the same
+/// factor), so the error in the unfolded weights, whose Hessian `mpq analyze` measured, is
+/// exactly the folded quantizer's error mapped back.
+fn weight_errors(model: &Model, layer: &str, bits: &[u32]) -> mpq::Result<Vec<(u32, f64)>> {
+    let w = model
+        .graph
+        .params()
+        .var(&format!("{layer}.weight"))?
+        .as_tensor()
+        .to_dtype(DType::F32)?;
+    let x: Vec<f32> = w.flatten_all()?.to_vec1()?;
+    bits.iter()
+        .map(|&b| {
+            let q = weight_params(&w, &LayerPrecision::new(layer, b, 8))?;
+            let y = fake_quant_values(&x, &q);
+            let e: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
+                .sum();
+            Ok((b, e))
+        })
+        .collect()
+}
+
+/// The policy file: the plan, plus the solver statistics (ilp) or where the frontier went
+/// (pareto). Loads back as a [`QuantPlan`] (extra fields are ignored).
+#[derive(Serialize)]
+struct PolicyFile<'a> {
+    #[serde(flatten)]
+    plan: &'a QuantPlan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    solver: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frontier: Option<serde_json::Value>,
+}
+
+/// `--json` output: the policy file plus where it went and the pre-flight report.
+#[derive(Serialize)]
+struct Printed<'a> {
+    #[serde(flatten)]
+    policy: &'a PolicyFile<'a>,
+    out: String,
+    preflight: &'a Feasibility,
+}
+
+fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile<'a> {
+    let mut file = PolicyFile {
+        plan,
+        solver: None,
+        frontier: None,
+    };
+    match extra {
+        Extra::None => {}
+        Extra::Solver(s) => {
+            file.solver = Some(serde_json::json!({
+                "name": "mckp-branch-and-bound",
+                "nodes": s.nodes,
+                "proven_optimal": s.proven_optimal,
+            }));
+        }
+        Extra::Frontier { points, chosen, .. } => {
+            let name = |suffix: &str| {
+                super::side_path(out, suffix)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            file.frontier = Some(serde_json::json!({
+                "points": points,
+                "chosen": chosen,
+                "json": name("frontier.json"),
+                "svg": name("frontier.svg"),
+            }));
+        }
+    }
+    file
+}
+
+fn pretty<T: Serialize>(v: &T) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(v)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// A number with four significant digits (scientific when small or large).
+pub(crate) fn num(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        "0".into()
+    } else if (1e-3..1e5).contains(&a) {
+        let decimals = (3 - a.log10().floor() as i32).max(0) as usize;
+        format!("{v:.decimals$}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+fn print_human(
+    a: &SearchArgs,
+    layers: &[LayerInfo],
+    plan: &QuantPlan,
+    omega: Option<&OmegaTable>,
+    hw: Option<&HwTable>,
+    extra: &Extra,
+) -> anyhow::Result<()> {
+    let mut header = vec!["layer", "params", "w_bits", "a_bits"];
+    if omega.is_some() {
+        header.push("omega");
+    }
+    if hw.is_some() {
+        header.extend(["latency_ms", "energy_mj"]);
+    }
+    let mut t = Table::new(&header);
+    for (i, l) in layers.iter().enumerate() {
+        let (w, act) = plan.bits(&l.name);
+        let mut row = vec![
             l.name.clone(),
             thousands(l.params as u64),
-            p.w_bits.to_string(),
-            p.a_bits.to_string(),
-        ]);
+            w.to_string(),
+            act.to_string(),
+        ];
+        if let Some(o) = omega {
+            row.push(if o.has_row(i) {
+                num(o.omega(i, w, act)?)
+            } else {
+                "-".into()
+            });
+        }
+        if let Some(h) = hw {
+            let r = &h.layers[i];
+            row.push(num(r.latency_ms));
+            row.push(r.energy_mj.map_or("-".into(), num));
+        }
+        t.row(row);
     }
     t.print()?;
-    output::line(&format!(
-        "\n{}: {} bytes, {:.3} average weight bits, {:.4} GBOPs; written to {}",
+    let mut summary = format!(
+        "\n{}: {} bytes, {:.3} average weight bits, {:.4} GBOPs",
         plan.method,
         plan.size_bytes.unwrap_or(0),
         plan.avg_w_bits.unwrap_or(f64::NAN),
         plan.bops.unwrap_or(f64::NAN) / 1e9,
+    );
+    if let Some(o) = plan.omega {
+        summary.push_str(&format!(", omega {}", num(o)));
+    }
+    if let Some(h) = hw {
+        summary.push_str(&format!(", {} ms", num(h.latency_ms)));
+        if let Some(e) = h.energy_mj {
+            summary.push_str(&format!(", {} mJ", num(e)));
+        }
+        summary.push_str(&format!(" on {}", h.hardware));
+    }
+    summary.push_str(&format!(
+        " ({:.3} s); written to {}",
+        plan.seconds,
         a.out.display()
-    ))
+    ));
+    output::line(&summary)?;
+    match extra {
+        Extra::None => {}
+        Extra::Solver(s) => output::line(&format!(
+            "solver: exact multiple-choice knapsack branch and bound, {} nodes, {}",
+            s.nodes,
+            if s.proven_optimal {
+                "optimal"
+            } else {
+                "node limit reached (best plan found, optimality not proven)"
+            }
+        ))?,
+        Extra::Frontier { points, chosen, .. } => output::line(&format!(
+            "frontier: {points} points, chosen #{chosen}; written to {} and {}",
+            super::side_path(&a.out, "frontier.json").display(),
+            super::side_path(&a.out, "frontier.svg").display()
+        ))?,
+    }
+    if let Some(order) = &plan.finetune_order {
+        output::line(&format!(
+            "fine-tuning order (most sensitive first): {}",
+            order.join(", ")
+        ))?;
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod bench;
 mod quantize;
+mod search_hw;
 
 /// Small synthetic data set shared by the happy-path tests (64 samples, 3 classes, 1x8x8).
 const SYNTH: &str = "synthetic:1x8x8:3:64";
