@@ -7,13 +7,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use candle::DType;
 use mpq::QuantPlan;
 use mpq::cost::{HardwareModel, HwTable};
 use mpq::graph::LayerInfo;
 use mpq::model::Model;
 use mpq::plan::{FULL_PRECISION, LayerPrecision};
-use mpq::quant::{fake_quant_values, weight_params};
+use mpq::quant::weight_error;
 use mpq::search::{
     self, Budget, Candidates, Feasibility, OmegaConfig, OmegaMetric, OmegaTable, Pin,
     SearchOptions, SearchSpace, Sensitivities,
@@ -289,29 +288,12 @@ fn omega_table(
 }
 
 /// `‖Q_b(W) − W‖²` of `layer` for each of `bits`, with the quantizer a searched plan uses
-/// (symmetric, max-abs scale per output channel). That quantizer commutes with BatchNorm
-/// folding (folding scales each output channel, and so its max-abs scale, by the same
-/// factor), so the error in the unfolded weights, whose Hessian `mpq analyze` measured, is
-/// exactly the folded quantizer's error mapped back.
+/// (symmetric, max-abs scale per output channel), on the unfolded weights whose Hessian
+/// `mpq analyze` measured ([`mpq::quant::weight_error`]).
 fn weight_errors(model: &Model, layer: &str, bits: &[u32]) -> mpq::Result<Vec<(u32, f64)>> {
-    let w = model
-        .graph
-        .params()
-        .var(&format!("{layer}.weight"))?
-        .as_tensor()
-        .to_dtype(DType::F32)?;
-    let x: Vec<f32> = w.flatten_all()?.to_vec1()?;
+    let w = model.graph.params().var(&format!("{layer}.weight"))?.as_tensor();
     bits.iter()
-        .map(|&b| {
-            let q = weight_params(&w, &LayerPrecision::new(layer, b, 8))?;
-            let y = fake_quant_values(&x, &q);
-            let e: f64 = x
-                .iter()
-                .zip(&y)
-                .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
-                .sum();
-            Ok((b, e))
-        })
+        .map(|&b| Ok((b, weight_error(w, &LayerPrecision::new(layer, b, 8))?)))
         .collect()
 }
 

@@ -4,11 +4,13 @@
 //! everywhere is round half to even, so simulation and export agree bit for bit.
 
 mod apply;
+mod error;
 mod lsq;
 mod observer;
 mod params;
 
 pub use apply::{CalibrationConfig, PlanHooks, fake_quant_tensor, prepare_graph, weight_params};
+pub use error::{act_errors, weight_error, weight_errors};
 pub use lsq::{LsqQuantizer, MIN_STEP};
 pub use observer::{Observer, RangeMethod};
 pub use params::{QuantParams, fake_quant_values, quant_range};

@@ -1,0 +1,181 @@
+//! Weight quantization error `‖Q_b(W_i) − W_i‖²` per layer and bit-width: the second factor of
+//! HAWQ-V2's `Ω_i = Tr(H_i)/n_i · ‖Q(W_i) − W_i‖²` (Dong et al. NeurIPS 2020, spec §2.4) and of
+//! HAWQ's fine-tuning order (spec §1.5). Computed with the plan's own weight quantizer on the
+//! unfolded weights, whose Hessian `mpq analyze` measures: the default symmetric per-channel
+//! quantizer commutes with BatchNorm folding (folding scales each output channel, and so its
+//! max-abs scale, by one factor), so this is the folded quantizer's error mapped back. The table goes into the sensitivity JSON's `weight_error` and search stays
+//! tensor-free. The activation counterpart `E_x ‖Q_b(a_i(x)) − a_i(x)‖²` (spec §2.6) uses each
+//! bit-width's calibrated activation range, measured on full-precision activations.
+
+use std::collections::BTreeMap;
+
+use candle::{DType, Tensor};
+
+use super::apply::{CalibrationConfig, PlanHooks, fake_quant_tensor, prepare_graph, weight_params};
+use super::lsq::LsqQuantizer;
+use crate::data::{self, Dataset, LoaderConfig, Normalization};
+use crate::graph::{ForwardOptions, Graph, Hooks, Mode};
+use crate::plan::{
+    BitWidth, FULL_PRECISION, Granularity, LayerPrecision, QuantPlan, QuantizerKind,
+};
+use crate::{Error, Result};
+
+/// `‖Q(w) − w‖²` of one weight tensor under `p` (0 at full precision). LSQ layers use the
+/// step LSQ starts from (`2·mean|w|/√Qp`), since learned steps do not exist yet.
+pub fn weight_error(w: &Tensor, p: &LayerPrecision) -> Result<f64> {
+    if p.w_bits >= FULL_PRECISION && p.channel_w_bits.is_none() {
+        return Ok(0.0);
+    }
+    let w = &w.to_dtype(DType::F32)?;
+    let q = match p.quantizer {
+        QuantizerKind::Lsq => {
+            LsqQuantizer::for_weight(w, p.w_bits, p.granularity == Granularity::PerChannel)?
+                .params()?
+        }
+        _ => weight_params(w, p)?,
+    };
+    let d = (fake_quant_tensor(w, &q)? - w)?.to_dtype(DType::F64)?;
+    let e = d.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    if !e.is_finite() {
+        return Err(Error::config(
+            "model",
+            format!("layer {}: non-finite weights", p.name),
+        ));
+    }
+    Ok(e)
+}
+
+/// `‖Q_b(W_i) − W_i‖²` for every layer of `plan` and every `b` in `bits`, with each layer's
+/// quantizer settings taken from the plan (its `w_bits` and `channel_w_bits` are replaced by
+/// `b`), on the graph's own (unfolded) weights.
+pub fn weight_errors(
+    graph: &Graph,
+    plan: &QuantPlan,
+    bits: &[BitWidth],
+) -> Result<BTreeMap<String, BTreeMap<BitWidth, f64>>> {
+    plan.validate(&graph.layer_infos()?)?;
+    let mut out = BTreeMap::new();
+    for l in &plan.layers {
+        let name = format!("{}.weight", l.name);
+        let w = graph.params().var(&name)?.as_tensor().clone();
+        let mut row = BTreeMap::new();
+        for &b in bits {
+            let p = LayerPrecision {
+                w_bits: b,
+                channel_w_bits: None,
+                ..l.clone()
+            };
+            row.insert(b, weight_error(&w, &p)?);
+        }
+        out.insert(l.name.clone(), row);
+    }
+    Ok(out)
+}
+
+/// Sums `‖Q(a) − a‖²` per layer input, passing activations through unchanged.
+struct ErrorProbe<'a> {
+    hooks: &'a PlanHooks,
+    sums: BTreeMap<String, f64>,
+}
+
+impl Hooks for ErrorProbe<'_> {
+    fn activation(&mut self, layer: &str, x: &Tensor) -> Result<Tensor> {
+        if let Some(q) = self.hooks.activation_params(layer)? {
+            let d = (fake_quant_tensor(x, &q)? - x)?;
+            let e = d
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+            *self.sums.entry(layer.to_string()).or_default() += e;
+        }
+        Ok(x.clone())
+    }
+}
+
+/// `E_x ‖Q_b(a_i(x)) − a_i(x)‖²` (per sample) of every layer's input activation in `plan` and
+/// every `b` in `bits`: each width is calibrated as `quantize` calibrates it (`cfg`, on the
+/// first samples of `calib`) and its error measured on the same samples, with full-precision
+/// weights and activations everywhere else.
+pub fn act_errors(
+    graph: &Graph,
+    plan: &QuantPlan,
+    calib: &Dataset,
+    norm: &Normalization,
+    cfg: &CalibrationConfig,
+    bits: &[BitWidth],
+) -> Result<BTreeMap<String, BTreeMap<BitWidth, f64>>> {
+    plan.validate(&graph.layer_infos()?)?;
+    let g = prepare_graph(graph, plan)?;
+    let samples = cfg.samples.min(calib.len());
+    if samples == 0 {
+        return Err(Error::config("calibration", "no calibration samples"));
+    }
+    let subset = calib.take(samples);
+    let loader = LoaderConfig {
+        batch_size: cfg.batch_size.max(1),
+        shuffle: false,
+        augment: false,
+        drop_last: false,
+        seed: 0,
+    };
+    let mut out: BTreeMap<String, BTreeMap<BitWidth, f64>> = BTreeMap::new();
+    for &b in bits {
+        let mut pb = plan.clone();
+        for l in &mut pb.layers {
+            l.w_bits = FULL_PRECISION;
+            l.channel_w_bits = None;
+            l.a_bits = b;
+        }
+        let hooks = PlanHooks::calibrate(&g, &pb, calib, norm, cfg)?;
+        let mut probe = ErrorProbe {
+            hooks: &hooks,
+            sums: BTreeMap::new(),
+        };
+        for batch in data::batches(&subset, norm, &loader, 0, g.device()) {
+            let batch = batch?;
+            g.forward_with(&batch.x, &mut ForwardOptions::new(Mode::Eval, &mut probe))?;
+        }
+        for l in &plan.layers {
+            let e = if b >= FULL_PRECISION {
+                0.0
+            } else {
+                probe.sums.get(&l.name).copied().unwrap_or(0.0) / samples as f64
+            };
+            if !e.is_finite() {
+                return Err(Error::config(
+                    "data",
+                    format!("layer {}: non-finite activations", l.name),
+                ));
+            }
+            out.entry(l.name.clone()).or_default().insert(b, e);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle::Device;
+
+    #[test]
+    fn symmetric_error_by_hand_and_monotone_in_bits() {
+        // One channel [−1, 0.3, 0.5, 1]: 2-bit symmetric narrow range has levels {−1, 0, 1}.
+        let w = Tensor::new(&[[-1.0f32, 0.3, 0.5, 1.0]], &Device::Cpu).unwrap();
+        let p = LayerPrecision::new("fc", 2, 8);
+        let e = weight_error(&w, &p).unwrap();
+        // 0.3 → 0, 0.5 → 0 (half to even) — errors 0.09 + 0.25.
+        assert!((e - 0.34).abs() < 1e-6, "{e}");
+        let mut last = f64::INFINITY;
+        for b in [2, 3, 4, 5, 6, 8] {
+            let e = weight_error(&w, &LayerPrecision::new("fc", b, 8)).unwrap();
+            assert!(e <= last + 1e-12, "{b} bits: {e} > {last}");
+            last = e;
+        }
+        assert_eq!(
+            weight_error(&w, &LayerPrecision::new("fc", 32, 8)).unwrap(),
+            0.0
+        );
+    }
+}
