@@ -60,15 +60,19 @@ impl Frontier {
     }
 }
 
-type Partial = (u64, f64, u32, u32);
-
-/// Merges two size-sorted lists, keeping points whose Ω is below every earlier point's.
-fn merge_prune(a: &[Partial], b: &[Partial], out: &mut Vec<Partial>) {
+/// Merges two lists sorted by `key` = (cost, value), keeping the points whose value is below
+/// every earlier point's: the Pareto stair of the union (also used by the ILP's bounds).
+pub(super) fn merge_prune<T: Copy>(
+    a: &[T],
+    b: &[T],
+    out: &mut Vec<T>,
+    key: impl Fn(&T) -> (f64, f64),
+) {
     out.clear();
     let (mut i, mut j) = (0, 0);
     let mut last = f64::INFINITY;
     while i < a.len() || j < b.len() {
-        let take_a = j >= b.len() || (i < a.len() && (a[i].0, a[i].1) <= (b[j].0, b[j].1));
+        let take_a = j >= b.len() || (i < a.len() && key(&a[i]) <= key(&b[j]));
         let x = if take_a {
             i += 1;
             a[i - 1]
@@ -76,8 +80,9 @@ fn merge_prune(a: &[Partial], b: &[Partial], out: &mut Vec<Partial>) {
             j += 1;
             b[j - 1]
         };
-        if x.1 < last {
-            last = x.1;
+        let v = key(&x).1;
+        if v < last {
+            last = v;
             out.push(x);
         }
     }
@@ -97,7 +102,7 @@ pub fn pareto_frontier(groups: &[Vec<(u64, f64)>]) -> Frontier {
                     .enumerate()
                     .map(|(p, &(cs, co))| (cs + s, co + o, p as u32, j as u32)),
             );
-            merge_prune(&acc, &shifted, &mut merged);
+            merge_prune(&acc, &shifted, &mut merged, |p| (p.0 as f64, p.1));
             std::mem::swap(&mut acc, &mut merged);
         }
         back.push(acc.iter().map(|x| (x.2, x.3)).collect());

@@ -9,6 +9,8 @@
 //! [`FrontierBound`] is stronger still: one budget kept exact by a Pareto frontier, the
 //! others priced by Lagrange multipliers.
 
+use super::pareto::merge_prune;
+
 /// LP bounds of every suffix of a group order along one direction.
 #[derive(Debug, Clone)]
 pub(crate) struct RayBound {
@@ -146,26 +148,6 @@ pub(crate) struct FrontierBound {
     pen: Vec<Vec<f64>>,
 }
 
-fn merge_front(a: &[(f64, f64)], b: &[(f64, f64)], out: &mut Vec<(f64, f64)>) {
-    out.clear();
-    let (mut i, mut j) = (0, 0);
-    let mut last = f64::INFINITY;
-    while i < a.len() || j < b.len() {
-        let take_a = j >= b.len() || (i < a.len() && (a[i].0, a[i].1) <= (b[j].0, b[j].1));
-        let x = if take_a {
-            i += 1;
-            a[i - 1]
-        } else {
-            j += 1;
-            b[j - 1]
-        };
-        if x.1 < last {
-            last = x.1;
-            out.push(x);
-        }
-    }
-}
-
 impl FrontierBound {
     /// Builds the suffix frontiers; `None` when one grows past `max_points`.
     pub(crate) fn new<'c>(
@@ -210,7 +192,7 @@ impl FrontierBound {
             for &(ck, p) in &items {
                 shifted.clear();
                 shifted.extend(cur.iter().map(|&(a, b)| (a + ck, b + p)));
-                merge_front(&acc, &shifted, &mut merged);
+                merge_prune(&acc, &shifted, &mut merged, |p| *p);
                 std::mem::swap(&mut acc, &mut merged);
             }
             if acc.len() > max_points {
