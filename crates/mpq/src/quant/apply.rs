@@ -153,6 +153,34 @@ pub fn prepare_graph(graph: &Graph, plan: &QuantPlan) -> Result<Graph> {
     }
 }
 
+/// Eval-mode forward passes over the first `cfg.samples` samples of `calib` (in file order),
+/// for hooks that observe activations; returns the number of samples seen.
+pub(crate) fn calibration_pass(
+    graph: &Graph,
+    calib: &Dataset,
+    norm: &Normalization,
+    cfg: &CalibrationConfig,
+    hooks: &mut dyn Hooks,
+) -> Result<usize> {
+    let samples = cfg.samples.min(calib.len());
+    if samples == 0 {
+        return Err(Error::config("calibration", "no calibration samples"));
+    }
+    let subset = calib.take(samples);
+    let loader = LoaderConfig {
+        batch_size: cfg.batch_size.max(1),
+        shuffle: false,
+        augment: false,
+        drop_last: false,
+        seed: 0,
+    };
+    for batch in data::batches(&subset, norm, &loader, 0, graph.device()) {
+        let batch = batch?;
+        graph.forward_with(&batch.x, &mut ForwardOptions::new(Mode::Eval, hooks))?;
+    }
+    Ok(samples)
+}
+
 impl PlanHooks {
     /// Validates `plan` against the graph and calibrates the activation ranges of every layer
     /// whose activations it quantizes, on the first `cfg.samples` samples of `calib`. LSQ
@@ -179,21 +207,7 @@ impl PlanHooks {
                 .collect(),
         };
         if !hooks.observers.is_empty() {
-            if calib.is_empty() || cfg.samples == 0 {
-                return Err(Error::config("calibration", "no calibration samples"));
-            }
-            let subset = calib.take(cfg.samples.min(calib.len()));
-            let loader = LoaderConfig {
-                batch_size: cfg.batch_size.max(1),
-                shuffle: false,
-                augment: false,
-                drop_last: false,
-                seed: 0,
-            };
-            for batch in data::batches(&subset, norm, &loader, 0, graph.device()) {
-                let batch = batch?;
-                graph.forward_with(&batch.x, &mut ForwardOptions::new(Mode::Eval, &mut hooks))?;
-            }
+            calibration_pass(graph, calib, norm, cfg, &mut hooks)?;
         }
         let mut activations = HashMap::new();
         for (name, obs) in &hooks.observers {

@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 
 use candle::{DType, Tensor};
 
-use super::apply::{CalibrationConfig, PlanHooks, fake_quant_tensor, prepare_graph, weight_params};
+use super::apply::{
+    CalibrationConfig, PlanHooks, calibration_pass, fake_quant_tensor, prepare_graph, weight_params,
+};
 use super::lsq::LsqQuantizer;
-use crate::data::{self, Dataset, LoaderConfig, Normalization};
-use crate::graph::{ForwardOptions, Graph, Hooks, Mode};
+use crate::data::{Dataset, Normalization};
+use crate::graph::{Graph, Hooks};
 use crate::plan::{
     BitWidth, FULL_PRECISION, Granularity, LayerPrecision, QuantPlan, QuantizerKind,
 };
@@ -107,18 +109,6 @@ pub fn act_errors(
 ) -> Result<BTreeMap<String, BTreeMap<BitWidth, f64>>> {
     plan.validate(&graph.layer_infos()?)?;
     let g = prepare_graph(graph, plan)?;
-    let samples = cfg.samples.min(calib.len());
-    if samples == 0 {
-        return Err(Error::config("calibration", "no calibration samples"));
-    }
-    let subset = calib.take(samples);
-    let loader = LoaderConfig {
-        batch_size: cfg.batch_size.max(1),
-        shuffle: false,
-        augment: false,
-        drop_last: false,
-        seed: 0,
-    };
     let mut out: BTreeMap<String, BTreeMap<BitWidth, f64>> = BTreeMap::new();
     for &b in bits {
         let mut pb = plan.clone();
@@ -132,10 +122,7 @@ pub fn act_errors(
             hooks: &hooks,
             sums: BTreeMap::new(),
         };
-        for batch in data::batches(&subset, norm, &loader, 0, g.device()) {
-            let batch = batch?;
-            g.forward_with(&batch.x, &mut ForwardOptions::new(Mode::Eval, &mut probe))?;
-        }
+        let samples = calibration_pass(&g, calib, norm, cfg, &mut probe)?;
         for l in &plan.layers {
             let e = if b >= FULL_PRECISION {
                 0.0
