@@ -291,7 +291,11 @@ fn omega_table(
 /// (symmetric, max-abs scale per output channel), on the unfolded weights whose Hessian
 /// `mpq analyze` measured ([`mpq::quant::weight_error`]).
 fn weight_errors(model: &Model, layer: &str, bits: &[u32]) -> mpq::Result<Vec<(u32, f64)>> {
-    let w = model.graph.params().var(&format!("{layer}.weight"))?.as_tensor();
+    let w = model
+        .graph
+        .params()
+        .var(&format!("{layer}.weight"))?
+        .as_tensor();
     bits.iter()
         .map(|&b| Ok((b, weight_error(w, &LayerPrecision::new(layer, b, 8))?)))
         .collect()

@@ -569,22 +569,35 @@ pub fn solve_with_limit(p: &Mckp, node_limit: u64) -> Option<MckpSolution> {
         .into_iter()
         .map(|mu| RayBound::new(mu, &order, &pr.value, |g, i| pr.c(g, i), &pr.scale))
         .collect();
-    let fronts: Vec<FrontierBound> = if k >= 2 {
-        (0..k)
-            .filter_map(|kk| {
-                let mut l = lambda.clone();
-                l[kk] = 0.0;
-                FrontierBound::new(
-                    kk,
-                    l,
-                    &order,
-                    &pr.value,
-                    |g, i| pr.c(g, i),
-                    &pr.scale,
-                    200_000,
-                )
+    // One frontier bound, along the budget whose items take the fewest distinct costs (size
+    // and average bits depend on the weight bits only, BOPs and latency on both): its frontier
+    // is the smallest to build, and on ResNet-18 shapes a second one (BOPs) prunes < 1% more
+    // nodes while doubling the set-up time.
+    let distinct = |kk: usize| -> usize {
+        (0..groups)
+            .map(|g| {
+                let mut c: Vec<f64> = (0..pr.value[g].len()).map(|i| pr.c(g, i)[kk]).collect();
+                c.sort_by(f64::total_cmp);
+                c.dedup();
+                c.len()
             })
-            .collect()
+            .sum()
+    };
+    let fronts: Vec<FrontierBound> = if k >= 2 {
+        let kk = (0..k).min_by_key(|&kk| distinct(kk)).unwrap_or(0);
+        let mut l = lambda.clone();
+        l[kk] = 0.0;
+        FrontierBound::new(
+            kk,
+            l,
+            &order,
+            &pr.value,
+            |g, i| pr.c(g, i),
+            &pr.scale,
+            200_000,
+        )
+        .into_iter()
+        .collect()
     } else {
         Vec::new()
     };
