@@ -6,7 +6,9 @@
 Ratios are mpq time / PyTorch time (below 1: mpq is faster). "% peak" is GFLOP/s over the
 machine's nominal peak (cores x clock x FLOP/cycle, as both reports state it). The three HVP
 rows of PyTorch are all set against mpq's `resnet20_hvp` (two gradients by central
-differences). Uses only the standard library.
+differences). Workloads that report `hvp_count` (per-layer traces, where the stopping rule
+decides the number of products) get a second table: products, seconds per product, and the
+speed-up of mpq (PyTorch time / mpq time). Uses only the standard library.
 """
 
 import json
@@ -69,6 +71,27 @@ def main():
                     if s and first
                     else ["", ""]
                 )
+            print("| " + " | ".join(row) + " |")
+    counted = [w for w in ours["workloads"] if "hvp_count" in w and w["name"] in theirs
+               and "hvp_count" in theirs[w["name"]]]
+    if counted:
+        print()
+        head = ["workload", "mpq s", "mpq HVPs", "mpq s/HVP", "PyTorch s", "PyTorch HVPs",
+                "PyTorch s/HVP", "PyTorch / mpq"]
+        print("| " + " | ".join(head) + " |")
+        print("|" + " --- |" * len(head))
+        for w in counted:
+            p = theirs[w["name"]]
+            row = [
+                w["name"],
+                f"{w['median_s']:.1f}",
+                str(w["hvp_count"]),
+                f"{w['median_s'] / w['hvp_count']:.3f}",
+                f"{p['median_s']:.1f}",
+                str(p["hvp_count"]),
+                f"{p['median_s'] / p['hvp_count']:.3f}",
+                f"{p['median_s'] / w['median_s']:.2f}x",
+            ]
             print("| " + " | ".join(row) + " |")
 
 

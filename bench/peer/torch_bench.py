@@ -21,11 +21,16 @@ Workloads (one untimed warm-up run, then --repeats timed runs; median and min se
                                     forward, grad with create_graph=True, grad of (g . v)
   resnet20_hvp_double_backward_only the double-backward step alone on a kept graph (PyHessian's
                                     per-iteration cost on a single batch)
+  resnet20_layer_traces             PyHessian's per-layer traces of all 22 conv/linear weights
+                                    (see `layer_traces`): after TRAIN_STEPS SGD steps on the
+                                    batch, eval mode, mean cross-entropy; for each layer its own
+                                    Hutchinson loop, tol 1e-3, maxIter 100. Timed once (no
+                                    warm-up, whatever --repeats says); prints hvp_count
   lenet5_fwd_bwd                    batch 256, 1x28x28
   mobilenetv2_fwd_bwd               batch 8, 3x224x224
   matmul_1024                       1024x1024 @ 1024x1024, f32
 GFLOP per run: forward 2*MACs*batch, fwd+bwd 3x, every HVP variant 6x (the same nominal work,
-so GFLOP/s ratios are time ratios).
+so GFLOP/s ratios are time ratios); layer traces 6x per HVP (hvp_count x one HVP).
 """
 
 import argparse
@@ -242,6 +247,7 @@ WORKLOADS = [
         128,
         "hvp_double_backward_only",
     ),
+    ("resnet20_layer_traces", "resnet20", (3, 32, 32), 10, 128, "layer_traces"),
     ("lenet5_fwd_bwd", "lenet5", (1, 28, 28), 10, 256, "forward_backward"),
     ("mobilenetv2_fwd_bwd", "mobilenetv2", (3, 224, 224), 1000, 8, "forward_backward"),
     ("matmul_1024", "sgemm", (1024, 1024, 1024), 0, 1, "matmul"),
@@ -254,7 +260,61 @@ FLOP_FACTOR = {
     "hvp": 6.0,
     "hvp_double_backward": 6.0,
     "hvp_double_backward_only": 6.0,
+    "layer_traces": 6.0,
 }
+
+# Per-layer traces: the model is "briefly trained" first, as mpq's `resnet20_layer_traces`
+# (crates/mpq/src/bench.rs): TRAIN_STEPS steps of SGD (lr TRAIN_LR, momentum 0.9, no weight
+# decay) on the bench batch in train mode, which also moves the BatchNorm running statistics
+# towards the batch's. A random-init ResNet-20 has traces near zero against their noise, so
+# most layers would run to maxIter.
+TRAIN_STEPS = 10
+TRAIN_LR = 0.05
+TRACE_TOL = 1e-3
+TRACE_MAX_ITER = 100
+
+
+def train_briefly(model, x, y):
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=TRAIN_LR, momentum=0.9)
+    for _ in range(TRAIN_STEPS):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+
+
+def layer_traces(model, x, y, gen, tol=TRACE_TOL, max_iter=TRACE_MAX_ITER):
+    """PyHessian's per-layer computation (Yao et al. 2020, `pyhessian/hessian.py`): one
+    `hessian(model, criterion, data=(x, y))` object, i.e. one forward and one backward with
+    `create_graph=True` (gradsH), then for each layer separately PyHessian's `trace()` loop
+    with `params`/`gradsH` narrowed to that layer's weight: Rademacher v on the weight, Hv by
+    double backward through the kept graph (`hessian_vector_product`: `torch.autograd.grad(
+    gradsH, params, grad_outputs=v, only_inputs=True, retain_graph=True)`), stop when
+    |mean - prev| / (|prev| + 1e-6) < tol (PyHessian with the 2021 `abs`), at most maxIter
+    products. Narrowing both the outputs and the inputs of the double backward to the layer is
+    the cheapest form of PyHessian's per-layer product. Returns (traces, products per layer,
+    seconds per layer)."""
+    model.eval()
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    loss = F.cross_entropy(model(x), y)
+    grads_h = torch.autograd.grad(loss, weights, create_graph=True)
+    traces, counts, seconds = [], [], []
+    for w, g in zip(weights, grads_h):
+        t0 = time.perf_counter()
+        vhv, trace = [], 0.0
+        for _ in range(max_iter):
+            v = torch.randint(0, 2, w.shape, generator=gen, dtype=w.dtype) * 2 - 1
+            hv = torch.autograd.grad(g, w, grad_outputs=v, only_inputs=True, retain_graph=True)
+            vhv.append((hv[0] * v).sum().item())
+            mean = statistics.fmean(vhv)
+            if abs(mean - trace) / (abs(trace) + 1e-6) < tol:
+                break
+            trace = mean
+        traces.append(statistics.fmean(vhv))
+        counts.append(len(vhv))
+        seconds.append(time.perf_counter() - t0)
+    return traces, counts, seconds
 
 
 def rademacher_like(params, gen):
@@ -346,6 +406,19 @@ def prepare(w, seed):
                 g, params, grad_outputs=v, only_inputs=True, retain_graph=True
             )
 
+    elif kind == "layer_traces":
+        train_briefly(model, x, y)
+
+        def step():
+            traces, counts, secs = layer_traces(model, x, y, gen, tol=TRACE_TOL)
+            return {
+                "hvp_count": sum(counts),
+                "layer_hvps": counts,
+                "layer_seconds": secs,
+                "traces": traces,
+                "tol": TRACE_TOL,
+            }
+
     else:
         raise ValueError(kind)
     return macs, step
@@ -354,14 +427,18 @@ def prepare(w, seed):
 def run_workload(w, repeats, seed):
     name, arch, shape, classes, batch, kind = w
     macs, step = prepare(w, seed)
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
+    once = kind == "layer_traces"
+    if not once:
+        step()  # warm-up
+    times, extra = [], {}
+    for _ in range(1 if once else repeats):
         t0 = time.perf_counter()
-        step()
+        out = step()
         times.append(time.perf_counter() - t0)
+        if isinstance(out, dict):
+            extra = out
     median = statistics.median(times)
-    gflop = FLOP_FACTOR[kind] * 2.0 * macs * batch / 1e9
+    gflop = FLOP_FACTOR[kind] * 2.0 * macs * batch / 1e9 * extra.get("hvp_count", 1)
     return {
         "name": name,
         "arch": arch,
@@ -374,6 +451,7 @@ def run_workload(w, repeats, seed):
         "gflop": gflop,
         "gflops_per_s": gflop / median,
         "times_s": times,
+        **extra,
     }
 
 
@@ -411,12 +489,19 @@ def machine():
 
 
 def main():
+    global TRACE_TOL
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up")
     ap.add_argument("--only", default="", help="comma-separated workload names")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no table on stderr")
+    ap.add_argument(
+        "--trace-tol",
+        type=float,
+        default=TRACE_TOL,
+        help="stopping tolerance of the per-layer traces (0: always maxIter products per layer)",
+    )
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
@@ -425,6 +510,7 @@ def main():
     for n in names:
         if n not in known:
             ap.error(f"unknown workload {n!r} (known: {', '.join(known)})")
+    TRACE_TOL = args.trace_tol
     torch.set_num_threads(args.threads)
     results = []
     for w in WORKLOADS:
@@ -435,7 +521,8 @@ def main():
         if not args.quiet:
             print(
                 f"{r['name']:34s} median {r['median_s']:.4f} s  min {r['min_s']:.4f} s  "
-                f"{r['gflop']:.2f} GFLOP  {r['gflops_per_s']:.1f} GFLOP/s",
+                f"{r['gflop']:.2f} GFLOP  {r['gflops_per_s']:.1f} GFLOP/s"
+                + (f"  {r['hvp_count']} HVPs" if "hvp_count" in r else ""),
                 file=sys.stderr,
             )
     report = {

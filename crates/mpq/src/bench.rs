@@ -1,8 +1,10 @@
 //! Warm timings of a fixed table of workloads (`mpq bench`): ResNet-20 forward,
-//! forward+backward and one Hessian-vector product by central differences, LeNet-5 and
-//! MobileNetV2 forward+backward, and a square matrix product as the machine's attainable
-//! GEMM rate. Inputs are synthetic and seeded; FLOP counts come from the layer table's MACs.
-//! `bench/peer/torch_bench.py` runs the same workloads in PyTorch and prints the same keys.
+//! forward+backward, one Hessian-vector product by central differences and the per-layer
+//! Hessian traces of all its layers (HAWQ-V2's sensitivity, as `mpq analyze --metric trace`),
+//! LeNet-5 and MobileNetV2 forward+backward, and a square matrix product as the machine's
+//! attainable GEMM rate. Inputs are synthetic and seeded; FLOP counts come from the layer
+//! table's MACs. `bench/peer/torch_bench.py` runs the same workloads in PyTorch (per-layer
+//! traces as PyHessian computes them) and prints the same keys.
 
 use std::time::Instant;
 
@@ -13,10 +15,13 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Batch;
-use crate::graph::{ForwardOptions, Mode, NoHooks};
+use crate::graph::{ForwardOptions, Graph, Mode, NoHooks};
 use crate::progress::Progress;
-use crate::sensitivity::{FdConfig, FiniteDiffHvp, HessianProblem, Hvp, Loss, Precision};
-use crate::train::cross_entropy;
+use crate::sensitivity::{
+    self, AnalyzeConfig, FdConfig, FdScheme, FiniteDiffHvp, HessianProblem, Hvp, Loss, Metric,
+    Precision,
+};
+use crate::train::{Optimizer, Sgd, cross_entropy};
 use crate::zoo::{self, ZooConfig};
 use crate::{Error, Result};
 
@@ -33,9 +38,26 @@ pub enum Pass {
     /// differences (the sensitivity engine's [`FiniteDiffHvp`]): two eval-mode gradients at
     /// `w ± εv` for a seeded Rademacher `v`; the weights are never written.
     Hvp,
+    /// Hessian traces of every quantizable layer, as `mpq analyze --metric trace` computes
+    /// them ([`sensitivity::analyze`] with its defaults: Rademacher probes shared by all layers,
+    /// one-sided differences, PyHessian's stopping rule per layer with tolerance 1e-3, at most
+    /// 100 probes, at least 10), on a model first trained for [`TRAIN_STEPS`] SGD steps on the
+    /// batch. Timed once, without a warm-up run (a run takes minutes); the report gives the
+    /// products spent in `hvp_count`.
+    LayerTraces,
     /// An `n x n` by `n x n` f32 matrix product (`input` holds `[n, n, n]`).
     Matmul,
 }
+
+/// SGD steps (learning rate [`TRAIN_LR`], momentum 0.9, no weight decay, train mode, so the
+/// BatchNorm running statistics move too) on the bench batch before [`Pass::LayerTraces`]:
+/// at random initialisation ResNet-20's layer traces are close to zero against their probe
+/// noise and most layers would run to the maximum probe count. The PyTorch peer trains the
+/// same way.
+pub const TRAIN_STEPS: usize = 10;
+
+/// Learning rate of the [`TRAIN_STEPS`] steps.
+pub const TRAIN_LR: f64 = 0.05;
 
 /// One row of the workload table.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -91,6 +113,14 @@ pub const WORKLOADS: &[Workload] = &[
         Pass::ForwardBackward,
     ),
     workload("resnet20_hvp", "resnet20", [3, 32, 32], 10, 128, Pass::Hvp),
+    workload(
+        "resnet20_layer_traces",
+        "resnet20",
+        [3, 32, 32],
+        10,
+        128,
+        Pass::LayerTraces,
+    ),
     workload(
         "lenet5_fwd_bwd",
         "lenet5",
@@ -210,6 +240,10 @@ pub struct WorkloadResult {
     pub gflops_per_s: f64,
     /// Every timed run in seconds, in order.
     pub times_s: Vec<f64>,
+    /// Hessian-vector products of one run, where the count is not fixed
+    /// ([`Pass::LayerTraces`]: it depends on when the stopping rule holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hvp_count: Option<u64>,
 }
 
 /// What a benchmark run measured.
@@ -251,12 +285,13 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn Progress) -> Result<BenchReport
 
 impl Pass {
     /// FLOP of one run in units of the forward pass's `2·MACs·batch`: a backward pass costs
-    /// about two forward passes (input and weight gradients), an HVP two forward+backward.
+    /// about two forward passes (input and weight gradients), an HVP two forward+backward
+    /// (per product for [`Pass::LayerTraces`], whose run costs `hvp_count` of them).
     pub fn flop_factor(self) -> f64 {
         match self {
             Pass::Forward | Pass::Matmul => 1.0,
             Pass::ForwardBackward => 3.0,
-            Pass::Hvp => 6.0,
+            Pass::Hvp | Pass::LayerTraces => 6.0,
         }
     }
 }
@@ -272,6 +307,7 @@ pub fn run_workload(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xBE4C_0000);
     let mut time =
         |step: &mut dyn FnMut() -> Result<()>| time_runs(w.name, cfg.repeats, progress, step);
+    let mut hvp_count = None;
     let (macs, times_s) = if w.pass == Pass::Matmul {
         let [m, k, n] = w.input;
         let a = normal(&mut rng, &[m, k], &dev)?;
@@ -303,6 +339,16 @@ pub fn run_workload(
                 cross_entropy(&logits, &y, 0.0)?.backward()?;
                 Ok(())
             })?,
+            Pass::LayerTraces => {
+                train_briefly(&graph, &x, &y)?;
+                let cfg = AnalyzeConfig::new(Metric::Trace);
+                let batch = Batch { x, y };
+                let t0 = Instant::now();
+                let table = sensitivity::analyze(&graph, vec![batch], &cfg, progress)?;
+                let secs = t0.elapsed().as_secs_f64();
+                hvp_count = Some(table.hvp_count);
+                vec![secs]
+            }
             _ => {
                 // The sensitivity engine's product over every quantizable layer's weights
                 // (eval mode, weights perturbed through hooks and never written).
@@ -314,7 +360,13 @@ pub fn run_workload(
                     None,
                     Precision::F32,
                 )?;
-                let mut hvp = FiniteDiffHvp::new(&problem, &FdConfig::default())?;
+                // Central, as documented on `Pass::Hvp` and as the PyTorch peer computes it
+                // (`FdConfig::default()` is the one-sided scheme of Hutchinson traces).
+                let fd = FdConfig {
+                    scheme: FdScheme::Central,
+                    rel_step: None,
+                };
+                let mut hvp = FiniteDiffHvp::new(&problem, &fd)?;
                 let dim: usize = hvp.block_sizes().iter().sum();
                 let v: Vec<f32> = (0..dim)
                     .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
@@ -327,7 +379,8 @@ pub fn run_workload(
         };
         (macs, times)
     };
-    let gflop = w.pass.flop_factor() * 2.0 * macs as f64 * w.batch as f64 / 1e9;
+    let runs_hvps = hvp_count.unwrap_or(1) as f64;
+    let gflop = w.pass.flop_factor() * 2.0 * macs as f64 * w.batch as f64 / 1e9 * runs_hvps;
     let median_s = median(&times_s);
     Ok(WorkloadResult {
         name: w.name.into(),
@@ -341,7 +394,21 @@ pub fn run_workload(
         gflop,
         gflops_per_s: gflop / median_s,
         times_s,
+        hvp_count,
     })
+}
+
+/// [`TRAIN_STEPS`] steps of SGD on one batch in train mode (running statistics updated).
+fn train_briefly(graph: &Graph, x: &Tensor, y: &Tensor) -> Result<()> {
+    let mut opt = Sgd::new(graph.params().trainable(), 0.9, false, 0.0);
+    for _ in 0..TRAIN_STEPS {
+        let mut hooks = NoHooks;
+        let mut opts = ForwardOptions::new(Mode::Train, &mut hooks);
+        let logits = graph.forward_with(x, &mut opts)?;
+        let grads = cross_entropy(&logits, y, 0.0)?.backward()?;
+        opt.step(&grads, TRAIN_LR)?;
+    }
+    Ok(())
 }
 
 /// One untimed warm-up run of `step`, then `repeats` timed ones (seconds), reported as a
@@ -508,11 +575,28 @@ mod tests {
             pass,
         };
         let fwd = 2.0 * 281_640.0 * 4.0 / 1e9;
-        for pass in [Pass::Forward, Pass::ForwardBackward, Pass::Hvp] {
+        for pass in [
+            Pass::Forward,
+            Pass::ForwardBackward,
+            Pass::Hvp,
+            Pass::LayerTraces,
+        ] {
             let r = run_workload(&small(pass), &cfg, &mut crate::progress::NoProgress).unwrap();
             assert_eq!(r.pass, pass);
-            assert!((r.gflop - pass.flop_factor() * fwd).abs() < 1e-12);
+            let hvps = match pass {
+                Pass::LayerTraces => {
+                    let n = r.hvp_count.unwrap();
+                    assert!((10..=100).contains(&n), "{n} products");
+                    n as f64
+                }
+                _ => {
+                    assert_eq!(r.hvp_count, None);
+                    1.0
+                }
+            };
+            assert!((r.gflop - pass.flop_factor() * fwd * hvps).abs() < 1e-9);
             assert!(r.median_s > 0.0 && r.gflops_per_s.is_finite());
+            assert_eq!(r.runs, 1);
         }
         let mm = Workload {
             arch: "sgemm",

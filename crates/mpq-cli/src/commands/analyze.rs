@@ -37,7 +37,16 @@ pub(crate) enum EstimatorArg {
     Hutchinson,
     /// Basis vectors: exact traces and eigenvalues (small layers only).
     Exact,
+    /// Hutch++: not offered (per-layer traces would need one sketch per layer); selecting it
+    /// is an input error that says why.
+    Hutchpp,
 }
+
+/// Why `--estimator hutchpp` is refused.
+const HUTCHPP: &str = "hutchpp is not offered: its low-rank sketch needs Hessian-vector \
+    products restricted to one layer, so per-layer traces of L layers would cost L sketches, \
+    while hutchinson's shared probes give every layer every product (one product updates all \
+    layers; see docs/benchmarks.md, \"Hessian\"); use hutchinson, or exact for small layers";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum SplitArg {
@@ -120,6 +129,10 @@ pub(crate) struct AnalyzeArgs {
     /// Largest layer (weights, or input elements per sample) --estimator exact accepts.
     #[arg(long, default_value_t = 4096)]
     pub(crate) exact_max_params: usize,
+    /// Samples per pass of the activation products (act-trace, channel-trace, all): bounds
+    /// their memory; the numbers change only by float summation order.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) micro_batch: usize,
     /// Analyse only these layers (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub(crate) layers: Vec<String>,
@@ -131,8 +144,8 @@ pub(crate) struct AnalyzeArgs {
     pub(crate) svg: Option<PathBuf>,
 }
 
-fn config(g: &GlobalArgs, a: &AnalyzeArgs) -> AnalyzeConfig {
-    AnalyzeConfig {
+fn config(g: &GlobalArgs, a: &AnalyzeArgs) -> mpq::Result<AnalyzeConfig> {
+    Ok(AnalyzeConfig {
         metric: match a.metric {
             MetricArg::Eigen => Metric::Eigen,
             MetricArg::Trace => Metric::Trace,
@@ -144,6 +157,7 @@ fn config(g: &GlobalArgs, a: &AnalyzeArgs) -> AnalyzeConfig {
         estimator: match a.estimator {
             EstimatorArg::Hutchinson => Estimator::Hutchinson,
             EstimatorArg::Exact => Estimator::Exact,
+            EstimatorArg::Hutchpp => return Err(mpq::Error::config("estimator", HUTCHPP)),
         },
         trace: TraceConfig {
             max_iter: a.max_iter,
@@ -171,13 +185,14 @@ fn config(g: &GlobalArgs, a: &AnalyzeArgs) -> AnalyzeConfig {
             PrecisionArg::F64 => Precision::F64,
         },
         exact_max_params: a.exact_max_params,
+        micro_batch: a.micro_batch,
         layers: (!a.layers.is_empty()).then(|| a.layers.clone()),
         seed: g.seed,
-    }
+    })
 }
 
 pub(crate) fn run(g: &GlobalArgs, a: &AnalyzeArgs) -> anyhow::Result<()> {
-    let cfg = config(g, a);
+    let cfg = config(g, a)?;
     cfg.validate()?;
     let model = super::open_model(&a.model, g.seed)?;
     let splits = data::load(

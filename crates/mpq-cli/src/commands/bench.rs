@@ -64,7 +64,7 @@ fn print_table(r: &BenchReport) -> anyhow::Result<()> {
         r.threads, r.ops, r.seed
     ))?;
     let mut t = Table::new(&[
-        "workload", "batch", "median s", "min s", "runs", "GFLOP", "GFLOP/s", "% peak",
+        "workload", "batch", "median s", "min s", "runs", "HVPs", "GFLOP", "GFLOP/s", "% peak",
     ]);
     for w in &r.workloads {
         let peak = r.machine.peak_gflops_per_s.map_or("-".to_string(), |p| {
@@ -76,10 +76,43 @@ fn print_table(r: &BenchReport) -> anyhow::Result<()> {
             format!("{:.4}", w.median_s),
             format!("{:.4}", w.min_s),
             w.runs.to_string(),
+            w.hvp_count.map_or("-".to_string(), |n| n.to_string()),
             format!("{:.2}", w.gflop),
             format!("{:.1}", w.gflops_per_s),
             peak,
         ]);
     }
-    t.print()
+    t.print()?;
+    for line in ratio_lines(r) {
+        output::line(&line)?;
+    }
+    Ok(())
+}
+
+/// The Hessian workloads against one training step (forward+backward) of the same model, when
+/// both ran: one HVP by central differences, and the products of the per-layer traces.
+fn ratio_lines(r: &BenchReport) -> Vec<String> {
+    let find = |name: &str| r.workloads.iter().find(|w| w.name == name);
+    let Some(step) = find("resnet20_fwd_bwd") else {
+        return Vec::new();
+    };
+    let mut out = vec![String::new()];
+    if let Some(h) = find("resnet20_hvp") {
+        out.push(format!(
+            "resnet20: one HVP (central differences, 2 gradients) = {:.2}x one forward+backward",
+            h.median_s / step.median_s
+        ));
+    }
+    if let Some(t) = find("resnet20_layer_traces")
+        && let Some(n) = t.hvp_count.filter(|&n| n > 0)
+    {
+        let per = t.median_s / n as f64;
+        out.push(format!(
+            "resnet20: per-layer traces of all layers: {n} HVPs (one-sided, 1 gradient) in \
+             {:.1} s, {per:.3} s each = {:.2}x one forward+backward",
+            t.median_s,
+            per / step.median_s
+        ));
+    }
+    if out.len() == 1 { Vec::new() } else { out }
 }

@@ -1181,6 +1181,14 @@ fn analyze_bad_inputs_exit_2_without_output() {
         &["exact-max-params"],
     );
     check(&[&b16[..], &["--probes", "0"]].concat(), &["probes"]);
+    check(
+        &[&b16[..], &["--micro-batch", "0"]].concat(),
+        &["micro-batch"],
+    );
+    check(
+        &[&b16[..], &["--estimator", "hutchpp"]].concat(),
+        &["hutchpp is not offered", "per-layer", "hutchinson"],
+    );
     // NaN in the weights: a trained MLP with one weight overwritten by NaN.
     train_mlp(dir.path(), "m.safetensors", &[]);
     let mut bytes = std::fs::read(dir.join("m.safetensors")).unwrap();
@@ -1203,4 +1211,80 @@ fn analyze_bad_inputs_exit_2_without_output() {
     let stderr = expect_error(&dir, &nan, 2, &["non-finite", "fc2.weight"]);
     assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1);
     assert!(!dir.join("s.json").exists());
+}
+
+/// `bytes` (a safetensors file) with the f32 tensor `name` multiplied by `factor` and, if
+/// given, the mpq metadata's `normalization` replaced.
+fn edit_safetensors(
+    bytes: &[u8],
+    scale: &[(&str, f32)],
+    normalization: Option<serde_json::Value>,
+) -> Vec<u8> {
+    let (mut header, data) = split_safetensors(bytes);
+    let mut data = data.to_vec();
+    for &(name, factor) in scale {
+        let [a, b] = [0, 1].map(|k| header[name]["data_offsets"][k].as_u64().unwrap() as usize);
+        for c in data[a..b].chunks_exact_mut(4) {
+            let x = f32::from_le_bytes(c.try_into().unwrap()) * factor;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+    }
+    if let Some(norm) = normalization {
+        let meta = &mut header["__metadata__"]["mpq"];
+        let mut m: serde_json::Value = serde_json::from_str(meta.as_str().unwrap()).unwrap();
+        m["normalization"] = norm;
+        *meta = serde_json::Value::String(m.to_string());
+    }
+    let h = header.to_string().into_bytes();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+/// Non-finite values that only show up during the analysis: input data that normalise to
+/// ±inf (a model whose stored std is a denormal), and finite weights whose gradient overflows
+/// f32 (fc1's gradient is ~‖W2‖·‖W3‖ = 1e40 while the loss stays finite), so the products turn
+/// non-finite. Both exit 2 with one error line and leave no output file. (A model without
+/// quantizable layers cannot be loaded from the CLI, whose models are zoo architectures, and
+/// data files hold u8 pixels; the library tests cover those cases.)
+#[test]
+fn analyze_non_finite_data_and_products_exit_2_without_output() {
+    let dir = TempDir::new("analyzenonfinite");
+    train_mlp(dir.path(), "m.safetensors", &[]);
+    let bytes = std::fs::read(dir.join("m.safetensors")).unwrap();
+    let run = |file: &str, contents: Vec<u8>, fragments: &[&str]| {
+        std::fs::write(dir.join(file), contents).unwrap();
+        let args = [
+            "analyze",
+            "--model",
+            file,
+            "--data",
+            SYNTH,
+            "--batch-size",
+            "16",
+            "--out",
+            "s.json",
+        ];
+        let stderr = expect_error(&dir, &args, 2, fragments);
+        assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1);
+        assert!(!dir.join("s.json").exists());
+    };
+    let tiny_std = serde_json::json!({ "mean": [0.5], "std": [1e-45] });
+    run(
+        "inf_data.safetensors",
+        edit_safetensors(&bytes, &[], Some(tiny_std)),
+        &["non-finite", "input data"],
+    );
+    let overflow = [
+        ("fc1.weight", 1e-15),
+        ("fc1.bias", 1e-15),
+        ("fc2.weight", 1e15),
+        ("fc3.weight", 1e25),
+    ];
+    run(
+        "overflow.safetensors",
+        edit_safetensors(&bytes, &overflow, None),
+        &["non-finite", "Hessian-vector product"],
+    );
 }

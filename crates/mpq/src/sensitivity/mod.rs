@@ -101,7 +101,9 @@ struct Parts {
 
 /// How traces are estimated. (No Hutch++: its sketch needs products restricted to one layer,
 /// so per-layer traces would split the product budget L ways, while Hutchinson's shared probes
-/// give every layer every probe; see `docs/benchmarks.md`, "Hessian".)
+/// give every layer every probe. Nor for the whole-model trace: on ResNet-20 the spectrum is
+/// too flat for its sketch to pay, 1.3–1.6x Hutchinson's standard error at equal product
+/// count; see `docs/benchmarks.md`, "Hessian".)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Estimator {
@@ -139,6 +141,11 @@ pub struct AnalyzeConfig {
     pub precision: Precision,
     /// Largest block the `exact` estimator accepts.
     pub exact_max_params: usize,
+    /// Samples per pass of the activation products (`act-trace`, `channel-trace`): a batch is
+    /// split into parts of at most this many samples, which bounds the pass's memory
+    /// (activation probes, perturbed activations and their gradients scale with it) without
+    /// changing the numbers beyond float summation order. Weight products run whole batches.
+    pub micro_batch: usize,
     /// Layers to analyse (all quantizable layers when `None`).
     pub layers: Option<Vec<String>>,
     /// Seed of every probe and start vector.
@@ -161,6 +168,7 @@ impl AnalyzeConfig {
             rel_step: None,
             precision: Precision::F32,
             exact_max_params: 4096,
+            micro_batch: 32,
             layers: None,
             seed: 0,
         }
@@ -187,6 +195,7 @@ impl AnalyzeConfig {
             ("lanczos-steps", self.density.steps),
             ("density-runs", self.density.runs),
             ("exact-max-params", self.exact_max_params),
+            ("micro-batch", self.micro_batch),
         ] {
             if v == 0 {
                 return Err(Error::config(field, "must be at least 1"));
@@ -371,7 +380,7 @@ pub fn analyze_with_loss(
     let mut act_probes = None;
     let mut act_count = 0;
     if parts.act {
-        let mut ahvp = ActivationHvp::new(&problem, &fd(!exact))?;
+        let mut ahvp = ActivationHvp::new(&problem, &fd(!exact), cfg.micro_batch)?;
         let est = if exact {
             (0..infos.len())
                 .map(|i| exact_activation_trace(&mut ahvp, i, progress))

@@ -254,20 +254,70 @@ impl HessianProblem {
     /// The gradients (of the analysed weights' variables, and of `p.acts`) of the loss on
     /// batch `b` under perturbation `p`.
     pub(crate) fn gradient(&self, b: usize, p: &Perturbation) -> Result<GradStore> {
+        let n = self.batches[b].x.dim(0)?;
+        self.gradient_part(b, 0..n, p)
+    }
+
+    /// [`Self::gradient`] of the part of batch `b`'s loss that comes from its samples `part`
+    /// (in eval mode samples do not interact): one pass over those samples only, with `p`'s
+    /// activation offsets shaped `[part.len(), ...]`. For a mean loss, the part's mean is
+    /// scaled by `part.len() / n`, so each sample's activation gradient is the whole batch's;
+    /// the parts' weight gradients sum to the batch's (up to rounding). Memory of the pass
+    /// scales with `part.len()`.
+    pub(crate) fn gradient_part(
+        &self,
+        b: usize,
+        part: std::ops::Range<usize>,
+        p: &Perturbation,
+    ) -> Result<GradStore> {
+        let batch = &self.batches[b];
+        let n = batch.x.dim(0)?;
+        if part.start >= part.end || part.end > n {
+            return Err(Error::config(
+                "batches",
+                format!("samples {part:?} of a batch of {n}"),
+            ));
+        }
+        let whole = part.len() == n;
+        let narrowed: Patterns;
+        let patterns = if !self.frozen {
+            PatternMode::Free
+        } else if whole {
+            PatternMode::Frozen(&self.patterns[b])
+        } else {
+            narrowed = self.patterns[b]
+                .iter()
+                .map(|m| {
+                    m.as_ref()
+                        .map(|m| m.narrow(0, part.start, part.len()))
+                        .transpose()
+                })
+                .collect::<candle::Result<_>>()?;
+            PatternMode::Frozen(&narrowed)
+        };
         let mut pass = Pass {
             index: &self.index,
             p,
             detach_params: p.acts.iter().any(Option::is_some),
-            patterns: if self.frozen {
-                PatternMode::Frozen(&self.patterns[b])
-            } else {
-                PatternMode::Free
-            },
+            patterns,
             sq_norms: None,
         };
-        let batch = &self.batches[b];
-        let logits = forward(&self.graph, &self.last_use, &batch.x, &mut pass)?;
-        Ok(self.loss.eval(&logits, &batch.y)?.backward()?)
+        let (x, y) = if whole {
+            (batch.x.clone(), batch.y.clone())
+        } else {
+            (
+                batch.x.narrow(0, part.start, part.len())?,
+                batch.y.narrow(0, part.start, part.len())?,
+            )
+        };
+        let logits = forward(&self.graph, &self.last_use, &x, &mut pass)?;
+        let loss = self.loss.eval(&logits, &y)?;
+        let loss = if whole {
+            loss
+        } else {
+            (loss * (part.len() as f64 / n as f64))?
+        };
+        Ok(loss.backward()?)
     }
 }
 
