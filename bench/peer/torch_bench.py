@@ -30,7 +30,9 @@ Workloads (one untimed warm-up run, then --repeats timed runs; median and min se
   mobilenetv2_fwd_bwd               batch 8, 3x224x224
   matmul_1024                       1024x1024 @ 1024x1024, f32
 GFLOP per run: forward 2*MACs*batch, fwd+bwd 3x, every HVP variant 6x (the same nominal work,
-so GFLOP/s ratios are time ratios); layer traces 6x per HVP (hvp_count x one HVP).
+so GFLOP/s ratios are time ratios); layer traces 3x per product times hvp_count, as mpq counts
+its one-sided products (one forward+backward each): nominal here, where a double backward
+narrowed to one layer does less work the later the layer.
 """
 
 import argparse
@@ -260,7 +262,7 @@ FLOP_FACTOR = {
     "hvp": 6.0,
     "hvp_double_backward": 6.0,
     "hvp_double_backward_only": 6.0,
-    "layer_traces": 6.0,
+    "layer_traces": 3.0,
 }
 
 # Per-layer traces: the model is "briefly trained" first, as mpq's `resnet20_layer_traces`

@@ -309,7 +309,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub(crate) repeats: usize,
     /// Run only these workloads (comma separated): resnet20_fwd, resnet20_fwd_bwd,
-    /// resnet20_hvp, lenet5_fwd_bwd, mobilenetv2_fwd_bwd, matmul_1024.
+    /// resnet20_hvp, resnet20_layer_traces, lenet5_fwd_bwd, mobilenetv2_fwd_bwd, matmul_1024.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
     /// Use candle's own conv and batch-norm ops instead of mpq-kernels (as MPQ_STOCK_OPS=1).

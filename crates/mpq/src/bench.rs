@@ -234,7 +234,8 @@ pub struct WorkloadResult {
     /// Multiply-accumulates of one sample's forward pass (conv and linear layers; the
     /// product's MACs for [`Pass::Matmul`]).
     pub macs_per_sample: u64,
-    /// GFLOP of one run: forward `2·MACs·batch`, forward+backward 3x that, HVP 6x.
+    /// GFLOP of one run: forward `2·MACs·batch`, forward+backward 3x that, HVP 6x, layer
+    /// traces 3x per product (see [`Pass::flop_factor`]).
     pub gflop: f64,
     /// `gflop / median_s`.
     pub gflops_per_s: f64,
@@ -285,13 +286,14 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn Progress) -> Result<BenchReport
 
 impl Pass {
     /// FLOP of one run in units of the forward pass's `2·MACs·batch`: a backward pass costs
-    /// about two forward passes (input and weight gradients), an HVP two forward+backward
-    /// (per product for [`Pass::LayerTraces`], whose run costs `hvp_count` of them).
+    /// about two forward passes (input and weight gradients), a central-difference HVP two
+    /// forward+backward; [`Pass::LayerTraces`] counts one forward+backward per product (the
+    /// one-sided scheme's one gradient) times `hvp_count`.
     pub fn flop_factor(self) -> f64 {
         match self {
             Pass::Forward | Pass::Matmul => 1.0,
-            Pass::ForwardBackward => 3.0,
-            Pass::Hvp | Pass::LayerTraces => 6.0,
+            Pass::ForwardBackward | Pass::LayerTraces => 3.0,
+            Pass::Hvp => 6.0,
         }
     }
 }
