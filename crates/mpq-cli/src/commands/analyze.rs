@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use mpq::data::{self, LoadOptions};
 use mpq::sensitivity::{
     self, AnalyzeConfig, DensityConfig, Estimator, FdScheme, Metric, PowerConfig, Precision,
     SampleConfig, SensitivityTable, TraceConfig,
@@ -195,13 +194,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &AnalyzeArgs) -> anyhow::Result<()> {
     let cfg = config(g, a)?;
     cfg.validate()?;
     let model = super::open_model(&a.model, g.seed)?;
-    let splits = data::load(
-        &a.data,
-        &LoadOptions {
-            seed: g.seed,
-            ..Default::default()
-        },
-    )?;
+    let splits = super::load_data(&a.data, g.seed)?;
     super::eval::check_shape(&model, &splits)?;
     let norm = model.normalization_or(&splits.normalization);
     let (ds, split) = match a.split {

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use mpq::QuantPlan;
 use mpq::cost::{CostTable, HardwareModel};
-use mpq::data::{self, LoadOptions};
+use mpq::data;
 use mpq::graph::{Hooks, NoHooks};
 use mpq::quant::{CalibrationConfig, PlanHooks};
 
@@ -36,13 +36,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &EvalArgs) -> anyhow::Result<()> {
         .map(HardwareModel::from_reference)
         .transpose()?;
     let model = super::open_model(&a.model, g.seed)?;
-    let splits = data::load(
-        &a.data,
-        &LoadOptions {
-            seed: g.seed,
-            ..Default::default()
-        },
-    )?;
+    let splits = super::load_data(&a.data, g.seed)?;
     check_shape(&model, &splits)?;
     let _bars = Bars::new(g.quiet);
     let norm = model.normalization_or(&splits.normalization);

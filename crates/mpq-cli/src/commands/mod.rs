@@ -53,6 +53,15 @@ pub(crate) fn open_model(args: &ModelArgs, seed: u64) -> anyhow::Result<Model> {
     Ok(Model::open(&args.model, &hint, &device())?)
 }
 
+/// The data set `data` names (`--data`), with seeded splits.
+pub(crate) fn load_data(data: &str, seed: u64) -> anyhow::Result<mpq::data::DataSplits> {
+    let opts = mpq::data::LoadOptions {
+        seed,
+        ..Default::default()
+    };
+    Ok(mpq::data::load(data, &opts)?)
+}
+
 /// `OUT` with its extension replaced by `suffix` (`p.json` -> `p.frontier.json`).
 pub(crate) fn side_path(out: &Path, suffix: &str) -> PathBuf {
     out.with_extension(suffix)

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use mpq::QuantPlan;
-use mpq::data::{self, LoadOptions};
 use mpq::pipeline::{QuantizeConfig, quantize};
 use mpq::plan::QuantizerKind;
 use mpq::quant::{CalibrationConfig, RangeMethod};
@@ -96,13 +95,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuantizeArgs) -> anyhow::Result<()> {
         plan.fold_bn = false;
     }
     plan.validate(&model.graph.layer_infos()?)?;
-    let splits = data::load(
-        &a.data,
-        &LoadOptions {
-            seed: g.seed,
-            ..Default::default()
-        },
-    )?;
+    let splits = super::load_data(&a.data, g.seed)?;
     super::eval::check_shape(&model, &splits)?;
     let finetune = (a.finetune_epochs > 0).then(|| TrainConfig {
         epochs: a.finetune_epochs,

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use mpq::QuantPlan;
-use mpq::data::{self, LoadOptions};
 use mpq::graph::NoHooks;
 use mpq::model::{Model, ModelHint};
 use mpq::pipeline::{QuantizeConfig, QuantizeSummary, quantize};
@@ -50,13 +49,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
         (super::train::train_and_save(g, &targs)?.0, true)
     };
     output::status(g.quiet, "[2/3] evaluating on the 2,000-image test split");
-    let splits = data::load(
-        "mnist10k",
-        &LoadOptions {
-            seed: g.seed,
-            ..Default::default()
-        },
-    )?;
+    let splits = super::load_data("mnist10k", g.seed)?;
     let norm = model.normalization_or(&splits.normalization);
     let stats = mpq::train::evaluate(&model.graph, &splits.test, &norm, 256, &mut NoHooks)?;
     let layers = model.graph.layer_infos()?;

@@ -2,7 +2,6 @@
 
 use serde::Serialize;
 
-use mpq::data::{self, LoadOptions};
 use mpq::model::Model;
 use mpq::train::{OptimizerKind, Schedule, TrainConfig, TrainReport};
 use mpq::zoo::{self, ZooConfig};
@@ -53,13 +52,7 @@ pub(crate) fn config(a: &TrainArgs, seed: u64) -> TrainConfig {
 pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(Model, TrainJson)> {
     let cfg = config(a, g.seed);
     cfg.validate()?;
-    let splits = data::load(
-        &a.data,
-        &LoadOptions {
-            seed: g.seed,
-            ..Default::default()
-        },
-    )?;
+    let splits = super::load_data(&a.data, g.seed)?;
     let mut zcfg = ZooConfig::new(splits.train.shape().to_vec(), splits.train.classes());
     if let Some(w) = a.width {
         zcfg.width = w;
