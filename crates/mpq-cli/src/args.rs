@@ -100,6 +100,24 @@ pub(crate) enum OmegaMetricArg {
     Eigen,
 }
 
+/// How the symmetric weight quantizer picks its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WeightRangeArg {
+    /// The largest absolute value per channel (HAWQ's quantizer; nothing is clipped).
+    MaxAbs,
+    /// The clip minimising ‖Q(W) − W‖² per channel (much smaller error at 2–3 bits).
+    Mse,
+}
+
+impl WeightRangeArg {
+    pub(crate) fn range(self) -> mpq::plan::WeightRange {
+        match self {
+            WeightRangeArg::MaxAbs => mpq::plan::WeightRange::MaxAbs,
+            WeightRangeArg::Mse => mpq::plan::WeightRange::Mse,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct SearchArgs {
     #[command(flatten)]
@@ -155,6 +173,10 @@ pub(crate) struct SearchArgs {
     /// conv). Repeatable.
     #[arg(long, value_name = "L1,L2,...")]
     pub(crate) tie: Vec<String>,
+    /// Range rule of the plan's symmetric weight quantizer: recorded in every layer of the
+    /// policy, and Omega's weight errors ‖Q_b(W) − W‖² are computed with it.
+    #[arg(long, value_enum, default_value_t = WeightRangeArg::MaxAbs)]
+    pub(crate) weight_range: WeightRangeArg,
     /// Random draws before `random` gives up.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) max_tries: usize,

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use mpq::data::{self, Dataset, LoadOptions, Normalization};
 use mpq::graph::{Graph, LayerInfo, NoHooks};
 use mpq::model::{Model, ModelHint};
-use mpq::plan::{BitWidth, QuantPlan};
+use mpq::plan::{BitWidth, QuantPlan, WeightRange};
 use mpq::quant::{CalibrationConfig, PlanHooks, act_errors, prepare_graph, weight_errors};
 use mpq::search::{
     Budget, Candidates, OmegaConfig, OmegaMetric, OmegaTable, SearchOptions, SearchSpace,
@@ -37,6 +37,7 @@ struct Args {
     avg_bits: f64,
     window: f64,
     seed: u64,
+    weight_range: WeightRange,
 }
 
 fn parse() -> Args {
@@ -49,6 +50,7 @@ fn parse() -> Args {
         avg_bits: 3.0,
         window: 0.25,
         seed: 0,
+        weight_range: WeightRange::MaxAbs,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -62,6 +64,13 @@ fn parse() -> Args {
             "--avg-bits" => a.avg_bits = v.parse().expect("--avg-bits B"),
             "--window" => a.window = v.parse().expect("--window W"),
             "--seed" => a.seed = v.parse().expect("--seed S"),
+            "--weight-range" => {
+                a.weight_range = match v.as_str() {
+                    "max-abs" => WeightRange::MaxAbs,
+                    "mse" => WeightRange::Mse,
+                    _ => panic!("--weight-range max-abs|mse"),
+                }
+            }
             _ => panic!("unknown flag {k}"),
         }
     }
@@ -111,8 +120,22 @@ fn avg_w_bits(layers: &[LayerInfo], bits: &[BitWidth]) -> f64 {
         / n
 }
 
-fn plan_of(layers: &[LayerInfo], w: &[BitWidth], a: &[BitWidth], method: &str) -> QuantPlan {
-    let mut p = QuantPlan::uniform(layers, 8, 8);
+/// `plan` with every layer's weight range set to `r`.
+fn ranged(mut plan: QuantPlan, r: WeightRange) -> QuantPlan {
+    for l in &mut plan.layers {
+        l.weight_range = r;
+    }
+    plan
+}
+
+fn plan_of(
+    layers: &[LayerInfo],
+    w: &[BitWidth],
+    a: &[BitWidth],
+    method: &str,
+    r: WeightRange,
+) -> QuantPlan {
+    let mut p = ranged(QuantPlan::uniform(layers, 8, 8), r);
     for ((l, &wb), &ab) in p.layers.iter_mut().zip(w).zip(a) {
         l.w_bits = wb;
         l.a_bits = ab;
@@ -170,7 +193,7 @@ fn main() -> mpq::Result<()> {
         norm: &norm,
     };
     let w_cands: Vec<BitWidth> = vec![2, 3, 4, 5, 6, 8];
-    let template = QuantPlan::uniform(&layers, 8, 8);
+    let template = ranged(QuantPlan::uniform(&layers, 8, 8), a.weight_range);
     let mut sens = Sensitivities::load(&a.sensitivity)?;
     for (name, row) in weight_errors(&model.graph, &template, &w_cands)? {
         for (b, e) in row {
@@ -208,7 +231,13 @@ fn main() -> mpq::Result<()> {
         for b in [2, 3, 4] {
             let mut w = vec![32; layers.len()];
             w[i] = b;
-            let plan = plan_of(&layers, &w, &vec![32; layers.len()], "single");
+            let plan = plan_of(
+                &layers,
+                &w,
+                &vec![32; layers.len()],
+                "single",
+                a.weight_range,
+            );
             let (_, loss) = ptq(&ctx, &plan)?;
             println!(
                 "| {} | {b} | {:.3e} | {:.3e} |",
@@ -247,7 +276,7 @@ fn main() -> mpq::Result<()> {
                 .iter()
                 .map(|_| a_cands[rng.random_range(0..a_cands.len())])
                 .collect();
-            let plan = plan_of(&layers, &w, &act, "random");
+            let plan = plan_of(&layers, &w, &act, "random", a.weight_range);
             let (_, loss) = ptq(&ctx, &plan)?;
             om.push(table.plan_omega(&layers, &plan)?);
             omw.push(wonly.plan_omega(&layers, &plan)?);
@@ -304,7 +333,8 @@ fn main() -> mpq::Result<()> {
         format!("uniform W{ub}A8"),
         QuantPlan::uniform(&layers, ub, 8),
     ));
-    for (name, plan) in &rows {
+    for (name, plan) in &mut rows {
+        *plan = ranged(plan.clone(), a.weight_range);
         let bits: Vec<BitWidth> = plan.layers.iter().map(|l| l.w_bits).collect();
         let (acc, loss) = ptq(&ctx, plan)?;
         println!(
@@ -331,7 +361,13 @@ fn main() -> mpq::Result<()> {
     let (mut accs, mut losses) = (Vec::new(), Vec::new());
     for _ in 0..a.baseline_plans {
         let w = draw(&mut rng, &layers, &w_cands, searched - 0.1, searched);
-        let plan = plan_of(&layers, &w, &vec![8; layers.len()], "random");
+        let plan = plan_of(
+            &layers,
+            &w,
+            &vec![8; layers.len()],
+            "random",
+            a.weight_range,
+        );
         let (acc, loss) = ptq(&ctx, &plan)?;
         accs.push(acc);
         losses.push(loss);

@@ -63,6 +63,26 @@ impl QuantizerKind {
     }
 }
 
+/// How a weight quantizer chooses its range (spec §7.2.2, applied to weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightRange {
+    /// The largest absolute value (per channel or tensor): nothing is clipped.
+    #[default]
+    MaxAbs,
+    /// The clip, a fraction `k/100` of the max-abs range, that minimises `‖Q(W) − W‖²`
+    /// (per channel or tensor). At 2–3 bits max-abs wastes levels on rare large weights and
+    /// rounds most weights to zero; the MSE clip keeps them.
+    Mse,
+}
+
+impl WeightRange {
+    /// Whether this is the default (max-abs) rule; plans omit it then.
+    pub fn is_max_abs(&self) -> bool {
+        *self == WeightRange::MaxAbs
+    }
+}
+
 /// The precision of one layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerPrecision {
@@ -83,6 +103,10 @@ pub struct LayerPrecision {
     /// Weight quantizer (default symmetric).
     #[serde(default)]
     pub quantizer: QuantizerKind,
+    /// How the symmetric weight quantizer picks its range (default max-abs; omitted from the
+    /// JSON then).
+    #[serde(default, skip_serializing_if = "WeightRange::is_max_abs")]
+    pub weight_range: WeightRange,
 }
 
 impl LayerPrecision {
@@ -95,6 +119,7 @@ impl LayerPrecision {
             channel_w_bits: None,
             granularity: Granularity::default(),
             quantizer: QuantizerKind::default(),
+            weight_range: WeightRange::default(),
         }
     }
 
@@ -211,7 +236,8 @@ impl QuantPlan {
     /// Errors: an entry naming no layer of the model ([`Error::UnknownLayer`]); a layer
     /// listed twice; a bit-width outside `2..=8` and `32`; `channel_w_bits` whose length is
     /// not the layer's output channels, that mixes `32` with quantized widths, or that is
-    /// combined with per-tensor granularity or a non-symmetric quantizer; a
+    /// combined with per-tensor granularity or a non-symmetric quantizer; the `mse` weight
+    /// range with a non-symmetric quantizer or with `channel_w_bits`; a
     /// `constraints` value that is not an object; negative or non-finite `seconds`.
     /// Model layers missing from the plan are allowed (full precision).
     pub fn validate(&self, layers: &[LayerInfo]) -> Result<()> {
@@ -246,6 +272,27 @@ impl QuantPlan {
                         format!(
                             "layer {}: {bits} bits is not allowed (use {MIN_BITS}..={MAX_BITS} \
                              or {FULL_PRECISION})",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+            if p.weight_range == WeightRange::Mse {
+                if p.quantizer != QuantizerKind::Symmetric {
+                    return Err(Error::config(
+                        "weight_range",
+                        format!(
+                            "layer {}: the mse weight range needs the symmetric quantizer",
+                            p.name
+                        ),
+                    ));
+                }
+                if p.channel_w_bits.is_some() {
+                    return Err(Error::config(
+                        "weight_range",
+                        format!(
+                            "layer {}: the mse weight range cannot be combined with \
+                             channel_w_bits",
                             p.name
                         ),
                     ));

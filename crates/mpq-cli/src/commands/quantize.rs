@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use mpq::QuantPlan;
 use mpq::pipeline::{QuantizeConfig, quantize};
-use mpq::plan::QuantizerKind;
+use mpq::plan::{QuantizerKind, WeightRange};
 use mpq::quant::{CalibrationConfig, RangeMethod};
 use mpq::train::{Schedule, TrainConfig};
 
@@ -18,6 +18,8 @@ use crate::output::{self, Bars, Table};
 pub(crate) enum QuantizerArg {
     /// Symmetric max-abs scales (per channel unless the policy says per tensor).
     Symmetric,
+    /// Symmetric scales from the clip that minimises ‖Q(W) − W‖² (better at 2–3 bits).
+    SymmetricMse,
     /// Asymmetric min/max with zero points.
     Asymmetric,
     /// Learned step sizes (LSQ), trained during fine-tuning.
@@ -82,13 +84,15 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuantizeArgs) -> anyhow::Result<()> {
     let model = super::open_model(&a.model, g.seed)?;
     let mut plan = QuantPlan::load(&a.policy)?;
     if let Some(q) = a.quantizer {
-        let kind = match q {
-            QuantizerArg::Symmetric => QuantizerKind::Symmetric,
-            QuantizerArg::Asymmetric => QuantizerKind::Asymmetric,
-            QuantizerArg::Lsq => QuantizerKind::Lsq,
+        let (kind, range) = match q {
+            QuantizerArg::Symmetric => (QuantizerKind::Symmetric, WeightRange::MaxAbs),
+            QuantizerArg::SymmetricMse => (QuantizerKind::Symmetric, WeightRange::Mse),
+            QuantizerArg::Asymmetric => (QuantizerKind::Asymmetric, WeightRange::MaxAbs),
+            QuantizerArg::Lsq => (QuantizerKind::Lsq, WeightRange::MaxAbs),
         };
         for l in &mut plan.layers {
             l.quantizer = kind;
+            l.weight_range = range;
         }
     }
     if a.no_fold_bn {

@@ -11,7 +11,7 @@ use mpq::QuantPlan;
 use mpq::cost::{HardwareModel, HwTable};
 use mpq::graph::LayerInfo;
 use mpq::model::Model;
-use mpq::plan::{FULL_PRECISION, LayerPrecision};
+use mpq::plan::{FULL_PRECISION, LayerPrecision, WeightRange};
 use mpq::quant::weight_error;
 use mpq::search::{
     self, Budget, Candidates, Feasibility, OmegaConfig, OmegaMetric, OmegaTable, Pin,
@@ -79,7 +79,15 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
                 metric,
                 act_weight: a.act_weight,
             };
-            Some(omega_table(&model, &layers, path, &cands, &opts, cfg)?)
+            Some(omega_table(
+                &model,
+                &layers,
+                path,
+                &cands,
+                &opts,
+                cfg,
+                a.weight_range.range(),
+            )?)
         }
         None => None,
     };
@@ -87,7 +95,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         space.set_omega(o)?;
     }
 
-    let (plan, extra) = match a.method {
+    let (mut plan, extra) = match a.method {
         MethodArg::Uniform => (space.uniform()?, Extra::None),
         MethodArg::Random => (space.random(g.seed, a.max_tries)?, Extra::None),
         MethodArg::HawqV1 => {
@@ -112,6 +120,9 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         }
     };
 
+    for l in &mut plan.layers {
+        l.weight_range = a.weight_range.range();
+    }
     let hw_table = hw.as_ref().map(|h| h.table(&layers, &plan)).transpose()?;
     let policy = policy_file(&plan, &extra, &a.out);
     // The policy first: if its path cannot be written (a folder, say), nothing is.
@@ -247,6 +258,7 @@ fn omega_table(
     cands: &Candidates,
     opts: &SearchOptions,
     cfg: OmegaConfig,
+    range: WeightRange,
 ) -> anyhow::Result<OmegaTable> {
     let mut sens = Sensitivities::load(path)?;
     let bits: BTreeSet<u32> = cands
@@ -280,7 +292,7 @@ fn omega_table(
         .into());
     }
     for (name, need) in missing {
-        for (b, e) in weight_errors(model, &name, &need)? {
+        for (b, e) in weight_errors(model, &name, &need, range)? {
             sens.set_weight_error(&name, b, e);
         }
     }
@@ -288,16 +300,27 @@ fn omega_table(
 }
 
 /// `‖Q_b(W) − W‖²` of `layer` for each of `bits`, with the quantizer a searched plan uses
-/// (symmetric, max-abs scale per output channel), on the unfolded weights whose Hessian
-/// `mpq analyze` measured ([`mpq::quant::weight_error`]).
-fn weight_errors(model: &Model, layer: &str, bits: &[u32]) -> mpq::Result<Vec<(u32, f64)>> {
+/// (symmetric, per output channel, with `range`'s scale rule), on the unfolded weights whose
+/// Hessian `mpq analyze` measured ([`mpq::quant::weight_error`]).
+fn weight_errors(
+    model: &Model,
+    layer: &str,
+    bits: &[u32],
+    range: WeightRange,
+) -> mpq::Result<Vec<(u32, f64)>> {
     let w = model
         .graph
         .params()
         .var(&format!("{layer}.weight"))?
         .as_tensor();
     bits.iter()
-        .map(|&b| Ok((b, weight_error(w, &LayerPrecision::new(layer, b, 8))?)))
+        .map(|&b| {
+            let p = LayerPrecision {
+                weight_range: range,
+                ..LayerPrecision::new(layer, b, 8)
+            };
+            Ok((b, weight_error(w, &p)?))
+        })
         .collect()
 }
 

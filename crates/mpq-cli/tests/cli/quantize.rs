@@ -15,7 +15,7 @@ fn quantize_exports_a_packed_model_that_eval_reproduces() {
         dir.path(),
         "p.json",
         serde_json::json!([
-            {"name": "fc1", "w_bits": 4, "a_bits": 8},
+            {"name": "fc1", "w_bits": 4, "a_bits": 8, "weight_range": "mse"},
             {"name": "fc2", "w_bits": 2, "a_bits": 4, "quantizer": "asymmetric"},
             {"name": "fc3", "w_bits": 8, "a_bits": 8, "granularity": "per_tensor"}
         ]),
@@ -24,6 +24,7 @@ fn quantize_exports_a_packed_model_that_eval_reproduces() {
         ("q", vec![]),
         ("qat", vec!["--finetune-epochs", "1"]),
         ("lsq", vec!["--finetune-epochs", "1", "--quantizer", "lsq"]),
+        ("mse", vec!["--quantizer", "symmetric-mse"]),
     ] {
         let mut args = vec![
             "quantize",
@@ -49,6 +50,20 @@ fn quantize_exports_a_packed_model_that_eval_reproduces() {
             .map(String::from)
             .into();
         assert_eq!(files, want);
+        let plan: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(out).join("plan.json")).unwrap())
+                .unwrap();
+        let ranges: Vec<&str> = plan["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["weight_range"].as_str().unwrap_or("max_abs"))
+            .collect();
+        match out {
+            "mse" => assert_eq!(ranges, ["mse", "mse", "mse"]),
+            "q" | "qat" => assert_eq!(ranges, ["mse", "max_abs", "max_abs"]),
+            _ => assert_eq!(ranges, ["max_abs", "max_abs", "max_abs"]),
+        }
         let summary: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(out).join("summary.json")).unwrap())
                 .unwrap();
@@ -115,6 +130,11 @@ fn quantize_rejects_bad_policies_naming_the_layer() {
             "abits.json",
             serde_json::json!([{"name": "fc1", "w_bits": 4, "a_bits": 1}]),
             "fc1",
+        ),
+        (
+            "range.json",
+            serde_json::json!([{"name": "fc2", "w_bits": 4, "a_bits": 8, "quantizer": "asymmetric", "weight_range": "mse"}]),
+            "fc2",
         ),
         (
             "channels.json",

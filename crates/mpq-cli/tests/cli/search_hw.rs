@@ -292,6 +292,50 @@ fn hawq_v1_bits_follow_the_eigenvalue_order() {
 }
 
 #[test]
+fn mse_weight_range_is_recorded_and_lowers_omega() {
+    let dir = TempDir::new("searchmse");
+    let layers = layer_table(dir.path(), R8);
+    write_sensitivity(dir.path(), "s.json", &layers);
+    let run = |out: &str, method: &str, range: &str| {
+        search(
+            dir.path(),
+            out,
+            &[
+                "--method",
+                method,
+                "--sensitivity",
+                "s.json",
+                "--avg-bits",
+                "3",
+                "--w-bits",
+                "2,3,4,8",
+                "--weight-range",
+                range,
+            ],
+        )
+    };
+    for method in ["uniform", "ilp", "pareto"] {
+        let max_abs = run("a.json", method, "max-abs");
+        let mse = run("b.json", method, "mse");
+        for l in mse["layers"].as_array().unwrap() {
+            assert_eq!(l["weight_range"], "mse", "{l}");
+        }
+        for l in max_abs["layers"].as_array().unwrap() {
+            assert!(l.get("weight_range").is_none(), "{l}");
+        }
+        // The MSE clip is chosen among ranges that include max-abs, so every weight error,
+        // and hence the optimum of Omega, can only go down; at 3 bits it goes down strictly.
+        assert!(
+            num(&mse, "omega") < num(&max_abs, "omega"),
+            "{method}: {} vs {}",
+            mse["omega"],
+            max_abs["omega"]
+        );
+        assert!(recompute(&mse, &layers).0 <= 3.0 + 1e-12);
+    }
+}
+
+#[test]
 fn search_reads_mpq_analyze_output() {
     let dir = TempDir::new("searchanalyze");
     let mlp = ["--model", "zoo:mlp", "--input", "1x8x8", "--classes", "3"];

@@ -1,6 +1,6 @@
 //! Applying a [`QuantPlan`] to a graph through the executor hooks: each planned layer's
-//! weight is fake-quantized (symmetric max-abs scales, per output channel or per tensor, or
-//! asymmetric min/max) and its input activation is fake-quantized with a range calibrated on
+//! weight is fake-quantized (symmetric scales from the max-abs or the MSE-optimal clip, per
+//! output channel or per tensor, or asymmetric min/max) and its input activation is fake-quantized with a range calibrated on
 //! sample batches (unsigned when the activation is non-negative, as after ReLU).
 //! Rounding is half to even, the same as export.
 
@@ -10,10 +10,10 @@ use candle::Tensor;
 
 use super::lsq::LsqQuantizer;
 use super::observer::{Observer, RangeMethod};
-use super::params::QuantParams;
+use super::params::{QuantParams, mse_symmetric_max};
 use crate::data::{self, Dataset, LoaderConfig, Normalization};
 use crate::graph::{ForwardOptions, Graph, Hooks, Mode};
-use crate::plan::{Granularity, LayerPrecision, QuantPlan, QuantizerKind};
+use crate::plan::{Granularity, LayerPrecision, QuantPlan, QuantizerKind, WeightRange};
 use crate::{Error, Result};
 
 /// Collects the input-activation ranges of the layers a plan quantizes.
@@ -120,11 +120,28 @@ pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
             QuantParams::asymmetric(lo, hi, p.w_bits)
         }
         (QuantizerKind::Symmetric, Granularity::PerChannel) => {
-            let m: Vec<f32> = flat.abs()?.max(1)?.to_vec1()?;
+            let m: Vec<f32> = match p.weight_range {
+                WeightRange::MaxAbs => flat.abs()?.max(1)?.to_vec1()?,
+                WeightRange::Mse => {
+                    let rows: Vec<Vec<f32>> = flat.to_dtype(candle::DType::F32)?.to_vec2()?;
+                    rows.iter()
+                        .map(|r| mse_symmetric_max(r, p.w_bits))
+                        .collect::<Result<_>>()?
+                }
+            };
             QuantParams::symmetric_per_channel(&m, p.w_bits, 0)
         }
         (QuantizerKind::Symmetric, Granularity::PerTensor) => {
-            let m = flat.abs()?.max_all()?.to_scalar::<f32>()?;
+            let m = match p.weight_range {
+                WeightRange::MaxAbs => flat.abs()?.max_all()?.to_scalar::<f32>()?,
+                WeightRange::Mse => {
+                    let v: Vec<f32> = flat
+                        .flatten_all()?
+                        .to_dtype(candle::DType::F32)?
+                        .to_vec1()?;
+                    mse_symmetric_max(&v, p.w_bits)?
+                }
+            };
             QuantParams::symmetric(m, p.w_bits)
         }
     }

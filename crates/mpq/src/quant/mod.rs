@@ -13,4 +13,4 @@ pub use apply::{CalibrationConfig, PlanHooks, fake_quant_tensor, prepare_graph, 
 pub use error::{act_errors, weight_error, weight_errors};
 pub use lsq::{LsqQuantizer, MIN_STEP};
 pub use observer::{Observer, RangeMethod};
-pub use params::{QuantParams, fake_quant_values, quant_range};
+pub use params::{CLIP_GRID, QuantParams, fake_quant_values, mse_symmetric_max, quant_range};

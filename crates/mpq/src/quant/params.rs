@@ -221,6 +221,37 @@ impl QuantParams {
     }
 }
 
+/// Clip candidates of [`mse_symmetric_max`]: `k/CLIP_GRID` of the max-abs, `k = 1..=CLIP_GRID`.
+pub const CLIP_GRID: usize = 100;
+
+/// The symmetric range `m* = (k/100)·max|x|` (`k = 1..=100`) whose `bits`-bit narrow signed
+/// quantizer gives the least `Σ (Q(x) − x)²` over `x` (ties: the larger range). Rounding is
+/// half to even, as in [`QuantParams::code`], so the error minimised is exactly the one the
+/// quantizer makes. Returns 0 for an all-zero `x`.
+pub fn mse_symmetric_max(x: &[f32], bits: u32) -> Result<f32> {
+    let max_abs = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if max_abs == 0.0 || !max_abs.is_finite() {
+        return Ok(max_abs);
+    }
+    let (_, qmax) = quant_range(bits, true)?;
+    let mut best = (f64::INFINITY, max_abs);
+    for k in (1..=CLIP_GRID).rev() {
+        let m = max_abs * k as f32 / CLIP_GRID as f32;
+        let s = (m / qmax).max(MIN_SCALE);
+        let err: f64 = x
+            .iter()
+            .map(|&v| {
+                let q = (v / s).round_ties_even().clamp(-qmax, qmax) * s;
+                f64::from(q - v).powi(2)
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, m);
+        }
+    }
+    Ok(best.1)
+}
+
 /// Fake-quantizes `x` (quantize then dequantize) in place of a copy. `x` is laid out with
 /// `channels` equal blocks when the parameters are per-channel along axis 0.
 pub fn fake_quant_values(x: &[f32], p: &QuantParams) -> Vec<f32> {
@@ -259,6 +290,46 @@ mod tests {
         let y = fake_quant_values(&[-1.5, -0.26, 0.25, 0.75, 1.4, 9.0], &p);
         // 0.25/0.5 = 0.5 -> 0 (ties to even); 0.75/0.5 = 1.5 -> 2; 9 clamps to 3.
         assert_eq!(y, vec![-1.5, -0.5, 0.0, 1.0, 1.5, 1.5]);
+    }
+
+    #[test]
+    fn mse_range_is_the_best_of_the_grid_and_beats_max_abs_at_low_bits() {
+        // Gaussian-like weights with one outlier: at 2 bits max-abs rounds nearly everything
+        // to zero.
+        let mut x: Vec<f32> = (0..2000)
+            .map(|i| {
+                let u = (i as f32 + 0.5) / 2000.0;
+                // A smooth symmetric bell: the inverse of a logistic CDF.
+                (u / (1.0 - u)).ln() * 0.1
+            })
+            .collect();
+        x.push(3.0);
+        let err = |m: f32, bits: u32| -> f64 {
+            let p = QuantParams::symmetric(m, bits).unwrap();
+            fake_quant_values(&x, &p)
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum()
+        };
+        let max_abs = 3.0f32;
+        for bits in [2, 3, 4, 8] {
+            let m = mse_symmetric_max(&x, bits).unwrap();
+            let e = err(m, bits);
+            // No grid point is better (brute force over the same grid).
+            for k in 1..=CLIP_GRID {
+                let c = max_abs * k as f32 / CLIP_GRID as f32;
+                assert!(
+                    e <= err(c, bits) * (1.0 + 1e-9),
+                    "bits {bits}: k {k} beats {m}"
+                );
+            }
+            assert!(m <= max_abs);
+        }
+        let m2 = mse_symmetric_max(&x, 2).unwrap();
+        assert!(m2 < 0.5 * max_abs, "{m2}");
+        assert!(err(m2, 2) < 0.5 * err(max_abs, 2));
+        assert_eq!(mse_symmetric_max(&[0.0, 0.0], 2).unwrap(), 0.0);
     }
 
     #[test]
