@@ -158,13 +158,14 @@ fn used_of(pr: &Prepared, x: &[usize]) -> Vec<f64> {
 }
 
 /// Improves a feasible choice: repeatedly the single swap with the best Ω gain per unit of
-/// extra normalised cost, then the best pair swap, until neither helps.
+/// extra normalised cost, until none helps. (A pair-swap phase after it gave better
+/// incumbents but cost more than the nodes it saved: the set-up's O(items²) scans took 1–2 ms
+/// a round on ResNet-18 shapes, while the branch and bound visits a node in well under a µs.)
 fn improve(pr: &Prepared, limits: &[f64], mut x: Vec<usize>) -> (Vec<usize>, f64) {
     let groups = pr.value.len();
     let norm =
         |g: usize, i: usize| -> f64 { pr.c(g, i).iter().zip(&pr.scale).map(|(c, s)| c * s).sum() };
     let mut used = used_of(pr, &x);
-    let ok = |used: &[f64]| used.iter().zip(limits).all(|(&u, &l)| fits(u, l));
     loop {
         let mut best: Option<(usize, usize, f64)> = None;
         for g in 0..groups {
@@ -186,46 +187,11 @@ fn improve(pr: &Prepared, limits: &[f64], mut x: Vec<usize>) -> (Vec<usize>, f64
                 }
             }
         }
-        if let Some((g, i, _)) = best {
-            for k in 0..pr.k {
-                used[k] += pr.c(g, i)[k] - pr.c(g, x[g])[k];
-            }
-            x[g] = i;
-            continue;
+        let Some((g, i, _)) = best else { break };
+        for k in 0..pr.k {
+            used[k] += pr.c(g, i)[k] - pr.c(g, x[g])[k];
         }
-        // Pair swaps: one group gives up cost, another spends it.
-        let mut pair: Option<(usize, usize, usize, usize, f64)> = None;
-        let mut t = vec![0.0; pr.k];
-        for g in 0..groups {
-            for i in 0..pr.value[g].len() {
-                if i == x[g] {
-                    continue;
-                }
-                let dg = pr.value[g][i] - pr.value[g][x[g]];
-                for h in g + 1..groups {
-                    for j in 0..pr.value[h].len() {
-                        if j == x[h] {
-                            continue;
-                        }
-                        let gain = -(dg + pr.value[h][j] - pr.value[h][x[h]]);
-                        if gain <= 0.0 || pair.is_some_and(|p| gain <= p.4) {
-                            continue;
-                        }
-                        for k in 0..pr.k {
-                            t[k] = used[k] - pr.c(g, x[g])[k] + pr.c(g, i)[k] - pr.c(h, x[h])[k]
-                                + pr.c(h, j)[k];
-                        }
-                        if ok(&t) {
-                            pair = Some((g, i, h, j, gain));
-                        }
-                    }
-                }
-            }
-        }
-        let Some((g, i, h, j, _)) = pair else { break };
         x[g] = i;
-        x[h] = j;
-        used = used_of(pr, &x);
     }
     let value = x.iter().enumerate().map(|(g, &i)| pr.value[g][i]).sum();
     (x, value)
