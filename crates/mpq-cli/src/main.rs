@@ -19,6 +19,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Keep large freed buffers for the next pass instead of returning them to the kernel.
+    mpq_kernels::tune_allocator();
     if let Some(n) = args.global.threads {
         // The global pool can only be set once; failure leaves the default, which is fine.
         let _ = rayon_pool(n);

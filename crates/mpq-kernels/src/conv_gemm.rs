@@ -1,8 +1,11 @@
 //! Dense and grouped conv2d as im2col + GEMM: forward, input gradient, weight/bias gradient.
+//! Stride-1 dense convs run all three through the direct AVX-512 kernels of `direct` instead,
+//! where the CPU has them.
 //!
 //! Work is split over the batch (one image per task, GEMMs single-threaded inside) when the
 //! batch can keep every rayon thread busy, and over the GEMM itself otherwise.
 
+use crate::direct;
 use crate::im2col::{col2im_add, im2col};
 use crate::params::ConvGeom;
 use crate::scratch::with_scratch;
@@ -38,6 +41,13 @@ where
 pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
     let mut y = vec![0f32; g.n * g.o * p];
+    if direct::usable(g) {
+        let f = direct::Forward::new(w, g);
+        for_each_image(&mut y, g.o * p, g.n, |n, yn, _| {
+            f.image(&x[n * g.c * hw..(n + 1) * g.c * hw], bias, yn)
+        });
+        return y;
+    }
     let col_len = if g.is_pointwise() { 0 } else { k * p };
     for_each_image(&mut y, g.o * p, g.n, |n, yn, par| {
         let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
@@ -72,6 +82,13 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) 
 pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
     let mut dx = vec![0f32; g.n * g.c * hw];
+    if direct::usable(g) {
+        let f = direct::GradInput::new(w, g);
+        for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, _| {
+            f.image(&dy[n * g.o * p..(n + 1) * g.o * p], dxn)
+        });
+        return dx;
+    }
     let col_len = if g.is_pointwise() { 0 } else { k * p };
     for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, par| {
         let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
@@ -127,6 +144,36 @@ pub(crate) fn grad_weight(
         }
     };
     let len = g.o * k + nb;
+    if direct::usable(g) {
+        // Same fixed chunks as below, each a direct-kernel accumulator.
+        const CHUNKS: usize = 8;
+        let per = g.n.div_ceil(CHUNKS).max(1);
+        let chunk = |c: usize| {
+            let mut gw = direct::GradWeight::new(g);
+            let mut acc = vec![0f32; len];
+            for n in c * per..((c + 1) * per).min(g.n) {
+                let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
+                gw.add_image(&x[n * g.c * hw..(n + 1) * g.c * hw], dyn_);
+                for (b, row) in acc[g.o * k..].iter_mut().zip(dyn_.chunks_exact(p)) {
+                    *b += row.iter().sum::<f32>();
+                }
+            }
+            gw.finish_into(&mut acc[..g.o * k]);
+            acc
+        };
+        let chunks = g.n.div_ceil(per);
+        let partial: Vec<Vec<f32>> = if batch_parallel(g.n) {
+            (0..chunks).into_par_iter().map(chunk).collect()
+        } else {
+            (0..chunks).map(chunk).collect()
+        };
+        let mut dw = vec![0f32; len];
+        for part in &partial {
+            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        let db = want_bias.then(|| dw.split_off(g.o * k));
+        return (dw, db);
+    }
     let acc = if batch_parallel(g.n) {
         // Fixed chunks of images, each accumulated in order, then summed in chunk order:
         // the result does not depend on how rayon schedules the work (reproducible runs).

@@ -7,14 +7,18 @@
 //! - [`mod@reference`]: the same ops from plain candle ops, used as test oracles and as the
 //!   fallback on non-CPU devices and non-`f32` dtypes.
 //!
-//! This is the only mpq crate allowed `unsafe`; it is confined to the GEMM call and the
-//! `#[target_feature]` dispatch in `simd`. Hand-written loops have a scalar fallback that
+//! - [`tune_allocator`]: glibc `malloc` settings that keep large freed buffers for reuse.
+//!
+//! This is the only mpq crate allowed `unsafe`; it is confined to the GEMM call, the
+//! `#[target_feature]` dispatch in `simd` and the `mallopt` call in `alloc`. Hand-written loops have a scalar fallback that
 //! [`simd::set_force_scalar`] (or `MPQ_KERNELS_SCALAR=1`) selects for testing.
 
+mod alloc;
 mod batch_norm;
 mod conv2d;
 mod conv_gemm;
 mod depthwise;
+mod direct;
 mod im2col;
 mod params;
 pub mod reference;
@@ -22,6 +26,7 @@ mod scratch;
 pub mod simd;
 mod storage;
 
+pub use alloc::tune_allocator;
 pub use batch_norm::{batch_norm_eval, batch_norm_train};
 pub use conv2d::conv2d;
 pub use params::Conv2dParams;

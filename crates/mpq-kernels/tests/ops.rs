@@ -85,6 +85,13 @@ fn fixed_conv_cases() -> Vec<ConvCase> {
         ConvCase::new(2, 3, 9, 5, 3, 1, 0, 1),
         ConvCase::new(2, 3, 9, 5, 3, 1, 2, 1),
         ConvCase::new(1, 4, 7, 6, 5, 2, 2, 1),
+        // The direct stride-1 kernel: partial output-channel blocks (20, 33), rows wider
+        // than one 16-lane register with a partial tail (19, 17), 8-wide rows (masked), 5x5
+        // and unpadded 3x3 (its input gradient pads by 2).
+        ConvCase::new(3, 5, 19, 20, 3, 1, 1, 1),
+        ConvCase::new(2, 40, 8, 36, 3, 1, 1, 1),
+        ConvCase::new(2, 4, 17, 33, 5, 1, 2, 1),
+        ConvCase::new(2, 7, 12, 18, 3, 1, 0, 1),
         // depthwise 3x3, stride 1 and 2
         ConvCase::new(4, 8, 11, 8, 3, 1, 1, 8),
         ConvCase::new(3, 8, 11, 8, 3, 2, 1, 8),

@@ -1,0 +1,392 @@
+//! Direct AVX-512 convolution for stride-1, dilation-1 dense convs (the 3x3 convs of ResNets),
+//! used for the forward pass and, with flipped and transposed weights, for the input gradient.
+//!
+//! im2col copies every input value `kh·kw` times and hands the GEMM a `k x oh·ow` matrix to
+//! pack again; on ResNet-20 that copying (and col2im's scatter in the backward pass) took a
+//! quarter of a training step. Here each image is copied once into a zero-padded buffer and
+//! every output block — 16 output channels x 16 consecutive output pixels of one row, sixteen
+//! `zmm` accumulators — is computed straight from it: per input channel and tap one (masked)
+//! load of 16 input pixels feeds 16 fused multiply-adds with broadcast weights. Rows narrower
+//! than 16 (8x8 feature maps) use masked loads and stores.
+//!
+//! Runs only where AVX-512F was detected (and the scalar fallback is not forced); elsewhere,
+//! and for strided, dilated, grouped or pointwise convs, `conv_gemm` does the work.
+
+use crate::params::ConvGeom;
+use crate::scratch::with_scratch;
+use crate::simd::{Isa, isa};
+
+/// Output channels per register block.
+const OB: usize = 16;
+/// Output pixels per register (one `zmm` of f32).
+const LANES: usize = 16;
+
+/// Whether the forward pass of `g` can run here (and, with the same geometry, the input
+/// gradient).
+pub(crate) fn usable(g: &ConvGeom) -> bool {
+    isa() == Isa::Avx512
+        && g.p.stride == [1, 1]
+        && g.p.dilation == [1, 1]
+        && g.p.groups == 1
+        && !g.is_pointwise()
+        // The input gradient pads by k − 1 − p, which must not be negative.
+        && g.p.padding[0] < g.kh
+        && g.p.padding[1] < g.kw
+}
+
+/// One stride-1 correlation problem: `ci` input planes of `h x w`, padded by `(ph, pw)`,
+/// correlated with `co` filters of `ci x kh x kw`, giving `co` planes of `oh x ow`.
+#[derive(Clone, Copy)]
+struct Shape {
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Shape {
+    fn padded_h(&self) -> usize {
+        self.h + 2 * self.ph
+    }
+    fn padded_w(&self) -> usize {
+        self.w + 2 * self.pw
+    }
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+}
+
+/// Packs filters `f(o, c, t)` (tap `t = ki·kw + kj`) as `[o / OB][c][t][o % OB]`, zero-padding
+/// the last block of output channels.
+fn pack(co: usize, ci: usize, taps: usize, f: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+    let blocks = co.div_ceil(OB);
+    let mut p = vec![0f32; blocks * ci * taps * OB];
+    for o in 0..co {
+        let (b, l) = (o / OB, o % OB);
+        for c in 0..ci {
+            for t in 0..taps {
+                p[((b * ci + c) * taps + t) * OB + l] = f(o, c, t);
+            }
+        }
+    }
+    p
+}
+
+/// Copies `ci` planes of `x` into `xp` with a zero border of `(ph, pw)`.
+fn pad_into(x: &[f32], xp: &mut [f32], s: &Shape) {
+    let (hp, wp) = (s.padded_h(), s.padded_w());
+    for c in 0..s.ci {
+        let dst = &mut xp[c * hp * wp..(c + 1) * hp * wp];
+        dst[..s.ph * wp].fill(0.0);
+        dst[(s.ph + s.h) * wp..].fill(0.0);
+        for y in 0..s.h {
+            let row = &mut dst[(y + s.ph) * wp..(y + s.ph + 1) * wp];
+            row[..s.pw].fill(0.0);
+            row[s.pw..s.pw + s.w].copy_from_slice(&x[(c * s.h + y) * s.w..][..s.w]);
+            row[s.pw + s.w..].fill(0.0);
+        }
+    }
+}
+
+/// Correlates one image: `out[co, oh, ow]` (overwritten, plus `bias`) from `x[ci, h, w]`.
+fn correlate(x: &[f32], packed: &[f32], bias: Option<&[f32]>, out: &mut [f32], s: &Shape) {
+    let len = s.ci * s.padded_h() * s.padded_w();
+    with_scratch(len, |xp| {
+        pad_into(x, xp, s);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(isa() == Isa::Avx512, "direct conv needs AVX-512");
+            assert!(packed.len() >= s.co.div_ceil(OB) * s.ci * s.taps() * OB);
+            assert!(out.len() >= s.co * s.oh * s.ow);
+            assert!(s.oh + s.kh - 1 <= s.padded_h() && s.ow + s.kw - 1 <= s.padded_w());
+            // SAFETY: AVX-512F was detected (`isa()`); the asserts above bound every access
+            // `correlate_avx512` makes (see its comments).
+            unsafe { correlate_avx512(xp, packed, bias, out, s) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (packed, bias, out);
+            unreachable!("direct conv is only selected on x86-64 with AVX-512")
+        }
+    })
+}
+
+/// The register-blocked loop nest.
+///
+/// # Safety
+/// AVX-512F must be available. `xp` holds `ci` padded planes of `padded_h x padded_w`,
+/// `packed` the packed filters of `co.div_ceil(OB)` blocks, `out` at least `co·oh·ow` values,
+/// and `oh + kh − 1 ≤ padded_h`, `ow + kw − 1 ≤ padded_w`. Loads read lanes `< n` of
+/// `xp[row + x0 + kj ..]` with `x0 + n ≤ ow`, so the last lane read is
+/// `x0 + n − 1 + kw − 1 ≤ padded_w − 1`: inside the row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn correlate_avx512(
+    xp: &[f32],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    s: &Shape,
+) {
+    use std::arch::x86_64::*;
+    let (hp, wp, taps) = (s.padded_h(), s.padded_w(), s.taps());
+    let plane = s.oh * s.ow;
+    // SAFETY: the caller guarantees AVX-512F and the bounds in the contract above; every
+    // pointer below stays inside `wb`, `xp` or `out` by those bounds.
+    unsafe {
+        for b in 0..s.co.div_ceil(OB) {
+            let wb = &packed[b * s.ci * taps * OB..(b + 1) * s.ci * taps * OB];
+            let valid = (s.co - b * OB).min(OB);
+            let mut init = [0f32; OB];
+            if let Some(bias) = bias {
+                init[..valid].copy_from_slice(&bias[b * OB..b * OB + valid]);
+            }
+            for y in 0..s.oh {
+                let mut x0 = 0;
+                while x0 < s.ow {
+                    let n = (s.ow - x0).min(LANES);
+                    let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
+                    let mut acc = [_mm512_setzero_ps(); OB];
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_set1_ps(init[l]);
+                    }
+                    for c in 0..s.ci {
+                        let wc = wb.as_ptr().add(c * taps * OB);
+                        for ki in 0..s.kh {
+                            let row = xp.as_ptr().add((c * hp + y + ki) * wp + x0);
+                            for kj in 0..s.kw {
+                                let v = _mm512_maskz_loadu_ps(mask, row.add(kj));
+                                let wt = wc.add((ki * s.kw + kj) * OB);
+                                for (l, a) in acc.iter_mut().enumerate() {
+                                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*wt.add(l)), v, *a);
+                                }
+                            }
+                        }
+                    }
+                    for (l, a) in acc.iter().enumerate().take(valid) {
+                        let dst = out.as_mut_ptr().add((b * OB + l) * plane + y * s.ow + x0);
+                        _mm512_mask_storeu_ps(dst, mask, *a);
+                    }
+                    x0 += n;
+                }
+            }
+        }
+    }
+}
+
+/// Forward conv of one image per call, through [`correlate`].
+pub(crate) struct Forward {
+    packed: Vec<f32>,
+    s: Shape,
+}
+
+impl Forward {
+    /// Packs `w[o, c, kh, kw]` for `g` (which must be [`usable`]).
+    pub(crate) fn new(w: &[f32], g: &ConvGeom) -> Self {
+        let taps = g.kh * g.kw;
+        let packed = pack(g.o, g.c, taps, |o, c, t| w[(o * g.c + c) * taps + t]);
+        let s = Shape {
+            ci: g.c,
+            h: g.h,
+            w: g.w,
+            co: g.o,
+            kh: g.kh,
+            kw: g.kw,
+            ph: g.p.padding[0],
+            pw: g.p.padding[1],
+            oh: g.oh,
+            ow: g.ow,
+        };
+        Forward { packed, s }
+    }
+
+    /// `y[o, oh, ow]` of image `x[c, h, w]`.
+    pub(crate) fn image(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        correlate(x, &self.packed, bias, y, &self.s);
+    }
+}
+
+/// Input gradient of one image per call: the full correlation of `dy` with the filters
+/// flipped in both spatial axes and transposed (`w'[c, o, ki, kj] = w[o, c, kh−1−ki,
+/// kw−1−kj]`), padded by `k − 1 − p`.
+pub(crate) struct GradInput {
+    packed: Vec<f32>,
+    s: Shape,
+}
+
+impl GradInput {
+    /// Packs the flipped filters for `g` (which must be [`usable`]).
+    pub(crate) fn new(w: &[f32], g: &ConvGeom) -> Self {
+        let taps = g.kh * g.kw;
+        let packed = pack(g.c, g.o, taps, |c, o, t| {
+            let (ki, kj) = (t / g.kw, t % g.kw);
+            let flipped = (g.kh - 1 - ki) * g.kw + (g.kw - 1 - kj);
+            w[(o * g.c + c) * taps + flipped]
+        });
+        let s = Shape {
+            ci: g.o,
+            h: g.oh,
+            w: g.ow,
+            co: g.c,
+            kh: g.kh,
+            kw: g.kw,
+            ph: g.kh - 1 - g.p.padding[0],
+            pw: g.kw - 1 - g.p.padding[1],
+            oh: g.h,
+            ow: g.w,
+        };
+        GradInput { packed, s }
+    }
+
+    /// `dx[c, h, w]` of image `dy[o, oh, ow]`.
+    pub(crate) fn image(&self, dy: &[f32], dx: &mut [f32]) {
+        correlate(dy, &self.packed, None, dx, &self.s);
+    }
+}
+
+/// Register steps (16-pixel pieces of output rows) per tile of the weight gradient: the
+/// tile's repacked `dy` (16 channels x 16 lanes per step, 1 KiB) stays in L1 while every input
+/// channel and tap passes over it.
+const TILE_STEPS: usize = 16;
+
+/// Weight gradient of a chunk of images, accumulated in 16-lane partial sums.
+pub(crate) struct GradWeight {
+    s: Shape,
+    /// `[o / OB][c][tap][o % OB][lane]` partial sums.
+    acc: Vec<f32>,
+}
+
+impl GradWeight {
+    /// An empty accumulator for `g` (which must be [`usable`]).
+    pub(crate) fn new(g: &ConvGeom) -> Self {
+        let s = Shape {
+            ci: g.c,
+            h: g.h,
+            w: g.w,
+            co: g.o,
+            kh: g.kh,
+            kw: g.kw,
+            ph: g.p.padding[0],
+            pw: g.p.padding[1],
+            oh: g.oh,
+            ow: g.ow,
+        };
+        let acc = vec![0f32; g.o.div_ceil(OB) * g.c * s.taps() * OB * LANES];
+        GradWeight { s, acc }
+    }
+
+    /// Adds image `x[c, h, w]`, `dy[o, oh, ow]`.
+    pub(crate) fn add_image(&mut self, x: &[f32], dy: &[f32]) {
+        let s = self.s;
+        let len = s.ci * s.padded_h() * s.padded_w();
+        let acc = &mut self.acc;
+        with_scratch(len, |xp| {
+            pad_into(x, xp, &s);
+            #[cfg(target_arch = "x86_64")]
+            {
+                assert!(isa() == Isa::Avx512, "direct conv needs AVX-512");
+                assert!(dy.len() >= s.co * s.oh * s.ow);
+                assert!(acc.len() >= s.co.div_ceil(OB) * s.ci * s.taps() * OB * LANES);
+                assert!(s.oh + s.kh - 1 <= s.padded_h() && s.ow + s.kw - 1 <= s.padded_w());
+                // SAFETY: AVX-512F was detected; the asserts bound every access.
+                unsafe { grad_weight_avx512(xp, dy, acc, &s) }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (dy, acc);
+                unreachable!("direct conv is only selected on x86-64 with AVX-512")
+            }
+        })
+    }
+
+    /// The summed gradient `dw[o, c, kh, kw]`, added to `dw`.
+    pub(crate) fn finish_into(&self, dw: &mut [f32]) {
+        let s = &self.s;
+        let taps = s.taps();
+        for o in 0..s.co {
+            let (b, l) = (o / OB, o % OB);
+            for c in 0..s.ci {
+                for t in 0..taps {
+                    let at = (((b * s.ci + c) * taps + t) * OB + l) * LANES;
+                    let lanes = &self.acc[at..at + LANES];
+                    dw[(o * s.ci + c) * taps + t] += lanes.iter().sum::<f32>();
+                }
+            }
+        }
+    }
+}
+
+/// `acc[b][c][t][l][lane] += Σ_{y, x ≡ lane} dy[b·OB + l, y, x] · xp[c, y + ki, x + kj]`.
+///
+/// Output rows are cut into 16-pixel steps (masked at a row's end) and the steps into tiles of
+/// [`TILE_STEPS`]. Each tile's `dy` is first copied to `[step][channel][lane]` (zeros past a
+/// row's end and past `co`), so the inner loop reads it at fixed offsets from one pointer:
+/// per step one masked input load and 16 fused multiply-adds with memory operands.
+///
+/// # Safety
+/// AVX-512F must be available; `xp` holds `ci` padded planes, `dy` at least `co·oh·ow` values,
+/// `acc` the blocks of [`GradWeight`], and `oh + kh − 1 ≤ padded_h`, `ow + kw − 1 ≤ padded_w`
+/// (so, as in `correlate_avx512`, masked loads stay inside their rows).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_weight_avx512(xp: &[f32], dy: &[f32], acc: &mut [f32], s: &Shape) {
+    use std::arch::x86_64::*;
+    let (hp, wp, taps) = (s.padded_h(), s.padded_w(), s.taps());
+    let plane = s.oh * s.ow;
+    // Every step of the image: (output row, first pixel, pixels).
+    let steps: Vec<(usize, usize, usize)> = (0..s.oh)
+        .flat_map(|y| {
+            (0..s.ow)
+                .step_by(LANES)
+                .map(move |x0| (y, x0, (s.ow - x0).min(LANES)))
+        })
+        .collect();
+    let mut tile = vec![0f32; TILE_STEPS * OB * LANES];
+    // SAFETY: the caller guarantees AVX-512F and the bounds in the contract above; `tile`
+    // holds TILE_STEPS steps of OB x LANES values.
+    unsafe {
+        for b in 0..s.co.div_ceil(OB) {
+            let valid = (s.co - b * OB).min(OB);
+            for chunk in steps.chunks(TILE_STEPS) {
+                tile.fill(0.0);
+                for (k, &(y, x0, n)) in chunk.iter().enumerate() {
+                    for l in 0..valid {
+                        let src = &dy[(b * OB + l) * plane + y * s.ow + x0..][..n];
+                        tile[(k * OB + l) * LANES..][..n].copy_from_slice(src);
+                    }
+                }
+                let tp = tile.as_ptr();
+                for c in 0..s.ci {
+                    for t in 0..taps {
+                        let (ki, kj) = (t / s.kw, t % s.kw);
+                        let at = acc
+                            .as_mut_ptr()
+                            .add((((b * s.ci + c) * taps + t) * OB) * LANES);
+                        let mut a = [_mm512_setzero_ps(); OB];
+                        for (l, v) in a.iter_mut().enumerate() {
+                            *v = _mm512_loadu_ps(at.add(l * LANES));
+                        }
+                        let base = xp.as_ptr().add(c * hp * wp + ki * wp + kj);
+                        for (k, &(y, x0, n)) in chunk.iter().enumerate() {
+                            let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
+                            let xv = _mm512_maskz_loadu_ps(mask, base.add(y * wp + x0));
+                            let d = tp.add(k * OB * LANES);
+                            for (l, v) in a.iter_mut().enumerate() {
+                                *v = _mm512_fmadd_ps(_mm512_loadu_ps(d.add(l * LANES)), xv, *v);
+                            }
+                        }
+                        for (l, v) in a.iter().enumerate() {
+                            _mm512_storeu_ps(at.add(l * LANES), *v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
