@@ -7,6 +7,7 @@
 //! - [`mod@reference`]: the same ops from plain candle ops, used as test oracles and as the
 //!   fallback on non-CPU devices and non-`f32` dtypes.
 //!
+//! - [`relu`]: one fused pass forward and backward (candle's backward takes four).
 //! - [`tune_allocator`]: glibc `malloc` settings that keep large freed buffers for reuse.
 //!
 //! This is the only mpq crate allowed `unsafe`; it is confined to the GEMM call, the
@@ -22,6 +23,7 @@ mod direct;
 mod im2col;
 mod params;
 pub mod reference;
+mod relu;
 mod scratch;
 pub mod simd;
 mod storage;
@@ -30,6 +32,7 @@ pub use alloc::tune_allocator;
 pub use batch_norm::{batch_norm_eval, batch_norm_train};
 pub use conv2d::conv2d;
 pub use params::Conv2dParams;
+pub use relu::relu;
 
 // Pooling with padding (added by the lead; keep these two lines).
 mod pool;

@@ -421,3 +421,23 @@ fn batch_norm_grads_match_finite_differences() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn relu_matches_candle_and_passes_no_gradient_at_zero() -> Result<()> {
+    let mut rng = Rng(0x5eed_0007);
+    // Odd length over several rayon blocks; continuous values (no exact zeros).
+    let x = Var::from_tensor(&rng.tensor(&[3, 7, 41, 53])?)?;
+    let (fast, slow) = (mpq_kernels::relu(&x)?, x.relu()?);
+    assert_close(&fast, &slow, 0.0, "relu value")?;
+    let r = rng.tensor(fast.dims())?;
+    let gf = (&fast * &r)?.sum_all()?.backward()?;
+    let gs = (&slow * &r)?.sum_all()?.backward()?;
+    let (a, e) = (gf.get(&x).expect("fast grad"), gs.get(&x).expect("slow grad"));
+    assert_close(a, e, 0.0, "relu gradient")?;
+    // PyTorch's convention at exactly 0 (and for negatives): no gradient.
+    let z = Var::from_tensor(&Tensor::new(&[-1f32, 0.0, 2.0], &Device::Cpu)?)?;
+    let g = mpq_kernels::relu(&z)?.sum_all()?.backward()?;
+    let dz: Vec<f32> = g.get(&z).expect("grad").to_vec1()?;
+    assert_eq!(dz, [0.0, 0.0, 1.0]);
+    Ok(())
+}

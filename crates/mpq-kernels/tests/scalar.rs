@@ -243,6 +243,13 @@ fn scalar_path_matches_references() -> Result<()> {
     check_max_pool(&mut rng, &[2, 3, 8, 8], 2, 2, 0)?;
     check_max_pool(&mut rng, &[2, 3, 10, 11], 3, 3, 0)?;
     check_max_pool(&mut rng, &[2, 3, 9, 9], 3, 2, 1)?;
+    check(
+        "relu",
+        &[rng.tensor(&[3, 5, 7, 11])?],
+        &|t| mpq_kernels::relu(&t[0]),
+        &|t| t[0].relu(),
+        &mut rng,
+    )?;
     check_avg_pool(&mut rng, &[2, 3, 8, 8], 2, 0)?;
     check_avg_pool(&mut rng, &[2, 3, 10, 10], 3, 1)?;
     println!("{MARK}{fp:016x}");

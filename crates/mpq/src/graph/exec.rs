@@ -124,7 +124,7 @@ impl Graph {
                 Op::BatchNorm2d(spec) => {
                     self.batch_norm(&node.name, input(0)?, spec.eps, spec.momentum, opts)?
                 }
-                Op::Relu => input(0)?.relu()?,
+                Op::Relu => ops::relu(input(0)?)?,
                 Op::Relu6 => ops::relu6(input(0)?)?,
                 Op::MaxPool2d(p) => ops::max_pool2d(input(0)?, p)?,
                 Op::AvgPool2d(p) => ops::avg_pool2d(input(0)?, p)?,

@@ -24,6 +24,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, spec: &Conv2dSpec) 
     Ok(mpq_kernels::conv2d(x, w, bias, &p)?)
 }
 
+/// `max(x, 0)`: the fused one-pass op of `mpq-kernels` (candle's own `relu` under stock ops).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if stock_ops() {
+        return Ok(x.relu()?);
+    }
+    Ok(mpq_kernels::relu(x)?)
+}
+
 /// Whether `MPQ_STOCK_OPS=1` (read once) or [`set_stock_ops`] asks for candle's own
 /// operations instead of the fast kernels (for benchmarks that measure what the kernels gain).
 pub fn stock_ops() -> bool {
@@ -108,5 +116,5 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 
 /// `min(max(x, 0), 6)`.
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    Ok(x.relu()?.minimum(6f64)?)
+    Ok(relu(x)?.minimum(6f64)?)
 }
