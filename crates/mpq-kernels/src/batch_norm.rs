@@ -9,6 +9,9 @@ use crate::simd::multiversion;
 use crate::storage::{fast_path, slice_f32, with_f32};
 use candle::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use crate::uninit::filled;
 use std::sync::{Arc, Mutex};
 
 /// `(n, c, plane)` view of an `[n, c, ...]` tensor.
@@ -368,45 +371,51 @@ fn affine(
     coef: impl Fn(usize) -> (f32, f32, f32) + Sync,
 ) -> Vec<f32> {
     let coefs: Vec<(f32, f32, f32)> = (0..c).map(coef).collect();
-    let mut out = vec![0f32; n * c * p];
     if p == 0 {
-        return out;
+        return Vec::new();
     }
     let min_len = (16384 / p).max(1);
-    out.par_chunks_mut(p)
-        .enumerate()
-        .with_min_len(min_len)
-        .for_each(|(i, o)| {
-            let (a, b, k) = coefs[i % c];
-            let us = &u[i * p..(i + 1) * p];
-            match v {
-                Some(v) => affine2(o, us, &v[i * p..(i + 1) * p], a, b, k),
-                None => affine1(o, us, a, k),
-            }
-        });
-    out
+    // SAFETY: the planes cover the output and `affine1`/`affine2` write every element of
+    // theirs (`u` and `v` hold `n·c·p` values).
+    unsafe {
+        filled(n * c * p, |out| {
+            out.par_chunks_mut(p)
+                .enumerate()
+                .with_min_len(min_len)
+                .for_each(|(i, o)| {
+                    let (a, b, k) = coefs[i % c];
+                    let us = &u[i * p..(i + 1) * p];
+                    match v {
+                        Some(v) => affine2(o, us, &v[i * p..(i + 1) * p], a, b, k),
+                        None => affine1(o, us, a, k),
+                    }
+                })
+        })
+    }
 }
 
 multiversion! {
     /// `o = a·u + b·v + k` elementwise.
-    fn affine2(o: &mut [f32], u: &[f32], v: &[f32], a: f32, b: f32, k: f32) = affine2_impl;
+    fn affine2(o: &mut [MaybeUninit<f32>], u: &[f32], v: &[f32], a: f32, b: f32, k: f32) = affine2_impl;
 }
 
 #[inline(always)]
-fn affine2_impl(o: &mut [f32], u: &[f32], v: &[f32], a: f32, b: f32, k: f32) {
+fn affine2_impl(o: &mut [MaybeUninit<f32>], u: &[f32], v: &[f32], a: f32, b: f32, k: f32) {
+    assert!(u.len() >= o.len() && v.len() >= o.len());
     for ((o, &uu), &vv) in o.iter_mut().zip(u).zip(v) {
-        *o = a * uu + b * vv + k;
+        o.write(a * uu + b * vv + k);
     }
 }
 
 multiversion! {
     /// `o = a·u + k` elementwise.
-    fn affine1(o: &mut [f32], u: &[f32], a: f32, k: f32) = affine1_impl;
+    fn affine1(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) = affine1_impl;
 }
 
 #[inline(always)]
-fn affine1_impl(o: &mut [f32], u: &[f32], a: f32, k: f32) {
+fn affine1_impl(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) {
+    assert!(u.len() >= o.len());
     for (o, &uu) in o.iter_mut().zip(u) {
-        *o = a * uu + k;
+        o.write(a * uu + k);
     }
 }

@@ -10,6 +10,7 @@ use crate::im2col::{col2im_add, im2col};
 use crate::params::ConvGeom;
 use crate::scratch::with_scratch;
 use crate::simd::{Mat, sgemm};
+use crate::uninit::filled;
 use rayon::prelude::*;
 
 /// Whether to parallelize over images (true) or inside each GEMM (false).
@@ -19,9 +20,9 @@ fn batch_parallel(n: usize) -> bool {
 }
 
 /// Runs `f(image, out_chunk, par_gemm)` for each image's `per`-sized chunk of `out`.
-fn for_each_image<F>(out: &mut [f32], per: usize, n: usize, f: F)
+fn for_each_image<T: Send, F>(out: &mut [T], per: usize, n: usize, f: F)
 where
-    F: Fn(usize, &mut [f32], bool) + Sync,
+    F: Fn(usize, &mut [T], bool) + Sync,
 {
     if per == 0 {
         return;
@@ -40,14 +41,19 @@ where
 /// Forward conv: `y[n, o, oh, ow]` from `x[n, c, h, w]`, `w[o, cg, kh, kw]`, optional bias.
 pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
-    let mut y = vec![0f32; g.n * g.o * p];
     if direct::usable(g) {
         let f = direct::Forward::new(w, g);
-        for_each_image(&mut y, g.o * p, g.n, |n, yn, _| {
-            f.image(&x[n * g.c * hw..(n + 1) * g.c * hw], bias, yn)
-        });
-        return y;
+        // SAFETY: the images' chunks cover the output and `Forward::image` writes all of its
+        // chunk.
+        return unsafe {
+            filled(g.n * g.o * p, |y| {
+                for_each_image(y, g.o * p, g.n, |n, yn, _| {
+                    f.image(&x[n * g.c * hw..(n + 1) * g.c * hw], bias, yn)
+                })
+            })
+        };
     }
+    let mut y = vec![0f32; g.n * g.o * p];
     let col_len = if g.is_pointwise() { 0 } else { k * p };
     for_each_image(&mut y, g.o * p, g.n, |n, yn, par| {
         let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
@@ -81,14 +87,18 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) 
 /// Input gradient: `dx[n, c, h, w]` from `dy[n, o, oh, ow]` and `w[o, cg, kh, kw]`.
 pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
-    let mut dx = vec![0f32; g.n * g.c * hw];
     if direct::usable(g) {
         let f = direct::GradInput::new(w, g);
-        for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, _| {
-            f.image(&dy[n * g.o * p..(n + 1) * g.o * p], dxn)
-        });
-        return dx;
+        // SAFETY: as in `forward`: `GradInput::image` writes all of its chunk.
+        return unsafe {
+            filled(g.n * g.c * hw, |dx| {
+                for_each_image(dx, g.c * hw, g.n, |n, dxn, _| {
+                    f.image(&dy[n * g.o * p..(n + 1) * g.o * p], dxn)
+                })
+            })
+        };
     }
+    let mut dx = vec![0f32; g.n * g.c * hw];
     let col_len = if g.is_pointwise() { 0 } else { k * p };
     for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, par| {
         let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];

@@ -12,12 +12,19 @@
 //! Runs only where AVX-512F was detected (and the scalar fallback is not forced); elsewhere,
 //! and for strided, dilated, grouped or pointwise convs, `conv_gemm` does the work.
 
+use std::mem::MaybeUninit;
+
 use crate::params::ConvGeom;
 use crate::scratch::with_scratch;
 use crate::simd::{Isa, isa};
 
-/// Output channels per register block.
+/// Output channels per register block of the weight gradient.
 const OB: usize = 16;
+/// Output channels per register block of a correlation (forward, input gradient).
+const CB: usize = 8;
+/// 16-pixel steps per register block of a correlation: `CB x STEPS` accumulators, so each
+/// broadcast weight feeds `STEPS` fused multiply-adds.
+const STEPS: usize = 3;
 /// Output pixels per register (one `zmm` of f32).
 const LANES: usize = 16;
 
@@ -62,16 +69,16 @@ impl Shape {
     }
 }
 
-/// Packs filters `f(o, c, t)` (tap `t = ki·kw + kj`) as `[o / OB][c][t][o % OB]`, zero-padding
+/// Packs filters `f(o, c, t)` (tap `t = ki·kw + kj`) as `[o / CB][c][t][o % CB]`, zero-padding
 /// the last block of output channels.
 fn pack(co: usize, ci: usize, taps: usize, f: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
-    let blocks = co.div_ceil(OB);
-    let mut p = vec![0f32; blocks * ci * taps * OB];
+    let blocks = co.div_ceil(CB);
+    let mut p = vec![0f32; blocks * ci * taps * CB];
     for o in 0..co {
-        let (b, l) = (o / OB, o % OB);
+        let (b, l) = (o / CB, o % CB);
         for c in 0..ci {
             for t in 0..taps {
-                p[((b * ci + c) * taps + t) * OB + l] = f(o, c, t);
+                p[((b * ci + c) * taps + t) * CB + l] = f(o, c, t);
             }
         }
     }
@@ -94,18 +101,28 @@ fn pad_into(x: &[f32], xp: &mut [f32], s: &Shape) {
     }
 }
 
-/// Correlates one image: `out[co, oh, ow]` (overwritten, plus `bias`) from `x[ci, h, w]`.
-fn correlate(x: &[f32], packed: &[f32], bias: Option<&[f32]>, out: &mut [f32], s: &Shape) {
+/// Correlates one image: `out[co, oh, ow]` (every element written, plus `bias`) from
+/// `x[ci, h, w]`.
+fn correlate(
+    x: &[f32],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
+    s: &Shape,
+) {
     let len = s.ci * s.padded_h() * s.padded_w();
     with_scratch(len, |xp| {
         pad_into(x, xp, s);
         #[cfg(target_arch = "x86_64")]
         {
-            assert!(isa() == Isa::Avx512, "direct conv needs AVX-512");
-            assert!(packed.len() >= s.co.div_ceil(OB) * s.ci * s.taps() * OB);
+            assert!(
+                std::is_x86_feature_detected!("avx512f"),
+                "direct conv needs AVX-512"
+            );
+            assert!(packed.len() >= s.co.div_ceil(CB) * s.ci * s.taps() * CB);
             assert!(out.len() >= s.co * s.oh * s.ow);
             assert!(s.oh + s.kh - 1 <= s.padded_h() && s.ow + s.kw - 1 <= s.padded_w());
-            // SAFETY: AVX-512F was detected (`isa()`); the asserts above bound every access
+            // SAFETY: AVX-512F was detected just above; the asserts above bound every access
             // `correlate_avx512` makes (see its comments).
             unsafe { correlate_avx512(xp, packed, bias, out, s) }
         }
@@ -117,11 +134,13 @@ fn correlate(x: &[f32], packed: &[f32], bias: Option<&[f32]>, out: &mut [f32], s
     })
 }
 
-/// The register-blocked loop nest.
+/// The register-blocked loop nest: output pixels are cut into 16-pixel steps (one row piece
+/// each, masked at a row's end), and every block of [`CB`] output channels x [`STEPS`] steps
+/// is accumulated in registers over all input channels and taps.
 ///
 /// # Safety
 /// AVX-512F must be available. `xp` holds `ci` padded planes of `padded_h x padded_w`,
-/// `packed` the packed filters of `co.div_ceil(OB)` blocks, `out` at least `co·oh·ow` values,
+/// `packed` the packed filters of `co.div_ceil(CB)` blocks, `out` at least `co·oh·ow` values,
 /// and `oh + kh − 1 ≤ padded_h`, `ow + kw − 1 ≤ padded_w`. Loads read lanes `< n` of
 /// `xp[row + x0 + kj ..]` with `x0 + n ≤ ow`, so the last lane read is
 /// `x0 + n − 1 + kw − 1 ≤ padded_w − 1`: inside the row.
@@ -131,50 +150,99 @@ unsafe fn correlate_avx512(
     xp: &[f32],
     packed: &[f32],
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
+    s: &Shape,
+) {
+    let steps: Vec<(usize, usize, usize)> = (0..s.oh)
+        .flat_map(|y| {
+            (0..s.ow)
+                .step_by(LANES)
+                .map(move |x0| (y, x0, (s.ow - x0).min(LANES)))
+        })
+        .collect();
+    let taps = s.taps();
+    for b in 0..s.co.div_ceil(CB) {
+        let valid = (s.co - b * CB).min(CB);
+        let mut init = [0f32; CB];
+        if let Some(bias) = bias {
+            init[..valid].copy_from_slice(&bias[b * CB..b * CB + valid]);
+        }
+        let wb = &packed[b * s.ci * taps * CB..(b + 1) * s.ci * taps * CB];
+        let out_b = &mut out[b * CB * s.oh * s.ow..];
+        let mut chunks = steps.chunks_exact(STEPS);
+        for group in chunks.by_ref() {
+            // SAFETY: the caller's contract; `group` holds STEPS steps of this image.
+            unsafe { correlate_block::<STEPS>(xp, wb, &init, valid, group, out_b, s) }
+        }
+        match chunks.remainder() {
+            [] => {}
+            // SAFETY: as above, with 1 or 2 steps.
+            [one] => unsafe { correlate_block::<1>(xp, wb, &init, valid, &[*one], out_b, s) },
+            two => unsafe { correlate_block::<2>(xp, wb, &init, valid, two, out_b, s) },
+        }
+    }
+}
+
+/// One register block: channels `0..valid` of the block `wb` at the `P` steps `group`,
+/// written to `out` (the block's first channel plane onwards).
+///
+/// # Safety
+/// As [`correlate_avx512`]; `group.len() == P`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn correlate_block<const P: usize>(
+    xp: &[f32],
+    wb: &[f32],
+    init: &[f32; CB],
+    valid: usize,
+    group: &[(usize, usize, usize)],
+    out: &mut [MaybeUninit<f32>],
     s: &Shape,
 ) {
     use std::arch::x86_64::*;
     let (hp, wp, taps) = (s.padded_h(), s.padded_w(), s.taps());
     let plane = s.oh * s.ow;
-    // SAFETY: the caller guarantees AVX-512F and the bounds in the contract above; every
-    // pointer below stays inside `wb`, `xp` or `out` by those bounds.
+    let mut masks: [__mmask16; P] = [0; P];
+    let mut offs = [0usize; P];
+    for (p, &(y, x0, n)) in group.iter().enumerate() {
+        masks[p] = if n == LANES { !0 } else { (1u16 << n) - 1 };
+        offs[p] = y * wp + x0;
+    }
+    let mut acc = [[_mm512_setzero_ps(); P]; CB];
+    for (l, row) in acc.iter_mut().enumerate() {
+        for a in row.iter_mut() {
+            *a = _mm512_set1_ps(init[l]);
+        }
+    }
+    // SAFETY: the caller's contract bounds every pointer below.
     unsafe {
-        for b in 0..s.co.div_ceil(OB) {
-            let wb = &packed[b * s.ci * taps * OB..(b + 1) * s.ci * taps * OB];
-            let valid = (s.co - b * OB).min(OB);
-            let mut init = [0f32; OB];
-            if let Some(bias) = bias {
-                init[..valid].copy_from_slice(&bias[b * OB..b * OB + valid]);
-            }
-            for y in 0..s.oh {
-                let mut x0 = 0;
-                while x0 < s.ow {
-                    let n = (s.ow - x0).min(LANES);
-                    let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
-                    let mut acc = [_mm512_setzero_ps(); OB];
-                    for (l, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_set1_ps(init[l]);
+        for c in 0..s.ci {
+            let wc = wb.as_ptr().add(c * taps * CB);
+            let xc = xp.as_ptr().add(c * hp * wp);
+            for ki in 0..s.kh {
+                for kj in 0..s.kw {
+                    let tap = ki * wp + kj;
+                    let mut v = [_mm512_setzero_ps(); P];
+                    for p in 0..P {
+                        v[p] = _mm512_maskz_loadu_ps(masks[p], xc.add(offs[p] + tap));
                     }
-                    for c in 0..s.ci {
-                        let wc = wb.as_ptr().add(c * taps * OB);
-                        for ki in 0..s.kh {
-                            let row = xp.as_ptr().add((c * hp + y + ki) * wp + x0);
-                            for kj in 0..s.kw {
-                                let v = _mm512_maskz_loadu_ps(mask, row.add(kj));
-                                let wt = wc.add((ki * s.kw + kj) * OB);
-                                for (l, a) in acc.iter_mut().enumerate() {
-                                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*wt.add(l)), v, *a);
-                                }
-                            }
+                    let wt = wc.add((ki * s.kw + kj) * CB);
+                    for (l, row) in acc.iter_mut().enumerate() {
+                        let w = _mm512_set1_ps(*wt.add(l));
+                        for p in 0..P {
+                            row[p] = _mm512_fmadd_ps(w, v[p], row[p]);
                         }
                     }
-                    for (l, a) in acc.iter().enumerate().take(valid) {
-                        let dst = out.as_mut_ptr().add((b * OB + l) * plane + y * s.ow + x0);
-                        _mm512_mask_storeu_ps(dst, mask, *a);
-                    }
-                    x0 += n;
                 }
+            }
+        }
+        for (l, row) in acc.iter().enumerate().take(valid) {
+            for (p, &(y, x0, _)) in group.iter().enumerate() {
+                let dst = out
+                    .as_mut_ptr()
+                    .add(l * plane + y * s.ow + x0)
+                    .cast::<f32>();
+                _mm512_mask_storeu_ps(dst, masks[p], row[p]);
             }
         }
     }
@@ -207,7 +275,7 @@ impl Forward {
     }
 
     /// `y[o, oh, ow]` of image `x[c, h, w]`.
-    pub(crate) fn image(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    pub(crate) fn image(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
         correlate(x, &self.packed, bias, y, &self.s);
     }
 }
@@ -245,7 +313,7 @@ impl GradInput {
     }
 
     /// `dx[c, h, w]` of image `dy[o, oh, ow]`.
-    pub(crate) fn image(&self, dy: &[f32], dx: &mut [f32]) {
+    pub(crate) fn image(&self, dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         correlate(dy, &self.packed, None, dx, &self.s);
     }
 }
@@ -290,11 +358,14 @@ impl GradWeight {
             pad_into(x, xp, &s);
             #[cfg(target_arch = "x86_64")]
             {
-                assert!(isa() == Isa::Avx512, "direct conv needs AVX-512");
+                assert!(
+                    std::is_x86_feature_detected!("avx512f"),
+                    "direct conv needs AVX-512"
+                );
                 assert!(dy.len() >= s.co * s.oh * s.ow);
                 assert!(acc.len() >= s.co.div_ceil(OB) * s.ci * s.taps() * OB * LANES);
                 assert!(s.oh + s.kh - 1 <= s.padded_h() && s.ow + s.kw - 1 <= s.padded_w());
-                // SAFETY: AVX-512F was detected; the asserts bound every access.
+                // SAFETY: AVX-512F was detected just above; the asserts bound every access.
                 unsafe { grad_weight_avx512(xp, dy, acc, &s) }
             }
             #[cfg(not(target_arch = "x86_64"))]

@@ -27,6 +27,7 @@ mod relu;
 mod scratch;
 pub mod simd;
 mod storage;
+mod uninit;
 
 pub use alloc::tune_allocator;
 pub use batch_norm::{batch_norm_eval, batch_norm_train};

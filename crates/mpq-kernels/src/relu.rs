@@ -6,7 +6,10 @@
 //! `dx = dy where y > 0, else 0` — PyTorch's convention (`threshold_backward`): no gradient
 //! at exactly 0, where candle passes it.
 
+use std::mem::MaybeUninit;
+
 use crate::storage::{fast_path, slice_f32};
+use crate::uninit::filled;
 use candle::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -33,10 +36,14 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice_f32(s, l)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(BLOCK)
-            .zip(x.par_chunks(BLOCK))
-            .for_each(|(y, x)| forward(x, y));
+        // SAFETY: the chunks cover `y` and `forward` writes every element of its chunk.
+        let y = unsafe {
+            filled(x.len(), |y| {
+                y.par_chunks_mut(BLOCK)
+                    .zip(x.par_chunks(BLOCK))
+                    .for_each(|(y, x)| forward(x, y))
+            })
+        };
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -68,32 +75,36 @@ impl CustomOp2 for ReluBackward {
                 dy.len()
             );
         }
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(BLOCK)
-            .zip(y.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
-            .for_each(|(dx, (y, dy))| backward(y, dy, dx));
+        // SAFETY: the chunks cover `dx` and `backward` writes every element of its chunk.
+        let dx = unsafe {
+            filled(y.len(), |dx| {
+                dx.par_chunks_mut(BLOCK)
+                    .zip(y.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
+                    .for_each(|(dx, (y, dy))| backward(y, dy, dx))
+            })
+        };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
 crate::simd::multiversion! {
-    fn forward(x: &[f32], y: &mut [f32]) = forward_impl;
+    fn forward(x: &[f32], y: &mut [MaybeUninit<f32>]) = forward_impl;
 }
 
 #[inline(always)]
-fn forward_impl(x: &[f32], y: &mut [f32]) {
+fn forward_impl(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = if x > 0.0 { x } else { 0.0 };
+        y.write(if x > 0.0 { x } else { 0.0 });
     }
 }
 
 crate::simd::multiversion! {
-    fn backward(y: &[f32], dy: &[f32], dx: &mut [f32]) = backward_impl;
+    fn backward(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) = backward_impl;
 }
 
 #[inline(always)]
-fn backward_impl(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+fn backward_impl(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
     for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-        *dx = if y > 0.0 { g } else { 0.0 };
+        dx.write(if y > 0.0 { g } else { 0.0 });
     }
 }

@@ -432,7 +432,10 @@ fn relu_matches_candle_and_passes_no_gradient_at_zero() -> Result<()> {
     let r = rng.tensor(fast.dims())?;
     let gf = (&fast * &r)?.sum_all()?.backward()?;
     let gs = (&slow * &r)?.sum_all()?.backward()?;
-    let (a, e) = (gf.get(&x).expect("fast grad"), gs.get(&x).expect("slow grad"));
+    let (a, e) = (
+        gf.get(&x).expect("fast grad"),
+        gs.get(&x).expect("slow grad"),
+    );
     assert_close(a, e, 0.0, "relu gradient")?;
     // PyTorch's convention at exactly 0 (and for negatives): no gradient.
     let z = Var::from_tensor(&Tensor::new(&[-1f32, 0.0, 2.0], &Device::Cpu)?)?;
