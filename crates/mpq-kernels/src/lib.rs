@@ -7,7 +7,7 @@
 //! - [`mod@reference`]: the same ops from plain candle ops, used as test oracles and as the
 //!   fallback on non-CPU devices and non-`f32` dtypes.
 //!
-//! - [`relu`]: one fused pass forward and backward (candle's backward takes four).
+//! - [`relu`], [`relu6`]: one fused pass forward and backward (candle's take four or more).
 //! - [`tune_allocator`]: glibc `malloc` settings that keep large freed buffers for reuse.
 //!
 //! This is the only mpq crate allowed `unsafe`; it is confined to the GEMM call, the
@@ -33,7 +33,7 @@ pub use alloc::tune_allocator;
 pub use batch_norm::{batch_norm_eval, batch_norm_train};
 pub use conv2d::conv2d;
 pub use params::Conv2dParams;
-pub use relu::relu;
+pub use relu::{relu, relu6};
 
 // Pooling with padding (added by the lead; keep these two lines).
 mod pool;

@@ -444,3 +444,25 @@ fn relu_matches_candle_and_passes_no_gradient_at_zero() -> Result<()> {
     assert_eq!(dz, [0.0, 0.0, 1.0]);
     Ok(())
 }
+
+#[test]
+fn relu6_matches_candle_and_clips_the_gradient() -> Result<()> {
+    let mut rng = Rng(0x5eed_0008);
+    // Values spread over both clips (no exact 0 or 6).
+    let x = Var::from_tensor(&(rng.tensor(&[2, 5, 33, 29])? * 8.0)?)?;
+    let (fast, slow) = (mpq_kernels::relu6(&x)?, x.relu()?.minimum(6f64)?);
+    assert_close(&fast, &slow, 0.0, "relu6 value")?;
+    let r = rng.tensor(fast.dims())?;
+    let gf = (&fast * &r)?.sum_all()?.backward()?;
+    let gs = (&slow * &r)?.sum_all()?.backward()?;
+    let (a, e) = (
+        gf.get(&x).expect("fast grad"),
+        gs.get(&x).expect("slow grad"),
+    );
+    assert_close(a, e, 0.0, "relu6 gradient")?;
+    let z = Var::from_tensor(&Tensor::new(&[-1f32, 0.0, 3.0, 6.0, 7.0], &Device::Cpu)?)?;
+    let g = mpq_kernels::relu6(&z)?.sum_all()?.backward()?;
+    let dz: Vec<f32> = g.get(&z).expect("grad").to_vec1()?;
+    assert_eq!(dz, [0.0, 0.0, 1.0, 0.0, 0.0]);
+    Ok(())
+}
