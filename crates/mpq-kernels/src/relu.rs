@@ -110,6 +110,7 @@ crate::simd::multiversion! {
 
 #[inline(always)]
 fn forward_impl(x: &[f32], y: &mut [MaybeUninit<f32>], hi: f32) {
+    assert!(x.len() >= y.len());
     for (y, &x) in y.iter_mut().zip(x) {
         y.write(if x > 0.0 { x.min(hi) } else { 0.0 });
     }
@@ -121,7 +122,87 @@ crate::simd::multiversion! {
 
 #[inline(always)]
 fn backward_impl(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], hi: f32) {
+    assert!(y.len() >= dx.len() && dy.len() >= dx.len());
     for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
         dx.write(if y > 0.0 && y < hi { g } else { 0.0 });
+    }
+}
+
+/// `mask ? z : 0` elementwise with a `u8` mask of `z`'s shape (the frozen ReLU of the Hessian
+/// executor), differentiable in `z` (gradient `mask ? dy : 0`), in one pass each way. Falls
+/// back to candle's `where_cond` off the CPU or for non-`f32` `z`.
+pub fn masked(z: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if mask.dims() != z.dims() {
+        candle::bail!(
+            "masked: mask {:?} does not match {:?}",
+            mask.dims(),
+            z.dims()
+        );
+    }
+    let cpu_u8 = mask.device().is_cpu() && mask.dtype() == candle::DType::U8;
+    if !fast_path(&[z]) || !cpu_u8 {
+        let zero = Tensor::zeros((), z.dtype(), z.device())?.broadcast_as(z.shape())?;
+        return mask.where_cond(z, &zero);
+    }
+    z.contiguous()?.apply_op2(&mask.contiguous()?, Masked)
+}
+
+struct Masked;
+
+impl CustomOp2 for Masked {
+    fn name(&self) -> &'static str {
+        "mpq-masked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let z = slice_f32(s1, l1)?;
+        let m = match (s2, l2.contiguous_offsets()) {
+            (CpuStorage::U8(m), Some((a, b))) => &m[a..b],
+            _ => candle::bail!("masked: expected a contiguous u8 mask"),
+        };
+        if z.len() != m.len() {
+            candle::bail!("masked: {} values but {} mask entries", z.len(), m.len());
+        }
+        // SAFETY: the chunks cover the output and `apply_mask` writes every element of its
+        // chunk (`z` and `m` have its length).
+        let y = unsafe {
+            filled(z.len(), |y| {
+                y.par_chunks_mut(BLOCK)
+                    .zip(z.par_chunks(BLOCK).zip(m.par_chunks(BLOCK)))
+                    .for_each(|(y, (z, m))| apply_mask(z, m, y))
+            })
+        };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _z: &Tensor,
+        mask: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad_res
+            .contiguous()?
+            .apply_op2_no_bwd(&mask.contiguous()?, &Masked)?;
+        Ok((Some(g), None))
+    }
+}
+
+crate::simd::multiversion! {
+    fn apply_mask(z: &[f32], m: &[u8], y: &mut [MaybeUninit<f32>]) = apply_mask_impl;
+}
+
+#[inline(always)]
+fn apply_mask_impl(z: &[f32], m: &[u8], y: &mut [MaybeUninit<f32>]) {
+    assert!(z.len() >= y.len() && m.len() >= y.len());
+    for ((y, &z), &m) in y.iter_mut().zip(z).zip(m) {
+        y.write(if m != 0 { z } else { 0.0 });
     }
 }

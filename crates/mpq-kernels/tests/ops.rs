@@ -466,3 +466,25 @@ fn relu6_matches_candle_and_clips_the_gradient() -> Result<()> {
     assert_eq!(dz, [0.0, 0.0, 1.0, 0.0, 0.0]);
     Ok(())
 }
+
+#[test]
+fn masked_matches_where_cond_in_value_and_gradient() -> Result<()> {
+    let mut rng = Rng(0x5eed_0009);
+    let dims = [3, 4, 37, 23];
+    let z = Var::from_tensor(&rng.tensor(&dims)?)?;
+    let mask = rng.tensor(&dims)?.gt(0.2)?;
+    let zero = Tensor::zeros((), DType::F32, &Device::Cpu)?.broadcast_as(&dims[..])?;
+    let (fast, slow) = (mpq_kernels::masked(&z, &mask)?, mask.where_cond(&z, &zero)?);
+    assert_close(&fast, &slow, 0.0, "masked value")?;
+    let r = rng.tensor(&dims)?;
+    let gf = (&fast * &r)?.sum_all()?.backward()?;
+    let gs = (&slow * &r)?.sum_all()?.backward()?;
+    let (a, e) = (
+        gf.get(&z).expect("fast grad"),
+        gs.get(&z).expect("slow grad"),
+    );
+    assert_close(a, e, 0.0, "masked gradient")?;
+    // A mask of another shape is an error, not a panic.
+    assert!(mpq_kernels::masked(&z, &mask.narrow(0, 0, 1)?).is_err());
+    Ok(())
+}

@@ -178,14 +178,15 @@ impl Pass<'_> {
         match &mut self.patterns {
             PatternMode::Record(p) => {
                 p[id] = Some(z.gt(0f64)?);
-                Ok(z.relu()?)
+                graph::relu(z)
             }
-            // where_cond with a broadcast zero keeps only the u8 mask and `z` for backward.
+            // One pass each way; keeps only the u8 mask for backward (candle's `where_cond`
+            // for f64).
             PatternMode::Frozen(p) => match &p[id] {
-                Some(m) => Ok(m.where_cond(z, &zero_like(z)?)?),
+                Some(m) => Ok(mpq_kernels::masked(z, m)?),
                 None => Ok(z.relu()?),
             },
-            PatternMode::Free => Ok(z.relu()?),
+            PatternMode::Free => graph::relu(z),
         }
     }
 
@@ -232,11 +233,6 @@ impl Pass<'_> {
             _ => graph::max_pool2d(z, spec),
         }
     }
-}
-
-/// A zero of `z`'s dtype broadcast to its shape (no storage).
-fn zero_like(z: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::zeros((), z.dtype(), z.device())?.broadcast_as(z.shape())?)
 }
 
 /// The part of `z` (`[N, C, H, W]`) that non-overlapping windows (`kernel == stride`, no
