@@ -1,6 +1,7 @@
 //! `conv2d`: the fast CPU convolution as candle custom ops with backward.
 //!
-//! Dense and grouped convs run as im2col + GEMM (`conv_gemm`), depthwise convs as
+//! Stride-1 dense convs run as direct AVX-512 loops where the CPU has them (`direct`), other
+//! dense and grouped convs as im2col + GEMM (`conv_gemm`), depthwise convs as
 //! direct loops (`depthwise`). The backward pass calls the same fast kernels for the
 //! input, weight and bias gradients (those gradients are not themselves differentiable).
 

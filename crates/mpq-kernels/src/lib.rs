@@ -1,18 +1,21 @@
 //! Fast CPU kernels for mpq, as candle custom ops with backward passes.
 //!
-//! - [`conv2d`]: im2col + GEMM (the `gemm` crate, runtime-dispatched AVX2/AVX-512) for dense
+//! - [`conv2d`]: direct AVX-512 loops for stride-1 dense convs (forward and both gradients),
+//!   im2col + GEMM (the `gemm` crate, runtime-dispatched AVX2/AVX-512) for the other dense
 //!   and grouped convs, direct loops for depthwise; parallel over the batch with rayon.
 //! - [`batch_norm_train`] / [`batch_norm_eval`]: one statistics pass and one fused
 //!   elementwise pass per direction.
 //! - [`mod@reference`]: the same ops from plain candle ops, used as test oracles and as the
 //!   fallback on non-CPU devices and non-`f32` dtypes.
-//!
-//! - [`relu`], [`relu6`]: one fused pass forward and backward (candle's take four or more).
+//! - [`relu`], [`relu6`], [`masked`]: one fused pass forward and backward (candle's take four
+//!   or more).
 //! - [`tune_allocator`]: glibc `malloc` settings that keep large freed buffers for reuse.
 //!
 //! This is the only mpq crate allowed `unsafe`; it is confined to the GEMM call, the
-//! `#[target_feature]` dispatch in `simd` and the `mallopt` call in `alloc`. Hand-written loops have a scalar fallback that
-//! [`simd::set_force_scalar`] (or `MPQ_KERNELS_SCALAR=1`) selects for testing.
+//! `#[target_feature]` dispatch in `simd`, the AVX-512 intrinsics of `direct`, the
+//! unzeroed output buffers of `uninit` and the `mallopt` call in `alloc`. Hand-written loops
+//! have a scalar fallback that [`simd::set_force_scalar`] (or `MPQ_KERNELS_SCALAR=1`)
+//! selects for testing (the direct conv kernels then give way to im2col + GEMM).
 
 mod alloc;
 mod batch_norm;
