@@ -407,7 +407,6 @@ impl GradWeight {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn grad_weight_avx512(xp: &[f32], dy: &[f32], acc: &mut [f32], s: &Shape) {
-    use std::arch::x86_64::*;
     let (hp, wp, taps) = (s.padded_h(), s.padded_w(), s.taps());
     let plane = s.oh * s.ow;
     // Every step of the image: (output row, first pixel, pixels).
@@ -434,29 +433,82 @@ unsafe fn grad_weight_avx512(xp: &[f32], dy: &[f32], acc: &mut [f32], s: &Shape)
                 }
                 let tp = tile.as_ptr();
                 for c in 0..s.ci {
-                    for t in 0..taps {
-                        let (ki, kj) = (t / s.kw, t % s.kw);
-                        let at = acc
-                            .as_mut_ptr()
-                            .add((((b * s.ci + c) * taps + t) * OB) * LANES);
-                        let mut a = [_mm512_setzero_ps(); OB];
-                        for (l, v) in a.iter_mut().enumerate() {
-                            *v = _mm512_loadu_ps(at.add(l * LANES));
-                        }
-                        let base = xp.as_ptr().add(c * hp * wp + ki * wp + kj);
-                        for (k, &(y, x0, n)) in chunk.iter().enumerate() {
-                            let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
-                            let xv = _mm512_maskz_loadu_ps(mask, base.add(y * wp + x0));
-                            let d = tp.add(k * OB * LANES);
-                            for (l, v) in a.iter_mut().enumerate() {
-                                *v = _mm512_fmadd_ps(_mm512_loadu_ps(d.add(l * LANES)), xv, *v);
+                    for ki in 0..s.kh {
+                        let xrow = xp.as_ptr().add(c * hp * wp + ki * wp);
+                        let mut kj = 0;
+                        while kj < s.kw {
+                            let j = (s.kw - kj).min(GW_TAPS);
+                            let t = ki * s.kw + kj;
+                            let at = acc
+                                .as_mut_ptr()
+                                .add((((b * s.ci + c) * taps + t) * OB) * LANES);
+                            for h in 0..OB / GW_CH {
+                                let (at, d) =
+                                    (at.add(h * GW_CH * LANES), tp.add(h * GW_CH * LANES));
+                                let x = xrow.add(kj);
+                                match j {
+                                    3 => gw_block::<3>(at, x, wp, chunk, d),
+                                    2 => gw_block::<2>(at, x, wp, chunk, d),
+                                    _ => gw_block::<1>(at, x, wp, chunk, d),
+                                }
                             }
-                        }
-                        for (l, v) in a.iter().enumerate() {
-                            _mm512_storeu_ps(at.add(l * LANES), *v);
+                            kj += j;
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Channels per register block of the weight gradient (two blocks per tile of [`OB`]).
+const GW_CH: usize = 8;
+/// Taps per register block of the weight gradient: `GW_CH x GW_TAPS` accumulators, so each
+/// loaded `dy` vector feeds `GW_TAPS` fused multiply-adds and each input vector `GW_CH`.
+const GW_TAPS: usize = 3;
+
+/// Adds the tile's steps to `GW_CH` channels x `J` consecutive taps of one input channel and
+/// kernel row: `at` points at the first tap's first channel (taps `OB·LANES` apart, channels
+/// `LANES`), `x` at the input row's first tap column, `d` at the tile's first channel.
+///
+/// # Safety
+/// As `grad_weight_avx512`: AVX-512F, `J ≤` the taps left in the kernel row, and the tile
+/// holds `chunk.len()` steps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gw_block<const J: usize>(
+    at: *mut f32,
+    x: *const f32,
+    wp: usize,
+    chunk: &[(usize, usize, usize)],
+    d: *const f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract bounds every pointer below.
+    unsafe {
+        let mut a = [[_mm512_setzero_ps(); J]; GW_CH];
+        for (i, row) in a.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(at.add(j * OB * LANES + i * LANES));
+            }
+        }
+        for (k, &(y, x0, n)) in chunk.iter().enumerate() {
+            let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
+            let mut xv = [_mm512_setzero_ps(); J];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(mask, x.add(y * wp + x0 + j));
+            }
+            let dk = d.add(k * OB * LANES);
+            for (i, row) in a.iter_mut().enumerate() {
+                let dv = _mm512_loadu_ps(dk.add(i * LANES));
+                for (v, &xj) in row.iter_mut().zip(&xv) {
+                    *v = _mm512_fmadd_ps(dv, xj, *v);
+                }
+            }
+        }
+        for (i, row) in a.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(at.add(j * OB * LANES + i * LANES), *v);
             }
         }
     }
