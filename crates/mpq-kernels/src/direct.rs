@@ -58,6 +58,21 @@ struct Shape {
 }
 
 impl Shape {
+    /// The forward correlation of `g` (stride 1, dilation 1).
+    fn forward(g: &ConvGeom) -> Self {
+        Shape {
+            ci: g.c,
+            h: g.h,
+            w: g.w,
+            co: g.o,
+            kh: g.kh,
+            kw: g.kw,
+            ph: g.p.padding[0],
+            pw: g.p.padding[1],
+            oh: g.oh,
+            ow: g.ow,
+        }
+    }
     fn padded_h(&self) -> usize {
         self.h + 2 * self.ph
     }
@@ -259,18 +274,7 @@ impl Forward {
     pub(crate) fn new(w: &[f32], g: &ConvGeom) -> Self {
         let taps = g.kh * g.kw;
         let packed = pack(g.o, g.c, taps, |o, c, t| w[(o * g.c + c) * taps + t]);
-        let s = Shape {
-            ci: g.c,
-            h: g.h,
-            w: g.w,
-            co: g.o,
-            kh: g.kh,
-            kw: g.kw,
-            ph: g.p.padding[0],
-            pw: g.p.padding[1],
-            oh: g.oh,
-            ow: g.ow,
-        };
+        let s = Shape::forward(g);
         Forward { packed, s }
     }
 
@@ -333,18 +337,7 @@ pub(crate) struct GradWeight {
 impl GradWeight {
     /// An empty accumulator for `g` (which must be [`usable`]).
     pub(crate) fn new(g: &ConvGeom) -> Self {
-        let s = Shape {
-            ci: g.c,
-            h: g.h,
-            w: g.w,
-            co: g.o,
-            kh: g.kh,
-            kw: g.kw,
-            ph: g.p.padding[0],
-            pw: g.p.padding[1],
-            oh: g.oh,
-            ow: g.ow,
-        };
+        let s = Shape::forward(g);
         let acc = vec![0f32; g.o.div_ceil(OB) * g.c * s.taps() * OB * LANES];
         GradWeight { s, acc }
     }

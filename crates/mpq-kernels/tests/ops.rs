@@ -422,49 +422,60 @@ fn batch_norm_grads_match_finite_differences() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn relu_matches_candle_and_passes_no_gradient_at_zero() -> Result<()> {
-    let mut rng = Rng(0x5eed_0007);
-    // Odd length over several rayon blocks; continuous values (no exact zeros).
-    let x = Var::from_tensor(&rng.tensor(&[3, 7, 41, 53])?)?;
-    let (fast, slow) = (mpq_kernels::relu(&x)?, x.relu()?);
-    assert_close(&fast, &slow, 0.0, "relu value")?;
-    let r = rng.tensor(fast.dims())?;
-    let gf = (&fast * &r)?.sum_all()?.backward()?;
-    let gs = (&slow * &r)?.sum_all()?.backward()?;
+/// `fast` against candle's composition `slow` in value and gradient (exactly) on `x`, and
+/// `fast`'s gradient at the points `at` (sum of outputs) equals `want`.
+fn check_activation(
+    what: &str,
+    x: &Tensor,
+    fast: &dyn Fn(&Tensor) -> Result<Tensor>,
+    slow: &dyn Fn(&Tensor) -> Result<Tensor>,
+    at: &[f32],
+    want: &[f32],
+    rng: &mut Rng,
+) -> Result<()> {
+    let x = Var::from_tensor(x)?;
+    let (f, s) = (fast(&x)?, slow(&x)?);
+    assert_close(&f, &s, 0.0, &format!("{what} value"))?;
+    let r = rng.tensor(f.dims())?;
+    let gf = (&f * &r)?.sum_all()?.backward()?;
+    let gs = (&s * &r)?.sum_all()?.backward()?;
     let (a, e) = (
         gf.get(&x).expect("fast grad"),
         gs.get(&x).expect("slow grad"),
     );
-    assert_close(a, e, 0.0, "relu gradient")?;
-    // PyTorch's convention at exactly 0 (and for negatives): no gradient.
-    let z = Var::from_tensor(&Tensor::new(&[-1f32, 0.0, 2.0], &Device::Cpu)?)?;
-    let g = mpq_kernels::relu(&z)?.sum_all()?.backward()?;
+    assert_close(a, e, 0.0, &format!("{what} gradient"))?;
+    let z = Var::from_tensor(&Tensor::new(at, &Device::Cpu)?)?;
+    let g = fast(&z)?.sum_all()?.backward()?;
     let dz: Vec<f32> = g.get(&z).expect("grad").to_vec1()?;
-    assert_eq!(dz, [0.0, 0.0, 1.0]);
+    assert_eq!(dz, want, "{what} gradient at {at:?}");
     Ok(())
 }
 
 #[test]
-fn relu6_matches_candle_and_clips_the_gradient() -> Result<()> {
-    let mut rng = Rng(0x5eed_0008);
-    // Values spread over both clips (no exact 0 or 6).
-    let x = Var::from_tensor(&(rng.tensor(&[2, 5, 33, 29])? * 8.0)?)?;
-    let (fast, slow) = (mpq_kernels::relu6(&x)?, x.relu()?.minimum(6f64)?);
-    assert_close(&fast, &slow, 0.0, "relu6 value")?;
-    let r = rng.tensor(fast.dims())?;
-    let gf = (&fast * &r)?.sum_all()?.backward()?;
-    let gs = (&slow * &r)?.sum_all()?.backward()?;
-    let (a, e) = (
-        gf.get(&x).expect("fast grad"),
-        gs.get(&x).expect("slow grad"),
-    );
-    assert_close(a, e, 0.0, "relu6 gradient")?;
-    let z = Var::from_tensor(&Tensor::new(&[-1f32, 0.0, 3.0, 6.0, 7.0], &Device::Cpu)?)?;
-    let g = mpq_kernels::relu6(&z)?.sum_all()?.backward()?;
-    let dz: Vec<f32> = g.get(&z).expect("grad").to_vec1()?;
-    assert_eq!(dz, [0.0, 0.0, 1.0, 0.0, 0.0]);
-    Ok(())
+fn relu_and_relu6_match_candle_with_pytorchs_gradient_at_the_kinks() -> Result<()> {
+    let mut rng = Rng(0x5eed_0007);
+    // Odd lengths over several rayon blocks, continuous values (no exact 0 or 6); relu6's
+    // spread over both clips. At the kinks no gradient passes (PyTorch's convention).
+    let x = rng.tensor(&[3, 7, 41, 53])?;
+    check_activation(
+        "relu",
+        &x,
+        &|t| mpq_kernels::relu(t),
+        &|t| t.relu(),
+        &[-1.0, 0.0, 2.0],
+        &[0.0, 0.0, 1.0],
+        &mut rng,
+    )?;
+    let x = (rng.tensor(&[2, 5, 33, 29])? * 8.0)?;
+    check_activation(
+        "relu6",
+        &x,
+        &|t| mpq_kernels::relu6(t),
+        &|t| t.relu()?.minimum(6f64),
+        &[-1.0, 0.0, 3.0, 6.0, 7.0],
+        &[0.0, 0.0, 1.0, 0.0, 0.0],
+        &mut rng,
+    )
 }
 
 #[test]
