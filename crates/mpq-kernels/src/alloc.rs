@@ -22,6 +22,7 @@ pub fn tune_allocator() -> bool {
         // glibc and takes plain integers.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+                && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1
                 && libc::mallopt(libc::M_TOP_PAD, 64 << 20) == 1
                 && libc::mallopt(libc::M_ARENA_MAX, 1) == 1
