@@ -1,9 +1,12 @@
 //! Depthwise conv2d (one input and one output channel per group) as direct loops over
-//! planes: forward, input gradient, weight/bias gradient.
+//! planes: forward, input gradient, weight/bias gradient. Stride-1 kernels of up to 9 taps
+//! run the AVX-512 planes of `depthwise_avx512` where the CPU has them.
 
+use crate::depthwise_avx512 as fast;
 use crate::im2col::valid_range;
 use crate::params::ConvGeom;
 use crate::simd::multiversion;
+use crate::uninit::filled;
 use rayon::prelude::*;
 
 /// Planes per rayon task, so tiny planes (7x7) are not one task each.
@@ -14,6 +17,28 @@ fn min_planes(plane: usize) -> usize {
 /// Forward depthwise conv.
 pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
+    if fast::usable(g) {
+        let pl = fast::Plane::forward(g);
+        // SAFETY: the planes cover the output and `correlate` writes all of its plane.
+        return unsafe {
+            filled(g.n * g.o * p, |y| {
+                y.par_chunks_mut(p)
+                    .enumerate()
+                    .with_min_len(min_planes(p))
+                    .for_each(|(i, yp)| {
+                        let c = i % g.o;
+                        let b = bias.map_or(0.0, |b| b[c]);
+                        fast::correlate(
+                            &x[i * hw..(i + 1) * hw],
+                            &w[c * kk..(c + 1) * kk],
+                            b,
+                            yp,
+                            &pl,
+                        )
+                    })
+            })
+        };
+    }
     let mut y = vec![0f32; g.n * g.o * p];
     y.par_chunks_mut(p)
         .enumerate()
@@ -31,6 +56,26 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) 
 /// Input gradient of the depthwise conv.
 pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (hw, p, kk) = (g.hw(), g.ohw(), g.kh * g.kw);
+    if fast::usable(g) {
+        let pl = fast::Plane::input_grad(g);
+        // Each channel's kernel flipped in both axes.
+        let flipped: Vec<f32> = (0..g.c)
+            .flat_map(|c| (0..kk).rev().map(move |t| w[c * kk + t]))
+            .collect();
+        // SAFETY: as in `forward`.
+        return unsafe {
+            filled(g.n * g.c * hw, |dx| {
+                dx.par_chunks_mut(hw)
+                    .enumerate()
+                    .with_min_len(min_planes(hw))
+                    .for_each(|(i, dxp)| {
+                        let c = i % g.c;
+                        let k = &flipped[c * kk..(c + 1) * kk];
+                        fast::correlate(&dy[i * p..(i + 1) * p], k, 0.0, dxp, &pl)
+                    })
+            })
+        };
+    }
     let mut dx = vec![0f32; g.n * g.c * hw];
     dx.par_chunks_mut(hw)
         .enumerate()
@@ -57,13 +102,22 @@ pub(crate) fn grad_weight(
         .map(|c| {
             let mut dwk = vec![0f32; kk];
             let mut db = 0f32;
+            let mut sums = fast::usable(g).then(fast::TapSums::new);
             for n in 0..g.n {
                 let i = n * g.c + c;
                 let xp = &x[i * hw..(i + 1) * hw];
                 let dyp = &dy[i * p..(i + 1) * p];
-                grad_weight_plane(xp, dyp, &mut dwk, g);
+                match &mut sums {
+                    Some(s) => s.add_plane(xp, dyp, g),
+                    None => grad_weight_plane(xp, dyp, &mut dwk, g),
+                }
                 if want_bias {
                     db += dyp.iter().sum::<f32>();
+                }
+            }
+            if let Some(s) = &sums {
+                for (t, d) in dwk.iter_mut().enumerate() {
+                    *d = s.total(t);
                 }
             }
             (dwk, db)

@@ -22,6 +22,7 @@ mod batch_norm;
 mod conv2d;
 mod conv_gemm;
 mod depthwise;
+mod depthwise_avx512;
 mod direct;
 mod im2col;
 mod params;

@@ -96,6 +96,10 @@ fn fixed_conv_cases() -> Vec<ConvCase> {
         ConvCase::new(4, 8, 11, 8, 3, 1, 1, 8),
         ConvCase::new(3, 8, 11, 8, 3, 2, 1, 8),
         ConvCase::new(4, 6, 10, 6, 3, 2, 0, 6),
+        // depthwise stride 1 on rows wider than one 16-lane register (AVX-512 planes),
+        // padded and unpadded (the input gradient then pads by 2).
+        ConvCase::new(2, 5, 37, 5, 3, 1, 1, 5),
+        ConvCase::new(3, 4, 19, 4, 3, 1, 0, 4),
         // grouped, channel multiplier
         ConvCase::new(2, 6, 7, 4, 3, 1, 1, 2),
         ConvCase::new(2, 3, 7, 6, 3, 1, 1, 3),
