@@ -53,6 +53,19 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) 
             })
         };
     }
+    if let Some(g1) = direct::strided_pointwise(g) {
+        let f = direct::Forward::new(w, &g1);
+        // SAFETY: as above.
+        return unsafe {
+            filled(g.n * g.o * p, |y| {
+                for_each_image(y, g.o * p, g.n, |n, yn, _| {
+                    let mut sub = vec![0f32; g.c * p];
+                    direct::subsample(&x[n * g.c * hw..(n + 1) * g.c * hw], &mut sub, g);
+                    f.image(&sub, bias, yn)
+                })
+            })
+        };
+    }
     let mut y = vec![0f32; g.n * g.o * p];
     let col_len = if g.is_pointwise() { 0 } else { k * p };
     for_each_image(&mut y, g.o * p, g.n, |n, yn, par| {
@@ -99,6 +112,18 @@ pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
         };
     }
     let mut dx = vec![0f32; g.n * g.c * hw];
+    if let Some(g1) = direct::strided_pointwise(g) {
+        let f = direct::GradInput::new(w, &g1);
+        for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, _| {
+            let mut sub = vec![0f32; g.c * p];
+            f.image(
+                &dy[n * g.o * p..(n + 1) * g.o * p],
+                direct::as_uninit(&mut sub),
+            );
+            direct::scatter(&sub, dxn, g)
+        });
+        return dx;
+    }
     let col_len = if g.is_pointwise() { 0 } else { k * p };
     for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, par| {
         let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
@@ -154,16 +179,26 @@ pub(crate) fn grad_weight(
         }
     };
     let len = g.o * k + nb;
-    if direct::usable(g) {
-        // Same fixed chunks as below, each a direct-kernel accumulator.
+    let strided = direct::strided_pointwise(g);
+    if direct::usable(g) || strided.is_some() {
+        // Same fixed chunks as below, each a direct-kernel accumulator (of the subsampled
+        // input for a strided 1x1 conv).
+        let g1 = strided.unwrap_or(*g);
         const CHUNKS: usize = 8;
         let per = g.n.div_ceil(CHUNKS).max(1);
         let chunk = |c: usize| {
-            let mut gw = direct::GradWeight::new(g);
+            let mut gw = direct::GradWeight::new(&g1);
             let mut acc = vec![0f32; len];
+            let mut sub = vec![0f32; if strided.is_some() { g.c * p } else { 0 }];
             for n in c * per..((c + 1) * per).min(g.n) {
                 let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
-                gw.add_image(&x[n * g.c * hw..(n + 1) * g.c * hw], dyn_);
+                let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
+                if strided.is_some() {
+                    direct::subsample(xn, &mut sub, g);
+                    gw.add_image(&sub, dyn_);
+                } else {
+                    gw.add_image(xn, dyn_);
+                }
                 for (b, row) in acc[g.o * k..].iter_mut().zip(dyn_.chunks_exact(p)) {
                     *b += row.iter().sum::<f32>();
                 }

@@ -92,6 +92,9 @@ fn fixed_conv_cases() -> Vec<ConvCase> {
         ConvCase::new(2, 40, 8, 36, 3, 1, 1, 1),
         ConvCase::new(2, 4, 17, 33, 5, 1, 2, 1),
         ConvCase::new(2, 7, 12, 18, 3, 1, 0, 1),
+        // Strided 1x1 (a downsample shortcut; odd input, so the last row/column is skipped).
+        ConvCase::new(3, 5, 9, 20, 1, 2, 0, 1),
+        ConvCase::new(2, 4, 13, 6, 1, 3, 0, 1),
         // depthwise 3x3, stride 1 and 2
         ConvCase::new(4, 8, 11, 8, 3, 1, 1, 8),
         ConvCase::new(3, 8, 11, 8, 3, 2, 1, 8),
