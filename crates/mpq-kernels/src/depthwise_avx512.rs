@@ -11,6 +11,7 @@
 
 use std::mem::MaybeUninit;
 
+use crate::direct::Shape;
 use crate::params::ConvGeom;
 use crate::simd::{Isa, isa};
 
@@ -31,50 +32,9 @@ pub(crate) fn usable(g: &ConvGeom) -> bool {
         && g.p.padding[1] < g.kw
 }
 
-/// One stride-1 correlation of a plane: `src` is `h x w`, padded by `(ph, pw)`, the kernel
-/// `kh x kw`, the output `oh x ow` (`oh = h + 2ph − kh + 1`).
-#[derive(Clone, Copy)]
-pub(crate) struct Plane {
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    ph: usize,
-    pw: usize,
-    oh: usize,
-    ow: usize,
-}
-
-impl Plane {
-    /// The forward correlation of `g`.
-    pub(crate) fn forward(g: &ConvGeom) -> Self {
-        Plane {
-            h: g.h,
-            w: g.w,
-            kh: g.kh,
-            kw: g.kw,
-            ph: g.p.padding[0],
-            pw: g.p.padding[1],
-            oh: g.oh,
-            ow: g.ow,
-        }
-    }
-
-    /// The input gradient of `g`: `dy` (`oh x ow`) correlated with the flipped kernel, padded
-    /// by `k − 1 − p`, gives `dx` (`h x w`).
-    pub(crate) fn input_grad(g: &ConvGeom) -> Self {
-        Plane {
-            h: g.oh,
-            w: g.ow,
-            kh: g.kh,
-            kw: g.kw,
-            ph: g.kh - 1 - g.p.padding[0],
-            pw: g.kw - 1 - g.p.padding[1],
-            oh: g.h,
-            ow: g.w,
-        }
-    }
-}
+/// One stride-1 correlation of a plane (the channel counts of [`Shape`] are not used here):
+/// `src` is `h x w`, padded by `(ph, pw)`, the kernel `kh x kw`, the output `oh x ow`.
+pub(crate) type Plane = Shape;
 
 /// Lanes `lo..hi` of a piece starting at output column `x0` with `n` lanes whose input column
 /// `x0 + lane + kj − pw` lies inside `0..w`, as a mask.

@@ -44,22 +44,22 @@ pub(crate) fn usable(g: &ConvGeom) -> bool {
 /// One stride-1 correlation problem: `ci` input planes of `h x w`, padded by `(ph, pw)`,
 /// correlated with `co` filters of `ci x kh x kw`, giving `co` planes of `oh x ow`.
 #[derive(Clone, Copy)]
-struct Shape {
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    kh: usize,
-    kw: usize,
-    ph: usize,
-    pw: usize,
-    oh: usize,
-    ow: usize,
+pub(crate) struct Shape {
+    pub(crate) ci: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) co: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) ph: usize,
+    pub(crate) pw: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
 }
 
 impl Shape {
     /// The forward correlation of `g` (stride 1, dilation 1).
-    fn forward(g: &ConvGeom) -> Self {
+    pub(crate) fn forward(g: &ConvGeom) -> Self {
         Shape {
             ci: g.c,
             h: g.h,
@@ -73,6 +73,36 @@ impl Shape {
             ow: g.ow,
         }
     }
+    /// The input gradient of `g`: `dy` (`o` planes of `oh x ow`) correlated with the filters
+    /// flipped and transposed, padded by `k − 1 − p`, gives `dx` (`c` planes of `h x w`).
+    pub(crate) fn input_grad(g: &ConvGeom) -> Self {
+        Shape {
+            ci: g.o,
+            h: g.oh,
+            w: g.ow,
+            co: g.c,
+            kh: g.kh,
+            kw: g.kw,
+            ph: g.kh - 1 - g.p.padding[0],
+            pw: g.kw - 1 - g.p.padding[1],
+            oh: g.h,
+            ow: g.w,
+        }
+    }
+
+    /// Every 16-pixel step of an output plane: (row, first pixel, pixels), the last piece
+    /// of a row masked.
+    fn steps(&self) -> Vec<(usize, usize, usize)> {
+        let ow = self.ow;
+        (0..self.oh)
+            .flat_map(|y| {
+                (0..ow)
+                    .step_by(LANES)
+                    .map(move |x0| (y, x0, (ow - x0).min(LANES)))
+            })
+            .collect()
+    }
+
     fn padded_h(&self) -> usize {
         self.h + 2 * self.ph
     }
@@ -168,13 +198,7 @@ unsafe fn correlate_avx512(
     out: &mut [MaybeUninit<f32>],
     s: &Shape,
 ) {
-    let steps: Vec<(usize, usize, usize)> = (0..s.oh)
-        .flat_map(|y| {
-            (0..s.ow)
-                .step_by(LANES)
-                .map(move |x0| (y, x0, (s.ow - x0).min(LANES)))
-        })
-        .collect();
+    let steps = s.steps();
     let taps = s.taps();
     for b in 0..s.co.div_ceil(CB) {
         let valid = (s.co - b * CB).min(CB);
@@ -301,18 +325,7 @@ impl GradInput {
             let flipped = (g.kh - 1 - ki) * g.kw + (g.kw - 1 - kj);
             w[(o * g.c + c) * taps + flipped]
         });
-        let s = Shape {
-            ci: g.o,
-            h: g.oh,
-            w: g.ow,
-            co: g.c,
-            kh: g.kh,
-            kw: g.kw,
-            ph: g.kh - 1 - g.p.padding[0],
-            pw: g.kw - 1 - g.p.padding[1],
-            oh: g.h,
-            ow: g.w,
-        };
+        let s = Shape::input_grad(g);
         GradInput { packed, s }
     }
 
@@ -402,14 +415,7 @@ impl GradWeight {
 unsafe fn grad_weight_avx512(xp: &[f32], dy: &[f32], acc: &mut [f32], s: &Shape) {
     let (hp, wp, taps) = (s.padded_h(), s.padded_w(), s.taps());
     let plane = s.oh * s.ow;
-    // Every step of the image: (output row, first pixel, pixels).
-    let steps: Vec<(usize, usize, usize)> = (0..s.oh)
-        .flat_map(|y| {
-            (0..s.ow)
-                .step_by(LANES)
-                .map(move |x0| (y, x0, (s.ow - x0).min(LANES)))
-        })
-        .collect();
+    let steps = s.steps();
     let mut tile = vec![0f32; TILE_STEPS * OB * LANES];
     // SAFETY: the caller guarantees AVX-512F and the bounds in the contract above; `tile`
     // holds TILE_STEPS steps of OB x LANES values.
