@@ -43,16 +43,41 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    bn_train(x, gamma, beta, eps, false)
+}
+
+/// [`batch_norm_train`] followed by ReLU, as one op: the ReLU is applied in the normalising
+/// pass and its gradient mask in the backward pass, so neither the BN output nor its gradient
+/// is materialised (and candle does not accumulate a gradient for it). Same values and
+/// gradients as the two ops (PyTorch's convention: no gradient where the output is 0).
+pub fn batch_norm_train_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    bn_train(x, gamma, beta, eps, true)
+}
+
+fn bn_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (_, c, _) = ncp(x.dims())?;
     check_param("gamma", gamma, c)?;
     check_param("beta", beta, c)?;
     if !fast_path(&[x, gamma, beta]) {
-        return reference::batch_norm_train_slow(x, gamma, beta, eps);
+        let (y, mean, var) = reference::batch_norm_train_slow(x, gamma, beta, eps)?;
+        return Ok((if relu { y.relu()? } else { y }, mean, var));
     }
     let stats = Arc::new(Mutex::new(None));
     let op = BnTrainOp {
         eps,
         stats: stats.clone(),
+        relu,
     };
     let y = x
         .contiguous()?
@@ -85,6 +110,30 @@ pub fn batch_norm_eval(
     var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    bn_eval(x, gamma, beta, mean, var, eps, false)
+}
+
+/// [`batch_norm_eval`] followed by ReLU, as one op (see [`batch_norm_train_relu`]).
+pub fn batch_norm_eval_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    bn_eval(x, gamma, beta, mean, var, eps, true)
+}
+
+fn bn_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
     let (_, c, _) = ncp(x.dims())?;
     for (name, t) in [
         ("gamma", gamma),
@@ -95,12 +144,14 @@ pub fn batch_norm_eval(
         check_param(name, t, c)?;
     }
     if !fast_path(&[x, gamma, beta, mean, var]) {
-        return reference::batch_norm_eval_slow(x, gamma, beta, mean, var, eps);
+        let y = reference::batch_norm_eval_slow(x, gamma, beta, mean, var, eps)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
     let op = BnEvalOp {
         eps,
         mean: mean.to_vec1()?,
         var: var.to_vec1()?,
+        relu,
     };
     x.contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
@@ -110,6 +161,8 @@ pub fn batch_norm_eval(
 struct BnTrainOp {
     eps: f64,
     stats: SharedStats,
+    /// ReLU after the normalisation (see [`batch_norm_train_relu`]).
+    relu: bool,
 }
 
 /// Side channel for the batch `(mean, biased var)` computed inside the forward op.
@@ -120,6 +173,7 @@ struct BnEvalOp {
     eps: f64,
     mean: Vec<f32>,
     var: Vec<f32>,
+    relu: bool,
 }
 
 fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
@@ -135,6 +189,7 @@ fn normalize(
     beta: (&CpuStorage, &Layout),
     mean: &[f32],
     istd: &[f32],
+    relu: bool,
 ) -> Result<(CpuStorage, Shape)> {
     let (n, c, p) = ncp(x.1.dims())?;
     let (xs, gs, bs) = (
@@ -144,7 +199,7 @@ fn normalize(
     );
     let scale: Vec<f32> = (0..c).map(|i| gs[i] * istd[i]).collect();
     let shift: Vec<f32> = (0..c).map(|i| bs[i] - mean[i] * scale[i]).collect();
-    let y = affine(xs, None, n, c, p, |ch| (scale[ch], 0.0, shift[ch]));
+    let y = affine(xs, None, n, c, p, relu, |ch| (scale[ch], 0.0, shift[ch]));
     Ok((CpuStorage::F32(y), x.1.shape().clone()))
 }
 
@@ -165,7 +220,7 @@ impl CustomOp3 for BnTrainOp {
         let (n, c, p) = ncp(l1.dims())?;
         let (mean, var) = batch_stats(slice_f32(s1, l1)?, n, c, p);
         let istd = inv_std(&var, self.eps);
-        let out = normalize((s1, l1), (s2, l2), (s3, l3), &mean, &istd)?;
+        let out = normalize((s1, l1), (s2, l2), (s3, l3), &mean, &istd, self.relu)?;
         *self
             .stats
             .lock()
@@ -178,9 +233,10 @@ impl CustomOp3 for BnTrainOp {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = &relu_masked(self.relu, res, dy)?;
         let (mean, var) = self
             .stats
             .lock()
@@ -207,7 +263,7 @@ impl CustomOp3 for BnEvalOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let istd = inv_std(&self.var, self.eps);
-        normalize((s1, l1), (s2, l2), (s3, l3), &self.mean, &istd)
+        normalize((s1, l1), (s2, l2), (s3, l3), &self.mean, &istd, self.relu)
     }
 
     fn bwd(
@@ -215,11 +271,22 @@ impl CustomOp3 for BnEvalOp {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = &relu_masked(self.relu, res, dy)?;
         let istd = inv_std(&self.var, self.eps);
         bn_grads(x, gamma, dy, &self.mean, &istd, false)
+    }
+}
+
+/// The gradient that reaches the normalisation: `dy` where the fused ReLU's output `res` is
+/// positive, 0 elsewhere (`dy` itself without a fused ReLU).
+fn relu_masked(relu: bool, res: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    if relu {
+        crate::relu::relu_backward(res, dy)
+    } else {
+        Ok(dy.clone())
     }
 }
 
@@ -242,7 +309,7 @@ fn bn_grads(
     let (dx, dgamma, dbeta) = with_f32(x, |xs| {
         with_f32(dy, |ds| {
             let (s1, s2) = grad_sums(xs, ds, mean, n, c, p);
-            let dx = affine(ds, Some(xs), n, c, p, |ch| {
+            let dx = affine(ds, Some(xs), n, c, p, false, |ch| {
                 let a = gs[ch] * istd[ch];
                 if train {
                     let b = -a * istd[ch] * istd[ch] * s2[ch] / m;
@@ -361,13 +428,15 @@ fn dy_sums_impl(d: &[f32], x: &[f32], mu: f32) -> (f32, f32) {
 }
 
 /// Elementwise per-channel map `out = a·u + b·v + k` with `(a, b, k) = coef(channel)`
-/// (`v` absent means `b` is ignored), parallel over planes.
+/// (`v` absent means `b` is ignored; then `relu` clips the result at 0), parallel over
+/// planes.
 fn affine(
     u: &[f32],
     v: Option<&[f32]>,
     n: usize,
     c: usize,
     p: usize,
+    relu: bool,
     coef: impl Fn(usize) -> (f32, f32, f32) + Sync,
 ) -> Vec<f32> {
     let coefs: Vec<(f32, f32, f32)> = (0..c).map(coef).collect();
@@ -387,6 +456,7 @@ fn affine(
                     let us = &u[i * p..(i + 1) * p];
                     match v {
                         Some(v) => affine2(o, us, &v[i * p..(i + 1) * p], a, b, k),
+                        None if relu => affine1_relu(o, us, a, k),
                         None => affine1(o, us, a, k),
                     }
                 })
@@ -417,5 +487,19 @@ fn affine1_impl(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) {
     assert!(u.len() >= o.len());
     for (o, &uu) in o.iter_mut().zip(u) {
         o.write(a * uu + k);
+    }
+}
+
+multiversion! {
+    /// `o = max(a·u + k, 0)` elementwise.
+    fn affine1_relu(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) = affine1_relu_impl;
+}
+
+#[inline(always)]
+fn affine1_relu_impl(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) {
+    assert!(u.len() >= o.len());
+    for (o, &uu) in o.iter_mut().zip(u) {
+        let v = a * uu + k;
+        o.write(if v > 0.0 { v } else { 0.0 });
     }
 }

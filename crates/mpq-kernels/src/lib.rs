@@ -27,14 +27,16 @@ mod direct;
 mod im2col;
 mod params;
 pub mod reference;
-mod relu;
+pub(crate) mod relu;
 mod scratch;
 pub mod simd;
 mod storage;
 mod uninit;
 
 pub use alloc::tune_allocator;
-pub use batch_norm::{batch_norm_eval, batch_norm_train};
+pub use batch_norm::{
+    batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu,
+};
 pub use conv2d::conv2d;
 pub use params::Conv2dParams;
 pub use relu::{masked, relu, relu6};

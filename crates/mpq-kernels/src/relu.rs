@@ -147,6 +147,12 @@ pub fn masked(z: &Tensor, mask: &Tensor) -> Result<Tensor> {
     z.contiguous()?.apply_op2(&mask.contiguous()?, Masked)
 }
 
+/// ReLU's backward from its output: `dy` where `y > 0`, else 0 (not differentiable).
+pub(crate) fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    y.contiguous()?
+        .apply_op2_no_bwd(&dy.contiguous()?, &ReluBackward { hi: f32::INFINITY })
+}
+
 struct Masked;
 
 impl CustomOp2 for Masked {

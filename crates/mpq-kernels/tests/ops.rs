@@ -366,6 +366,22 @@ fn check_bn(dims: &[usize], rng: &mut Rng) -> Result<()> {
         let (a, e) = (gf.get(v).expect("fast grad"), gs.get(v).expect("slow grad"));
         assert_close(a, e, 1e-4, &format!("bn eval {name} {what}"))?;
     }
+    // The fused BN + ReLU ops against BN then ReLU (the reference composition).
+    let (yf, _, _) = mpq_kernels::batch_norm_train_relu(&x, &gamma, &beta, 1e-5)?;
+    let ys = reference::batch_norm_train_slow(&x, &gamma, &beta, 1e-5)?
+        .0
+        .relu()?;
+    let yfe = mpq_kernels::batch_norm_eval_relu(&x, &gamma, &beta, &rm, &rv, 1e-5)?;
+    let yse = reference::batch_norm_eval_slow(&x, &gamma, &beta, &rm, &rv, 1e-5)?.relu()?;
+    for (mode, yf, ys) in [("train", &yf, &ys), ("eval", &yfe, &yse)] {
+        assert_close(yf, ys, 1e-4, &format!("bn+relu {mode} y {what}"))?;
+        let gf = (yf * &r)?.sum_all()?.backward()?;
+        let gs = (ys * &r)?.sum_all()?.backward()?;
+        for (name, v) in [("dx", &x), ("dgamma", &gamma), ("dbeta", &beta)] {
+            let (a, e) = (gf.get(v).expect("fast grad"), gs.get(v).expect("slow grad"));
+            assert_close(a, e, 1e-4, &format!("bn+relu {mode} {name} {what}"))?;
+        }
+    }
     Ok(())
 }
 

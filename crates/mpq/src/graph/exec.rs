@@ -93,6 +93,7 @@ impl Graph {
         }
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         values[0] = Some(x.clone());
+        let fused = self.fused_bn_relu();
         for (id, node) in self.nodes.iter().enumerate().skip(1) {
             let input = |k: usize| -> Result<&Tensor> {
                 values[node.inputs[k]].as_ref().ok_or_else(|| {
@@ -121,9 +122,15 @@ impl Graph {
                     let b = self.bias(&node.name, spec.bias)?;
                     ops::linear(&x, &w, b.as_ref())?
                 }
-                Op::BatchNorm2d(spec) => {
-                    self.batch_norm(&node.name, input(0)?, spec.eps, spec.momentum, opts)?
-                }
+                Op::BatchNorm2d(spec) => self.batch_norm(
+                    &node.name,
+                    input(0)?,
+                    (spec.eps, spec.momentum),
+                    fused[id],
+                    opts,
+                )?,
+                // Already applied by the batch norm before it.
+                Op::Relu if fused[node.inputs[0]] => input(0)?.clone(),
                 Op::Relu => ops::relu(input(0)?)?,
                 Op::Relu6 => ops::relu6(input(0)?)?,
                 Op::MaxPool2d(p) => ops::max_pool2d(input(0)?, p)?,
@@ -165,21 +172,51 @@ impl Graph {
         })
     }
 
+    /// Per node: a batch norm whose only consumer is the ReLU right after it, so both run as
+    /// one op (`mpq-kernels`' fused BN + ReLU; not with candle's stock ops).
+    fn fused_bn_relu(&self) -> Vec<bool> {
+        let n = self.nodes.len();
+        (0..n)
+            .map(|id| {
+                !ops::stock_ops()
+                    && id + 1 < n
+                    && id != self.output
+                    && matches!(self.nodes[id].op, Op::BatchNorm2d(_))
+                    && matches!(self.nodes[id + 1].op, Op::Relu)
+                    && self.nodes[id + 1].inputs == [id]
+                    && self.last_use[id] == id + 1
+            })
+            .collect()
+    }
+
+    /// Batch norm of node `name` (`(eps, momentum)`), followed by ReLU in the same op when
+    /// `relu`.
     fn batch_norm(
         &self,
         name: &str,
         x: &Tensor,
-        eps: f64,
-        momentum: f64,
+        (eps, momentum): (f64, f64),
+        relu: bool,
         opts: &ForwardOptions<'_>,
     ) -> Result<Tensor> {
         let p = |s: &str| self.params.var(&format!("{name}.{s}"));
         let (gamma, beta) = (p("weight")?.as_tensor(), p("bias")?.as_tensor());
         let (rm, rv) = (p("running_mean")?, p("running_var")?);
         match opts.mode {
-            Mode::Eval => ops::batch_norm_eval(x, gamma, beta, rm.as_tensor(), rv.as_tensor(), eps),
+            Mode::Eval => {
+                let (m, v) = (rm.as_tensor(), rv.as_tensor());
+                if relu {
+                    ops::batch_norm_eval_relu(x, gamma, beta, m, v, eps)
+                } else {
+                    ops::batch_norm_eval(x, gamma, beta, m, v, eps)
+                }
+            }
             Mode::Train => {
-                let (y, mean, var) = ops::batch_norm_train(x, gamma, beta, eps)?;
+                let (y, mean, var) = if relu {
+                    ops::batch_norm_train_relu(x, gamma, beta, eps)?
+                } else {
+                    ops::batch_norm_train(x, gamma, beta, eps)?
+                };
                 if opts.update_running_stats {
                     let (n, _, h, w) = x.dims4()?;
                     let count = (n * h * w) as f64;

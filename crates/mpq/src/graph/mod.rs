@@ -17,8 +17,8 @@ pub use build::{ConvInit, GraphBuilder};
 pub use exec::{ForwardOptions, Hooks, Mode, NoHooks};
 pub use info::{LayerInfo, LayerOp};
 pub use ops::{
-    avg_pool2d, batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, max_pool2d,
-    relu, relu6, set_stock_ops, stock_ops,
+    avg_pool2d, batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu,
+    conv2d, global_avg_pool, linear, max_pool2d, relu, relu6, set_stock_ops, stock_ops,
 };
 pub use params::{Param, ParamKind, ParamStore};
 pub(crate) use params::{load_tensors, save_tensors};

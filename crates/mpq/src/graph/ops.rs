@@ -77,6 +77,37 @@ pub fn batch_norm_train(
     Ok((y, mean.detach(), var.detach()))
 }
 
+/// [`batch_norm_train`] then ReLU, in one op of `mpq-kernels` (the two stock ops under
+/// [`stock_ops`]).
+pub fn batch_norm_train_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (y, mean, var) = if stock_ops() {
+        let (y, m, v) = mpq_kernels::reference::batch_norm_train_slow(x, gamma, beta, eps)?;
+        (y.relu()?, m, v)
+    } else {
+        mpq_kernels::batch_norm_train_relu(x, gamma, beta, eps)?
+    };
+    Ok((y, mean.detach(), var.detach()))
+}
+
+/// [`batch_norm_eval`] then ReLU, in one op.
+pub fn batch_norm_eval_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    Ok(mpq_kernels::batch_norm_eval_relu(
+        x, gamma, beta, mean, var, eps,
+    )?)
+}
+
 /// Batch normalisation with running statistics (evaluation mode).
 pub fn batch_norm_eval(
     x: &Tensor,
