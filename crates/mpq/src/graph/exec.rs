@@ -204,19 +204,11 @@ impl Graph {
         let (rm, rv) = (p("running_mean")?, p("running_var")?);
         match opts.mode {
             Mode::Eval => {
-                let (m, v) = (rm.as_tensor(), rv.as_tensor());
-                if relu {
-                    ops::batch_norm_eval_relu(x, gamma, beta, m, v, eps)
-                } else {
-                    ops::batch_norm_eval(x, gamma, beta, m, v, eps)
-                }
+                let stats = (rm.as_tensor(), rv.as_tensor());
+                ops::batch_norm_eval_relu(x, gamma, beta, stats, eps, relu)
             }
             Mode::Train => {
-                let (y, mean, var) = if relu {
-                    ops::batch_norm_train_relu(x, gamma, beta, eps)?
-                } else {
-                    ops::batch_norm_train(x, gamma, beta, eps)?
-                };
+                let (y, mean, var) = ops::batch_norm_train_relu(x, gamma, beta, eps, relu)?;
                 if opts.update_running_stats {
                     let (n, _, h, w) = x.dims4()?;
                     let count = (n * h * w) as f64;

@@ -69,43 +69,43 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    batch_norm_train_relu(x, gamma, beta, eps, false)
+}
+
+/// [`batch_norm_train`], followed by ReLU when `relu` — one op of `mpq-kernels` (the two
+/// stock ops under [`stock_ops`]).
+pub fn batch_norm_train_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (y, mean, var) = if stock_ops() {
-        mpq_kernels::reference::batch_norm_train_slow(x, gamma, beta, eps)?
+        let (y, m, v) = mpq_kernels::reference::batch_norm_train_slow(x, gamma, beta, eps)?;
+        (if relu { y.relu()? } else { y }, m, v)
+    } else if relu {
+        mpq_kernels::batch_norm_train_relu(x, gamma, beta, eps)?
     } else {
         mpq_kernels::batch_norm_train(x, gamma, beta, eps)?
     };
     Ok((y, mean.detach(), var.detach()))
 }
 
-/// [`batch_norm_train`] then ReLU, in one op of `mpq-kernels` (the two stock ops under
-/// [`stock_ops`]).
-pub fn batch_norm_train_relu(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let (y, mean, var) = if stock_ops() {
-        let (y, m, v) = mpq_kernels::reference::batch_norm_train_slow(x, gamma, beta, eps)?;
-        (y.relu()?, m, v)
-    } else {
-        mpq_kernels::batch_norm_train_relu(x, gamma, beta, eps)?
-    };
-    Ok((y, mean.detach(), var.detach()))
-}
-
-/// [`batch_norm_eval`] then ReLU, in one op.
+/// [`batch_norm_eval`], followed by ReLU in the same op when `relu`.
 pub fn batch_norm_eval_relu(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    mean: &Tensor,
-    var: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
     eps: f64,
+    relu: bool,
 ) -> Result<Tensor> {
-    Ok(mpq_kernels::batch_norm_eval_relu(
-        x, gamma, beta, mean, var, eps,
-    )?)
+    Ok(if relu {
+        mpq_kernels::batch_norm_eval_relu(x, gamma, beta, mean, var, eps)?
+    } else {
+        mpq_kernels::batch_norm_eval(x, gamma, beta, mean, var, eps)?
+    })
 }
 
 /// Batch normalisation with running statistics (evaluation mode).
@@ -117,9 +117,7 @@ pub fn batch_norm_eval(
     var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    Ok(mpq_kernels::batch_norm_eval(
-        x, gamma, beta, mean, var, eps,
-    )?)
+    batch_norm_eval_relu(x, gamma, beta, (mean, var), eps, false)
 }
 
 fn pool_params(p: &PoolSpec) -> mpq_kernels::PoolParams {
