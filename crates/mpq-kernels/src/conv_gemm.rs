@@ -41,27 +41,21 @@ where
 /// Forward conv: `y[n, o, oh, ow]` from `x[n, c, h, w]`, `w[o, cg, kh, kw]`, optional bias.
 pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
-    if direct::usable(g) {
-        let f = direct::Forward::new(w, g);
+    if let Some((g1, strided)) = direct_geometry(g) {
+        let f = direct::Forward::new(w, &g1);
         // SAFETY: the images' chunks cover the output and `Forward::image` writes all of its
         // chunk.
         return unsafe {
             filled(g.n * g.o * p, |y| {
                 for_each_image(y, g.o * p, g.n, |n, yn, _| {
-                    f.image(&x[n * g.c * hw..(n + 1) * g.c * hw], bias, yn)
-                })
-            })
-        };
-    }
-    if let Some(g1) = direct::strided_pointwise(g) {
-        let f = direct::Forward::new(w, &g1);
-        // SAFETY: as above.
-        return unsafe {
-            filled(g.n * g.o * p, |y| {
-                for_each_image(y, g.o * p, g.n, |n, yn, _| {
-                    let mut sub = vec![0f32; g.c * p];
-                    direct::subsample(&x[n * g.c * hw..(n + 1) * g.c * hw], &mut sub, g);
-                    f.image(&sub, bias, yn)
+                    let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
+                    if strided {
+                        let mut sub = vec![0f32; g.c * p];
+                        direct::subsample(xn, &mut sub, g);
+                        f.image(&sub, bias, yn)
+                    } else {
+                        f.image(xn, bias, yn)
+                    }
                 })
             })
         };
@@ -179,21 +173,15 @@ pub(crate) fn grad_weight(
         }
     };
     let len = g.o * k + nb;
-    let strided = direct::strided_pointwise(g);
-    if direct::usable(g) || strided.is_some() {
-        // Same fixed chunks as below, each a direct-kernel accumulator (of the subsampled
-        // input for a strided 1x1 conv).
-        let g1 = strided.unwrap_or(*g);
-        const CHUNKS: usize = 8;
-        let per = g.n.div_ceil(CHUNKS).max(1);
-        let chunk = |c: usize| {
+    if let Some((g1, strided)) = direct_geometry(g) {
+        let mut dw = sum_over_chunks(g.n, len, batch_parallel(g.n), |images| {
             let mut gw = direct::GradWeight::new(&g1);
             let mut acc = vec![0f32; len];
-            let mut sub = vec![0f32; if strided.is_some() { g.c * p } else { 0 }];
-            for n in c * per..((c + 1) * per).min(g.n) {
+            let mut sub = vec![0f32; if strided { g.c * p } else { 0 }];
+            for n in images {
                 let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
                 let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
-                if strided.is_some() {
+                if strided {
                     direct::subsample(xn, &mut sub, g);
                     gw.add_image(&sub, dyn_);
                 } else {
@@ -205,40 +193,18 @@ pub(crate) fn grad_weight(
             }
             gw.finish_into(&mut acc[..g.o * k]);
             acc
-        };
-        let chunks = g.n.div_ceil(per);
-        let partial: Vec<Vec<f32>> = if batch_parallel(g.n) {
-            (0..chunks).into_par_iter().map(chunk).collect()
-        } else {
-            (0..chunks).map(chunk).collect()
-        };
-        let mut dw = vec![0f32; len];
-        for part in &partial {
-            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
+        });
         let db = want_bias.then(|| dw.split_off(g.o * k));
         return (dw, db);
     }
     let acc = if batch_parallel(g.n) {
-        // Fixed chunks of images, each accumulated in order, then summed in chunk order:
-        // the result does not depend on how rayon schedules the work (reproducible runs).
-        const CHUNKS: usize = 8;
-        let per = g.n.div_ceil(CHUNKS);
-        let partial: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
-            .into_par_iter()
-            .map(|c| {
-                let mut acc = vec![0f32; len];
-                for n in c * per..((c + 1) * per).min(g.n) {
-                    add_image(&mut acc, n, false);
-                }
-                acc
-            })
-            .collect();
-        let mut acc = vec![0f32; len];
-        for part in &partial {
-            acc.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
-        acc
+        sum_over_chunks(g.n, len, true, |images| {
+            let mut acc = vec![0f32; len];
+            for n in images {
+                add_image(&mut acc, n, false);
+            }
+            acc
+        })
     } else {
         let mut acc = vec![0f32; len];
         for n in 0..g.n {
@@ -249,4 +215,39 @@ pub(crate) fn grad_weight(
     let mut dw = acc;
     let db = want_bias.then(|| dw.split_off(g.o * k));
     (dw, db)
+}
+
+/// The direct kernels' geometry for `g`, and whether its input is subsampled first (a
+/// strided 1x1 conv); `None` where im2col + GEMM runs.
+fn direct_geometry(g: &ConvGeom) -> Option<(ConvGeom, bool)> {
+    if direct::usable(g) {
+        Some((*g, false))
+    } else {
+        direct::strided_pointwise(g).map(|g1| (g1, true))
+    }
+}
+
+/// `Σ_chunks chunk(images)` over fixed chunks of the `n` images, each accumulated by
+/// `chunk` in image order and summed in chunk order, so the result does not depend on how
+/// rayon schedules the work (reproducible runs); the chunks run in parallel if `parallel`.
+fn sum_over_chunks<F>(n: usize, len: usize, parallel: bool, chunk: F) -> Vec<f32>
+where
+    F: Fn(std::ops::Range<usize>) -> Vec<f32> + Sync,
+{
+    const CHUNKS: usize = 8;
+    let per = n.div_ceil(CHUNKS).max(1);
+    let range = |c: usize| c * per..((c + 1) * per).min(n);
+    let partial: Vec<Vec<f32>> = if parallel {
+        (0..n.div_ceil(per))
+            .into_par_iter()
+            .map(|c| chunk(range(c)))
+            .collect()
+    } else {
+        (0..n.div_ceil(per)).map(|c| chunk(range(c))).collect()
+    };
+    let mut acc = vec![0f32; len];
+    for part in &partial {
+        acc.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    acc
 }
