@@ -270,12 +270,28 @@ impl CustomOp3 for BnEvalOp {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = &relu_masked(self.relu, res, dy)?;
         let istd = inv_std(&self.var, self.eps);
+        if !gamma.track_op() && !beta.track_op() {
+            // Frozen affine parameters (the Hessian executor): `dx = γ·istd·dy` alone, without
+            // the two per-channel sums that only `dγ` and `dβ` need.
+            let (n, c, p) = ncp(x.dims())?;
+            let gs: Vec<f32> = gamma.to_vec1()?;
+            let dx = with_f32(dy, |ds| {
+                Ok(affine(ds, None, n, c, p, false, |ch| {
+                    (gs[ch] * istd[ch], 0.0, 0.0)
+                }))
+            })?;
+            return Ok((
+                Some(Tensor::from_vec(dx, x.dims(), x.device())?),
+                None,
+                None,
+            ));
+        }
         bn_grads(x, gamma, dy, &self.mean, &istd, false)
     }
 }

@@ -81,39 +81,53 @@ impl Conv2dOp {
         dy: &Tensor,
         bias: bool,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = ConvGeom::new(x, w, &self.p)?;
-        let dev = x.device();
-        let dy = dy.contiguous()?;
-        let gx = if x.track_op() {
-            let dx = with_f32(&dy, |d| {
-                with_f32(w, |wv| {
-                    Ok(if g.is_depthwise() {
-                        depthwise::grad_input(d, wv, &g)
-                    } else {
-                        conv_gemm::grad_input(d, wv, &g)
-                    })
-                })
-            })?;
-            Some(Tensor::from_vec(dx, x.dims(), dev)?)
-        } else {
-            None
-        };
-        if !w.track_op() && !bias {
-            return Ok((gx, None, None));
-        }
-        let (dw, db) = with_f32(x, |xv| {
-            with_f32(&dy, |d| {
+        grads(x, w, dy, &self.p, x.track_op(), w.track_op(), bias)
+    }
+}
+
+/// The input gradient (if `input`), the weight gradient (if `weight` or `bias`) and the bias
+/// gradient (if `bias`) of the convolution of `x` with `w` from the output gradient `dy`.
+pub(crate) fn grads(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    p: &Conv2dParams,
+    input: bool,
+    weight: bool,
+    bias: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let g = ConvGeom::new(x, w, p)?;
+    let dev = x.device();
+    let dy = dy.contiguous()?;
+    let gx = if input {
+        let dx = with_f32(&dy, |d| {
+            with_f32(w, |wv| {
                 Ok(if g.is_depthwise() {
-                    depthwise::grad_weight(xv, d, &g, bias)
+                    depthwise::grad_input(d, wv, &g)
                 } else {
-                    conv_gemm::grad_weight(xv, d, &g, bias)
+                    conv_gemm::grad_input(d, wv, &g)
                 })
             })
         })?;
-        let gw = Tensor::from_vec(dw, w.dims(), dev)?;
-        let gb = db.map(|db| Tensor::from_vec(db, g.o, dev)).transpose()?;
-        Ok((gx, Some(gw), gb))
+        Some(Tensor::from_vec(dx, x.dims(), dev)?)
+    } else {
+        None
+    };
+    if !weight && !bias {
+        return Ok((gx, None, None));
     }
+    let (dw, db) = with_f32(x, |xv| {
+        with_f32(&dy, |d| {
+            Ok(if g.is_depthwise() {
+                depthwise::grad_weight(xv, d, &g, bias)
+            } else {
+                conv_gemm::grad_weight(xv, d, &g, bias)
+            })
+        })
+    })?;
+    let gw = Tensor::from_vec(dw, w.dims(), dev)?;
+    let gb = db.map(|db| Tensor::from_vec(db, g.o, dev)).transpose()?;
+    Ok((gx, Some(gw), gb))
 }
 
 impl CustomOp2 for Conv2dOp {

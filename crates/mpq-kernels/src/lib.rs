@@ -9,6 +9,8 @@
 //!   fallback on non-CPU devices and non-`f32` dtypes.
 //! - [`relu`], [`relu6`], [`masked`]: one fused pass forward and backward (candle's take four
 //!   or more).
+//! - [`channel_affine`], [`add_masked`], [`conv2d_grads`]: plain (non-autograd) passes for the
+//!   Hessian executor's hand-written reverse pass in mpq's `sensitivity` module.
 //! - [`tune_allocator`]: glibc `malloc` settings that keep large freed buffers for reuse.
 //!
 //! This is the only mpq crate allowed `unsafe`; it is confined to the GEMM call, the
@@ -19,6 +21,7 @@
 
 mod alloc;
 mod batch_norm;
+mod channel_affine;
 mod conv2d;
 mod conv_gemm;
 mod depthwise;
@@ -37,6 +40,7 @@ pub use alloc::tune_allocator;
 pub use batch_norm::{
     batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu,
 };
+pub use channel_affine::{add_masked, channel_affine, conv2d_grads};
 pub use conv2d::conv2d;
 pub use params::Conv2dParams;
 pub use relu::{masked, relu, relu6};

@@ -118,10 +118,18 @@ impl<'p> ActivationHvp<'p> {
             weights: Vec::new(),
             acts: deltas,
         };
-        let grads = self.problem.gradient_part(b, part, &p)?;
+        let grads = self.problem.gradient_part(b, part, &p, &[])?;
         p.acts
             .iter()
-            .map(|v| v.as_ref().map(|v| grad_of(&grads, v)).transpose())
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_ref()
+                    .map(|v| match grads.acts.get(i).and_then(Option::as_ref) {
+                        Some(g) => Ok(g.clone()),
+                        None => Ok(v.as_tensor().zeros_like()?),
+                    })
+                    .transpose()
+            })
             .collect()
     }
 
@@ -263,13 +271,6 @@ impl<'p> ActivationHvp<'p> {
             }
         }
         Ok(out)
-    }
-}
-
-fn grad_of(grads: &candle::backprop::GradStore, v: &Var) -> Result<Tensor> {
-    match grads.get(v.as_tensor()) {
-        Some(g) => Ok(g.clone()),
-        None => Ok(v.as_tensor().zeros_like()?),
     }
 }
 

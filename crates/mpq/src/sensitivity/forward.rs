@@ -49,9 +49,11 @@ pub(crate) struct Pass<'a> {
     /// Analysed layer name → index into the perturbations.
     pub(crate) index: &'a HashMap<String, usize>,
     pub(crate) p: &'a Perturbation,
-    /// Detach every parameter (weights, biases, BatchNorm): activation analyses need no
-    /// parameter gradients, and a base pass with nothing tracked keeps no graph alive.
-    pub(crate) detach_params: bool,
+    /// Which analysed layers' weights are tracked for gradients (indexed like the
+    /// perturbations; missing entries are untracked). Every other parameter (biases, BatchNorm,
+    /// unanalysed weights) is always detached: no analysis reads their gradients, and a pass
+    /// with nothing tracked keeps no graph alive.
+    pub(crate) tracked: &'a [bool],
     pub(crate) patterns: PatternMode<'a>,
     /// Receives each analysed layer's squared input-activation norm.
     pub(crate) sq_norms: Option<&'a mut Vec<f64>>,
@@ -142,6 +144,13 @@ impl Pass<'_> {
         let mut w = self.param(graph, &format!("{name}.weight"))?;
         let mut x = x.clone();
         if let Some(&i) = self.index.get(name) {
+            if self.tracked.get(i) == Some(&true) {
+                w = graph
+                    .params()
+                    .var(&format!("{name}.weight"))?
+                    .as_tensor()
+                    .clone();
+            }
             if let Some(norms) = self.sq_norms.as_deref_mut() {
                 norms[i] = x
                     .sqr()?
@@ -164,17 +173,12 @@ impl Pass<'_> {
         Ok((x, w, b))
     }
 
-    /// A parameter, detached if the pass says so.
+    /// A parameter, detached.
     fn param(&self, graph: &Graph, name: &str) -> Result<Tensor> {
-        let t = graph.params().var(name)?.as_tensor();
-        Ok(if self.detach_params {
-            t.detach()
-        } else {
-            t.clone()
-        })
+        Ok(graph.params().var(name)?.as_tensor().detach())
     }
 
-    fn relu(&mut self, id: usize, z: &Tensor) -> Result<Tensor> {
+    pub(crate) fn relu(&mut self, id: usize, z: &Tensor) -> Result<Tensor> {
         match &mut self.patterns {
             PatternMode::Record(p) => {
                 p[id] = Some(z.gt(0f64)?);
@@ -190,7 +194,7 @@ impl Pass<'_> {
         }
     }
 
-    fn relu6(&mut self, id: usize, z: &Tensor) -> Result<Tensor> {
+    pub(crate) fn relu6(&mut self, id: usize, z: &Tensor) -> Result<Tensor> {
         match &mut self.patterns {
             PatternMode::Record(p) => {
                 let code = (z.gt(0f64)? + z.ge(6f64)?)?;
@@ -208,7 +212,7 @@ impl Pass<'_> {
         }
     }
 
-    fn max_pool(&mut self, id: usize, z: &Tensor, spec: &PoolSpec) -> Result<Tensor> {
+    pub(crate) fn max_pool(&mut self, id: usize, z: &Tensor, spec: &PoolSpec) -> Result<Tensor> {
         let disjoint = spec.kernel == spec.stride && spec.padding == [0, 0];
         match &mut self.patterns {
             PatternMode::Record(p) if disjoint => {

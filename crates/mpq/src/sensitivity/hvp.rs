@@ -69,6 +69,14 @@ pub trait Hvp {
     fn block_sizes(&self) -> &[usize];
     /// `H·v` for a flat vector `v` of `sum(block_sizes)` elements.
     fn hvp(&mut self, v: &[f32]) -> Result<Vec<f32>>;
+    /// `H·v` on the blocks that `wanted` marks; the other blocks' entries are unspecified
+    /// (zero or the true value). Lets an implementation skip the gradients nobody reads, as
+    /// Hutchinson does for layers that have met their stopping rule. The default computes
+    /// the whole product.
+    fn hvp_blocks(&mut self, v: &[f32], wanted: &[bool]) -> Result<Vec<f32>> {
+        let _ = wanted;
+        self.hvp(v)
+    }
     /// Products computed so far.
     fn count(&self) -> u64;
 }
@@ -195,12 +203,13 @@ impl<'p> FiniteDiffHvp<'p> {
         self.scheme
     }
 
-    /// Gradients of the analysed weights on batch `b` under `p`, flat, in f64.
-    fn weight_grad(&self, b: usize, p: &Perturbation) -> Result<Vec<f64>> {
-        let grads = self.problem.gradient(b, p)?;
+    /// Gradients of the analysed weights that `wanted` marks on batch `b` under `p`, flat, in
+    /// f64 (zeros for the others).
+    fn weight_grad(&self, b: usize, p: &Perturbation, wanted: &[bool]) -> Result<Vec<f64>> {
+        let grads = self.problem.gradient(b, p, wanted)?;
         let mut out = Vec::with_capacity(self.sizes.iter().sum());
         for (i, &n) in self.sizes.iter().enumerate() {
-            match grads.get(self.problem.weight(i).as_tensor()) {
+            match grads.weights.get(i).and_then(Option::as_ref) {
                 Some(g) => out.extend(g.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?),
                 None => out.extend(std::iter::repeat_n(0.0, n)),
             }
@@ -210,7 +219,8 @@ impl<'p> FiniteDiffHvp<'p> {
 
     fn base_grad(&mut self, b: usize) -> Result<&[f64]> {
         if self.base[b].is_none() {
-            let g = self.weight_grad(b, &Perturbation::default())?;
+            let all = vec![true; self.sizes.len()];
+            let g = self.weight_grad(b, &Perturbation::default(), &all)?;
             self.base[b] = Some(g);
         }
         Ok(self.base[b].as_deref().unwrap_or(&[]))
@@ -223,7 +233,19 @@ impl Hvp for FiniteDiffHvp<'_> {
     }
 
     fn hvp(&mut self, v: &[f32]) -> Result<Vec<f32>> {
+        let all = vec![true; self.sizes.len()];
+        self.hvp_blocks(v, &all)
+    }
+
+    fn hvp_blocks(&mut self, v: &[f32], wanted: &[bool]) -> Result<Vec<f32>> {
         let dim: usize = self.sizes.iter().sum();
+        if wanted.len() != self.sizes.len() {
+            return Err(Error::ShapeMismatch {
+                name: "Hessian-vector product blocks".into(),
+                expected: format!("{} flags", self.sizes.len()),
+                got: format!("{}", wanted.len()),
+            });
+        }
         if v.len() != dim {
             return Err(Error::ShapeMismatch {
                 name: "Hessian-vector product input".into(),
@@ -272,10 +294,10 @@ impl Hvp for FiniteDiffHvp<'_> {
         let mut acc = vec![0.0f64; dim];
         for b in 0..self.problem.batches().len() {
             let wb = self.problem.batch_weight(b)?;
-            let gp = self.weight_grad(b, &plus)?;
+            let gp = self.weight_grad(b, &plus, wanted)?;
             match &minus {
                 Some(minus) => {
-                    let gm = self.weight_grad(b, minus)?;
+                    let gm = self.weight_grad(b, minus, wanted)?;
                     let s = wb / (2.0 * eps);
                     for ((a, p), m) in acc.iter_mut().zip(&gp).zip(&gm) {
                         *a += s * (p - m);

@@ -35,6 +35,7 @@ mod hessian;
 mod hvp;
 mod linalg;
 mod problem;
+mod reverse;
 mod table;
 
 use std::time::Instant;

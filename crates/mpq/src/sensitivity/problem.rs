@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle::backprop::GradStore;
 use candle::{DType, Tensor, Var};
 
 use super::forward::{Pass, PatternMode, Patterns, Perturbation, forward, last_uses};
 use super::hvp::Precision;
+use super::reverse::{self, Grads};
 use crate::data::Batch;
 use crate::graph::{Graph, LayerInfo, ParamStore};
 use crate::{Error, Result};
@@ -67,6 +67,7 @@ pub struct HessianProblem {
     act_sq_norms: Vec<Vec<f64>>,
     loss_value: f64,
     frozen: bool,
+    autograd_only: bool,
 }
 
 impl HessianProblem {
@@ -165,6 +166,7 @@ impl HessianProblem {
             act_sq_norms: Vec::new(),
             loss_value: 0.0,
             frozen: true,
+            autograd_only: false,
         };
         problem.record()?;
         Ok(problem)
@@ -180,7 +182,7 @@ impl HessianProblem {
             let mut pass = Pass {
                 index: &self.index,
                 p: &none,
-                detach_params: true,
+                tracked: &[],
                 patterns: PatternMode::Record(&mut patterns),
                 sq_norms: Some(&mut norms),
             };
@@ -204,6 +206,13 @@ impl HessianProblem {
     /// Turning it off measures what sign changes add to finite differences.
     pub fn set_frozen_patterns(&mut self, frozen: bool) {
         self.frozen = frozen;
+    }
+
+    /// Runs every gradient under candle's autograd, never the hand-written reverse pass (the
+    /// reference the reverse pass is tested against).
+    #[cfg(test)]
+    pub(crate) fn set_autograd_only(&mut self, on: bool) {
+        self.autograd_only = on;
     }
 
     /// The analysed layers, in execution order.
@@ -251,11 +260,11 @@ impl HessianProblem {
         &self.act_sq_norms[b]
     }
 
-    /// The gradients (of the analysed weights' variables, and of `p.acts`) of the loss on
-    /// batch `b` under perturbation `p`.
-    pub(crate) fn gradient(&self, b: usize, p: &Perturbation) -> Result<GradStore> {
+    /// The gradients of the loss on batch `b` under perturbation `p`: of the analysed
+    /// weights that `tracked` marks (indexed by analysed layer), and of `p.acts`.
+    pub(crate) fn gradient(&self, b: usize, p: &Perturbation, tracked: &[bool]) -> Result<Grads> {
         let n = self.batches[b].x.dim(0)?;
-        self.gradient_part(b, 0..n, p)
+        self.gradient_part(b, 0..n, p, tracked)
     }
 
     /// [`Self::gradient`] of the part of batch `b`'s loss that comes from its samples `part`
@@ -263,13 +272,16 @@ impl HessianProblem {
     /// activation offsets shaped `[part.len(), ...]`. For a mean loss, the part's mean is
     /// scaled by `part.len() / n`, so each sample's activation gradient is the whole batch's;
     /// the parts' weight gradients sum to the batch's (up to rounding). Memory of the pass
-    /// scales with `part.len()`.
+    /// scales with `part.len()`. With `f32` on the CPU and frozen patterns the pass runs
+    /// through the hand-written reverse executor (`reverse`), otherwise under candle's
+    /// autograd; both give the same gradients to rounding.
     pub(crate) fn gradient_part(
         &self,
         b: usize,
         part: std::ops::Range<usize>,
         p: &Perturbation,
-    ) -> Result<GradStore> {
+        tracked: &[bool],
+    ) -> Result<Grads> {
         let batch = &self.batches[b];
         let n = batch.x.dim(0)?;
         if part.start >= part.end || part.end > n {
@@ -298,7 +310,7 @@ impl HessianProblem {
         let mut pass = Pass {
             index: &self.index,
             p,
-            detach_params: p.acts.iter().any(Option::is_some),
+            tracked,
             patterns,
             sq_norms: None,
         };
@@ -310,14 +322,34 @@ impl HessianProblem {
                 batch.y.narrow(0, part.start, part.len())?,
             )
         };
-        let logits = forward(&self.graph, &self.last_use, &x, &mut pass)?;
-        let loss = self.loss.eval(&logits, &y)?;
-        let loss = if whole {
-            loss
-        } else {
-            (loss * (part.len() as f64 / n as f64))?
+        let share = part.len() as f64 / n as f64;
+        let loss = |logits: &Tensor| -> Result<Tensor> {
+            let l = self.loss.eval(logits, &y)?;
+            Ok(if whole { l } else { (l * share)? })
         };
-        Ok(loss.backward()?)
+        if !self.autograd_only && reverse::applies(self.dtype, self.graph.device(), self.frozen) {
+            return reverse::gradients(&self.graph, &self.last_use, &x, &loss, &mut pass);
+        }
+        let logits = forward(&self.graph, &self.last_use, &x, &mut pass)?;
+        let grads = loss(&logits)?.backward()?;
+        let nl = self.layers.len();
+        Ok(Grads {
+            weights: (0..nl)
+                .map(|i| {
+                    let t = tracked.get(i) == Some(&true);
+                    t.then(|| grads.get(self.weights[i].as_tensor()).cloned())
+                        .flatten()
+                })
+                .collect(),
+            acts: (0..nl)
+                .map(|i| {
+                    p.acts
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .and_then(|v| grads.get(v.as_tensor()).cloned())
+                })
+                .collect(),
+        })
     }
 }
 

@@ -1,0 +1,292 @@
+//! Fused elementwise passes without autograd, for the hand-written reverse pass of the
+//! eval-mode Hessian executor (PyHessian: Yao et al. 2020 differentiates an eval-mode network
+//! twice; mpq differences gradients of it, with ReLU patterns frozen).
+//!
+//! In eval mode a batch norm is a per-channel affine map `a·x + k`, and its input gradient the
+//! same map without the shift; a frozen ReLU after it multiplies by a recorded `u8` mask. Each
+//! direction is therefore one pass, [`channel_affine`], where candle's autograd needs the
+//! normalisation, the mask, the per-channel sums of `dγ`/`dβ` nobody reads, and a zeroed
+//! buffer plus an add to accumulate every gradient. [`add_masked`] is the residual `a + b`
+//! followed by a frozen ReLU, and [`conv2d_grads`] the convolution's two gradients as plain
+//! calls.
+
+use std::mem::MaybeUninit;
+
+use candle::{CpuStorage, DType, Result, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+use crate::uninit::filled;
+
+/// Runs `f` on the contiguous `u8` data of the CPU tensor `t`.
+fn with_u8<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::U8(v)), Some((a, b))) => f(&v[a..b]),
+        _ => bail!("mpq-kernels: expected a contiguous CPU u8 mask"),
+    }
+}
+
+fn check(x: &Tensor, mask: Option<&Tensor>, what: &str) -> Result<()> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        bail!("{what}: expected an f32 CPU tensor, got {:?}", x.dtype());
+    }
+    if let Some(m) = mask
+        && m.dims() != x.dims()
+    {
+        bail!("{what}: mask {:?} does not match {:?}", m.dims(), x.dims());
+    }
+    Ok(())
+}
+
+/// `y = mask ? scale[c]·x + shift[c] : 0` for `x` of shape `[n, c, ...]` (`shift` empty
+/// means 0, no mask means all ones): an eval-mode batch norm followed by a frozen ReLU, or
+/// (shift empty) its input gradient. Not differentiable; `f32` on the CPU only.
+pub fn channel_affine(
+    x: &Tensor,
+    scale: &[f32],
+    shift: &[f32],
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    check(x, mask, "channel_affine")?;
+    let dims = x.dims();
+    if dims.len() < 2 || dims[1] != scale.len() || !(shift.is_empty() || shift.len() == scale.len())
+    {
+        bail!(
+            "channel_affine: {} scales and {} shifts for {dims:?}",
+            scale.len(),
+            shift.len()
+        );
+    }
+    let c = dims[1];
+    let p: usize = dims[2..].iter().product();
+    let run = |xs: &[f32], m: Option<&[u8]>| -> Vec<f32> {
+        if p == 0 {
+            return Vec::new();
+        }
+        let min_len = (16384 / p).max(1);
+        // SAFETY: the planes cover the output and each call writes every element of its plane
+        // (`xs` and `m` hold `n·c·p` values).
+        unsafe {
+            filled(xs.len(), |out| {
+                out.par_chunks_mut(p)
+                    .enumerate()
+                    .with_min_len(min_len)
+                    .for_each(|(i, o)| {
+                        let ch = i % c;
+                        let k = shift.get(ch).copied().unwrap_or(0.0);
+                        let xs = &xs[i * p..(i + 1) * p];
+                        match m {
+                            Some(m) => affine_mask(o, xs, &m[i * p..(i + 1) * p], scale[ch], k),
+                            None => affine(o, xs, scale[ch], k),
+                        }
+                    })
+            })
+        }
+    };
+    let x = x.contiguous()?;
+    let y = {
+        let (storage, layout) = x.storage_and_layout();
+        let xs = match &*storage {
+            Storage::Cpu(cpu) => crate::storage::slice_f32(cpu, layout)?,
+            _ => bail!("channel_affine: expected a CPU tensor"),
+        };
+        match mask {
+            Some(m) => with_u8(m, |m| Ok(run(xs, Some(m))))?,
+            None => run(xs, None),
+        }
+    };
+    Tensor::from_vec(y, dims, x.device())
+}
+
+/// `(a + b)·mask` elementwise (a residual sum followed by a frozen ReLU; no mask: `a + b`).
+/// Not differentiable; `f32` on the CPU only.
+pub fn add_masked(a: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    check(a, mask, "add_masked")?;
+    check(b, None, "add_masked")?;
+    if a.dims() != b.dims() {
+        bail!("add_masked: {:?} + {:?}", a.dims(), b.dims());
+    }
+    const BLOCK: usize = 1 << 15;
+    let y = crate::storage::with_f32(a, |av| {
+        crate::storage::with_f32(b, |bv| {
+            let run = |m: Option<&[u8]>| {
+                // SAFETY: the chunks cover the output and each call writes every element of
+                // its chunk (`av`, `bv` and `m` have the output's length).
+                unsafe {
+                    filled(av.len(), |y| {
+                        y.par_chunks_mut(BLOCK).enumerate().for_each(|(i, y)| {
+                            let r = i * BLOCK..i * BLOCK + y.len();
+                            match m {
+                                Some(m) => add_mask(y, &av[r.clone()], &bv[r.clone()], &m[r]),
+                                None => add(y, &av[r.clone()], &bv[r]),
+                            }
+                        })
+                    })
+                }
+            };
+            match mask {
+                Some(m) => with_u8(m, |m| Ok(run(Some(m)))),
+                None => Ok(run(None)),
+            }
+        })
+    })?;
+    Tensor::from_vec(y, a.dims(), a.device())
+}
+
+/// The input and weight gradients of [`crate::conv2d`] (without bias) from the output
+/// gradient `dy`, each only when asked for. Not differentiable; `f32` on the CPU only.
+pub fn conv2d_grads(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    p: &crate::Conv2dParams,
+    input: bool,
+    weight: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    for t in [x, w, dy] {
+        check(t, None, "conv2d_grads")?;
+    }
+    let (gx, gw, _) = crate::conv2d::grads(x, w, dy, p, input, weight, false)?;
+    Ok((gx, gw))
+}
+
+crate::simd::multiversion! {
+    fn affine_mask(o: &mut [MaybeUninit<f32>], x: &[f32], m: &[u8], a: f32, k: f32) = affine_mask_impl;
+}
+
+#[inline(always)]
+fn affine_mask_impl(o: &mut [MaybeUninit<f32>], x: &[f32], m: &[u8], a: f32, k: f32) {
+    assert!(x.len() >= o.len() && m.len() >= o.len());
+    for ((o, &x), &m) in o.iter_mut().zip(x).zip(m) {
+        o.write(if m != 0 { a * x + k } else { 0.0 });
+    }
+}
+
+crate::simd::multiversion! {
+    fn affine(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, k: f32) = affine_impl;
+}
+
+#[inline(always)]
+fn affine_impl(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, k: f32) {
+    assert!(x.len() >= o.len());
+    for (o, &x) in o.iter_mut().zip(x) {
+        o.write(a * x + k);
+    }
+}
+
+crate::simd::multiversion! {
+    fn add_mask(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], m: &[u8]) = add_mask_impl;
+}
+
+#[inline(always)]
+fn add_mask_impl(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], m: &[u8]) {
+    assert!(a.len() >= o.len() && b.len() >= o.len() && m.len() >= o.len());
+    for (((o, &a), &b), &m) in o.iter_mut().zip(a).zip(b).zip(m) {
+        o.write(if m != 0 { a + b } else { 0.0 });
+    }
+}
+
+crate::simd::multiversion! {
+    fn add(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) = add_impl;
+}
+
+#[inline(always)]
+fn add_impl(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
+    assert!(a.len() >= o.len() && b.len() >= o.len());
+    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+        o.write(a + b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle::Device;
+
+    fn rand(dims: &[usize], seed: u64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn channel_affine_matches_candle_ops_with_and_without_mask() {
+        for (dims, seed) in [
+            (vec![3, 5, 7, 9], 1),
+            (vec![2, 4, 1, 1], 2),
+            (vec![4, 3], 3),
+        ] {
+            let x = rand(&dims, seed);
+            let c = dims[1];
+            let scale: Vec<f32> = (0..c).map(|i| 0.5 + i as f32).collect();
+            let shift: Vec<f32> = (0..c).map(|i| i as f32 * 0.1 - 0.2).collect();
+            let mask = rand(&dims, seed + 10).gt(0.0).unwrap();
+            let mut bshape = vec![1, c];
+            bshape.extend(std::iter::repeat_n(1, dims.len() - 2));
+            let s = Tensor::new(scale.as_slice(), &Device::Cpu)
+                .unwrap()
+                .reshape(bshape.as_slice())
+                .unwrap();
+            let t = Tensor::new(shift.as_slice(), &Device::Cpu)
+                .unwrap()
+                .reshape(bshape.as_slice())
+                .unwrap();
+            let plain = x.broadcast_mul(&s).unwrap().broadcast_add(&t).unwrap();
+            let want = (&plain * mask.to_dtype(DType::F32).unwrap()).unwrap();
+            let got = channel_affine(&x, &scale, &shift, Some(&mask)).unwrap();
+            assert!(max_diff(&got, &want) < 1e-6);
+            let got = channel_affine(&x, &scale, &shift, None).unwrap();
+            assert!(max_diff(&got, &plain) < 1e-6);
+            let got = channel_affine(&x, &scale, &[], None).unwrap();
+            assert!(max_diff(&got, &x.broadcast_mul(&s).unwrap()) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn add_masked_matches_candle_ops() {
+        let dims = [3, 70001];
+        let (a, b) = (rand(&dims, 4), rand(&dims, 5));
+        let mask = rand(&dims, 6).gt(0.0).unwrap();
+        let sum = (&a + &b).unwrap();
+        let want = (&sum * mask.to_dtype(DType::F32).unwrap()).unwrap();
+        assert_eq!(
+            max_diff(&add_masked(&a, &b, Some(&mask)).unwrap(), &want),
+            0.0
+        );
+        assert_eq!(max_diff(&add_masked(&a, &b, None).unwrap(), &sum), 0.0);
+    }
+
+    #[test]
+    fn bad_shapes_and_dtypes_are_errors() {
+        let x = rand(&[2, 3, 4, 4], 7);
+        assert!(channel_affine(&x, &[1.0; 2], &[], None).is_err());
+        assert!(channel_affine(&x, &[1.0; 3], &[0.0; 2], None).is_err());
+        let m = rand(&[2, 3, 4, 5], 8).gt(0.0).unwrap();
+        assert!(channel_affine(&x, &[1.0; 3], &[], Some(&m)).is_err());
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        assert!(channel_affine(&x64, &[1.0; 3], &[], None).is_err());
+        assert!(add_masked(&x, &rand(&[2, 3, 4, 5], 9), None).is_err());
+    }
+}
