@@ -288,7 +288,7 @@ pub fn activation_traces(
         .iter()
         .map(|l| activation_channels(l).0)
         .collect();
-    hutchinson(&channels, cfg, "act-trace", progress, |_| {
+    hutchinson(&channels, cfg, "act-trace", progress, false, |_, _| {
         let mut total: Vec<Vec<f64>> = channels.iter().map(|&c| vec![0.0; c]).collect();
         for b in 0..problem.batches().len() {
             let s = hvp.batch_samples(b, &mut Probe::Rademacher(rng))?;

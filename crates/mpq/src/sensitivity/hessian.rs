@@ -118,16 +118,20 @@ pub(crate) fn rademacher(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     out
 }
 
-/// Hutchinson's loop shared by weight and activation traces. `probe(k)` returns, for probe
-/// `k`, each block's per-channel samples `Σ_{j∈c} z_j (Hz)_j`; a block's sample is their sum.
-/// Stops when every block has met the rule (after `min_probes`) or at `max_iter`; a block
-/// that has converged keeps using later probes, which come at no extra cost.
+/// Hutchinson's loop shared by weight and activation traces. `probe(k, active)` returns, for
+/// probe `k`, each block's per-channel samples `Σ_{j∈c} z_j (Hz)_j` (a block's sample is their
+/// sum); `active` marks the blocks that have not met the rule yet. Stops when every block has
+/// met the rule (after `min_probes`) or at `max_iter`. With `drop_converged` a block that has
+/// met the rule stops there, as in PyHessian's per-layer loop, and its samples in later
+/// probes are neither needed nor read (the caller can skip computing them); without it, a
+/// converged block keeps using later probes (for products that cost the same either way).
 pub(crate) fn hutchinson(
     channels: &[usize],
     cfg: &TraceConfig,
     label: &str,
     progress: &mut dyn Progress,
-    mut probe: impl FnMut(usize) -> Result<Vec<Vec<f64>>>,
+    drop_converged: bool,
+    mut probe: impl FnMut(usize, &[bool]) -> Result<Vec<Vec<f64>>>,
 ) -> Result<Vec<TraceEstimate>> {
     let (max, min) = match cfg.probes {
         Some(p) => (p, p),
@@ -143,9 +147,13 @@ pub(crate) fn hutchinson(
     progress.start(label, max as u64);
     let mut k = 0;
     while k < max {
-        let samples = probe(k)?;
+        let active: Vec<bool> = converged.iter().map(Option::is_none).collect();
+        let samples = probe(k, &active)?;
         k += 1;
         for i in 0..nb {
+            if drop_converged && !active[i] {
+                continue;
+            }
             let prev = blocks[i].mean;
             blocks[i].push(samples[i].iter().sum());
             for (s, &x) in chans[i].iter_mut().zip(&samples[i]) {
@@ -168,7 +176,7 @@ pub(crate) fn hutchinson(
         .map(|i| TraceEstimate {
             trace: chans[i].iter().map(|s| s.mean).sum(),
             stderr: blocks[i].stderr(),
-            probes: k,
+            probes: blocks[i].n,
             converged_at: converged[i],
             channels: chans[i].iter().map(|s| s.mean).collect(),
         })
@@ -176,7 +184,9 @@ pub(crate) fn hutchinson(
 }
 
 /// Per-layer weight traces by Hutchinson with probes shared by all blocks: one HVP per probe
-/// updates every block (unbiased per block: the cross terms `E[z_iᵀ H_ij z_j]` vanish).
+/// updates every block (unbiased per block: the cross terms `E[z_iᵀ H_ij z_j]` vanish). A
+/// block that has met the stopping rule drops out: later probes are zero there, which skips
+/// its weight gradient and removes its cross terms from the other blocks' samples.
 pub fn hutchinson_traces(
     hvp: &mut dyn Hvp,
     channels: &[usize],
@@ -186,9 +196,16 @@ pub fn hutchinson_traces(
 ) -> Result<Vec<TraceEstimate>> {
     let sizes = hvp.block_sizes().to_vec();
     let dim: usize = sizes.iter().sum();
-    hutchinson(channels, cfg, "trace", progress, |_| {
-        let z = rademacher(rng, dim);
-        let hz = hvp.hvp(&z)?;
+    hutchinson(channels, cfg, "trace", progress, true, |_, active| {
+        let mut z = rademacher(rng, dim);
+        let mut off = 0;
+        for (&n, &a) in sizes.iter().zip(active) {
+            if !a {
+                z[off..off + n].fill(0.0);
+            }
+            off += n;
+        }
+        let hz = hvp.hvp_blocks(&z, active)?;
         Ok(weight_samples(&sizes, channels, &z, &hz))
     })
 }

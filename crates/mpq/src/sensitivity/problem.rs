@@ -4,13 +4,13 @@
 //! ReLU / max-pool patterns of every batch.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle::{DType, Tensor, Var};
 
 use super::forward::{Pass, PatternMode, Patterns, Perturbation, forward, last_uses};
 use super::hvp::Precision;
-use super::reverse::{self, Grads};
+use super::reverse::{self, Grads, Prefix};
 use crate::data::Batch;
 use crate::graph::{Graph, LayerInfo, ParamStore};
 use crate::{Error, Result};
@@ -68,6 +68,9 @@ pub struct HessianProblem {
     loss_value: f64,
     frozen: bool,
     autograd_only: bool,
+    /// Per batch and sample range: the forward values before the first perturbed node of
+    /// the last reverse pass (see `reverse::Prefix`).
+    prefixes: Mutex<HashMap<(usize, usize, usize), Option<Prefix>>>,
 }
 
 impl HessianProblem {
@@ -167,6 +170,7 @@ impl HessianProblem {
             loss_value: 0.0,
             frozen: true,
             autograd_only: false,
+            prefixes: Mutex::new(HashMap::new()),
         };
         problem.record()?;
         Ok(problem)
@@ -328,7 +332,19 @@ impl HessianProblem {
             Ok(if whole { l } else { (l * share)? })
         };
         if !self.autograd_only && reverse::applies(self.dtype, self.graph.device(), self.frozen) {
-            return reverse::gradients(&self.graph, &self.last_use, &x, &loss, &mut pass);
+            let mut prefixes = self
+                .prefixes
+                .lock()
+                .map_err(|_| Error::config("sensitivity", "prefix cache poisoned"))?;
+            let cache = prefixes.entry((b, part.start, part.end)).or_default();
+            return reverse::gradients(
+                &self.graph,
+                &self.last_use,
+                &x,
+                &loss,
+                &mut pass,
+                Some(cache),
+            );
         }
         let logits = forward(&self.graph, &self.last_use, &x, &mut pass)?;
         let grads = loss(&logits)?.backward()?;

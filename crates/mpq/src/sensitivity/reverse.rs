@@ -61,15 +61,27 @@ enum Saved {
 /// The loss `loss(logits, y)` of one pass; its gradient w.r.t. the logits is taken by candle.
 pub(crate) type LossOf<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
 
+/// The forward values live just before node `start` of an unperturbed pass on one input:
+/// every pass on that input whose first perturbed or tracked node is `start` computes the
+/// same values up to there, so it can begin at `start`.
+#[derive(Debug)]
+pub(crate) struct Prefix {
+    start: usize,
+    values: Vec<Option<Tensor>>,
+}
+
 /// Gradients of `loss` on input `x` under `pass` (whose patterns must be frozen) for the
 /// analysed layers whose weights `pass.tracked` marks and whose activations `pass.p.acts`
-/// perturbs.
+/// perturbs. With `cache` (for this input), the forward pass starts from the cached values
+/// before the first node that a perturbation or tracked weight touches, and records them there
+/// when the cache holds another start.
 pub(crate) fn gradients(
     graph: &Graph,
     last_use: &[usize],
     x: &Tensor,
     loss: LossOf<'_>,
     pass: &mut Pass<'_>,
+    cache: Option<&mut Option<Prefix>>,
 ) -> Result<Grads> {
     let nodes = graph.nodes();
     let n_layers = pass.index.len();
@@ -117,10 +129,36 @@ pub(crate) fn gradients(
             .ok_or_else(|| Error::config("sensitivity", "missing frozen ReLU pattern"))
     };
 
+    // The first node whose value differs from the unperturbed pass or needs saving.
+    let first = (1..nodes.len())
+        .find(|&id| {
+            needs[id]
+                || layer_of(id).is_some_and(|i| {
+                    pass.p.weights.get(i).is_some_and(Option::is_some) || act(i).is_some()
+                })
+        })
+        .unwrap_or(nodes.len());
     let mut values: Vec<Option<Tensor>> = vec![None; nodes.len()];
     let mut saved: Vec<Saved> = (0..nodes.len()).map(|_| Saved::None).collect();
     values[0] = Some(x.clone());
-    for (id, node) in nodes.iter().enumerate().skip(1) {
+    let mut from = 1;
+    let mut cache = cache.filter(|_| first > 1 && first < nodes.len());
+    if let Some(Some(prefix)) = cache.as_deref()
+        && prefix.start == first
+    {
+        values.clone_from(&prefix.values);
+        from = first;
+        cache = None;
+    }
+    for (id, node) in nodes.iter().enumerate().skip(from) {
+        if id == first
+            && let Some(c) = cache.take()
+        {
+            *c = Some(Prefix {
+                start: first,
+                values: values.clone(),
+            });
+        }
         let input = |k: usize| -> Result<Tensor> {
             values[node.inputs[k]].clone().ok_or_else(|| {
                 Error::config("graph", format!("node {} reads a freed value", node.name))
@@ -466,19 +504,28 @@ mod tests {
         let (fast, slow) = (problem(&graph, false), problem(&graph, true));
         let layers = fast.layers().to_vec();
         assert_eq!(layers.len(), 6);
-        // Perturbed weights in every other layer, gradients of a subset.
-        let weights: Vec<Option<Tensor>> = layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                (i % 2 == 0).then(|| (noise(&l.weight_shape, 50 + i as u64) * 1e-2).unwrap())
-            })
-            .collect();
-        let p = Perturbation {
-            weights,
-            acts: Vec::new(),
-        };
-        for tracked in [vec![true; 6], vec![false, true, false, false, true, false]] {
+        // Perturbed weights in some layers, gradients of a subset; the last case starts past
+        // the first layers, so its second pass begins from the cached prefix.
+        let cases = [
+            (vec![0, 2, 4], vec![true; 6]),
+            (vec![0, 2, 4], vec![false, true, false, false, true, false]),
+            (vec![2, 4], vec![false, false, true, false, true, true]),
+            (vec![2, 4], vec![false, false, true, false, true, true]),
+        ];
+        for (perturbed, tracked) in cases {
+            let weights: Vec<Option<Tensor>> = layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    perturbed
+                        .contains(&i)
+                        .then(|| (noise(&l.weight_shape, 50 + i as u64) * 1e-2).unwrap())
+                })
+                .collect();
+            let p = Perturbation {
+                weights,
+                acts: Vec::new(),
+            };
             let (a, b) = (
                 fast.gradient(0, &p, &tracked).unwrap(),
                 slow.gradient(0, &p, &tracked).unwrap(),
