@@ -95,6 +95,30 @@ fn bn_train(
     ))
 }
 
+/// The gradients `(dx, dγ, dβ)` of a train-mode batch norm (followed by ReLU when `relu`)
+/// from its input `x`, output `y`, output gradient `dy` and the batch statistics `mean`,
+/// `var` that [`batch_norm_train`] returned: the op's own backward as a plain call, for
+/// reverse passes written by hand. `f32` on the CPU only.
+pub fn batch_norm_train_grads(
+    x: &Tensor,
+    gamma: &Tensor,
+    (y, dy): (&Tensor, &Tensor),
+    (mean, var): (&Tensor, &Tensor),
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !fast_path(&[x, gamma, y, dy]) {
+        candle::bail!("batch_norm_train_grads: expected f32 CPU tensors");
+    }
+    let dy = &relu_masked(relu, y, dy)?;
+    let (mean, var) = (mean.to_vec1::<f32>()?, var.to_vec1::<f32>()?);
+    let istd = inv_std(&var, eps);
+    match bn_grads(x, gamma, dy, &mean, &istd, true)? {
+        (Some(dx), Some(dg), Some(db)) => Ok((dx, dg, db)),
+        _ => candle::bail!("batch_norm_train_grads: missing gradient"),
+    }
+}
+
 /// Eval-mode batch norm with running statistics, differentiable in `x`, `gamma`, `beta`
 /// (`mean` and `var` are constants).
 ///

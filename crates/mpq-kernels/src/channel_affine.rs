@@ -134,21 +134,21 @@ pub fn add_masked(a: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Tenso
     Tensor::from_vec(y, a.dims(), a.device())
 }
 
-/// The input and weight gradients of [`crate::conv2d`] (without bias) from the output
-/// gradient `dy`, each only when asked for. Not differentiable; `f32` on the CPU only.
+/// The input, weight and bias gradients of [`crate::conv2d`] from the output gradient `dy`,
+/// each only when asked for (`bias` needs `weight`). Not differentiable; `f32` on the CPU
+/// only.
 pub fn conv2d_grads(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
     p: &crate::Conv2dParams,
     input: bool,
-    weight: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    (weight, bias): (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     for t in [x, w, dy] {
         check(t, None, "conv2d_grads")?;
     }
-    let (gx, gw, _) = crate::conv2d::grads(x, w, dy, p, input, weight, false)?;
-    Ok((gx, gw))
+    crate::conv2d::grads(x, w, dy, p, input, weight || bias, bias)
 }
 
 crate::simd::multiversion! {

@@ -38,12 +38,13 @@ mod uninit;
 
 pub use alloc::tune_allocator;
 pub use batch_norm::{
-    batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu,
+    batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_grads,
+    batch_norm_train_relu,
 };
 pub use channel_affine::{add_masked, channel_affine, conv2d_grads};
 pub use conv2d::conv2d;
 pub use params::Conv2dParams;
-pub use relu::{masked, relu, relu6};
+pub use relu::{masked, relu, relu_grad, relu6};
 
 // Pooling with padding (added by the lead; keep these two lines).
 mod pool;

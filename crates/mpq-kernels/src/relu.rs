@@ -153,6 +153,16 @@ pub(crate) fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
         .apply_op2_no_bwd(&dy.contiguous()?, &ReluBackward { hi: f32::INFINITY })
 }
 
+/// The input gradient of [`relu`] (`hi = ∞`) or [`relu6`] (`hi = 6`) from its output `y`:
+/// `dy` where `0 < y < hi`, else 0, as a plain call. `f32` on the CPU only.
+pub fn relu_grad(y: &Tensor, dy: &Tensor, hi: f32) -> Result<Tensor> {
+    if !fast_path(&[y, dy]) {
+        candle::bail!("relu_grad: expected f32 CPU tensors");
+    }
+    y.contiguous()?
+        .apply_op2_no_bwd(&dy.contiguous()?, &ReluBackward { hi })
+}
+
 struct Masked;
 
 impl CustomOp2 for Masked {

@@ -1,5 +1,6 @@
-//! The executor: runs a [`Graph`] forward on candle tensors (backward comes from candle's
-//! autodiff), with [`Hooks`] on every quantizable layer's weight and input activation.
+//! The executor: runs a [`Graph`] forward on candle tensors, with [`Hooks`] on every
+//! quantizable layer's weight and input activation. Backward: candle's autodiff of the
+//! output, or `Graph::forward_backward` (the `backward` module) for a whole training step.
 
 use candle::Tensor;
 use rand::{Rng, SeedableRng};
@@ -140,11 +141,7 @@ impl Graph {
                 Op::Flatten => input(0)?.flatten_from(1)?,
                 Op::Dropout { p } => match opts.mode {
                     Mode::Eval => input(0)?.clone(),
-                    Mode::Train => dropout(
-                        input(0)?,
-                        *p,
-                        opts.dropout_seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                    )?,
+                    Mode::Train => dropout_for(input(0)?, *p, opts.dropout_seed, id)?,
                 },
             };
             values[id] = Some(y);
@@ -174,7 +171,7 @@ impl Graph {
 
     /// Per node: a batch norm whose only consumer is the ReLU right after it, so both run as
     /// one op (`mpq-kernels`' fused BN + ReLU; not with candle's stock ops).
-    fn fused_bn_relu(&self) -> Vec<bool> {
+    pub(super) fn fused_bn_relu(&self) -> Vec<bool> {
         let n = self.nodes.len();
         (0..n)
             .map(|id| {
@@ -201,36 +198,56 @@ impl Graph {
     ) -> Result<Tensor> {
         let p = |s: &str| self.params.var(&format!("{name}.{s}"));
         let (gamma, beta) = (p("weight")?.as_tensor(), p("bias")?.as_tensor());
-        let (rm, rv) = (p("running_mean")?, p("running_var")?);
         match opts.mode {
             Mode::Eval => {
+                let (rm, rv) = (p("running_mean")?, p("running_var")?);
                 let stats = (rm.as_tensor(), rv.as_tensor());
                 ops::batch_norm_eval_relu(x, gamma, beta, stats, eps, relu)
             }
             Mode::Train => {
                 let (y, mean, var) = ops::batch_norm_train_relu(x, gamma, beta, eps, relu)?;
                 if opts.update_running_stats {
-                    let (n, _, h, w) = x.dims4()?;
-                    let count = (n * h * w) as f64;
-                    let unbiased = if count > 1.0 {
-                        (var * (count / (count - 1.0)))?
-                    } else {
-                        var
-                    };
-                    rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * momentum)?)?)?;
-                    rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * momentum)?)?)?;
-                    if let Some(counter) = self.params.get(&format!("{name}.num_batches_tracked")) {
-                        counter.set(&counter.as_tensor().broadcast_add(&Tensor::ones(
-                            (),
-                            counter.dtype(),
-                            counter.device(),
-                        )?)?)?;
-                    }
+                    self.update_running_stats(name, x, (&mean, &var), momentum)?;
                 }
                 Ok(y)
             }
         }
     }
+
+    /// PyTorch's running-statistics update of batch norm `name` from the batch statistics of
+    /// its input `x` (biased `var`, made unbiased here).
+    pub(super) fn update_running_stats(
+        &self,
+        name: &str,
+        x: &Tensor,
+        (mean, var): (&Tensor, &Tensor),
+        momentum: f64,
+    ) -> Result<()> {
+        let p = |s: &str| self.params.var(&format!("{name}.{s}"));
+        let (rm, rv) = (p("running_mean")?, p("running_var")?);
+        let (n, _, h, w) = x.dims4()?;
+        let count = (n * h * w) as f64;
+        let unbiased = if count > 1.0 {
+            (var * (count / (count - 1.0)))?
+        } else {
+            var.clone()
+        };
+        rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * momentum)?)?)?;
+        rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * momentum)?)?)?;
+        if let Some(counter) = self.params.get(&format!("{name}.num_batches_tracked")) {
+            counter.set(&counter.as_tensor().broadcast_add(&Tensor::ones(
+                (),
+                counter.dtype(),
+                counter.device(),
+            )?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The train-mode dropout of node `id` in a pass with dropout seed `seed`.
+pub(super) fn dropout_for(x: &Tensor, p: f64, seed: u64, id: usize) -> Result<Tensor> {
+    dropout(x, p, seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// Inverted dropout with a seeded mask: kept elements are scaled by `1/(1-p)`.

@@ -6,6 +6,7 @@
 //! calls [`Hooks`] on each one's weight and input activation, which is how fake
 //! quantization, activation perturbations and calibration observers plug in.
 
+mod backward;
 mod build;
 mod exec;
 mod fold;

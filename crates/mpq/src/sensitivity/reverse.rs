@@ -313,7 +313,11 @@ pub(crate) fn gradients(
                             dilation: spec.dilation,
                             groups: spec.groups,
                         };
-                        mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, want_w)?
+                        {
+                            let (gx, gw, _) =
+                                mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (want_w, false))?;
+                            (gx, gw)
+                        }
                     }
                     _ => (
                         want_x.then(|| g.matmul(&w)).transpose()?,

@@ -256,8 +256,8 @@ pub fn train_with(
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
             let mut opts = ForwardOptions::new(Mode::Train, &mut *hooks);
             opts.dropout_seed = cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ step as u64;
-            let logits = graph.forward_with(&batch.x, &mut opts)?;
-            let loss = cross_entropy(&logits, &batch.y, cfg.label_smoothing)?;
+            let ce = |l: &Tensor| cross_entropy(l, &batch.y, cfg.label_smoothing);
+            let (logits, loss, grads) = graph.forward_backward(&batch.x, &mut opts, &ce)?;
             let loss_v = loss.to_scalar::<f32>()? as f64;
             if !loss_v.is_finite() {
                 return Err(Error::NonFinite(format!(
@@ -265,7 +265,6 @@ pub fn train_with(
                     epoch + 1
                 )));
             }
-            let grads = loss.backward()?;
             opt.step(&grads, lr)?;
             loss_sum += loss_v * n as f64;
             hits += correct(&logits, &batch.y)?;

@@ -108,3 +108,186 @@ fn qat_lowers_the_quantized_loss() {
     let qat = train::evaluate(&model.graph, &splits.train, norm, 64, &mut hooks).unwrap();
     assert!(qat.loss < ptq.loss, "QAT {qat:?} vs PTQ {ptq:?}");
 }
+
+/// The gradients of a parameter store (and extra variables) as f64 vectors, by name.
+fn grads_of(
+    g: &mpq::graph::Graph,
+    extra: &[candle::Var],
+    grads: &candle::backprop::GradStore,
+) -> Vec<(String, Option<Vec<f64>>)> {
+    let mut out: Vec<(String, Option<Vec<f64>>)> = g
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), grads.get(p.var.as_tensor()).map(to_f64)))
+        .collect();
+    for (i, v) in extra.iter().enumerate() {
+        out.push((
+            format!("hook var {i}"),
+            grads.get(v.as_tensor()).map(to_f64),
+        ));
+    }
+    out
+}
+
+fn assert_same_grads(a: &[(String, Option<Vec<f64>>)], b: &[(String, Option<Vec<f64>>)]) {
+    assert_eq!(a.len(), b.len());
+    for ((name, ga), (_, gb)) in a.iter().zip(b) {
+        match (ga, gb) {
+            (Some(ga), Some(gb)) => {
+                let num: f64 = ga.iter().zip(gb).map(|(x, y)| (x - y) * (x - y)).sum();
+                let den: f64 = gb.iter().map(|y| y * y).sum();
+                assert!(
+                    num.sqrt() <= 1e-5 * den.sqrt() + 1e-7,
+                    "{name}: relative difference {}",
+                    (num / den.max(1e-30)).sqrt()
+                );
+            }
+            (None, None) => {}
+            _ => panic!(
+                "{name}: a gradient in one path only ({:?} vs {:?})",
+                ga.is_some(),
+                gb.is_some()
+            ),
+        }
+    }
+}
+
+#[test]
+fn forward_backward_matches_candle_autograd_with_every_node_kind() {
+    use candle::{Device, Tensor};
+    use mpq::graph::{Conv2dSpec, ForwardOptions, GraphBuilder, Mode, PoolSpec};
+    let build = || {
+        let mut b = GraphBuilder::new(&[3, 12, 12], &Device::Cpu, 9);
+        let x = b
+            .conv2d("c1", b.input(), Conv2dSpec::new(3, 8, 3, 1, 1, true))
+            .unwrap();
+        let x = b.batch_norm("bn1", x).unwrap();
+        let x = b.relu(x).unwrap();
+        let y = b
+            .conv2d("c2", x, Conv2dSpec::new(8, 8, 3, 1, 1, false))
+            .unwrap();
+        let y = b.batch_norm("bn2", y).unwrap();
+        let x = b.add(x, y).unwrap();
+        let x = b.relu(x).unwrap();
+        let x = b
+            .conv2d("c3", x, Conv2dSpec::new(8, 6, 3, 2, 1, true))
+            .unwrap();
+        let x = b.relu6(x).unwrap();
+        let x = b.max_pool(x, PoolSpec::new(2, 2, 0)).unwrap();
+        let x = b
+            .conv2d("c4", x, Conv2dSpec::new(6, 6, 1, 1, 0, false))
+            .unwrap();
+        let x = b.avg_pool(x, PoolSpec::new(3, 1, 1)).unwrap();
+        let x = b.dropout(x, 0.3).unwrap();
+        let g = b.global_avg_pool(x).unwrap();
+        let g = b.flatten(g).unwrap();
+        let g = b.linear("fc1", g, 7, true).unwrap();
+        let g = b.relu(g).unwrap();
+        let g = b.dropout(g, 0.2).unwrap();
+        let g = b.linear("fc2", g, 4, true).unwrap();
+        b.finish(g).unwrap()
+    };
+    let x = crate::util::tensor(
+        &crate::util::uniform(6 * 3 * 144, -1.0, 1.0, 3),
+        &[6, 3, 12, 12],
+    );
+    let y = Tensor::from_vec(vec![0u32, 3, 1, 2, 3, 1], 6, &Device::Cpu).unwrap();
+    let loss = |l: &Tensor| -> mpq::Result<Tensor> { train::cross_entropy(l, &y, 0.1) };
+    for mode in [Mode::Train, Mode::Eval] {
+        let (fast, slow) = (build(), build());
+        let run = |g: &mpq::graph::Graph, reference: bool| {
+            let mut hooks = NoHooks;
+            let mut opts = ForwardOptions::new(mode, &mut hooks);
+            opts.dropout_seed = 77;
+            let (logits, l, grads) = if reference {
+                g.forward_backward_autograd(&x, &mut opts, &loss).unwrap()
+            } else {
+                g.forward_backward(&x, &mut opts, &loss).unwrap()
+            };
+            (
+                to_f64(&logits),
+                l.to_scalar::<f32>().unwrap(),
+                grads_of(g, &[], &grads),
+            )
+        };
+        let (la, va, ga) = run(&fast, false);
+        let (lb, vb, gb) = run(&slow, true);
+        assert!(
+            la.iter().zip(&lb).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{mode:?} logits"
+        );
+        assert!((va - vb).abs() < 1e-5, "{mode:?} loss {va} vs {vb}");
+        assert!(
+            ga.iter().filter(|g| g.1.is_some()).count() >= 12,
+            "{mode:?}: too few gradients"
+        );
+        assert_same_grads(&ga, &gb);
+        // Running statistics were updated alike (train mode) or not at all (eval).
+        for p in ["bn1.running_mean", "bn2.running_var"] {
+            let a = to_f64(fast.params().var(p).unwrap().as_tensor());
+            let b = to_f64(slow.params().var(p).unwrap().as_tensor());
+            assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-6), "{p}");
+        }
+    }
+}
+
+#[test]
+fn forward_backward_matches_candle_autograd_under_lsq_hooks() {
+    use mpq::QuantPlan;
+    use mpq::graph::{ForwardOptions, Hooks, Mode};
+    use mpq::plan::QuantizerKind;
+    use mpq::quant::{CalibrationConfig, PlanHooks};
+    let splits = data::load(DATA, &LoadOptions::default()).unwrap();
+    let norm = &splits.normalization;
+    let x = data::to_tensor(
+        &splits.train,
+        &[0, 1, 2, 3, 4, 5, 6, 7],
+        norm,
+        &candle::Device::Cpu,
+    )
+    .unwrap();
+    let y = candle::Tensor::from_vec(splits.train.labels()[..8].to_vec(), 8, &candle::Device::Cpu)
+        .unwrap();
+    let loss =
+        |l: &candle::Tensor| -> mpq::Result<candle::Tensor> { train::cross_entropy(l, &y, 0.0) };
+    let run = |reference: bool| {
+        let model = zoo::build("resnet8", &ZooConfig::new([1, 8, 8], 3), 4).unwrap();
+        let mut plan = QuantPlan::uniform(&model.graph.layer_infos().unwrap(), 4, 4);
+        for l in plan.layers.iter_mut().skip(1) {
+            l.quantizer = QuantizerKind::Lsq;
+        }
+        let mut hooks = PlanHooks::calibrate(
+            &model.graph,
+            &plan,
+            &splits.train,
+            norm,
+            &CalibrationConfig::default(),
+        )
+        .unwrap();
+        let extra = hooks.trainable();
+        let mut opts = ForwardOptions::new(Mode::Train, &mut hooks);
+        let (_, l, grads) = if reference {
+            model
+                .graph
+                .forward_backward_autograd(&x, &mut opts, &loss)
+                .unwrap()
+        } else {
+            model.graph.forward_backward(&x, &mut opts, &loss).unwrap()
+        };
+        assert!(!extra.is_empty());
+        (
+            l.to_scalar::<f32>().unwrap(),
+            grads_of(&model.graph, &extra, &grads),
+        )
+    };
+    let (va, ga) = run(false);
+    let (vb, gb) = run(true);
+    assert!((va - vb).abs() < 1e-5, "loss {va} vs {vb}");
+    assert!(
+        ga.iter()
+            .filter(|g| g.0.starts_with("hook") && g.1.is_some())
+            .count()
+            > 4
+    );
+    assert_same_grads(&ga, &gb);
+}
