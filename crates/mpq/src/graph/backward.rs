@@ -228,10 +228,7 @@ impl Graph {
         grad[self.output] = Some(dlogits);
         let send = |grad: &mut Vec<Option<Tensor>>, k: usize, g: Tensor| -> Result<()> {
             if k > 0 {
-                grad[k] = Some(match grad[k].take() {
-                    None => g,
-                    Some(a) => mpq_kernels::add_masked(&a, &g, None)?,
-                });
+                add_grad(&mut grad[k], g)?;
             }
             Ok(())
         };
@@ -254,12 +251,7 @@ impl Graph {
                     let want_x = src > 0 || x_hook.is_some();
                     let (gx, gw, gb) = match &node.op {
                         Op::Conv2d(spec) => {
-                            let p = mpq_kernels::Conv2dParams {
-                                stride: spec.stride,
-                                padding: spec.padding,
-                                dilation: spec.dilation,
-                                groups: spec.groups,
-                            };
+                            let p = ops::conv_params(spec);
                             mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (true, has_bias))?
                         }
                         _ => (
@@ -283,8 +275,7 @@ impl Graph {
                     }
                     let gx = match (gx, x_hook) {
                         (Some(gx), Some((xv, hx))) => {
-                            let local = (hx * gx)?.sum_all()?.backward()?;
-                            let gin = local.get(xv.as_tensor()).cloned();
+                            let (gin, local) = local_grad(&xv, &hx, &gx)?;
                             merge(&mut store, local, &targets)?;
                             gin
                         }
@@ -318,13 +309,10 @@ impl Graph {
                 }
                 (Op::Flatten, Saved::Dims(d)) => send(&mut grad, src, g.reshape(d)?)?,
                 (Op::GlobalAvgPool, Saved::Dims(d)) => {
-                    let hw: usize = d[2..].iter().product();
-                    let dx = (g / hw.max(1) as f64)?.broadcast_as(d)?.contiguous()?;
-                    send(&mut grad, src, dx)?;
+                    send(&mut grad, src, global_avg_pool_grad(&g, &d)?)?
                 }
                 (_, Saved::Local { x, y }) => {
-                    let local = (y * &g)?.sum_all()?.backward()?;
-                    let dx = local.get(x.as_tensor()).cloned();
+                    let (dx, local) = local_grad(&x, &y, &g)?;
                     merge(&mut store, local, &targets)?;
                     if let Some(dx) = dx {
                         send(&mut grad, src, dx)?;
@@ -342,6 +330,29 @@ impl Graph {
         }
         Ok((logits, l.detach(), store))
     }
+}
+
+/// Adds `g` to a node's gradient slot (moved in when it is the first).
+pub(crate) fn add_grad(slot: &mut Option<Tensor>, g: Tensor) -> Result<()> {
+    *slot = Some(match slot.take() {
+        None => g,
+        Some(a) => mpq_kernels::add_masked(&a, &g, None)?,
+    });
+    Ok(())
+}
+
+/// The input gradient of a global average pool over an input of `dims` `[N, C, H, W]`.
+pub(crate) fn global_avg_pool_grad(g: &Tensor, dims: &[usize]) -> Result<Tensor> {
+    let hw: usize = dims[2..].iter().product();
+    Ok((g / hw.max(1) as f64)?.broadcast_as(dims)?.contiguous()?)
+}
+
+/// The backward step of a node run under candle's autograd on the variable `x` with output
+/// `y`: the gradient of `x` for the output gradient `g`, and the whole local store (the
+/// gradients of whatever else `y` depends on).
+pub(crate) fn local_grad(x: &Var, y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, GradStore)> {
+    let local = (y * g)?.sum_all()?.backward()?;
+    Ok((local.get(x.as_tensor()).cloned(), local))
 }
 
 fn bias(g: &Graph, name: &str) -> Result<Tensor> {

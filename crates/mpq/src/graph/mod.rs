@@ -7,6 +7,8 @@
 //! quantization, activation perturbations and calibration observers plug in.
 
 mod backward;
+pub(crate) use backward::{add_grad, global_avg_pool_grad, local_grad};
+pub(crate) use ops::conv_params;
 mod build;
 mod exec;
 mod fold;

@@ -12,16 +12,21 @@ use crate::Result;
 /// `x`: `[N, Cin, H, W]`, `w`: `[Cout, Cin/groups, kh, kw]`, `bias`: `[Cout]` →
 /// `[N, Cout, OH, OW]`.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, spec: &Conv2dSpec) -> Result<Tensor> {
-    let p = mpq_kernels::Conv2dParams {
-        stride: spec.stride,
-        padding: spec.padding,
-        dilation: spec.dilation,
-        groups: spec.groups,
-    };
+    let p = conv_params(spec);
     if stock_ops() {
         return Ok(mpq_kernels::reference::conv2d_slow(x, w, bias, &p)?);
     }
     Ok(mpq_kernels::conv2d(x, w, bias, &p)?)
+}
+
+/// The kernels' parameters of a conv node.
+pub(crate) fn conv_params(spec: &Conv2dSpec) -> mpq_kernels::Conv2dParams {
+    mpq_kernels::Conv2dParams {
+        stride: spec.stride,
+        padding: spec.padding,
+        dilation: spec.dilation,
+        groups: spec.groups,
+    }
 }
 
 /// `max(x, 0)`: the fused one-pass op of `mpq-kernels` (candle's own `relu` under stock ops).

@@ -18,7 +18,7 @@
 use candle::{DType, Tensor, Var};
 
 use super::forward::{Pass, PatternMode, Patterns};
-use crate::graph::{self, Graph, Op};
+use crate::graph::{self, Graph, Op, add_grad};
 use crate::{Error, Result};
 
 /// The gradients of one pass, indexed by analysed layer: of the tracked weights, and of the
@@ -289,10 +289,7 @@ pub(crate) fn gradients(
     grad[graph.output()] = Some(dlogits);
     let send = |grad: &mut Vec<Option<Tensor>>, k: usize, g: Tensor| -> Result<()> {
         if needs[k] {
-            grad[k] = Some(match grad[k].take() {
-                None => g,
-                Some(a) => mpq_kernels::add_masked(&a, &g, None)?,
-            });
+            add_grad(&mut grad[k], g)?;
         }
         Ok(())
     };
@@ -307,17 +304,10 @@ pub(crate) fn gradients(
                 let want_x = needs[src] || i.and_then(act).is_some();
                 let (gx, gw) = match &node.op {
                     Op::Conv2d(spec) => {
-                        let p = mpq_kernels::Conv2dParams {
-                            stride: spec.stride,
-                            padding: spec.padding,
-                            dilation: spec.dilation,
-                            groups: spec.groups,
-                        };
-                        {
-                            let (gx, gw, _) =
-                                mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (want_w, false))?;
-                            (gx, gw)
-                        }
+                        let p = graph::conv_params(spec);
+                        let (gx, gw, _) =
+                            mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (want_w, false))?;
+                        (gx, gw)
                     }
                     _ => (
                         want_x.then(|| g.matmul(&w)).transpose()?,
@@ -351,13 +341,10 @@ pub(crate) fn gradients(
             }
             (Op::Flatten, Saved::Dims(d)) => send(&mut grad, src, g.reshape(d)?)?,
             (Op::GlobalAvgPool, Saved::Dims(d)) => {
-                let hw: usize = d[2..].iter().product();
-                let dx = (g / hw.max(1) as f64)?.broadcast_as(d)?.contiguous()?;
-                send(&mut grad, src, dx)?;
+                send(&mut grad, src, graph::global_avg_pool_grad(&g, &d)?)?
             }
             (_, Saved::Local { x, y }) => {
-                let dx = (y * &g)?.sum_all()?.backward()?.get(x.as_tensor()).cloned();
-                let dx = match dx {
+                let dx = match graph::local_grad(&x, &y, &g)?.0 {
                     Some(dx) => dx,
                     None => x.as_tensor().zeros_like()?,
                 };
