@@ -86,13 +86,7 @@ impl Graph {
         opts: &mut ForwardOptions<'_>,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<(Tensor, Tensor, GradStore)> {
-        let dims = x.dims();
-        if dims.len() != self.input_shape.len() + 1 || dims[1..] != self.input_shape[..] {
-            // The same error as the forward pass.
-            return self
-                .forward_with(x, opts)
-                .map(|l| (l.clone(), l, GradStore::default()));
-        }
+        self.check_input(x)?;
         let nodes = &self.nodes;
         let fused = self.fused_bn_relu();
         let var = |name: &str| self.params.var(name);

@@ -84,14 +84,7 @@ impl Graph {
 
     /// Runs the model with hooks and options.
     pub fn forward_with(&self, x: &Tensor, opts: &mut ForwardOptions<'_>) -> Result<Tensor> {
-        let dims = x.dims();
-        if dims.len() != self.input_shape.len() + 1 || dims[1..] != self.input_shape[..] {
-            return Err(Error::ShapeMismatch {
-                name: "model input".into(),
-                expected: format!("[N, {}]", join(&self.input_shape)),
-                got: format!("{dims:?}"),
-            });
-        }
+        self.check_input(x)?;
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         values[0] = Some(x.clone());
         let fused = self.fused_bn_relu();
@@ -154,6 +147,19 @@ impl Graph {
         values[self.output]
             .take()
             .ok_or_else(|| Error::config("graph", "output node was not computed"))
+    }
+
+    /// An input error unless `x` is `[N, ...input_shape]`.
+    pub(super) fn check_input(&self, x: &Tensor) -> Result<()> {
+        let dims = x.dims();
+        if dims.len() != self.input_shape.len() + 1 || dims[1..] != self.input_shape[..] {
+            return Err(Error::ShapeMismatch {
+                name: "model input".into(),
+                expected: format!("[N, {}]", join(&self.input_shape)),
+                got: format!("{dims:?}"),
+            });
+        }
+        Ok(())
     }
 
     fn bias(&self, name: &str, has_bias: bool) -> Result<Option<Tensor>> {

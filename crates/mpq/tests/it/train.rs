@@ -193,6 +193,16 @@ fn forward_backward_matches_candle_autograd_with_every_node_kind() {
     );
     let y = Tensor::from_vec(vec![0u32, 3, 1, 2, 3, 1], 6, &Device::Cpu).unwrap();
     let loss = |l: &Tensor| -> mpq::Result<Tensor> { train::cross_entropy(l, &y, 0.1) };
+    let bad = Tensor::zeros((2, 3, 11, 12), candle::DType::F32, &Device::Cpu).unwrap();
+    let mut hooks = NoHooks;
+    let err = build()
+        .forward_backward(
+            &bad,
+            &mut ForwardOptions::new(Mode::Train, &mut hooks),
+            &loss,
+        )
+        .expect_err("a wrong input shape is an error");
+    assert!(matches!(err, mpq::Error::ShapeMismatch { .. }), "{err}");
     for mode in [Mode::Train, Mode::Eval] {
         let (fast, slow) = (build(), build());
         let run = |g: &mpq::graph::Graph, reference: bool| {
