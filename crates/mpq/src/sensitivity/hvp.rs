@@ -71,7 +71,7 @@ pub trait Hvp {
     /// `H·v` for a flat vector `v` of `sum(block_sizes)` elements.
     fn hvp(&mut self, v: &[f32]) -> Result<Vec<f32>>;
     /// `H·v` on the blocks that `wanted` marks; the other blocks' entries are unspecified
-    /// (zero or the true value). Lets an implementation skip the gradients nobody reads, as
+    /// (zero here, the true value in the default). Lets an implementation skip the gradients nobody reads, as
     /// Hutchinson does for layers that have met their stopping rule. The default computes
     /// the whole product.
     fn hvp_blocks(&mut self, v: &[f32], wanted: &[bool]) -> Result<Vec<f32>> {
@@ -316,6 +316,10 @@ impl Hvp for FiniteDiffHvp<'_> {
         self.count += 1;
         let mut off = 0;
         for (i, &n) in self.sizes.iter().enumerate() {
+            if !wanted[i] {
+                // Its gradients were not computed (one-sided: `0 − g(w)`, meaningless).
+                acc[off..off + n].fill(0.0);
+            }
             if acc[off..off + n].iter().any(|x| !x.is_finite()) {
                 return Err(Error::NonFinite(format!(
                     "Hessian-vector product at layer {} (the loss is not twice differentiable \

@@ -766,3 +766,46 @@ fn frozen_patterns_make_differences_match_autodiff() {
         rel_l2(&free, &reference)
     );
 }
+
+/// `hvp_blocks` gives the full product's entries on the wanted blocks (same perturbation, so
+/// the same step) and zeros elsewhere, in both schemes, through the f32 reverse pass.
+#[test]
+fn block_products_match_the_full_product_on_wanted_blocks() {
+    let g = mpq::zoo::build("resnet8", &mpq::zoo::ZooConfig::new([3, 12, 12], 5), 6)
+        .unwrap()
+        .graph;
+    let batches = vec![Batch {
+        x: inputs(6, &[3, 12, 12], 61),
+        y: labels(6, 5),
+    }];
+    let p = HessianProblem::new(&g, batches, Loss::cross_entropy(), None, Precision::F32).unwrap();
+    for scheme in [FdScheme::Central, FdScheme::OneSided] {
+        let fd = FdConfig {
+            scheme,
+            rel_step: None,
+        };
+        let mut h = FiniteDiffHvp::new(&p, &fd).unwrap();
+        let sizes = h.block_sizes().to_vec();
+        let dim: usize = sizes.iter().sum();
+        let v: Vec<f32> = uniform(dim, -1.0, 1.0, 62)
+            .iter()
+            .map(|&u| if u < 0.0 { -1.0 } else { 1.0 })
+            .collect();
+        let full = h.hvp(&v).unwrap();
+        let wanted: Vec<bool> = (0..sizes.len()).map(|i| i % 3 != 1).collect();
+        let part = h.hvp_blocks(&v, &wanted).unwrap();
+        let mut off = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            let (a, b) = (&part[off..off + n], &full[off..off + n]);
+            if wanted[i] {
+                let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+                let s: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+                assert!(d.sqrt() <= 1e-5 * s.sqrt() + 1e-9, "{scheme:?} block {i}");
+            } else {
+                assert!(a.iter().all(|&x| x == 0.0), "{scheme:?} block {i} not zero");
+            }
+            off += n;
+        }
+        assert!(h.hvp_blocks(&v, &wanted[1..]).is_err());
+    }
+}
