@@ -257,9 +257,7 @@ impl Graph {
                     let wvar = var(&format!("{}.weight", node.name))?;
                     if let Some(gw) = gw {
                         match w_hook {
-                            Some(hw) => {
-                                merge(&mut store, (hw * gw)?.sum_all()?.backward()?, &targets)?
-                            }
+                            Some(hw) => merge(&mut store, local_backward(&hw, &gw)?, &targets)?,
                             None => accumulate(&mut store, wvar.as_tensor(), gw)?,
                         }
                     }
@@ -345,8 +343,13 @@ pub(crate) fn global_avg_pool_grad(g: &Tensor, dims: &[usize]) -> Result<Tensor>
 /// `y`: the gradient of `x` for the output gradient `g`, and the whole local store (the
 /// gradients of whatever else `y` depends on).
 pub(crate) fn local_grad(x: &Var, y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, GradStore)> {
-    let local = (y * g)?.sum_all()?.backward()?;
+    let local = local_backward(y, g)?;
     Ok((local.get(x.as_tensor()).cloned(), local))
+}
+
+/// candle's backward of `y` (built under autograd) for the output gradient `g`.
+fn local_backward(y: &Tensor, g: &Tensor) -> Result<GradStore> {
+    Ok((y * g)?.sum_all()?.backward()?)
 }
 
 fn bias(g: &Graph, name: &str) -> Result<Tensor> {

@@ -141,16 +141,14 @@ impl Pass<'_> {
         x: &Tensor,
         has_bias: bool,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let mut w = self.param(graph, &format!("{name}.weight"))?;
+        let index = self.index.get(name).copied();
+        let var = graph.params().var(&format!("{name}.weight"))?.as_tensor();
+        let mut w = match index {
+            Some(i) if self.tracked.get(i) == Some(&true) => var.clone(),
+            _ => var.detach(),
+        };
         let mut x = x.clone();
-        if let Some(&i) = self.index.get(name) {
-            if self.tracked.get(i) == Some(&true) {
-                w = graph
-                    .params()
-                    .var(&format!("{name}.weight"))?
-                    .as_tensor()
-                    .clone();
-            }
+        if let Some(i) = index {
             if let Some(norms) = self.sq_norms.as_deref_mut() {
                 norms[i] = x
                     .sqr()?
