@@ -3,14 +3,16 @@
 //! forward+backward, and prints a per-layer table plus model totals.
 //!
 //! `cargo run --release -p mpq-kernels --example conv_bench -- [resnet|mobilenet|all]
-//!  [--reps N] [--no-candle] [--scalar]`
+//!  [--reps N] [--no-candle] [--scalar] [--split]`
+//!
+//! `--split` adds the input and weight gradients timed apart (`conv2d_grads`).
 #![expect(
     clippy::print_stdout,
     reason = "a benchmark report printed to the terminal"
 )]
 
 use candle::{Device, Result, Tensor, Var};
-use mpq_kernels::{Conv2dParams, batch_norm_train, conv2d, reference, simd};
+use mpq_kernels::{Conv2dParams, batch_norm_train, conv2d, conv2d_grads, reference, simd};
 use std::time::Instant;
 
 /// One conv layer shape and how often it occurs in the model.
@@ -174,6 +176,26 @@ fn bench_layer(l: &Layer, f: ConvFn, reps: usize) -> Result<(f64, f64)> {
     Ok((fwd, both))
 }
 
+/// (input gradient, weight gradient) seconds of one layer through the fast kernels.
+fn bench_grads(l: &Layer, reps: usize) -> Result<(f64, f64)> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (l.n, l.c, l.hw, l.hw), &dev)?;
+    let w = Tensor::randn(0f32, 0.1, (l.o, l.c / l.groups, l.k, l.k), &dev)?;
+    let p = Conv2dParams::square(l.stride, l.k / 2, 1, l.groups);
+    let dy = conv2d(&x, &w, None, &p)?.randn_like(0., 1.)?;
+    let gx = if l.grad_x {
+        time(reps, || {
+            conv2d_grads(&x, &w, &dy, &p, true, (false, false)).map(|_| ())
+        })?
+    } else {
+        0.0
+    };
+    let gw = time(reps, || {
+        conv2d_grads(&x, &w, &dy, &p, false, (true, false)).map(|_| ())
+    })?;
+    Ok((gx, gw))
+}
+
 /// (fast, candle-ops) fwd+bwd seconds of a train-mode batch norm on `[n, c, hw, hw]`.
 fn bench_bn(
     n: usize,
@@ -203,7 +225,7 @@ fn bench_bn(
     Ok((fwd, fast, slow))
 }
 
-fn run(model: &str, layers: &[Layer], reps: usize, candle_too: bool) -> Result<()> {
+fn run(model: &str, layers: &[Layer], reps: usize, candle_too: bool, split: bool) -> Result<()> {
     println!("\n== {model} ==  (median seconds per layer; totals weighted by count)");
     println!(
         "{:<26} {:>3} {:>7} | {:>8} {:>8} {:>6} | {:>8} {:>8}",
@@ -220,6 +242,17 @@ fn run(model: &str, layers: &[Layer], reps: usize, candle_too: bool) -> Result<(
         } else {
             (f64::NAN, f64::NAN)
         };
+        if split {
+            let (gx, gw) = bench_grads(l, reps)?;
+            println!(
+                "{:<26}     gx {:.4} s ({:.0} GF/s)  gw {:.4} s ({:.0} GF/s)",
+                "",
+                gx,
+                gflop / gx,
+                gw,
+                gflop / gw
+            );
+        }
         let k = l.count as f64;
         let passes = if l.grad_x { 3.0 } else { 2.0 };
         println!(
@@ -258,6 +291,7 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(7);
     let candle_too = !args.iter().any(|a| a == "--no-candle");
+    let split = args.iter().any(|a| a == "--split");
     if args.iter().any(|a| a == "--scalar") {
         simd::set_force_scalar(true);
     }
@@ -267,7 +301,13 @@ fn main() -> Result<()> {
         rayon::current_num_threads()
     );
     if which == "resnet" || which == "all" {
-        run("ResNet-20 b128 conv layers", &resnet20(), reps, candle_too)?;
+        run(
+            "ResNet-20 b128 conv layers",
+            &resnet20(),
+            reps,
+            candle_too,
+            split,
+        )?;
         if std::env::var("BENCH_ONLY").is_ok() {
             return Ok(());
         }
@@ -293,6 +333,7 @@ fn main() -> Result<()> {
             &mobilenet_v2(),
             reps,
             candle_too,
+            split,
         )?;
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! batch can keep every rayon thread busy, and over the GEMM itself otherwise.
 
 use crate::direct;
+use crate::direct_gw;
 use crate::im2col::{col2im_add, im2col};
 use crate::params::ConvGeom;
 use crate::scratch::with_scratch;
@@ -173,20 +174,13 @@ pub(crate) fn grad_weight(
         }
     };
     let len = g.o * k + nb;
-    if let Some((g1, strided)) = direct_geometry(g) {
+    if direct_gw::usable(g) && !g.is_pointwise() {
         let mut dw = sum_over_chunks(g.n, len, batch_parallel(g.n), |images| {
-            let mut gw = direct::GradWeight::new(&g1);
+            let mut gw = direct_gw::GradWeight::new(g);
             let mut acc = vec![0f32; len];
-            let mut sub = vec![0f32; if strided { g.c * p } else { 0 }];
             for n in images {
                 let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
-                let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
-                if strided {
-                    direct::subsample(xn, &mut sub, g);
-                    gw.add_image(&sub, dyn_);
-                } else {
-                    gw.add_image(xn, dyn_);
-                }
+                gw.add_image(&x[n * g.c * hw..(n + 1) * g.c * hw], dyn_);
                 for (b, row) in acc[g.o * k..].iter_mut().zip(dyn_.chunks_exact(p)) {
                     *b += row.iter().sum::<f32>();
                 }

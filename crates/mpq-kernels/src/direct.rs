@@ -9,9 +9,9 @@
 //! load of 16 input pixels feeds 16 fused multiply-adds with broadcast weights. Planes whose
 //! rows are narrower than 16 (8x8 feature maps) are walked as runs of 16 consecutive positions
 //! of the plane at the padded width instead, the few lanes that fall into the padding computed
-//! and dropped (a compressing store; the weight gradient zeroes their `dy`): 5 steps for an 8x8
-//! plane where whole rows took 8 half-empty ones (ResNet-20's 64-channel convs went from 45 to
-//! 73 GFLOP/s forward+backward in `conv_bench`).
+//! and dropped (a compressing store): 5 steps for an 8x8 plane where whole rows took 8
+//! half-empty ones. The weight gradient of these convs (and of strided ones) is in
+//! `direct_gw`.
 //!
 //! Runs only where AVX-512F was detected (and the scalar fallback is not forced); elsewhere,
 //! and for strided, dilated, grouped or pointwise convs, `conv_gemm` does the work.
@@ -22,8 +22,6 @@ use crate::params::ConvGeom;
 use crate::scratch::with_scratch;
 use crate::simd::{Isa, isa};
 
-/// Output channels per register block of the weight gradient.
-const OB: usize = 16;
 /// Output channels per register block of a correlation (forward, input gradient).
 const CB: usize = 8;
 /// 16-pixel steps per register block of a correlation: `CB x STEPS` accumulators, so each
@@ -387,181 +385,6 @@ impl GradInput {
     /// `dx[c, h, w]` of image `dy[o, oh, ow]`.
     pub(crate) fn image(&self, dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         correlate(dy, &self.packed, None, dx, &self.s);
-    }
-}
-
-/// Register steps (16-pixel pieces of output rows) per tile of the weight gradient: the
-/// tile's repacked `dy` (16 channels x 16 lanes per step, 1 KiB) stays in L1 while every input
-/// channel and tap passes over it.
-const TILE_STEPS: usize = 16;
-
-/// Weight gradient of a chunk of images, accumulated in 16-lane partial sums.
-pub(crate) struct GradWeight {
-    s: Shape,
-    /// `[o / OB][c][tap][o % OB][lane]` partial sums.
-    acc: Vec<f32>,
-}
-
-impl GradWeight {
-    /// An empty accumulator for `g` (which must be [`usable`]).
-    pub(crate) fn new(g: &ConvGeom) -> Self {
-        let s = Shape::forward(g);
-        let acc = vec![0f32; g.o.div_ceil(OB) * g.c * s.taps() * OB * LANES];
-        GradWeight { s, acc }
-    }
-
-    /// Adds image `x[c, h, w]`, `dy[o, oh, ow]`.
-    pub(crate) fn add_image(&mut self, x: &[f32], dy: &[f32]) {
-        let s = self.s;
-        let len = s.ci * s.padded_h() * s.padded_w();
-        let acc = &mut self.acc;
-        with_scratch(len, |xp| {
-            pad_into(x, xp, &s);
-            #[cfg(target_arch = "x86_64")]
-            {
-                assert!(
-                    std::is_x86_feature_detected!("avx512f"),
-                    "direct conv needs AVX-512"
-                );
-                assert!(dy.len() >= s.co * s.oh * s.ow);
-                assert!(acc.len() >= s.co.div_ceil(OB) * s.ci * s.taps() * OB * LANES);
-                assert!(s.oh + s.kh - 1 <= s.padded_h() && s.ow + s.kw - 1 <= s.padded_w());
-                // SAFETY: AVX-512F was detected just above; the asserts bound every access.
-                unsafe { grad_weight_avx512(xp, dy, acc, &s) }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = (dy, acc);
-                unreachable!("direct conv is only selected on x86-64 with AVX-512")
-            }
-        })
-    }
-
-    /// The summed gradient `dw[o, c, kh, kw]`, added to `dw`.
-    pub(crate) fn finish_into(&self, dw: &mut [f32]) {
-        let s = &self.s;
-        let taps = s.taps();
-        for o in 0..s.co {
-            let (b, l) = (o / OB, o % OB);
-            for c in 0..s.ci {
-                for t in 0..taps {
-                    let at = (((b * s.ci + c) * taps + t) * OB + l) * LANES;
-                    let lanes = &self.acc[at..at + LANES];
-                    dw[(o * s.ci + c) * taps + t] += lanes.iter().sum::<f32>();
-                }
-            }
-        }
-    }
-}
-
-/// `acc[b][c][t][l][lane] += Σ_{y, x ≡ lane} dy[b·OB + l, y, x] · xp[c, y + ki, x + kj]`.
-///
-/// Output planes are cut into 16-lane steps (see [`Shape::steps`]) and the steps into tiles of
-/// [`TILE_STEPS`]. Each tile's `dy` is first copied to `[step][channel][lane]` (zeros in the
-/// lanes that are not outputs and past `co`), so the inner loop reads it at fixed offsets from one pointer:
-/// per step one masked input load and 16 fused multiply-adds with memory operands.
-///
-/// # Safety
-/// AVX-512F must be available; `xp` holds `ci` padded planes, `dy` at least `co·oh·ow` values,
-/// `acc` the blocks of [`GradWeight`], and `oh + kh − 1 ≤ padded_h`, `ow + kw − 1 ≤ padded_w`
-/// (so, as in `correlate_avx512`, masked loads stay inside their rows).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn grad_weight_avx512(xp: &[f32], dy: &[f32], acc: &mut [f32], s: &Shape) {
-    use std::arch::x86_64::*;
-    let (hp, wp, taps) = (s.padded_h(), s.padded_w(), s.taps());
-    let plane = s.oh * s.ow;
-    let steps = s.steps();
-    let mut tile = vec![0f32; TILE_STEPS * OB * LANES];
-    // SAFETY: the caller guarantees AVX-512F and the bounds in the contract above; `tile`
-    // holds TILE_STEPS steps of OB x LANES values.
-    unsafe {
-        for b in 0..s.co.div_ceil(OB) {
-            let valid = (s.co - b * OB).min(OB);
-            for chunk in steps.chunks(TILE_STEPS) {
-                tile.fill(0.0);
-                for (k, st) in chunk.iter().enumerate() {
-                    for l in 0..valid {
-                        // The valid lanes' outputs are consecutive from `dst`; the others
-                        // stay 0, so their (junk) inputs add nothing.
-                        let src = dy.as_ptr().add((b * OB + l) * plane + st.dst);
-                        let v = _mm512_maskz_expandloadu_ps(st.valid, src.cast());
-                        _mm512_storeu_ps(tile.as_mut_ptr().add((k * OB + l) * LANES), v);
-                    }
-                }
-                let tp = tile.as_ptr();
-                for c in 0..s.ci {
-                    for ki in 0..s.kh {
-                        let xrow = xp.as_ptr().add(c * hp * wp + ki * wp);
-                        let mut kj = 0;
-                        while kj < s.kw {
-                            let j = (s.kw - kj).min(GW_TAPS);
-                            let t = ki * s.kw + kj;
-                            let at = acc
-                                .as_mut_ptr()
-                                .add((((b * s.ci + c) * taps + t) * OB) * LANES);
-                            for h in 0..OB / GW_CH {
-                                let (at, d) =
-                                    (at.add(h * GW_CH * LANES), tp.add(h * GW_CH * LANES));
-                                let x = xrow.add(kj);
-                                match j {
-                                    3 => gw_block::<3>(at, x, chunk, d),
-                                    2 => gw_block::<2>(at, x, chunk, d),
-                                    _ => gw_block::<1>(at, x, chunk, d),
-                                }
-                            }
-                            kj += j;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Channels per register block of the weight gradient (two blocks per tile of [`OB`]).
-const GW_CH: usize = 8;
-/// Taps per register block of the weight gradient: `GW_CH x GW_TAPS` accumulators, so each
-/// loaded `dy` vector feeds `GW_TAPS` fused multiply-adds and each input vector `GW_CH`.
-const GW_TAPS: usize = 3;
-
-/// Adds the tile's steps to `GW_CH` channels x `J` consecutive taps of one input channel and
-/// kernel row: `at` points at the first tap's first channel (taps `OB·LANES` apart, channels
-/// `LANES`), `x` at the input row's first tap column, `d` at the tile's first channel.
-///
-/// # Safety
-/// As `grad_weight_avx512`: AVX-512F, `J ≤` the taps left in the kernel row, and the tile
-/// holds `chunk.len()` steps.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gw_block<const J: usize>(at: *mut f32, x: *const f32, chunk: &[Step], d: *const f32) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's contract bounds every pointer below.
-    unsafe {
-        let mut a = [[_mm512_setzero_ps(); J]; GW_CH];
-        for (i, row) in a.iter_mut().enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(at.add(j * OB * LANES + i * LANES));
-            }
-        }
-        for (k, st) in chunk.iter().enumerate() {
-            let mut xv = [_mm512_setzero_ps(); J];
-            for (j, v) in xv.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_ps(st.load, x.add(st.off + j));
-            }
-            let dk = d.add(k * OB * LANES);
-            for (i, row) in a.iter_mut().enumerate() {
-                let dv = _mm512_loadu_ps(dk.add(i * LANES));
-                for (v, &xj) in row.iter_mut().zip(&xv) {
-                    *v = _mm512_fmadd_ps(dv, xj, *v);
-                }
-            }
-        }
-        for (i, row) in a.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                _mm512_storeu_ps(at.add(j * OB * LANES + i * LANES), *v);
-            }
-        }
     }
 }
 

@@ -27,6 +27,7 @@ mod conv_gemm;
 mod depthwise;
 mod depthwise_avx512;
 mod direct;
+mod direct_gw;
 mod im2col;
 mod params;
 pub mod reference;

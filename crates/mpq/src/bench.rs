@@ -337,8 +337,9 @@ pub fn run_workload(
             Pass::ForwardBackward => time(&mut || {
                 let mut hooks = NoHooks;
                 let mut opts = ForwardOptions::new(Mode::Train, &mut hooks);
-                let logits = graph.forward_with(&x, &mut opts)?;
-                cross_entropy(&logits, &y, 0.0)?.backward()?;
+                // The trainer's step: the hand-written reverse pass where it applies.
+                let loss = |logits: &Tensor| cross_entropy(logits, &y, 0.0);
+                graph.forward_backward(&x, &mut opts, &loss)?;
                 Ok(())
             })?,
             Pass::LayerTraces => {
