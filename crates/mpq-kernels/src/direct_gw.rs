@@ -25,14 +25,14 @@ const TILE_BYTES: usize = 16 * 1024;
 /// Kernel taps per register block (one kernel row's consecutive taps).
 const TAPS: usize = 3;
 
-/// Registers of output channels and input channels per register block, for `op` padded
-/// output channels, `c` input channels and kernel rows of `kw` taps: 24 accumulators (2
+/// Registers of output channels and input channels per register block, for `o` output
+/// channels, `c` input channels and kernel rows of `kw` taps: 24 accumulators (2
 /// registers x 4 channels x 3 taps, 1 x 8 x 3; 2 x 12 x 1 or 1 x 24 x 1 for 1x1 kernels), or
 /// fewer where the layer has only 1 to 3 input channels (an RGB or grey image), which are
 /// taken as one block rather than padded with zero planes. Only the shapes [`dispatch`]
 /// instantiates are returned.
-fn block_shape(op: usize, c: usize, kw: usize) -> (usize, usize) {
-    let regs = if op >= 2 * LANES { 2 } else { 1 };
+fn block_shape(o: usize, c: usize, kw: usize) -> (usize, usize) {
+    let regs = if o > LANES { 2 } else { 1 };
     let full = if kw == 1 { 24 / regs } else { 8 / regs };
     (regs, if c <= 3 { c } else { full })
 }
@@ -62,10 +62,10 @@ pub(crate) fn usable(g: &ConvGeom) -> bool {
 }
 
 /// Weight gradient of a chunk of images, accumulated as `[c][tap][o]` (output channels
-/// padded to a multiple of 16).
+/// padded to whole register blocks).
 pub(crate) struct GradWeight {
     g: ConvGeom,
-    /// Output channels padded to whole registers.
+    /// Output channels padded to whole register blocks.
     op: usize,
     /// Input channels padded to whole register blocks (the padding planes are zero).
     cp: usize,
@@ -80,8 +80,9 @@ pub(crate) struct GradWeight {
 impl GradWeight {
     /// An empty accumulator for `g` (which must be [`usable`]).
     pub(crate) fn new(g: &ConvGeom) -> Self {
-        let op = g.o.div_ceil(LANES) * LANES;
-        let (regs, chans) = block_shape(op, g.c, g.kw);
+        let (regs, chans) = block_shape(g.o, g.c, g.kw);
+        // Whole register blocks, so the last block's registers stay inside each row.
+        let op = g.o.div_ceil(regs * LANES) * regs * LANES;
         let cp = g.c.div_ceil(chans) * chans;
         let [sh, sw] = g.p.stride;
         let wp = g.w + 2 * g.p.padding[1];
@@ -146,6 +147,14 @@ impl GradWeight {
         let g = self.g;
         let offs = &self.offs[pixels];
         let (hp, wp) = self.padded();
+        assert!(
+            self.op.is_multiple_of(self.regs * LANES)
+                && self.cp.is_multiple_of(self.chans)
+                && self.acc.len() >= self.cp * g.kh * g.kw * self.op
+                && dyt.len() >= offs.len() * self.op
+                && xp.len() >= self.cp * hp * wp,
+            "weight-gradient blocks must lie inside their buffers"
+        );
         let (op, taps) = (self.op, g.kh * g.kw);
         for ob in (0..op).step_by(self.regs * LANES) {
             for cb in (0..self.cp).step_by(self.chans) {
@@ -295,6 +304,88 @@ fn transpose(
         }
         for p in p0..p0 + pn {
             dyt[p * op + co..(p + 1) * op].fill(0.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::Conv2dParams;
+
+    fn geom(c: usize, hw: usize, o: usize, k: [usize; 2], stride: usize, pad: usize) -> ConvGeom {
+        let p = Conv2dParams::square(stride, pad, 1, 1);
+        ConvGeom::from_dims(&[1, c, hw, hw + 1], &[o, c, k[0], k[1]], &p).expect("valid shape")
+    }
+
+    /// `dw` by the defining sum, in f64.
+    fn naive(x: &[f32], dy: &[f32], g: &ConvGeom) -> Vec<f64> {
+        let mut dw = vec![0f64; g.o * g.c * g.kh * g.kw];
+        for o in 0..g.o {
+            for c in 0..g.c {
+                for ki in 0..g.kh {
+                    for kj in 0..g.kw {
+                        let mut s = 0f64;
+                        for y in 0..g.oh {
+                            for xx in 0..g.ow {
+                                let iy =
+                                    (y * g.p.stride[0] + ki) as isize - g.p.padding[0] as isize;
+                                let ix =
+                                    (xx * g.p.stride[1] + kj) as isize - g.p.padding[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xv = x[(c * g.h + iy as usize) * g.w + ix as usize];
+                                s += f64::from(dy[(o * g.oh + y) * g.ow + xx]) * f64::from(xv);
+                            }
+                        }
+                        dw[((o * g.c + c) * g.kh + ki) * g.kw + kj] = s;
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    #[test]
+    fn every_register_block_shape_matches_the_defining_sum() {
+        if isa() != Isa::Avx512 {
+            return;
+        }
+        let mut seed = 1u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        // Output channels around one and two registers (partial blocks), input channels
+        // 1-3 (one block), 5 (padded planes) and 13; kernels 1x1, 3x3, 5x5 (taps 3 + 2) and
+        // 1x2; strides 1-3.
+        for o in [1, 16, 17, 33, 40] {
+            for c in [1, 3, 5, 13] {
+                for (k, stride, pad) in [
+                    ([3, 3], 1, 1),
+                    ([1, 1], 2, 0),
+                    ([5, 5], 1, 2),
+                    ([3, 3], 2, 1),
+                    ([1, 2], 3, 0),
+                ] {
+                    let g = geom(c, 9, o, k, stride, pad);
+                    let x: Vec<f32> = (0..c * g.h * g.w).map(|_| next()).collect();
+                    let dy: Vec<f32> = (0..o * g.oh * g.ow).map(|_| next()).collect();
+                    let mut gw = GradWeight::new(&g);
+                    gw.add_image(&x, &dy);
+                    gw.add_image(&x, &dy);
+                    let mut dw = vec![0f32; o * c * k[0] * k[1]];
+                    gw.finish_into(&mut dw);
+                    for (i, (&got, want)) in dw.iter().zip(naive(&x, &dy, &g)).enumerate() {
+                        let want = 2.0 * want;
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "o {o} c {c} k {k:?} stride {stride}: dw[{i}] = {got}, want {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
