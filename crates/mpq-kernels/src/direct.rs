@@ -3,15 +3,14 @@
 //!
 //! im2col copies every input value `kh·kw` times and hands the GEMM a `k x oh·ow` matrix to
 //! pack again; on ResNet-20 that copying (and col2im's scatter in the backward pass) took a
-//! quarter of a training step. Here each image is copied once into a zero-padded buffer and
-//! every output block — 16 output channels x 16 consecutive output pixels of one row, sixteen
-//! `zmm` accumulators — is computed straight from it: per input channel and tap one (masked)
-//! load of 16 input pixels feeds 16 fused multiply-adds with broadcast weights. Planes whose
-//! rows are narrower than 16 (8x8 feature maps) are walked as runs of 16 consecutive positions
-//! of the plane at the padded width instead, the few lanes that fall into the padding computed
-//! and dropped (a compressing store): 5 steps for an 8x8 plane where whole rows took 8
-//! half-empty ones. The weight gradient of these convs (and of strided ones) is in
-//! `direct_gw`.
+//! quarter of a training step. Here every output block — 8 output channels x 3 steps of 16
+//! output pixels, 24 `zmm` accumulators — is computed straight from the input: per tap and
+//! input channel one masked load of 16 input pixels per step feeds 8 fused multiply-adds with
+//! broadcast weights. The zero padding is never materialised: lanes whose input pixel lies
+//! in the padding are masked off (see [`Plan`]), which also lets "same"-padded planes be
+//! walked as runs of 16 consecutive pixels across rows (4 steps for an 8x8 plane, where whole
+//! rows took 8 half-empty ones). The weight gradient of these convs (and of strided ones) is
+//! in `direct_gw`.
 //!
 //! Runs only where AVX-512F was detected (and the scalar fallback is not forced); elsewhere,
 //! and for strided, dilated, grouped or pointwise convs, `conv_gemm` does the work.
@@ -19,7 +18,6 @@
 use std::mem::MaybeUninit;
 
 use crate::params::ConvGeom;
-use crate::scratch::with_scratch;
 use crate::simd::{Isa, isa};
 
 /// Output channels per register block of a correlation (forward, input gradient).
@@ -92,77 +90,96 @@ impl Shape {
         }
     }
 
-    /// The 16-lane steps that cover an output plane, in output order, whichever way takes
-    /// fewer: row pieces (each row cut into 16 pixels, the last piece masked), or, for planes
-    /// narrower than a register (8x8 maps would fill half of every vector), runs of 16
-    /// consecutive positions of the plane laid out at the padded width, whose lanes past
-    /// a row's `ow` pixels are computed and dropped (`valid`).
-    fn steps(&self) -> Vec<Step> {
-        let (ow, wp) = (self.ow, self.padded_w());
-        let full = |n: usize| -> u16 { if n >= LANES { !0 } else { (1u16 << n) - 1 } };
-        let rows: Vec<Step> = (0..self.oh)
-            .flat_map(|y| {
-                (0..ow).step_by(LANES).map(move |x0| {
-                    let n = (ow - x0).min(LANES);
-                    Step {
-                        off: y * wp + x0,
-                        load: full(n),
-                        valid: full(n),
-                        dst: y * ow + x0,
-                    }
-                })
-            })
-            .collect();
-        if self.oh == 0 || ow == 0 {
-            return rows;
-        }
-        let grid = (self.oh - 1) * wp + ow;
-        if grid.div_ceil(LANES) >= rows.len() {
-            return rows;
-        }
-        (0..grid)
-            .step_by(LANES)
-            .map(|start| {
-                let n = (grid - start).min(LANES);
-                let valid = (0..n)
-                    .filter(|i| (start + i) % wp < ow)
-                    .fold(0u16, |m, i| m | (1 << i));
-                Step {
-                    off: start,
-                    load: full(n),
-                    valid,
-                    dst: start / wp * ow + (start % wp).min(ow),
-                }
-            })
-            .collect()
-    }
-
-    fn padded_h(&self) -> usize {
-        self.h + 2 * self.ph
-    }
-    fn padded_w(&self) -> usize {
-        self.w + 2 * self.pw
-    }
     fn taps(&self) -> usize {
         self.kh * self.kw
     }
 }
 
-/// One 16-lane step of an output plane: lanes `load` read the padded input from offset
-/// `off` (plus the tap's offset); lanes `valid` are outputs, written in lane order to the
-/// plane's consecutive positions from `dst`.
+/// How a correlation walks its output plane: 16-lane steps, and for every step and tap the
+/// lanes whose input lies inside the (unpadded) input plane.
+///
+/// Lane `l` of a step is output pixel `(y, x)`; for tap `(ki, kj)` it reads input pixel
+/// `(y + ki − ph, x + kj − pw)`, which is `off + l + ki·w + kj` counted from the plane's
+/// start when the step's lanes are consecutive input pixels too: always for a piece of one
+/// row, and for runs across rows when output rows are as wide as input rows (`ow = w`, the
+/// "same" padding of ResNet's 3x3 convs). Lanes whose input pixel falls outside the plane
+/// (the zero padding) are masked off and read as zero, so the input is never copied into a
+/// padded buffer.
+struct Plan {
+    steps: Vec<Step>,
+    /// `masks[step · taps + tap]`: the lanes that read the input at that tap.
+    masks: Vec<u16>,
+    /// Input offset of each tap `(ki, kj)` relative to a step's `off`: `ki·w + kj`.
+    tap_off: Vec<isize>,
+}
+
+/// One 16-lane step: lane `l` (of `store`) is output `dst + l`, and reads input `off + l +
+/// tap_off[t]` at tap `t`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Step {
-    off: usize,
-    load: u16,
-    valid: u16,
+    off: isize,
+    store: u16,
     dst: usize,
 }
 
-impl Step {
-    /// Whether the valid lanes are the low ones (a plain masked store suffices).
-    fn dense(&self) -> bool {
-        self.valid & self.valid.wrapping_add(1) == 0
+impl Plan {
+    fn new(s: &Shape) -> Self {
+        let (oh, ow, w, h) = (s.oh, s.ow, s.w as isize, s.h as isize);
+        // Output pixels of each step: runs of 16 consecutive pixels of the plane when
+        // `ow = w`, else pieces of rows.
+        let pieces: Vec<Vec<(usize, usize)>> = if ow == s.w {
+            let n = oh * ow;
+            (0..n)
+                .step_by(LANES)
+                .map(|p0| {
+                    (p0..(p0 + LANES).min(n))
+                        .map(|p| (p / ow, p % ow))
+                        .collect()
+                })
+                .collect()
+        } else {
+            (0..oh)
+                .flat_map(|y| {
+                    (0..ow)
+                        .step_by(LANES)
+                        .map(move |x0| (x0..(x0 + LANES).min(ow)).map(|x| (y, x)).collect())
+                })
+                .collect()
+        };
+        let taps = s.taps();
+        let (ph, pw) = (s.ph as isize, s.pw as isize);
+        let mut steps = Vec::with_capacity(pieces.len());
+        let mut masks = Vec::with_capacity(pieces.len() * taps);
+        for px in &pieces {
+            let (y0, x0) = px[0];
+            steps.push(Step {
+                off: (y0 as isize - ph) * w + (x0 as isize - pw),
+                store: if px.len() >= LANES {
+                    !0
+                } else {
+                    (1u16 << px.len()) - 1
+                },
+                dst: y0 * ow + x0,
+            });
+            for ki in 0..s.kh as isize {
+                for kj in 0..s.kw as isize {
+                    let m = px.iter().enumerate().fold(0u16, |m, (l, &(y, x))| {
+                        let (iy, ix) = (y as isize + ki - ph, x as isize + kj - pw);
+                        let inside = (0..h).contains(&iy) && (0..w).contains(&ix);
+                        if inside { m | 1 << l } else { m }
+                    });
+                    masks.push(m);
+                }
+            }
+        }
+        let tap_off = (0..s.kh)
+            .flat_map(|ki| (0..s.kw).map(move |kj| (ki * s.w + kj) as isize))
+            .collect();
+        Plan {
+            steps,
+            masks,
+            tap_off,
+        }
     }
 }
 
@@ -182,192 +199,189 @@ fn pack(co: usize, ci: usize, taps: usize, f: impl Fn(usize, usize, usize) -> f3
     p
 }
 
-/// Copies `ci` planes of `x` into `xp` with a zero border of `(ph, pw)`.
-fn pad_into(x: &[f32], xp: &mut [f32], s: &Shape) {
-    let (hp, wp) = (s.padded_h(), s.padded_w());
-    for c in 0..s.ci {
-        let dst = &mut xp[c * hp * wp..(c + 1) * hp * wp];
-        dst[..s.ph * wp].fill(0.0);
-        dst[(s.ph + s.h) * wp..].fill(0.0);
-        for y in 0..s.h {
-            let row = &mut dst[(y + s.ph) * wp..(y + s.ph + 1) * wp];
-            row[..s.pw].fill(0.0);
-            row[s.pw..s.pw + s.w].copy_from_slice(&x[(c * s.h + y) * s.w..][..s.w]);
-            row[s.pw + s.w..].fill(0.0);
-        }
-    }
+/// A packed correlation: filters and the plan of its output plane.
+struct Correlation {
+    s: Shape,
+    plan: Plan,
+    packed: Vec<f32>,
 }
 
-/// Correlates one image: `out[co, oh, ow]` (every element written, plus `bias`) from
-/// `x[ci, h, w]`.
-fn correlate(
-    x: &[f32],
-    packed: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [MaybeUninit<f32>],
-    s: &Shape,
-) {
-    let len = s.ci * s.padded_h() * s.padded_w();
-    with_scratch(len, |xp| {
-        pad_into(x, xp, s);
+impl Correlation {
+    fn new(s: Shape, packed: Vec<f32>) -> Self {
+        Correlation {
+            plan: Plan::new(&s),
+            s,
+            packed,
+        }
+    }
+
+    /// Correlates one image: `out[co, oh, ow]` (every element written, plus `bias`) from
+    /// `x[ci, h, w]`.
+    fn image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
+        let s = &self.s;
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
                 std::is_x86_feature_detected!("avx512f"),
                 "direct conv needs AVX-512"
             );
-            assert!(packed.len() >= s.co.div_ceil(CB) * s.ci * s.taps() * CB);
-            assert!(out.len() >= s.co * s.oh * s.ow);
-            assert!(s.oh + s.kh - 1 <= s.padded_h() && s.ow + s.kw - 1 <= s.padded_w());
-            // SAFETY: AVX-512F was detected just above; the asserts above bound every access
-            // `correlate_avx512` makes (see its comments).
-            unsafe { correlate_avx512(xp, packed, bias, out, s) }
+            assert!(self.packed.len() >= s.co.div_ceil(CB) * s.ci * s.taps() * CB);
+            assert!(x.len() >= s.ci * s.h * s.w && out.len() >= s.co * s.oh * s.ow);
+            assert!(self.plan.masks.len() == self.plan.steps.len() * s.taps());
+            assert!(bias.is_none_or(|b| b.len() >= s.co));
+            // SAFETY: AVX-512F was detected just above; the asserts above and the plan's
+            // construction bound every access `correlate_avx512` makes (see its comments).
+            unsafe { self.correlate_avx512(x, bias, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (packed, bias, out);
+            let _ = (x, bias, out);
             unreachable!("direct conv is only selected on x86-64 with AVX-512")
         }
-    })
-}
+    }
 
-/// The register-blocked loop nest: output pixels are cut into 16-lane steps
-/// ([`Shape::steps`]), and every block of [`CB`] output channels x [`STEPS`] steps
-/// is accumulated in registers over all input channels and taps.
-///
-/// # Safety
-/// AVX-512F must be available. `xp` holds `ci` padded planes of `padded_h x padded_w`,
-/// `packed` the packed filters of `co.div_ceil(CB)` blocks, `out` at least `co·oh·ow` values,
-/// and `oh + kh − 1 ≤ padded_h`, `ow + kw − 1 ≤ padded_w`. Loads read lanes `< n` of
-/// `xp[row + x0 + kj ..]` with `x0 + n ≤ ow`, so the last lane read is
-/// `x0 + n − 1 + kw − 1 ≤ padded_w − 1`: inside the row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn correlate_avx512(
-    xp: &[f32],
-    packed: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [MaybeUninit<f32>],
-    s: &Shape,
-) {
-    let steps = s.steps();
-    let taps = s.taps();
-    for b in 0..s.co.div_ceil(CB) {
-        let valid = (s.co - b * CB).min(CB);
-        let mut init = [0f32; CB];
-        if let Some(bias) = bias {
-            init[..valid].copy_from_slice(&bias[b * CB..b * CB + valid]);
-        }
-        let wb = &packed[b * s.ci * taps * CB..(b + 1) * s.ci * taps * CB];
-        let out_b = &mut out[b * CB * s.oh * s.ow..];
-        let mut chunks = steps.chunks_exact(STEPS);
-        for group in chunks.by_ref() {
-            // SAFETY: the caller's contract; `group` holds STEPS steps of this image.
-            unsafe { correlate_block::<STEPS>(xp, wb, &init, valid, group, out_b, s) }
-        }
-        match chunks.remainder() {
-            [] => {}
-            // SAFETY: as above, with 1 or 2 steps.
-            [one] => unsafe { correlate_block::<1>(xp, wb, &init, valid, &[*one], out_b, s) },
-            two => unsafe { correlate_block::<2>(xp, wb, &init, valid, two, out_b, s) },
+    /// The register-blocked loop nest: every block of [`CB`] output channels x [`STEPS`]
+    /// steps is accumulated in registers over all taps and input channels.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `x` holds `ci` planes of `h x w`, `out` at least
+    /// `co·oh·ow` values, `bias` (if any) `co`. Every lane a mask enables reads an input
+    /// pixel inside its plane ([`Plan::new`]); lanes it disables are not read (a masked
+    /// load does not touch them, whatever their address).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn correlate_avx512(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let s = &self.s;
+        let taps = s.taps();
+        let steps = &self.plan.steps;
+        for b in 0..s.co.div_ceil(CB) {
+            let valid = (s.co - b * CB).min(CB);
+            let mut init = [0f32; CB];
+            if let Some(bias) = bias {
+                init[..valid].copy_from_slice(&bias[b * CB..b * CB + valid]);
+            }
+            let wb = &self.packed[b * s.ci * taps * CB..(b + 1) * s.ci * taps * CB];
+            let out_b = &mut out[b * CB * s.oh * s.ow..];
+            let mut first = 0;
+            while first < steps.len() {
+                let p = (steps.len() - first).min(STEPS);
+                let blk = Block {
+                    x,
+                    wb,
+                    init: &init,
+                    valid,
+                    first,
+                };
+                // SAFETY: the caller's contract; steps `first..first + p` exist.
+                unsafe {
+                    match p {
+                        3 => self.block::<3>(&blk, out_b),
+                        2 => self.block::<2>(&blk, out_b),
+                        _ => self.block::<1>(&blk, out_b),
+                    }
+                }
+                first += p;
+            }
         }
     }
-}
 
-/// One register block: channels `0..valid` of the block `wb` at the `P` steps `group`,
-/// written to `out` (the block's first channel plane onwards).
-///
-/// # Safety
-/// As [`correlate_avx512`]; `group.len() == P`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn correlate_block<const P: usize>(
-    xp: &[f32],
-    wb: &[f32],
-    init: &[f32; CB],
-    valid: usize,
-    group: &[Step],
-    out: &mut [MaybeUninit<f32>],
-    s: &Shape,
-) {
-    use std::arch::x86_64::*;
-    let (hp, wp, taps) = (s.padded_h(), s.padded_w(), s.taps());
-    let plane = s.oh * s.ow;
-    let mut masks: [__mmask16; P] = [0; P];
-    let mut offs = [0usize; P];
-    for (p, st) in group.iter().enumerate() {
-        masks[p] = st.load;
-        offs[p] = st.off;
-    }
-    let mut acc = [[_mm512_setzero_ps(); P]; CB];
-    for (l, row) in acc.iter_mut().enumerate() {
-        for a in row.iter_mut() {
-            *a = _mm512_set1_ps(init[l]);
+    /// One register block: channels `0..valid` of the filter block `wb` at the `P` steps from
+    /// `first`, written to `out` (the block's first channel plane onwards).
+    ///
+    /// # Safety
+    /// As [`Self::correlate_avx512`]; steps `first..first + P` exist.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const P: usize>(&self, blk: &Block<'_>, out: &mut [MaybeUninit<f32>]) {
+        use std::arch::x86_64::*;
+        let s = &self.s;
+        let (taps, plane_in, plane) = (s.taps(), s.h * s.w, s.oh * s.ow);
+        let group = &self.plan.steps[blk.first..blk.first + P];
+        let mut acc = [[_mm512_setzero_ps(); P]; CB];
+        for (l, row) in acc.iter_mut().enumerate() {
+            for a in row.iter_mut() {
+                *a = _mm512_set1_ps(blk.init[l]);
+            }
         }
-    }
-    // SAFETY: the caller's contract bounds every pointer below.
-    unsafe {
-        for c in 0..s.ci {
-            let wc = wb.as_ptr().add(c * taps * CB);
-            let xc = xp.as_ptr().add(c * hp * wp);
-            for ki in 0..s.kh {
-                for kj in 0..s.kw {
-                    let tap = ki * wp + kj;
+        // SAFETY: the caller's contract bounds every enabled lane below; disabled lanes are
+        // not accessed, so their (possibly out-of-plane) addresses are formed with
+        // `wrapping_offset` and never dereferenced.
+        unsafe {
+            for t in 0..taps {
+                let mut masks: [__mmask16; P] = [0; P];
+                let mut offs = [0isize; P];
+                for p in 0..P {
+                    masks[p] = self.plan.masks[(blk.first + p) * taps + t];
+                    offs[p] = group[p].off + self.plan.tap_off[t];
+                }
+                if masks.iter().all(|&m| m == 0) {
+                    continue;
+                }
+                let mut wt = blk.wb.as_ptr().add(t * CB);
+                let mut xc = blk.x.as_ptr();
+                for _ in 0..s.ci {
                     let mut v = [_mm512_setzero_ps(); P];
                     for p in 0..P {
-                        v[p] = _mm512_maskz_loadu_ps(masks[p], xc.add(offs[p] + tap));
+                        v[p] = _mm512_maskz_loadu_ps(masks[p], xc.wrapping_offset(offs[p]));
                     }
-                    let wt = wc.add((ki * s.kw + kj) * CB);
                     for (l, row) in acc.iter_mut().enumerate() {
                         let w = _mm512_set1_ps(*wt.add(l));
                         for p in 0..P {
                             row[p] = _mm512_fmadd_ps(w, v[p], row[p]);
                         }
                     }
+                    wt = wt.add(taps * CB);
+                    xc = xc.wrapping_add(plane_in);
                 }
             }
-        }
-        for (l, row) in acc.iter().enumerate().take(valid) {
-            for (p, st) in group.iter().enumerate() {
-                let dst = out.as_mut_ptr().add(l * plane + st.dst).cast::<f32>();
-                if st.dense() {
-                    _mm512_mask_storeu_ps(dst, st.valid, row[p]);
-                } else {
-                    _mm512_mask_compressstoreu_ps(dst.cast(), st.valid, row[p]);
+            for (l, row) in acc.iter().enumerate().take(blk.valid) {
+                for (p, st) in group.iter().enumerate() {
+                    let dst = out.as_mut_ptr().add(l * plane + st.dst).cast::<f32>();
+                    _mm512_mask_storeu_ps(dst, st.store, row[p]);
                 }
             }
         }
     }
 }
 
-/// Forward conv of one image per call, through [`correlate`].
-pub(crate) struct Forward {
-    packed: Vec<f32>,
-    s: Shape,
+/// The inputs of one register block of a correlation.
+struct Block<'a> {
+    x: &'a [f32],
+    /// The block's packed filters (`[c][t][CB]`).
+    wb: &'a [f32],
+    init: &'a [f32; CB],
+    /// Output channels of the block that exist.
+    valid: usize,
+    /// Index of the block's first step.
+    first: usize,
 }
+
+/// Forward conv of one image per call.
+pub(crate) struct Forward(Correlation);
 
 impl Forward {
     /// Packs `w[o, c, kh, kw]` for `g` (which must be [`usable`]).
     pub(crate) fn new(w: &[f32], g: &ConvGeom) -> Self {
         let taps = g.kh * g.kw;
         let packed = pack(g.o, g.c, taps, |o, c, t| w[(o * g.c + c) * taps + t]);
-        let s = Shape::forward(g);
-        Forward { packed, s }
+        Forward(Correlation::new(Shape::forward(g), packed))
     }
 
     /// `y[o, oh, ow]` of image `x[c, h, w]`.
     pub(crate) fn image(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
-        correlate(x, &self.packed, bias, y, &self.s);
+        self.0.image(x, bias, y);
     }
 }
 
 /// Input gradient of one image per call: the full correlation of `dy` with the filters
 /// flipped in both spatial axes and transposed (`w'[c, o, ki, kj] = w[o, c, kh−1−ki,
 /// kw−1−kj]`), padded by `k − 1 − p`.
-pub(crate) struct GradInput {
-    packed: Vec<f32>,
-    s: Shape,
-}
+pub(crate) struct GradInput(Correlation);
 
 impl GradInput {
     /// Packs the flipped filters for `g` (which must be [`usable`]).
@@ -378,13 +392,12 @@ impl GradInput {
             let flipped = (g.kh - 1 - ki) * g.kw + (g.kw - 1 - kj);
             w[(o * g.c + c) * taps + flipped]
         });
-        let s = Shape::input_grad(g);
-        GradInput { packed, s }
+        GradInput(Correlation::new(Shape::input_grad(g), packed))
     }
 
     /// `dx[c, h, w]` of image `dy[o, oh, ow]`.
     pub(crate) fn image(&self, dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
-        correlate(dy, &self.packed, None, dx, &self.s);
+        self.0.image(dy, None, dx);
     }
 }
 

@@ -120,6 +120,18 @@ fn fixed_conv_cases() -> Vec<ConvCase> {
         groups: 1,
     };
     v.push(asym);
+    // The direct kernels' masked runs across rows need output rows as wide as input rows,
+    // not equal heights: "same" padding along the width only, and a 3x1 kernel; an unpadded
+    // 1x3 kernel walks rows (its input gradient pads 2 columns, so rows are wider than input).
+    for (k, padding, h, w) in [
+        ([3, 3], [0, 1], 7, 19),
+        ([3, 1], [1, 0], 9, 6),
+        ([1, 3], [0, 0], 5, 21),
+    ] {
+        let mut c = ConvCase::new(2, 5, 1, 18, 1, 1, 0, 1);
+        (c.h, c.w, c.k, c.p.padding) = (h, w, k, padding);
+        v.push(c);
+    }
     let with_bias: Vec<ConvCase> = v.iter().map(|c| ConvCase { bias: true, ..*c }).collect();
     v.extend(with_bias);
     v
