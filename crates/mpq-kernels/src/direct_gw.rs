@@ -283,7 +283,8 @@ fn pad(x: &[f32], xp: &mut [f32], g: &ConvGeom, cp: usize) {
     }
 }
 
-/// `dyt[p][o] = dy[o][start + p]` for `p < n`, output channels `o ≥ co` (up to `op`) zero.
+/// `dyt[p][o] = dy[o][start + p]` for `p < n`, output channels `o ≥ co` (up to `op`) zero:
+/// 16x16 blocks in registers, partial blocks one value at a time.
 fn transpose(
     dy: &[f32],
     dyt: &mut [f32],
@@ -293,17 +294,82 @@ fn transpose(
     start: usize,
     n: usize,
 ) {
-    const B: usize = 16;
-    for p0 in (0..n).step_by(B) {
-        let pn = (n - p0).min(B);
-        for o in 0..co {
-            let src = &dy[o * plane + start + p0..][..pn];
-            for (p, &v) in src.iter().enumerate() {
-                dyt[(p0 + p) * op + o] = v;
+    assert!(dy.len() >= co * plane && start + n <= plane && dyt.len() >= n * op && co <= op);
+    for o0 in (0..co).step_by(LANES) {
+        for p0 in (0..n).step_by(LANES) {
+            let (on, pn) = ((co - o0).min(LANES), (n - p0).min(LANES));
+            #[cfg(target_arch = "x86_64")]
+            if on == LANES && pn == LANES {
+                // SAFETY: AVX-512F is there (`usable`); rows `o0..o0 + 16` of `dy` hold
+                // pixels `start + p0 ..+16` and rows `p0..p0 + 16` of `dyt` channels
+                // `o0..o0 + 16` (the assert above).
+                unsafe {
+                    transpose16(
+                        dy[o0 * plane + start + p0..].as_ptr(),
+                        plane,
+                        dyt[p0 * op + o0..].as_mut_ptr(),
+                        op,
+                    )
+                };
+                continue;
+            }
+            for o in o0..o0 + on {
+                let src = &dy[o * plane + start + p0..][..pn];
+                for (p, &v) in src.iter().enumerate() {
+                    dyt[(p0 + p) * op + o] = v;
+                }
             }
         }
-        for p in p0..p0 + pn {
+    }
+    if co < op {
+        for p in 0..n {
             dyt[p * op + co..(p + 1) * op].fill(0.0);
+        }
+    }
+}
+
+/// Transposes the 16x16 block at `src` (rows `src_stride` apart) into `dst` (rows
+/// `dst_stride` apart): three rounds of in-register shuffles.
+///
+/// # Safety
+/// AVX-512F; 16 rows of 16 floats readable at `src`, writable at `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut r = [_mm512_setzero_ps(); LANES];
+        for (i, v) in r.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(src.add(i * src_stride));
+        }
+        // Pairs of rows interleaved within 128-bit lanes: [a0 b0 a1 b1 | a4 b4 a5 b5 | ..].
+        let mut t = [_mm512_setzero_ps(); LANES];
+        for i in (0..LANES).step_by(2) {
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        // Quads: r[4q + j] holds column j of rows 4q..4q + 4 in each 128-bit lane.
+        for q in (0..LANES).step_by(4) {
+            r[q] = _mm512_shuffle_ps::<0x44>(t[q], t[q + 2]);
+            r[q + 1] = _mm512_shuffle_ps::<0xEE>(t[q], t[q + 2]);
+            r[q + 2] = _mm512_shuffle_ps::<0x44>(t[q + 1], t[q + 3]);
+            r[q + 3] = _mm512_shuffle_ps::<0xEE>(t[q + 1], t[q + 3]);
+        }
+        // 128-bit lanes: even lanes of the first and second quad of rows, then odd ones.
+        for j in 0..4 {
+            for h in 0..2 {
+                let (a, b) = (r[8 * h + j], r[8 * h + 4 + j]);
+                t[8 * h + j] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                t[8 * h + 4 + j] = _mm512_shuffle_f32x4::<0xDD>(a, b);
+            }
+        }
+        for j in 0..8 {
+            r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[8 + j]);
+            r[8 + j] = _mm512_shuffle_f32x4::<0xDD>(t[j], t[8 + j]);
+        }
+        for (i, v) in r.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(i * dst_stride), *v);
         }
     }
 }
