@@ -42,21 +42,14 @@ where
 /// Forward conv: `y[n, o, oh, ow]` from `x[n, c, h, w]`, `w[o, cg, kh, kw]`, optional bias.
 pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
-    if let Some((g1, strided)) = direct_geometry(g) {
-        let f = direct::Forward::new(w, &g1);
+    if direct::usable(g) {
+        let f = direct::Forward::new(w, g);
         // SAFETY: the images' chunks cover the output and `Forward::image` writes all of its
         // chunk.
         return unsafe {
             filled(g.n * g.o * p, |y| {
                 for_each_image(y, g.o * p, g.n, |n, yn, _| {
-                    let xn = &x[n * g.c * hw..(n + 1) * g.c * hw];
-                    if strided {
-                        let mut sub = vec![0f32; g.c * p];
-                        direct::subsample(xn, &mut sub, g);
-                        f.image(&sub, bias, yn)
-                    } else {
-                        f.image(xn, bias, yn)
-                    }
+                    f.image(&x[n * g.c * hw..(n + 1) * g.c * hw], bias, yn)
                 })
             })
         };
@@ -107,18 +100,6 @@ pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
         };
     }
     let mut dx = vec![0f32; g.n * g.c * hw];
-    if let Some(g1) = direct::strided_pointwise(g) {
-        let f = direct::GradInput::new(w, &g1);
-        for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, _| {
-            let mut sub = vec![0f32; g.c * p];
-            f.image(
-                &dy[n * g.o * p..(n + 1) * g.o * p],
-                direct::as_uninit(&mut sub),
-            );
-            direct::scatter(&sub, dxn, g)
-        });
-        return dx;
-    }
     let col_len = if g.is_pointwise() { 0 } else { k * p };
     for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, par| {
         let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
@@ -209,16 +190,6 @@ pub(crate) fn grad_weight(
     let mut dw = acc;
     let db = want_bias.then(|| dw.split_off(g.o * k));
     (dw, db)
-}
-
-/// The direct kernels' geometry for `g`, and whether its input is subsampled first (a
-/// strided 1x1 conv); `None` where im2col + GEMM runs.
-fn direct_geometry(g: &ConvGeom) -> Option<(ConvGeom, bool)> {
-    if direct::usable(g) {
-        Some((*g, false))
-    } else {
-        direct::strided_pointwise(g).map(|g1| (g1, true))
-    }
 }
 
 /// `Σ_chunks chunk(images)` over fixed chunks of the `n` images, each accumulated by

@@ -11,7 +11,6 @@
 
 use std::mem::MaybeUninit;
 
-use crate::direct::Shape;
 use crate::params::ConvGeom;
 use crate::simd::{Isa, isa};
 
@@ -32,9 +31,49 @@ pub(crate) fn usable(g: &ConvGeom) -> bool {
         && g.p.padding[1] < g.kw
 }
 
-/// One stride-1 correlation of a plane (the channel counts of [`Shape`] are not used here):
-/// `src` is `h x w`, padded by `(ph, pw)`, the kernel `kh x kw`, the output `oh x ow`.
-pub(crate) type Plane = Shape;
+/// One stride-1 correlation of a plane: `src` is `h x w`, padded by `(ph, pw)`, the kernel
+/// `kh x kw`, the output `oh x ow`.
+#[derive(Clone, Copy)]
+pub(crate) struct Plane {
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) ph: usize,
+    pub(crate) pw: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+}
+
+impl Plane {
+    /// The forward correlation of `g` (stride 1, dilation 1).
+    pub(crate) fn forward(g: &ConvGeom) -> Self {
+        Plane {
+            h: g.h,
+            w: g.w,
+            kh: g.kh,
+            kw: g.kw,
+            ph: g.p.padding[0],
+            pw: g.p.padding[1],
+            oh: g.oh,
+            ow: g.ow,
+        }
+    }
+    /// The input gradient of `g`: `dy` (`o` planes of `oh x ow`) correlated with the filters
+    /// flipped and transposed, padded by `k − 1 − p`, gives `dx` (`c` planes of `h x w`).
+    pub(crate) fn input_grad(g: &ConvGeom) -> Self {
+        Plane {
+            h: g.oh,
+            w: g.ow,
+            kh: g.kh,
+            kw: g.kw,
+            ph: g.kh - 1 - g.p.padding[0],
+            pw: g.kw - 1 - g.p.padding[1],
+            oh: g.h,
+            ow: g.w,
+        }
+    }
+}
 
 /// Lanes `lo..hi` of a piece starting at output column `x0` with `n` lanes whose input column
 /// `x0 + lane + kj − pw` lies inside `0..w`, as a mask.

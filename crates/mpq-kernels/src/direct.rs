@@ -18,6 +18,7 @@
 use std::mem::MaybeUninit;
 
 use crate::params::ConvGeom;
+use crate::scratch::with_scratch;
 use crate::simd::{Isa, isa};
 
 /// Output channels per register block of a correlation (forward, input gradient).
@@ -28,88 +29,46 @@ const STEPS: usize = 3;
 /// Output pixels per register (one `zmm` of f32).
 const LANES: usize = 16;
 
-/// Whether the forward pass of `g` can run here (and, with the same geometry, the input
-/// gradient).
+/// Whether the forward pass and input gradient of `g` can run here: dense convs with
+/// dilation 1 other than unstrided 1x1 ones (a plain GEMM).
 pub(crate) fn usable(g: &ConvGeom) -> bool {
-    isa() == Isa::Avx512
-        && g.p.stride == [1, 1]
-        && g.p.dilation == [1, 1]
-        && g.p.groups == 1
-        && !g.is_pointwise()
-        // The input gradient pads by k − 1 − p, which must not be negative.
-        && g.p.padding[0] < g.kh
-        && g.p.padding[1] < g.kw
+    isa() == Isa::Avx512 && g.p.dilation == [1, 1] && g.p.groups == 1 && !g.is_pointwise()
 }
 
-/// One stride-1 correlation problem: `ci` input planes of `h x w`, padded by `(ph, pw)`,
-/// correlated with `co` filters of `ci x kh x kw`, giving `co` planes of `oh x ow`.
-#[derive(Clone, Copy)]
-pub(crate) struct Shape {
-    pub(crate) ci: usize,
-    pub(crate) h: usize,
-    pub(crate) w: usize,
-    pub(crate) co: usize,
-    pub(crate) kh: usize,
-    pub(crate) kw: usize,
-    pub(crate) ph: usize,
-    pub(crate) pw: usize,
-    pub(crate) oh: usize,
-    pub(crate) ow: usize,
+/// One tap of a correlation: input pixel `(y + di, x + dj)` of the planes starting `base`
+/// floats into the input, which hold `h x w` real pixels (beyond them: the zero padding).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Tap {
+    base: usize,
+    di: isize,
+    dj: isize,
+    h: usize,
+    w: usize,
 }
 
-impl Shape {
-    /// The forward correlation of `g` (stride 1, dilation 1).
-    pub(crate) fn forward(g: &ConvGeom) -> Self {
-        Shape {
-            ci: g.c,
-            h: g.h,
-            w: g.w,
-            co: g.o,
-            kh: g.kh,
-            kw: g.kw,
-            ph: g.p.padding[0],
-            pw: g.p.padding[1],
-            oh: g.oh,
-            ow: g.ow,
-        }
-    }
-    /// The input gradient of `g`: `dy` (`o` planes of `oh x ow`) correlated with the filters
-    /// flipped and transposed, padded by `k − 1 − p`, gives `dx` (`c` planes of `h x w`).
-    pub(crate) fn input_grad(g: &ConvGeom) -> Self {
-        Shape {
-            ci: g.o,
-            h: g.oh,
-            w: g.ow,
-            co: g.c,
-            kh: g.kh,
-            kw: g.kw,
-            ph: g.kh - 1 - g.p.padding[0],
-            pw: g.kw - 1 - g.p.padding[1],
-            oh: g.h,
-            ow: g.w,
-        }
-    }
-
-    fn taps(&self) -> usize {
-        self.kh * self.kw
-    }
+/// The input layout of a correlation: `ci` channels, `chan` floats apart, each a plane whose
+/// rows are `row` floats apart (the planes of a tap start at its `base`).
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    ci: usize,
+    chan: usize,
+    row: usize,
 }
 
-/// How a correlation walks its output plane: 16-lane steps, and for every step and tap the
-/// lanes whose input lies inside the (unpadded) input plane.
+/// How a correlation walks its `oh x ow` output plane: 16-lane steps, and for every step and
+/// tap the lanes whose input lies inside the real input pixels.
 ///
-/// Lane `l` of a step is output pixel `(y, x)`; for tap `(ki, kj)` it reads input pixel
-/// `(y + ki − ph, x + kj − pw)`, which is `off + l + ki·w + kj` counted from the plane's
-/// start when the step's lanes are consecutive input pixels too: always for a piece of one
-/// row, and for runs across rows when output rows are as wide as input rows (`ow = w`, the
-/// "same" padding of ResNet's 3x3 convs). Lanes whose input pixel falls outside the plane
-/// (the zero padding) are masked off and read as zero, so the input is never copied into a
-/// padded buffer.
+/// Lane `l` of a step is output pixel `(y, x)` and reads, at a tap, input `(y + di, x +
+/// dj)`: `off + l + base + di·row + dj` when the step's lanes are consecutive input pixels
+/// too: always for a piece of one row, and for runs across rows when output rows are as long
+/// as input rows (`ow = row`, the "same" padding of ResNet's 3x3 convs). Lanes whose input
+/// pixel falls outside (the zero padding) are masked off and read as zero, so the input is
+/// never copied into a padded buffer.
 struct Plan {
     steps: Vec<Step>,
     /// `masks[step · taps + tap]`: the lanes that read the input at that tap.
     masks: Vec<u16>,
-    /// Input offset of each tap `(ki, kj)` relative to a step's `off`: `ki·w + kj`.
+    /// Input offset of each tap relative to a step's `off`: `base + di·row + dj`.
     tap_off: Vec<isize>,
 }
 
@@ -123,11 +82,10 @@ struct Step {
 }
 
 impl Plan {
-    fn new(s: &Shape) -> Self {
-        let (oh, ow, w, h) = (s.oh, s.ow, s.w as isize, s.h as isize);
+    fn new(oh: usize, ow: usize, row: usize, taps: &[Tap]) -> Self {
         // Output pixels of each step: runs of 16 consecutive pixels of the plane when
-        // `ow = w`, else pieces of rows.
-        let pieces: Vec<Vec<(usize, usize)>> = if ow == s.w {
+        // `ow = row`, else pieces of rows.
+        let pieces: Vec<Vec<(usize, usize)>> = if ow == row {
             let n = oh * ow;
             (0..n)
                 .step_by(LANES)
@@ -146,14 +104,12 @@ impl Plan {
                 })
                 .collect()
         };
-        let taps = s.taps();
-        let (ph, pw) = (s.ph as isize, s.pw as isize);
         let mut steps = Vec::with_capacity(pieces.len());
-        let mut masks = Vec::with_capacity(pieces.len() * taps);
+        let mut masks = Vec::with_capacity(pieces.len() * taps.len());
         for px in &pieces {
             let (y0, x0) = px[0];
             steps.push(Step {
-                off: (y0 as isize - ph) * w + (x0 as isize - pw),
+                off: (y0 * row + x0) as isize,
                 store: if px.len() >= LANES {
                     !0
                 } else {
@@ -161,19 +117,18 @@ impl Plan {
                 },
                 dst: y0 * ow + x0,
             });
-            for ki in 0..s.kh as isize {
-                for kj in 0..s.kw as isize {
-                    let m = px.iter().enumerate().fold(0u16, |m, (l, &(y, x))| {
-                        let (iy, ix) = (y as isize + ki - ph, x as isize + kj - pw);
-                        let inside = (0..h).contains(&iy) && (0..w).contains(&ix);
-                        if inside { m | 1 << l } else { m }
-                    });
-                    masks.push(m);
-                }
+            for t in taps {
+                let m = px.iter().enumerate().fold(0u16, |m, (l, &(y, x))| {
+                    let (iy, ix) = (y as isize + t.di, x as isize + t.dj);
+                    let inside = (0..t.h as isize).contains(&iy) && (0..t.w as isize).contains(&ix);
+                    if inside { m | 1 << l } else { m }
+                });
+                masks.push(m);
             }
         }
-        let tap_off = (0..s.kh)
-            .flat_map(|ki| (0..s.kw).map(move |kj| (ki * s.w + kj) as isize))
+        let tap_off = taps
+            .iter()
+            .map(|t| t.base as isize + t.di * row as isize + t.dj)
             .collect();
         Plan {
             steps,
@@ -183,8 +138,8 @@ impl Plan {
     }
 }
 
-/// Packs filters `f(o, c, t)` (tap `t = ki·kw + kj`) as `[o / CB][c][t][o % CB]`, zero-padding
-/// the last block of output channels.
+/// Packs filters `f(o, c, t)` (tap `t` of the correlation's list) as `[o / CB][c][t][o %
+/// CB]`, zero-padding the last block of output channels.
 fn pack(co: usize, ci: usize, taps: usize, f: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
     let blocks = co.div_ceil(CB);
     let mut p = vec![0f32; blocks * ci * taps * CB];
@@ -199,36 +154,60 @@ fn pack(co: usize, ci: usize, taps: usize, f: impl Fn(usize, usize, usize) -> f3
     p
 }
 
-/// A packed correlation: filters and the plan of its output plane.
+/// A packed correlation: `co` output planes of `oh x ow` from the input `layout`, through
+/// the list of taps.
 struct Correlation {
-    s: Shape,
+    layout: Layout,
+    co: usize,
+    oh: usize,
+    ow: usize,
+    taps: usize,
     plan: Plan,
     packed: Vec<f32>,
+    /// Floats of input the taps may read (`ci` channels from every tap's base).
+    input_len: usize,
 }
 
 impl Correlation {
-    fn new(s: Shape, packed: Vec<f32>) -> Self {
+    /// `f(o, c, t)`: the weight of output `o`, input channel `c` at tap `t`.
+    fn new(
+        layout: Layout,
+        (co, oh, ow): (usize, usize, usize),
+        taps: &[Tap],
+        f: impl Fn(usize, usize, usize) -> f32,
+    ) -> Self {
+        let input_len = taps
+            .iter()
+            .map(|t| {
+                t.base + (layout.ci - 1) * layout.chan + t.h.saturating_sub(1) * layout.row + t.w
+            })
+            .max()
+            .unwrap_or(0);
         Correlation {
-            plan: Plan::new(&s),
-            s,
-            packed,
+            plan: Plan::new(oh, ow, layout.row, taps),
+            packed: pack(co, layout.ci, taps.len(), f),
+            layout,
+            co,
+            oh,
+            ow,
+            taps: taps.len(),
+            input_len,
         }
     }
 
     /// Correlates one image: `out[co, oh, ow]` (every element written, plus `bias`) from
-    /// `x[ci, h, w]`.
+    /// the input `x` (in the correlation's layout).
     fn image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
-        let s = &self.s;
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
                 std::is_x86_feature_detected!("avx512f"),
                 "direct conv needs AVX-512"
             );
-            assert!(self.packed.len() >= s.co.div_ceil(CB) * s.ci * s.taps() * CB);
-            assert!(x.len() >= s.ci * s.h * s.w && out.len() >= s.co * s.oh * s.ow);
-            assert!(self.plan.masks.len() == self.plan.steps.len() * s.taps());
-            assert!(bias.is_none_or(|b| b.len() >= s.co));
+            assert!(self.packed.len() >= self.co.div_ceil(CB) * self.layout.ci * self.taps * CB);
+            assert!(x.len() >= self.input_len && out.len() >= self.co * self.oh * self.ow);
+            assert!(self.plan.masks.len() == self.plan.steps.len() * self.taps);
+            assert!(bias.is_none_or(|b| b.len() >= self.co));
             // SAFETY: AVX-512F was detected just above; the asserts above and the plan's
             // construction bound every access `correlate_avx512` makes (see its comments).
             unsafe { self.correlate_avx512(x, bias, out) }
@@ -244,10 +223,10 @@ impl Correlation {
     /// steps is accumulated in registers over all taps and input channels.
     ///
     /// # Safety
-    /// AVX-512F must be available; `x` holds `ci` planes of `h x w`, `out` at least
-    /// `co·oh·ow` values, `bias` (if any) `co`. Every lane a mask enables reads an input
-    /// pixel inside its plane ([`Plan::new`]); lanes it disables are not read (a masked
-    /// load does not touch them, whatever their address).
+    /// AVX-512F must be available; `x` holds the input layout (`input_len` floats), `out` at
+    /// least `co·oh·ow` values, `bias` (if any) `co`. Every lane a mask enables reads a real
+    /// input pixel ([`Plan::new`]); lanes it disables are not read (a masked load does not
+    /// touch them, whatever their address).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn correlate_avx512(
@@ -256,17 +235,16 @@ impl Correlation {
         bias: Option<&[f32]>,
         out: &mut [MaybeUninit<f32>],
     ) {
-        let s = &self.s;
-        let taps = s.taps();
+        let (ci, taps) = (self.layout.ci, self.taps);
         let steps = &self.plan.steps;
-        for b in 0..s.co.div_ceil(CB) {
-            let valid = (s.co - b * CB).min(CB);
+        for b in 0..self.co.div_ceil(CB) {
+            let valid = (self.co - b * CB).min(CB);
             let mut init = [0f32; CB];
             if let Some(bias) = bias {
                 init[..valid].copy_from_slice(&bias[b * CB..b * CB + valid]);
             }
-            let wb = &self.packed[b * s.ci * taps * CB..(b + 1) * s.ci * taps * CB];
-            let out_b = &mut out[b * CB * s.oh * s.ow..];
+            let wb = &self.packed[b * ci * taps * CB..(b + 1) * ci * taps * CB];
+            let out_b = &mut out[b * CB * self.oh * self.ow..];
             let mut first = 0;
             while first < steps.len() {
                 let p = (steps.len() - first).min(STEPS);
@@ -299,8 +277,7 @@ impl Correlation {
     #[target_feature(enable = "avx512f")]
     unsafe fn block<const P: usize>(&self, blk: &Block<'_>, out: &mut [MaybeUninit<f32>]) {
         use std::arch::x86_64::*;
-        let s = &self.s;
-        let (taps, plane_in, plane) = (s.taps(), s.h * s.w, s.oh * s.ow);
+        let (taps, chan, plane) = (self.taps, self.layout.chan, self.oh * self.ow);
         let group = &self.plan.steps[blk.first..blk.first + P];
         let mut acc = [[_mm512_setzero_ps(); P]; CB];
         for (l, row) in acc.iter_mut().enumerate() {
@@ -324,7 +301,7 @@ impl Correlation {
                 }
                 let mut wt = blk.wb.as_ptr().add(t * CB);
                 let mut xc = blk.x.as_ptr();
-                for _ in 0..s.ci {
+                for _ in 0..self.layout.ci {
                     let mut v = [_mm512_setzero_ps(); P];
                     for p in 0..P {
                         v[p] = _mm512_maskz_loadu_ps(masks[p], xc.wrapping_offset(offs[p]));
@@ -336,7 +313,7 @@ impl Correlation {
                         }
                     }
                     wt = wt.add(taps * CB);
-                    xc = xc.wrapping_add(plane_in);
+                    xc = xc.wrapping_add(chan);
                 }
             }
             for (l, row) in acc.iter().enumerate().take(blk.valid) {
@@ -361,91 +338,233 @@ struct Block<'a> {
     first: usize,
 }
 
-/// Forward conv of one image per call.
-pub(crate) struct Forward(Correlation);
+/// `q = floor(a / b)` and `a − q·b` for a positive `b`.
+fn div_floor(a: isize, b: usize) -> (isize, usize) {
+    let b = b as isize;
+    (a.div_euclid(b), a.rem_euclid(b) as usize)
+}
+
+/// Pixels `i` with `i·s + phase < n`: the length of one phase of a strided axis.
+fn phase_len(n: usize, s: usize, phase: usize) -> usize {
+    if phase >= n {
+        0
+    } else {
+        (n - phase).div_ceil(s)
+    }
+}
+
+/// The polyphase split of a strided conv's input: for stride `(sh, sw)`, phase `(a, b)`
+/// holds input pixels `(i·sh + a, j·sw + b)`, so every tap of the strided conv reads one
+/// phase at stride 1. Only the phases some tap reads are stored (`slots`).
+struct Phases {
+    /// `slot[a·sw + b]`: where phase `(a, b)` is stored, if a tap reads it.
+    slot: Vec<Option<usize>>,
+    /// Rows and columns per stored phase plane (`ceil(h / sh) x ceil(w / sw)`).
+    hq: usize,
+    wq: usize,
+    stored: usize,
+}
+
+/// Forward conv of one image per call: stride 1 straight from the input, strided convs
+/// from its polyphase split.
+pub(crate) struct Forward {
+    corr: Correlation,
+    g: ConvGeom,
+    phases: Option<Phases>,
+}
 
 impl Forward {
     /// Packs `w[o, c, kh, kw]` for `g` (which must be [`usable`]).
     pub(crate) fn new(w: &[f32], g: &ConvGeom) -> Self {
-        let taps = g.kh * g.kw;
-        let packed = pack(g.o, g.c, taps, |o, c, t| w[(o * g.c + c) * taps + t]);
-        Forward(Correlation::new(Shape::forward(g), packed))
+        let ([sh, sw], [ph, pw]) = (g.p.stride, g.p.padding);
+        let (kh, kw) = (g.kh, g.kw);
+        let weight =
+            |o: usize, c: usize, ki: usize, kj: usize| w[((o * g.c + c) * kh + ki) * kw + kj];
+        if [sh, sw] == [1, 1] {
+            let layout = Layout {
+                ci: g.c,
+                chan: g.h * g.w,
+                row: g.w,
+            };
+            let taps: Vec<Tap> = (0..kh)
+                .flat_map(|ki| (0..kw).map(move |kj| (ki, kj)))
+                .map(|(ki, kj)| Tap {
+                    base: 0,
+                    di: ki as isize - ph as isize,
+                    dj: kj as isize - pw as isize,
+                    h: g.h,
+                    w: g.w,
+                })
+                .collect();
+            let corr = Correlation::new(layout, (g.o, g.oh, g.ow), &taps, |o, c, t| {
+                weight(o, c, t / kw, t % kw)
+            });
+            return Forward {
+                corr,
+                g: *g,
+                phases: None,
+            };
+        }
+        let (hq, wq) = (g.h.div_ceil(sh), g.w.div_ceil(sw));
+        // Tap (ki, kj) reads input row y·sh + ki − ph = (y + di)·sh + a.
+        let split: Vec<(usize, usize, isize, isize)> = (0..kh)
+            .flat_map(|ki| (0..kw).map(move |kj| (ki, kj)))
+            .map(|(ki, kj)| {
+                let (di, a) = div_floor(ki as isize - ph as isize, sh);
+                let (dj, b) = div_floor(kj as isize - pw as isize, sw);
+                (a, b, di, dj)
+            })
+            .collect();
+        let mut slot = vec![None; sh * sw];
+        let mut stored = 0;
+        for &(a, b, ..) in &split {
+            if slot[a * sw + b].is_none() {
+                slot[a * sw + b] = Some(stored);
+                stored += 1;
+            }
+        }
+        let layout = Layout {
+            ci: g.c,
+            chan: hq * wq,
+            row: wq,
+        };
+        let taps: Vec<Tap> = split
+            .iter()
+            .map(|&(a, b, di, dj)| Tap {
+                base: slot[a * sw + b].unwrap_or(0) * g.c * hq * wq,
+                di,
+                dj,
+                h: phase_len(g.h, sh, a),
+                w: phase_len(g.w, sw, b),
+            })
+            .collect();
+        let corr = Correlation::new(layout, (g.o, g.oh, g.ow), &taps, |o, c, t| {
+            weight(o, c, t / kw, t % kw)
+        });
+        Forward {
+            corr,
+            g: *g,
+            phases: Some(Phases {
+                slot,
+                hq,
+                wq,
+                stored,
+            }),
+        }
     }
 
     /// `y[o, oh, ow]` of image `x[c, h, w]`.
     pub(crate) fn image(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
-        self.0.image(x, bias, y);
+        let Some(ph) = &self.phases else {
+            return self.corr.image(x, bias, y);
+        };
+        let g = &self.g;
+        let [sh, sw] = g.p.stride;
+        with_scratch(ph.stored * g.c * ph.hq * ph.wq, |xs| {
+            for (k, slot) in ph.slot.iter().enumerate() {
+                let Some(slot) = *slot else { continue };
+                let (a, b) = (k / sw, k % sw);
+                let dst = &mut xs[slot * g.c * ph.hq * ph.wq..][..g.c * ph.hq * ph.wq];
+                for c in 0..g.c {
+                    for i in 0..phase_len(g.h, sh, a) {
+                        let src = &x[(c * g.h + i * sh + a) * g.w..][..g.w];
+                        let row = &mut dst[(c * ph.hq + i) * ph.wq..][..ph.wq];
+                        for (j, d) in row.iter_mut().take(phase_len(g.w, sw, b)).enumerate() {
+                            *d = src[j * sw + b];
+                        }
+                    }
+                }
+            }
+            self.corr.image(xs, bias, y)
+        })
     }
 }
 
 /// Input gradient of one image per call: the full correlation of `dy` with the filters
-/// flipped in both spatial axes and transposed (`w'[c, o, ki, kj] = w[o, c, kh−1−ki,
-/// kw−1−kj]`), padded by `k − 1 − p`.
-pub(crate) struct GradInput(Correlation);
+/// flipped and transposed. For a strided conv, each phase `(a, b)` of `dx` (pixels
+/// `(i·sh + a, j·sw + b)`) is a stride-1 correlation of `dy` with the taps that reach it,
+/// computed apart and interleaved.
+pub(crate) struct GradInput {
+    /// One correlation per phase of `dx`, in phase order (`None`: no tap reaches it).
+    phases: Vec<Option<Correlation>>,
+    g: ConvGeom,
+}
 
 impl GradInput {
     /// Packs the flipped filters for `g` (which must be [`usable`]).
     pub(crate) fn new(w: &[f32], g: &ConvGeom) -> Self {
-        let taps = g.kh * g.kw;
-        let packed = pack(g.c, g.o, taps, |c, o, t| {
-            let (ki, kj) = (t / g.kw, t % g.kw);
-            let flipped = (g.kh - 1 - ki) * g.kw + (g.kw - 1 - kj);
-            w[(o * g.c + c) * taps + flipped]
-        });
-        GradInput(Correlation::new(Shape::input_grad(g), packed))
+        let ([sh, sw], [ph, pw]) = (g.p.stride, g.p.padding);
+        let (kh, kw) = (g.kh, g.kw);
+        let layout = Layout {
+            ci: g.o,
+            chan: g.oh * g.ow,
+            row: g.ow,
+        };
+        let mut phases = Vec::with_capacity(sh * sw);
+        for a in 0..sh {
+            for b in 0..sw {
+                // dx(i·sh + a) gets dy(y) through tap ki where y·sh + ki − ph = i·sh + a.
+                let mut taps = Vec::new();
+                let mut kk = Vec::new();
+                for ki in 0..kh {
+                    let (di, ra) = div_floor(a as isize + ph as isize - ki as isize, sh);
+                    if ra != 0 {
+                        continue;
+                    }
+                    for kj in 0..kw {
+                        let (dj, rb) = div_floor(b as isize + pw as isize - kj as isize, sw);
+                        if rb != 0 {
+                            continue;
+                        }
+                        taps.push(Tap {
+                            base: 0,
+                            di,
+                            dj,
+                            h: g.oh,
+                            w: g.ow,
+                        });
+                        kk.push((ki, kj));
+                    }
+                }
+                let (hn, wn) = (phase_len(g.h, sh, a), phase_len(g.w, sw, b));
+                phases.push((!taps.is_empty() && hn * wn > 0).then(|| {
+                    Correlation::new(layout, (g.c, hn, wn), &taps, |c, o, t| {
+                        let (ki, kj) = kk[t];
+                        w[((o * g.c + c) * kh + ki) * kw + kj]
+                    })
+                }));
+            }
+        }
+        GradInput { phases, g: *g }
     }
 
     /// `dx[c, h, w]` of image `dy[o, oh, ow]`.
     pub(crate) fn image(&self, dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
-        self.0.image(dy, None, dx);
-    }
-}
-
-/// A 1x1 unpadded dense conv with a stride above 1 (ResNet's downsample shortcut) as the
-/// stride-1 1x1 conv of its subsampled input: the geometry of that conv, where the direct
-/// kernels can run it. (im2col + GEMM spent 5 GFLOP/s on these: per image three GEMMs of
-/// about 0.3 MFLOP, dominated by packing; ResNet-20's 16→32 shortcut went from 21.6 to
-/// 14.2 ms forward+backward at batch 128 in `conv_bench`.)
-pub(crate) fn strided_pointwise(g: &ConvGeom) -> Option<ConvGeom> {
-    let fits = isa() == Isa::Avx512
-        && g.kh == 1
-        && g.kw == 1
-        && g.p.padding == [0, 0]
-        && g.p.dilation == [1, 1]
-        && g.p.groups == 1
-        && g.p.stride != [1, 1];
-    fits.then(|| {
-        let mut g1 = *g;
-        g1.h = g.oh;
-        g1.w = g.ow;
-        g1.p.stride = [1, 1];
-        g1
-    })
-}
-
-/// `sub[c, oy, ox] = x[c, oy·sh, ox·sw]` for one image of `g`.
-pub(crate) fn subsample(x: &[f32], sub: &mut [f32], g: &ConvGeom) {
-    let [sh, sw] = g.p.stride;
-    for c in 0..g.c {
-        for oy in 0..g.oh {
-            let src = &x[(c * g.h + oy * sh) * g.w..][..g.w];
-            let dst = &mut sub[(c * g.oh + oy) * g.ow..][..g.ow];
-            for (ox, d) in dst.iter_mut().enumerate() {
-                *d = src[ox * sw];
-            }
+        let g = &self.g;
+        let [sh, sw] = g.p.stride;
+        if let [Some(corr)] = self.phases.as_slice() {
+            return corr.image(dy, None, dx);
         }
-    }
-}
-
-/// `dx[c, oy·sh, ox·sw] = sub[c, oy, ox]` for one image of `g`; other elements untouched.
-pub(crate) fn scatter(sub: &[f32], dx: &mut [f32], g: &ConvGeom) {
-    let [sh, sw] = g.p.stride;
-    for c in 0..g.c {
-        for oy in 0..g.oh {
-            let src = &sub[(c * g.oh + oy) * g.ow..][..g.ow];
-            let dst = &mut dx[(c * g.h + oy * sh) * g.w..][..g.w];
-            for (ox, &s) in src.iter().enumerate() {
-                dst[ox * sw] = s;
+        let dx = &mut dx[..g.c * g.h * g.w];
+        for (k, phase) in self.phases.iter().enumerate() {
+            let (a, b) = (k / sw, k % sw);
+            let (hn, wn) = (phase_len(g.h, sh, a), phase_len(g.w, sw, b));
+            let put = |dx: &mut [MaybeUninit<f32>], sub: &dyn Fn(usize) -> f32| {
+                for c in 0..g.c {
+                    for i in 0..hn {
+                        let row = &mut dx[(c * g.h + i * sh + a) * g.w..][..g.w];
+                        for j in 0..wn {
+                            row[j * sw + b].write(sub((c * hn + i) * wn + j));
+                        }
+                    }
+                }
+            };
+            match phase {
+                Some(corr) => with_scratch(g.c * hn * wn, |sub| {
+                    corr.image(dy, None, as_uninit(sub));
+                    put(dx, &|k| sub[k]);
+                }),
+                None => put(dx, &|_| 0.0),
             }
         }
     }

@@ -95,6 +95,11 @@ fn fixed_conv_cases() -> Vec<ConvCase> {
         // Strided 1x1 (a downsample shortcut; odd input, so the last row/column is skipped).
         ConvCase::new(3, 5, 9, 20, 1, 2, 0, 1),
         ConvCase::new(2, 4, 13, 6, 1, 3, 0, 1),
+        // Strided dense convs as polyphase correlations: stride 3 (9 phases, some without
+        // taps in the input gradient), 5x5 stride 2 on an even input, padding ≥ kernel.
+        ConvCase::new(2, 5, 11, 7, 3, 3, 1, 1),
+        ConvCase::new(2, 3, 10, 17, 5, 2, 2, 1),
+        ConvCase::new(2, 3, 6, 4, 2, 2, 2, 1),
         // depthwise 3x3, stride 1 and 2
         ConvCase::new(4, 8, 11, 8, 3, 1, 1, 8),
         ConvCase::new(3, 8, 11, 8, 3, 2, 1, 8),
