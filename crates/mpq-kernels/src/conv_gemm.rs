@@ -1,6 +1,7 @@
 //! Dense and grouped conv2d as im2col + GEMM: forward, input gradient, weight/bias gradient.
-//! Stride-1 dense convs run all three through the direct AVX-512 kernels of `direct` instead,
-//! where the CPU has them.
+//! Dense convs with dilation 1 (other than unstrided 1x1 ones, a plain GEMM) run all three
+//! through the direct AVX-512 kernels of `direct` and `direct_gw` instead, where the CPU has
+//! them.
 //!
 //! Work is split over the batch (one image per task, GEMMs single-threaded inside) when the
 //! batch can keep every rayon thread busy, and over the GEMM itself otherwise.
