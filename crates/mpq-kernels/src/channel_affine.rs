@@ -151,6 +151,53 @@ pub fn conv2d_grads(
     crate::conv2d::grads(x, w, dy, p, input, weight || bias, bias)
 }
 
+/// `conv2d(x, w, bias)` set to 0 where `mask` (shaped as the output) is 0: a convolution
+/// whose eval-mode batch norm has been folded into `w` and `bias`, followed by a frozen ReLU,
+/// in one pass over the output (the mask is applied as the output leaves the registers).
+/// Not differentiable; `f32` on the CPU only.
+pub fn conv2d_masked(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: &crate::Conv2dParams,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    for t in [Some(x), Some(w), bias].into_iter().flatten() {
+        check(t, None, "conv2d_masked")?;
+    }
+    let g = crate::params::ConvGeom::new(x, w, p)?;
+    let (n, o, oh, ow) = g.out_dims();
+    if mask.dims() != [n, o, oh, ow] {
+        bail!(
+            "conv2d_masked: mask {:?} does not match the output {:?}",
+            mask.dims(),
+            g.out_dims()
+        );
+    }
+    if bias.is_some_and(|b| b.dims() != [g.o]) {
+        bail!("conv2d_masked: bias should be [{}]", g.o);
+    }
+    if g.is_depthwise() {
+        return crate::relu::masked(&crate::conv2d(x, w, bias, p)?, mask);
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let bias = bias.map(Tensor::contiguous).transpose()?;
+    let y = crate::storage::with_f32(&x, |xv| {
+        crate::storage::with_f32(&w, |wv| {
+            let run = |bv: Option<&[f32]>| {
+                with_u8(mask, |m| {
+                    Ok(crate::conv_gemm::forward(xv, wv, bv, Some(m), &g))
+                })
+            };
+            match &bias {
+                Some(b) => crate::storage::with_f32(b, |bv| run(Some(bv))),
+                None => run(None),
+            }
+        })
+    })?;
+    Tensor::from_vec(y, g.out_dims(), x.device())
+}
+
 crate::simd::multiversion! {
     fn affine_mask(o: &mut [MaybeUninit<f32>], x: &[f32], m: &[u8], a: f32, k: f32) = affine_mask_impl;
 }
@@ -229,6 +276,36 @@ mod tests {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    #[test]
+    fn conv2d_masked_equals_the_conv_then_the_mask() {
+        use crate::Conv2dParams;
+        // (x dims, output channels, kernel, stride, padding, groups): runs across rows, a
+        // partial last step (7x7), stride 2 (phases), 1x1 (GEMM), depthwise; with and
+        // without bias.
+        let cases = [
+            ([2, 16, 8, 8], 20, 3, 1, 1, 1),
+            ([3, 5, 7, 7], 9, 3, 1, 1, 1),
+            ([2, 6, 9, 10], 17, 3, 2, 1, 1),
+            ([2, 8, 5, 5], 12, 1, 1, 0, 1),
+            ([2, 4, 6, 6], 4, 3, 1, 1, 4),
+        ];
+        for (i, (dims, o, k, stride, pad, groups)) in cases.into_iter().enumerate() {
+            let seed = 100 + 10 * i as u64;
+            let x = rand(&dims, seed);
+            let w = rand(&[o, dims[1] / groups, k, k], seed + 1);
+            let p = Conv2dParams::square(stride, pad, 1, groups);
+            for bias in [None, Some(rand(&[o], seed + 2))] {
+                let plain = crate::conv2d(&x, &w, bias.as_ref(), &p).unwrap();
+                let mask = rand(plain.dims(), seed + 3).gt(0.0).unwrap();
+                let want = crate::relu::masked(&plain, &mask).unwrap();
+                let got = conv2d_masked(&x, &w, bias.as_ref(), &p, &mask).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5, "case {i}");
+            }
+            let wrong = Tensor::zeros((1, 1), DType::U8, &Device::Cpu).unwrap();
+            assert!(conv2d_masked(&x, &w, None, &p, &wrong).is_err());
+        }
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl Conv2dOp {
         let y = if g.is_depthwise() {
             depthwise::forward(xs, ws, bs, &g)
         } else {
-            conv_gemm::forward(xs, ws, bs, &g)
+            conv_gemm::forward(xs, ws, bs, None, &g)
         };
         Ok((CpuStorage::F32(y), g.out_dims().into()))
     }

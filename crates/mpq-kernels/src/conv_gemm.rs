@@ -40,8 +40,15 @@ where
     }
 }
 
-/// Forward conv: `y[n, o, oh, ow]` from `x[n, c, h, w]`, `w[o, cg, kh, kw]`, optional bias.
-pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+/// Forward conv: `y[n, o, oh, ow]` from `x[n, c, h, w]`, `w[o, cg, kh, kw]`, optional bias;
+/// zero where the optional `mask` (laid out as `y`) is 0.
+pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    mask: Option<&[u8]>,
+    g: &ConvGeom,
+) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
     if direct::usable(g) {
         let f = direct::Forward::new(w, g);
@@ -50,7 +57,8 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) 
         return unsafe {
             filled(g.n * g.o * p, |y| {
                 for_each_image(y, g.o * p, g.n, |n, yn, _| {
-                    f.image(&x[n * g.c * hw..(n + 1) * g.c * hw], bias, yn)
+                    let mn = mask.map(|m| &m[n * g.o * p..(n + 1) * g.o * p]);
+                    f.image(&x[n * g.c * hw..(n + 1) * g.c * hw], bias, mn, yn)
                 })
             })
         };
@@ -81,7 +89,14 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &ConvGeom) 
                 };
                 sgemm(og, p, k, yg, p, accumulate, Mat::rows(wg, k), rhs, par);
             }
-        })
+        });
+        if let Some(m) = mask {
+            let mn = &m[n * g.o * p..(n + 1) * g.o * p];
+            yn.iter_mut()
+                .zip(mn)
+                .filter(|(_, m)| **m == 0)
+                .for_each(|(y, _)| *y = 0.0);
+        }
     });
     y
 }

@@ -201,9 +201,15 @@ impl Correlation {
         }
     }
 
-    /// Correlates one image: `out[co, oh, ow]` (every element written, plus `bias`) from
-    /// the input `x` (in the correlation's layout).
-    fn image(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
+    /// Correlates one image: `out[co, oh, ow]` (every element written, plus `bias`, zero where
+    /// `mask` (same layout as `out`) is 0) from the input `x` (in the correlation's layout).
+    fn image(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        mask: Option<&[u8]>,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
@@ -214,13 +220,14 @@ impl Correlation {
             assert!(x.len() >= self.input_len && out.len() >= self.co * self.oh * self.ow);
             assert!(self.plan.masks.len() == self.plan.steps.len() * self.taps);
             assert!(bias.is_none_or(|b| b.len() >= self.co));
+            assert!(mask.is_none_or(|m| m.len() >= self.co * self.oh * self.ow));
             // SAFETY: AVX-512F was detected just above; the asserts above and the plan's
             // construction bound every access `correlate_avx512` makes (see its comments).
-            unsafe { self.correlate_avx512(x, bias, out) }
+            unsafe { self.correlate_avx512(x, bias, mask, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, bias, out);
+            let _ = (x, bias, mask, out);
             unreachable!("direct conv is only selected on x86-64 with AVX-512")
         }
     }
@@ -230,7 +237,7 @@ impl Correlation {
     ///
     /// # Safety
     /// AVX-512F must be available; `x` holds the input layout (`input_len` floats), `out` at
-    /// least `co·oh·ow` values, `bias` (if any) `co`. Every lane a mask enables reads a real
+    /// least `co·oh·ow` values, `mask` (if any) as many, `bias` (if any) `co`. Every lane a mask enables reads a real
     /// input pixel ([`Plan::new`]); lanes it disables are not read (a masked load does not
     /// touch them, whatever their address).
     #[cfg(target_arch = "x86_64")]
@@ -239,6 +246,7 @@ impl Correlation {
         &self,
         x: &[f32],
         bias: Option<&[f32]>,
+        mask: Option<&[u8]>,
         out: &mut [MaybeUninit<f32>],
     ) {
         let (ci, taps) = (self.layout.ci, self.taps);
@@ -251,6 +259,7 @@ impl Correlation {
             }
             let wb = &self.packed[b * ci * taps * CB..(b + 1) * ci * taps * CB];
             let out_b = &mut out[b * CB * self.oh * self.ow..];
+            let mask_b = mask.map(|m| &m[b * CB * self.oh * self.ow..]);
             let mut first = 0;
             while first < steps.len() {
                 let p = (steps.len() - first).min(STEPS);
@@ -260,6 +269,7 @@ impl Correlation {
                     init: &init,
                     valid,
                     first,
+                    mask: mask_b,
                 };
                 // SAFETY: the caller's contract; steps `first..first + p` exist.
                 unsafe {
@@ -324,8 +334,27 @@ impl Correlation {
             }
             for (l, row) in acc.iter().enumerate().take(blk.valid) {
                 for (p, st) in group.iter().enumerate() {
-                    let dst = out.as_mut_ptr().add(l * plane + st.dst).cast::<f32>();
-                    _mm512_mask_storeu_ps(dst, st.store, row[p]);
+                    let at = l * plane + st.dst;
+                    let v = match blk.mask {
+                        Some(m) => {
+                            // The step's mask bytes (only the stored lanes exist).
+                            let n = st.store.count_ones() as usize;
+                            let bytes = if n == LANES {
+                                _mm_loadu_si128(m[at..at + LANES].as_ptr().cast())
+                            } else {
+                                let mut b = [0u8; LANES];
+                                for (d, &v) in b.iter_mut().zip(&m[at..at + n]) {
+                                    *d = v;
+                                }
+                                _mm_loadu_si128(b.as_ptr().cast())
+                            };
+                            let wide = _mm512_cvtepu8_epi32(bytes);
+                            _mm512_maskz_mov_ps(_mm512_test_epi32_mask(wide, wide), row[p])
+                        }
+                        None => row[p],
+                    };
+                    let dst = out.as_mut_ptr().add(at).cast::<f32>();
+                    _mm512_mask_storeu_ps(dst, st.store, v);
                 }
             }
         }
@@ -342,6 +371,8 @@ struct Block<'a> {
     valid: usize,
     /// Index of the block's first step.
     first: usize,
+    /// The output mask from the block's first channel plane on, if any.
+    mask: Option<&'a [u8]>,
 }
 
 /// `q = floor(a / b)` and `a − q·b` for a positive `b`.
@@ -459,10 +490,16 @@ impl Forward {
         }
     }
 
-    /// `y[o, oh, ow]` of image `x[c, h, w]`.
-    pub(crate) fn image(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
+    /// `y[o, oh, ow]` of image `x[c, h, w]`, zero where `mask` (as `y`) is 0.
+    pub(crate) fn image(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        mask: Option<&[u8]>,
+        y: &mut [MaybeUninit<f32>],
+    ) {
         let Some(ph) = &self.phases else {
-            return self.corr.image(x, bias, y);
+            return self.corr.image(x, bias, mask, y);
         };
         let g = &self.g;
         let [sh, sw] = g.p.stride;
@@ -482,7 +519,7 @@ impl Forward {
                     }
                 }
             }
-            self.corr.image(xs, bias, y)
+            self.corr.image(xs, bias, mask, y)
         })
     }
 }
@@ -550,7 +587,7 @@ impl GradInput {
         let g = &self.g;
         let [sh, sw] = g.p.stride;
         if let [Some(corr)] = self.phases.as_slice() {
-            return corr.image(dy, None, dx);
+            return corr.image(dy, None, None, dx);
         }
         let dx = &mut dx[..g.c * g.h * g.w];
         for (k, phase) in self.phases.iter().enumerate() {
@@ -558,10 +595,11 @@ impl GradInput {
             let (hn, wn) = (phase_len(g.h, sh, a), phase_len(g.w, sw, b));
             // Row `i` of channel `c` of the phase goes to every `sw`-th pixel from `b` of
             // row `i·sh + a` of `dx`.
-            let rows = (0..g.c).flat_map(|c| (0..hn).map(move |i| (c * g.h + i * sh + a) * g.w + b));
+            let rows =
+                (0..g.c).flat_map(|c| (0..hn).map(move |i| (c * g.h + i * sh + a) * g.w + b));
             match phase {
                 Some(corr) => with_scratch(g.c * hn * wn, |sub| {
-                    corr.image(dy, None, as_uninit(sub));
+                    corr.image(dy, None, None, as_uninit(sub));
                     for (at, src) in rows.zip(sub.chunks_exact(wn)) {
                         for (d, &v) in dx[at..].iter_mut().step_by(sw).zip(src) {
                             d.write(v);

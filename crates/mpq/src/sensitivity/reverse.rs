@@ -6,8 +6,12 @@
 //! Why: in eval mode with frozen patterns every gradient of the network is linear and simple
 //! (a batch norm is a per-channel scale, a frozen ReLU a mask), but candle's backward starts
 //! every node's gradient from a zeroed buffer and adds into it, runs a batch norm's `dγ`/`dβ`
-//! sums nobody reads, and applies each mask as its own pass. Here a batch norm and the frozen
-//! ReLU after it are one pass each way (`mpq_kernels::channel_affine`), a residual sum and its
+//! sums nobody reads, and applies each mask as its own pass. Here a batch norm right after a
+//! conv is folded into the conv's weight and bias, with the frozen ReLU after it applied as
+//! the conv's output is stored (`mpq_kernels::conv2d_masked`): no pass of its own forward,
+//! and backward only the mask (the weight gradient is scaled per channel afterwards); any
+//! other batch norm and the frozen ReLU after it are one pass each way
+//! (`mpq_kernels::channel_affine`), a residual sum and its
 //! ReLU one pass forward and one backward, a gradient that reaches a node once is moved rather
 //! than added, and convolution gradients are only computed where an analysed weight or
 //! activation needs them. Nodes without a rule here (ReLU6, pools) run under candle's autograd
@@ -37,10 +41,13 @@ pub(crate) fn applies(dtype: DType, device: &candle::Device, frozen: bool) -> bo
 /// What a node keeps for its backward step.
 enum Saved {
     None,
-    /// A conv or linear layer's (perturbed) input and weight.
+    /// A conv or linear layer's (perturbed) input and weight; for a conv with its batch norm
+    /// folded in, the folded weight and the norm's per-channel scale (the weight gradient is
+    /// the folded one's times the scale).
     Layer {
         x: Tensor,
         w: Tensor,
+        scale: Option<Tensor>,
     },
     /// A batch norm's per-channel scale, and the mask of the frozen ReLU fused after it.
     Affine {
@@ -123,6 +130,20 @@ pub(crate) fn gradients(
             }
         }
     }
+    // A conv whose only reader is a batch norm runs with the norm folded into its weight and
+    // bias (and the frozen ReLU after the norm, if fused, applied as the conv's output is
+    // stored): the norm costs no pass forward and, without a ReLU, none backward.
+    let mut folded: Vec<Option<usize>> = vec![None; nodes.len()];
+    let mut folded_bn = vec![false; nodes.len()];
+    for (id, node) in nodes.iter().enumerate() {
+        if let Op::BatchNorm2d(_) = node.op {
+            let src = node.inputs[0];
+            if matches!(nodes[src].op, Op::Conv2d(_)) && readers[src] == 1 {
+                folded[src] = Some(id);
+                folded_bn[id] = true;
+            }
+        }
+    }
     let mask_of = |r: usize| -> Result<Tensor> {
         patterns[r]
             .clone()
@@ -189,14 +210,35 @@ pub(crate) fn gradients(
                     Op::Linear(s) if s.bias => Some(param("bias")?),
                     _ => None,
                 };
-                let y = match &node.op {
-                    Op::Conv2d(spec) => graph::conv2d(&x, &w, b.as_ref(), spec)?,
-                    _ => graph::linear(&x, &w, b.as_ref())?,
+                let (y, w, scale) = match (&node.op, folded[id]) {
+                    (Op::Conv2d(spec), Some(bn)) => {
+                        let (w, b, scale) = fold_bn(graph, &nodes[bn], &w, b.as_ref())?;
+                        let y = match fused_relu[bn].map(mask_of).transpose()? {
+                            Some(m) => mpq_kernels::conv2d_masked(
+                                &x,
+                                &w,
+                                Some(&b),
+                                &graph::conv_params(spec),
+                                &m,
+                            )?,
+                            None => graph::conv2d(&x, &w, Some(&b), spec)?,
+                        };
+                        (y, w, Some(scale))
+                    }
+                    (Op::Conv2d(spec), None) => (graph::conv2d(&x, &w, b.as_ref(), spec)?, w, None),
+                    _ => (graph::linear(&x, &w, b.as_ref())?, w, None),
                 };
                 if keep {
-                    saved[id] = Saved::Layer { x, w };
+                    saved[id] = Saved::Layer { x, w, scale };
                 }
                 y
+            }
+            Op::BatchNorm2d(_) if folded_bn[id] => {
+                // Already applied by the conv before it (with the fused ReLU's mask).
+                if keep && let Some(r) = fused_relu[id] {
+                    saved[id] = Saved::Mask(mask_of(r)?);
+                }
+                input(0)?
             }
             Op::BatchNorm2d(spec) => {
                 let (scale, shift) = bn_affine(
@@ -298,7 +340,7 @@ pub(crate) fn gradients(
         let node = &nodes[id];
         let src = node.inputs.first().copied().unwrap_or(0);
         match (&node.op, std::mem::replace(&mut saved[id], Saved::None)) {
-            (Op::Conv2d(_) | Op::Linear(_), Saved::Layer { x, w }) => {
+            (Op::Conv2d(_) | Op::Linear(_), Saved::Layer { x, w, scale }) => {
                 let i = layer_of(id);
                 let want_w = i.is_some_and(tracked);
                 let want_x = needs[src] || i.and_then(act).is_some();
@@ -307,6 +349,10 @@ pub(crate) fn gradients(
                         let p = graph::conv_params(spec);
                         let (gx, gw, _) =
                             mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (want_w, false))?;
+                        let gw = match (gw, scale) {
+                            (Some(gw), Some(s)) => Some(gw.broadcast_mul(&s)?),
+                            (gw, _) => gw,
+                        };
                         (gx, gw)
                     }
                     _ => (
@@ -330,7 +376,9 @@ pub(crate) fn gradients(
                 let dx = mpq_kernels::channel_affine(&g, &scale, &[], mask.as_ref())?;
                 send(&mut grad, src, dx)?;
             }
-            (Op::Relu, Saved::Mask(m)) => send(&mut grad, src, mpq_kernels::masked(&g, &m)?)?,
+            (Op::Relu | Op::BatchNorm2d(_), Saved::Mask(m)) => {
+                send(&mut grad, src, mpq_kernels::masked(&g, &m)?)?
+            }
             (Op::Add, saved) => {
                 let g = match saved {
                     Saved::Mask(m) => mpq_kernels::masked(&g, &m)?,
@@ -361,6 +409,47 @@ pub(crate) fn gradients(
         }
     }
     Ok(out)
+}
+
+/// The weight and bias of a conv (`w`, `b`) with the eval-mode batch norm `bn` after it
+/// folded in (`w·scale` per output channel, `b·scale + shift`), and the scale shaped
+/// `[o, 1, 1, 1]`.
+fn fold_bn(
+    graph: &Graph,
+    bn: &graph::Node,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let Op::BatchNorm2d(spec) = &bn.op else {
+        return Err(Error::config(
+            "sensitivity",
+            "folding a conv into a non-batch-norm",
+        ));
+    };
+    let param = |s: &str| -> Result<Tensor> {
+        Ok(graph
+            .params()
+            .var(&format!("{}.{s}", bn.name))?
+            .as_tensor()
+            .detach())
+    };
+    let (scale, shift) = bn_affine(
+        &param("weight")?,
+        &param("bias")?,
+        &param("running_mean")?,
+        &param("running_var")?,
+        spec.eps,
+    )?;
+    let o = scale.len();
+    let dev = w.device();
+    let shift = Tensor::from_vec(shift, o, dev)?;
+    let scale = Tensor::from_vec(scale, o, dev)?;
+    let bias = match b {
+        Some(b) => ((b * &scale)? + shift)?,
+        None => shift,
+    };
+    let scale = scale.reshape((o, 1, 1, 1))?;
+    Ok((w.broadcast_mul(&scale)?, bias, scale))
 }
 
 /// An eval-mode batch norm as `scale·x + shift` per channel (the kernel's own formula).
