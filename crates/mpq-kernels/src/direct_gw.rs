@@ -262,23 +262,60 @@ impl Block {
 }
 
 /// Copies the `c` planes of `x` into `cp ≥ c` zero-bordered planes of `xp` (planes past `c`
-/// all zero).
+/// all zero). Each padded row is written in 16-lane pieces whose lanes past the input row
+/// read as zero (masked loads), instead of a `memcpy` and two `memset` calls per row of 8–32
+/// values (5% of a training step).
 fn pad(x: &[f32], xp: &mut [f32], g: &ConvGeom, cp: usize) {
     let [ph, pw] = g.p.padding;
     let (hp, wp) = (g.h + 2 * ph, g.w + 2 * pw);
+    assert!(x.len() >= g.c * g.h * g.w && xp.len() >= cp * hp * wp);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is there (`usable`); the assert above bounds the planes `pad_avx512`
+    // walks.
+    unsafe {
+        pad_avx512(x, xp, g, cp)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct conv is only selected on x86-64 with AVX-512")
+}
+
+/// # Safety
+/// AVX-512F; `x` holds `c` planes of `h x w`, `xp` `cp` padded planes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pad_avx512(x: &[f32], xp: &mut [f32], g: &ConvGeom, cp: usize) {
+    use std::arch::x86_64::*;
+    let [ph, pw] = g.p.padding;
+    let (hp, wp) = (g.h + 2 * ph, g.w + 2 * pw);
     for c in 0..cp {
-        let dst = &mut xp[c * hp * wp..(c + 1) * hp * wp];
-        if c >= g.c {
-            dst.fill(0.0);
-            continue;
-        }
-        dst[..ph * wp].fill(0.0);
-        dst[(ph + g.h) * wp..].fill(0.0);
-        for y in 0..g.h {
-            let row = &mut dst[(y + ph) * wp..(y + ph + 1) * wp];
-            row[..pw].fill(0.0);
-            row[pw..pw + g.w].copy_from_slice(&x[(c * g.h + y) * g.w..][..g.w]);
-            row[pw + g.w..].fill(0.0);
+        for yp in 0..hp {
+            let dst = xp[(c * hp + yp) * wp..][..wp].as_mut_ptr();
+            // The input row, if this padded row has one.
+            let src = (c < g.c && (ph..ph + g.h).contains(&yp))
+                .then(|| x[(c * g.h + yp - ph) * g.w..][..g.w].as_ptr());
+            for j in (0..wp).step_by(LANES) {
+                let n = (wp - j).min(LANES);
+                let store: __mmask16 = if n == LANES { !0 } else { (1 << n) - 1 };
+                // Lanes `l` with input column `j + l − pw` in `0..w`.
+                let lo = pw.saturating_sub(j).min(LANES);
+                let hi = (pw + g.w).saturating_sub(j).min(n);
+                let load: __mmask16 = if hi > lo {
+                    (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16
+                } else {
+                    0
+                };
+                // SAFETY: enabled load lanes are input columns `0..w` of the row; the store
+                // lanes are inside the padded row. Disabled lanes are not accessed.
+                unsafe {
+                    let v = match src {
+                        Some(src) if load != 0 => {
+                            _mm512_maskz_loadu_ps(load, src.wrapping_add(j).wrapping_sub(pw))
+                        }
+                        _ => _mm512_setzero_ps(),
+                    };
+                    _mm512_mask_storeu_ps(dst.add(j), store, v);
+                }
+            }
         }
     }
 }
