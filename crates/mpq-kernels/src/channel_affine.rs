@@ -148,7 +148,32 @@ pub fn conv2d_grads(
     for t in [x, w, dy] {
         check(t, None, "conv2d_grads")?;
     }
+    let input = if input {
+        crate::conv2d::InputGrad::Fresh
+    } else {
+        crate::conv2d::InputGrad::Skip
+    };
     crate::conv2d::grads(x, w, dy, p, input, weight || bias, bias)
+}
+
+/// [`conv2d_grads`] with the input gradient added onto `onto` (a gradient already collected
+/// for `x`, shaped as `x`): `onto + ∂/∂x`, written in one pass where the direct kernels run
+/// (their accumulators start from `onto`), instead of a gradient and then a sum.
+pub fn conv2d_grads_onto(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    p: &crate::Conv2dParams,
+    onto: &Tensor,
+    (weight, bias): (bool, bool),
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    for t in [x, w, dy, onto] {
+        check(t, None, "conv2d_grads_onto")?;
+    }
+    let input = crate::conv2d::InputGrad::Onto(onto);
+    let (gx, gw, gb) = crate::conv2d::grads(x, w, dy, p, input, weight || bias, bias)?;
+    let gx = gx.ok_or_else(|| candle::Error::Msg("conv2d_grads_onto: no input gradient".into()))?;
+    Ok((gx, gw, gb))
 }
 
 /// `conv2d(x, w, bias)` set to 0 where `mask` (shaped as the output) is 0: a convolution
@@ -306,6 +331,40 @@ mod tests {
             let wrong = Tensor::zeros((1, 1), DType::U8, &Device::Cpu).unwrap();
             assert!(conv2d_masked(&x, &w, None, &p, &wrong).is_err());
         }
+    }
+
+    #[test]
+    fn input_gradient_onto_equals_the_sum() {
+        use crate::Conv2dParams;
+        // Direct stride 1 (runs, rows with a partial step), strided (phases), 1x1 (GEMM),
+        // grouped (im2col), depthwise.
+        let cases = [
+            ([2, 16, 8, 8], 20, 3, 1, 1, 1),
+            ([3, 5, 7, 9], 9, 3, 1, 0, 1),
+            ([2, 6, 9, 10], 17, 3, 2, 1, 1),
+            ([2, 8, 5, 5], 12, 1, 1, 0, 1),
+            ([2, 6, 5, 5], 4, 3, 1, 1, 2),
+            ([2, 4, 6, 6], 4, 3, 1, 1, 4),
+        ];
+        for (i, (dims, o, k, stride, pad, groups)) in cases.into_iter().enumerate() {
+            let seed = 200 + 10 * i as u64;
+            let x = rand(&dims, seed);
+            let w = rand(&[o, dims[1] / groups, k, k], seed + 1);
+            let p = Conv2dParams::square(stride, pad, 1, groups);
+            let dy = rand(crate::conv2d(&x, &w, None, &p).unwrap().dims(), seed + 2);
+            let onto = rand(&dims, seed + 3);
+            let (gx, gw, _) = conv2d_grads(&x, &w, &dy, &p, true, (true, false)).unwrap();
+            let (sum, gw2, _) = conv2d_grads_onto(&x, &w, &dy, &p, &onto, (true, false)).unwrap();
+            let want = (gx.unwrap() + &onto).unwrap();
+            assert!(max_diff(&sum, &want) < 1e-5, "case {i}");
+            assert!(max_diff(&gw.unwrap(), &gw2.unwrap()) == 0.0, "case {i}");
+        }
+        let (x, w) = (rand(&[1, 2, 4, 4], 1), rand(&[3, 2, 3, 3], 2));
+        let p = Conv2dParams::square(1, 1, 1, 1);
+        let dy = rand(&[1, 3, 4, 4], 3);
+        assert!(
+            conv2d_grads_onto(&x, &w, &dy, &p, &rand(&[1, 2, 4, 5], 4), (false, false)).is_err()
+        );
     }
 
     #[test]

@@ -81,37 +81,71 @@ impl Conv2dOp {
         dy: &Tensor,
         bias: bool,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        grads(x, w, dy, &self.p, x.track_op(), w.track_op(), bias)
+        let input = if x.track_op() {
+            InputGrad::Fresh
+        } else {
+            InputGrad::Skip
+        };
+        grads(x, w, dy, &self.p, input, w.track_op(), bias)
     }
 }
 
-/// The input gradient (if `input`), the weight gradient (if `weight` or `bias`) and the bias
-/// gradient (if `bias`) of the convolution of `x` with `w` from the output gradient `dy`.
+/// What [`grads`] computes of the input gradient.
+#[derive(Clone, Copy)]
+pub(crate) enum InputGrad<'a> {
+    Skip,
+    Fresh,
+    /// Added to this gradient (shaped as `x`).
+    Onto(&'a Tensor),
+}
+
+/// The input gradient (as `input` asks), the weight gradient (if `weight` or `bias`) and the
+/// bias gradient (if `bias`) of the convolution of `x` with `w` from the output gradient `dy`.
 pub(crate) fn grads(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
     p: &Conv2dParams,
-    input: bool,
+    input: InputGrad<'_>,
     weight: bool,
     bias: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let g = ConvGeom::new(x, w, p)?;
     let dev = x.device();
     let dy = dy.contiguous()?;
-    let gx = if input {
+    let onto = match input {
+        InputGrad::Onto(t) if t.dims() != x.dims() => {
+            bail!(
+                "conv2d: gradient {:?} to add onto does not match x {:?}",
+                t.dims(),
+                x.dims()
+            )
+        }
+        InputGrad::Onto(t) => Some(t.contiguous()?),
+        _ => None,
+    };
+    let gx = if matches!(input, InputGrad::Skip) {
+        None
+    } else {
         let dx = with_f32(&dy, |d| {
             with_f32(w, |wv| {
-                Ok(if g.is_depthwise() {
-                    depthwise::grad_input(d, wv, &g)
-                } else {
-                    conv_gemm::grad_input(d, wv, &g)
-                })
+                if g.is_depthwise() {
+                    let mut dx = depthwise::grad_input(d, wv, &g);
+                    if let Some(o) = &onto {
+                        with_f32(o, |ov| {
+                            dx.iter_mut().zip(ov).for_each(|(a, b)| *a += b);
+                            Ok(())
+                        })?;
+                    }
+                    return Ok(dx);
+                }
+                match &onto {
+                    Some(o) => with_f32(o, |ov| Ok(conv_gemm::grad_input(d, wv, Some(ov), &g))),
+                    None => Ok(conv_gemm::grad_input(d, wv, None, &g)),
+                }
             })
         })?;
         Some(Tensor::from_vec(dx, x.dims(), dev)?)
-    } else {
-        None
     };
     if !weight && !bias {
         return Ok((gx, None, None));

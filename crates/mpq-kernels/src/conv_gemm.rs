@@ -101,8 +101,9 @@ pub(crate) fn forward(
     y
 }
 
-/// Input gradient: `dx[n, c, h, w]` from `dy[n, o, oh, ow]` and `w[o, cg, kh, kw]`.
-pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
+/// Input gradient: `dx[n, c, h, w]` from `dy[n, o, oh, ow]` and `w[o, cg, kh, kw]`, plus
+/// `onto` (a gradient `dx` adds to, laid out as `dx`) if given.
+pub(crate) fn grad_input(dy: &[f32], w: &[f32], onto: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
     if direct::usable(g) {
         let f = direct::GradInput::new(w, g);
@@ -110,12 +111,16 @@ pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
         return unsafe {
             filled(g.n * g.c * hw, |dx| {
                 for_each_image(dx, g.c * hw, g.n, |n, dxn, _| {
-                    f.image(&dy[n * g.o * p..(n + 1) * g.o * p], dxn)
+                    let on = onto.map(|o| &o[n * g.c * hw..(n + 1) * g.c * hw]);
+                    f.image(&dy[n * g.o * p..(n + 1) * g.o * p], on, dxn)
                 })
             })
         };
     }
-    let mut dx = vec![0f32; g.n * g.c * hw];
+    let mut dx = match onto {
+        Some(o) => o[..g.n * g.c * hw].to_vec(),
+        None => vec![0f32; g.n * g.c * hw],
+    };
     let col_len = if g.is_pointwise() { 0 } else { k * p };
     for_each_image(&mut dx, g.c * hw, g.n, |n, dxn, par| {
         let dyn_ = &dy[n * g.o * p..(n + 1) * g.o * p];
@@ -125,7 +130,7 @@ pub(crate) fn grad_input(dy: &[f32], w: &[f32], g: &ConvGeom) -> Vec<f32> {
                 let dxg = &mut dxn[gi * cg * hw..(gi + 1) * cg * hw];
                 let wt = Mat::transposed(&w[gi * og * k..(gi + 1) * og * k], k);
                 if g.is_pointwise() {
-                    sgemm(k, p, og, dxg, p, false, wt, Mat::rows(dyg, p), par);
+                    sgemm(k, p, og, dxg, p, onto.is_some(), wt, Mat::rows(dyg, p), par);
                 } else {
                     sgemm(k, p, og, col, p, false, wt, Mat::rows(dyg, p), par);
                     col2im_add(col, dxg, g);

@@ -201,12 +201,13 @@ impl Correlation {
         }
     }
 
-    /// Correlates one image: `out[co, oh, ow]` (every element written, plus `bias`, zero where
-    /// `mask` (same layout as `out`) is 0) from the input `x` (in the correlation's layout).
+    /// Correlates one image: `out[co, oh, ow]` (every element written, plus `bias`, plus
+    /// `onto` (laid out as `out`), zero where `mask` (as `out`) is 0) from the input `x` (in
+    /// the correlation's layout).
     fn image(
         &self,
         x: &[f32],
-        bias: Option<&[f32]>,
+        (bias, onto): (Option<&[f32]>, Option<&[f32]>),
         mask: Option<&[u8]>,
         out: &mut [MaybeUninit<f32>],
     ) {
@@ -221,13 +222,14 @@ impl Correlation {
             assert!(self.plan.masks.len() == self.plan.steps.len() * self.taps);
             assert!(bias.is_none_or(|b| b.len() >= self.co));
             assert!(mask.is_none_or(|m| m.len() >= self.co * self.oh * self.ow));
+            assert!(onto.is_none_or(|m| m.len() >= self.co * self.oh * self.ow));
             // SAFETY: AVX-512F was detected just above; the asserts above and the plan's
             // construction bound every access `correlate_avx512` makes (see its comments).
-            unsafe { self.correlate_avx512(x, bias, mask, out) }
+            unsafe { self.correlate_avx512(x, (bias, onto), mask, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, bias, mask, out);
+            let _ = (x, bias, onto, mask, out);
             unreachable!("direct conv is only selected on x86-64 with AVX-512")
         }
     }
@@ -237,7 +239,8 @@ impl Correlation {
     ///
     /// # Safety
     /// AVX-512F must be available; `x` holds the input layout (`input_len` floats), `out` at
-    /// least `co·oh·ow` values, `mask` (if any) as many, `bias` (if any) `co`. Every lane a mask enables reads a real
+    /// least `co·oh·ow` values, `mask` and `onto` (if any) as many, `bias` (if any) `co`.
+    /// Every lane a mask enables reads a real
     /// input pixel ([`Plan::new`]); lanes it disables are not read (a masked load does not
     /// touch them, whatever their address).
     #[cfg(target_arch = "x86_64")]
@@ -245,7 +248,7 @@ impl Correlation {
     unsafe fn correlate_avx512(
         &self,
         x: &[f32],
-        bias: Option<&[f32]>,
+        (bias, onto): (Option<&[f32]>, Option<&[f32]>),
         mask: Option<&[u8]>,
         out: &mut [MaybeUninit<f32>],
     ) {
@@ -260,6 +263,7 @@ impl Correlation {
             let wb = &self.packed[b * ci * taps * CB..(b + 1) * ci * taps * CB];
             let out_b = &mut out[b * CB * self.oh * self.ow..];
             let mask_b = mask.map(|m| &m[b * CB * self.oh * self.ow..]);
+            let onto_b = onto.map(|m| &m[b * CB * self.oh * self.ow..]);
             let mut first = 0;
             while first < steps.len() {
                 let p = (steps.len() - first).min(STEPS);
@@ -270,6 +274,7 @@ impl Correlation {
                     valid,
                     first,
                     mask: mask_b,
+                    onto: onto_b,
                 };
                 // SAFETY: the caller's contract; steps `first..first + p` exist.
                 unsafe {
@@ -335,6 +340,14 @@ impl Correlation {
             for (l, row) in acc.iter().enumerate().take(blk.valid) {
                 for (p, st) in group.iter().enumerate() {
                     let at = l * plane + st.dst;
+                    let v = match blk.onto {
+                        // The stored lanes of `onto` exist (the contract).
+                        Some(o) => _mm512_add_ps(
+                            row[p],
+                            _mm512_maskz_loadu_ps(st.store, o.as_ptr().add(at)),
+                        ),
+                        None => row[p],
+                    };
                     let v = match blk.mask {
                         Some(m) => {
                             // The step's mask bytes (only the stored lanes exist).
@@ -349,9 +362,9 @@ impl Correlation {
                                 _mm_loadu_si128(b.as_ptr().cast())
                             };
                             let wide = _mm512_cvtepu8_epi32(bytes);
-                            _mm512_maskz_mov_ps(_mm512_test_epi32_mask(wide, wide), row[p])
+                            _mm512_maskz_mov_ps(_mm512_test_epi32_mask(wide, wide), v)
                         }
-                        None => row[p],
+                        None => v,
                     };
                     let dst = out.as_mut_ptr().add(at).cast::<f32>();
                     _mm512_mask_storeu_ps(dst, st.store, v);
@@ -373,6 +386,8 @@ struct Block<'a> {
     first: usize,
     /// The output mask from the block's first channel plane on, if any.
     mask: Option<&'a [u8]>,
+    /// Values the output adds to, from the block's first channel plane on, if any.
+    onto: Option<&'a [f32]>,
 }
 
 /// `q = floor(a / b)` and `a − q·b` for a positive `b`.
@@ -499,7 +514,7 @@ impl Forward {
         y: &mut [MaybeUninit<f32>],
     ) {
         let Some(ph) = &self.phases else {
-            return self.corr.image(x, bias, mask, y);
+            return self.corr.image(x, (bias, None), mask, y);
         };
         let g = &self.g;
         let [sh, sw] = g.p.stride;
@@ -519,7 +534,7 @@ impl Forward {
                     }
                 }
             }
-            self.corr.image(xs, bias, mask, y)
+            self.corr.image(xs, (bias, None), mask, y)
         })
     }
 }
@@ -582,12 +597,20 @@ impl GradInput {
         GradInput { phases, g: *g }
     }
 
-    /// `dx[c, h, w]` of image `dy[o, oh, ow]`.
-    pub(crate) fn image(&self, dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    /// `dx[c, h, w]` of image `dy[o, oh, ow]`, plus `onto` (as `dx`) if given.
+    pub(crate) fn image(&self, dy: &[f32], onto: Option<&[f32]>, dx: &mut [MaybeUninit<f32>]) {
         let g = &self.g;
         let [sh, sw] = g.p.stride;
         if let [Some(corr)] = self.phases.as_slice() {
-            return corr.image(dy, None, None, dx);
+            return corr.image(dy, (None, onto), None, dx);
+        }
+        if let Some(onto) = onto {
+            self.image(dy, None, dx);
+            for (d, &o) in dx.iter_mut().zip(onto) {
+                // SAFETY: `image` wrote every element of `dx`.
+                d.write(unsafe { d.assume_init() } + o);
+            }
+            return;
         }
         let dx = &mut dx[..g.c * g.h * g.w];
         for (k, phase) in self.phases.iter().enumerate() {
@@ -599,7 +622,7 @@ impl GradInput {
                 (0..g.c).flat_map(|c| (0..hn).map(move |i| (c * g.h + i * sh + a) * g.w + b));
             match phase {
                 Some(corr) => with_scratch(g.c * hn * wn, |sub| {
-                    corr.image(dy, None, None, as_uninit(sub));
+                    corr.image(dy, (None, None), None, as_uninit(sub));
                     for (at, src) in rows.zip(sub.chunks_exact(wn)) {
                         for (d, &v) in dx[at..].iter_mut().step_by(sw).zip(src) {
                             d.write(v);

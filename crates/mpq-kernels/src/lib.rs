@@ -42,7 +42,9 @@ pub use batch_norm::{
     batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_grads,
     batch_norm_train_relu,
 };
-pub use channel_affine::{add_masked, channel_affine, conv2d_grads, conv2d_masked};
+pub use channel_affine::{
+    add_masked, channel_affine, conv2d_grads, conv2d_grads_onto, conv2d_masked,
+};
 pub use conv2d::conv2d;
 pub use params::Conv2dParams;
 pub use relu::{masked, relu, relu_grad, relu6};

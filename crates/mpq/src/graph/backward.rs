@@ -246,7 +246,30 @@ impl Graph {
                     let (gx, gw, gb) = match &node.op {
                         Op::Conv2d(spec) => {
                             let p = ops::conv_params(spec);
-                            mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (true, has_bias))?
+                            // A gradient already collected for the input (a residual
+                            // shortcut's) is added as the input gradient is written.
+                            let fold_in = src > 0 && x_hook.is_none();
+                            match grad[src].take_if(|_| fold_in) {
+                                Some(o) => {
+                                    let (gx, gw, gb) = mpq_kernels::conv2d_grads_onto(
+                                        &x,
+                                        &w,
+                                        &g,
+                                        &p,
+                                        &o,
+                                        (true, has_bias),
+                                    )?;
+                                    (Some(gx), gw, gb)
+                                }
+                                None => mpq_kernels::conv2d_grads(
+                                    &x,
+                                    &w,
+                                    &g,
+                                    &p,
+                                    want_x,
+                                    (true, has_bias),
+                                )?,
+                            }
                         }
                         _ => (
                             want_x.then(|| g.matmul(&w)).transpose()?,

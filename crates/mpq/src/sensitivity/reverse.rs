@@ -347,8 +347,26 @@ pub(crate) fn gradients(
                 let (gx, gw) = match &node.op {
                     Op::Conv2d(spec) => {
                         let p = graph::conv_params(spec);
-                        let (gx, gw, _) =
-                            mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (want_w, false))?;
+                        // A gradient already collected for the input (a residual shortcut's)
+                        // is added as the input gradient is written, unless the layer's own
+                        // activation gradient is wanted.
+                        let fold_in = needs[src] && i.and_then(act).is_none();
+                        let (gx, gw, _) = match grad[src].take_if(|_| fold_in) {
+                            Some(o) => {
+                                let (gx, gw, gb) = mpq_kernels::conv2d_grads_onto(
+                                    &x,
+                                    &w,
+                                    &g,
+                                    &p,
+                                    &o,
+                                    (want_w, false),
+                                )?;
+                                (Some(gx), gw, gb)
+                            }
+                            None => {
+                                mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (want_w, false))?
+                            }
+                        };
                         let gw = match (gw, scale) {
                             (Some(gw), Some(s)) => Some(gw.broadcast_mul(&s)?),
                             (gw, _) => gw,
