@@ -104,11 +104,17 @@ impl Graph {
                 Op::Conv2d(_) | Op::Linear(_) => {
                     // Hooks see the real weight variable and a variable standing for the input,
                     // so their graphs reach both (and their own trainables).
-                    let xv = Var::from_tensor(&input(0)?.detach())?;
-                    let hx = opts.hooks.activation(&node.name, xv.as_tensor())?;
+                    // (Hooks that leave the input alone get it as it is: no copy.)
+                    let (hx, x_hook) = if opts.hooks.hooks_activation(&node.name) {
+                        let xv = Var::from_tensor(&input(0)?.detach())?;
+                        let hx = opts.hooks.activation(&node.name, xv.as_tensor())?;
+                        let hooked = hx.id() != xv.as_tensor().id();
+                        (hx.clone(), hooked.then_some((xv, hx)))
+                    } else {
+                        (input(0)?, None)
+                    };
                     let wvar = var(&format!("{}.weight", node.name))?;
                     let hw = opts.hooks.weight(&node.name, wvar.as_tensor())?;
-                    let x_hook = (hx.id() != xv.as_tensor().id()).then(|| (xv, hx.clone()));
                     let w_hook = (hw.id() != wvar.as_tensor().id()).then(|| hw.clone());
                     let (x, w) = (hx.detach(), hw.detach());
                     let b = match &node.op {

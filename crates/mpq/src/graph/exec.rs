@@ -35,6 +35,14 @@ pub trait Hooks {
         Ok(x.clone())
     }
 
+    /// Whether [`Hooks::activation`] may transform (or observe) the input of `layer`.
+    /// Default: true. A training step asks first, so that where it is false the input need
+    /// not be copied into a variable for the hook's gradient.
+    fn hooks_activation(&self, layer: &str) -> bool {
+        let _ = layer;
+        true
+    }
+
     /// Variables the hooks own that training should update next to the graph's own
     /// (LSQ's learned step sizes). Default: none.
     fn trainable(&self) -> Vec<candle::Var> {
@@ -46,7 +54,11 @@ pub trait Hooks {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHooks;
 
-impl Hooks for NoHooks {}
+impl Hooks for NoHooks {
+    fn hooks_activation(&self, _layer: &str) -> bool {
+        false
+    }
+}
 
 /// Options of one forward pass.
 pub struct ForwardOptions<'a> {
