@@ -99,6 +99,33 @@ pub fn channel_affine(
     Tensor::from_vec(y, dims, x.device())
 }
 
+/// `max(a + b, 0)` elementwise in one pass: a residual sum and the ReLU after it in a
+/// training step (its gradient is `relu_grad` of the output). Not differentiable; `f32` on
+/// the CPU only.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check(a, None, "add_relu")?;
+    check(b, None, "add_relu")?;
+    if a.dims() != b.dims() {
+        bail!("add_relu: {:?} + {:?}", a.dims(), b.dims());
+    }
+    const BLOCK: usize = 1 << 15;
+    let y = crate::storage::with_f32(a, |av| {
+        crate::storage::with_f32(b, |bv| {
+            // SAFETY: the chunks cover the output and each call writes every element of its
+            // chunk (`av` and `bv` have the output's length).
+            Ok(unsafe {
+                filled(av.len(), |y| {
+                    y.par_chunks_mut(BLOCK).enumerate().for_each(|(i, y)| {
+                        let r = i * BLOCK..i * BLOCK + y.len();
+                        add_relu_pass(y, &av[r.clone()], &bv[r])
+                    })
+                })
+            })
+        })
+    })?;
+    Tensor::from_vec(y, a.dims(), a.device())
+}
+
 /// `(a + b)·mask` elementwise (a residual sum followed by a frozen ReLU; no mask: `a + b`).
 /// Not differentiable; `f32` on the CPU only.
 pub fn add_masked(a: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -260,6 +287,18 @@ fn add_mask_impl(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], m: &[u8]) {
 }
 
 crate::simd::multiversion! {
+    fn add_relu_pass(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) = add_relu_impl;
+}
+
+#[inline(always)]
+fn add_relu_impl(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
+    assert!(a.len() >= o.len() && b.len() >= o.len());
+    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+        o.write((a + b).max(0.0));
+    }
+}
+
+crate::simd::multiversion! {
     fn add(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) = add_impl;
 }
 
@@ -398,6 +437,15 @@ mod tests {
             let got = channel_affine(&x, &scale, &[], None).unwrap();
             assert!(max_diff(&got, &x.broadcast_mul(&s).unwrap()) < 1e-6);
         }
+    }
+
+    #[test]
+    fn add_relu_matches_candle_ops() {
+        let dims = [3, 70001];
+        let (a, b) = (rand(&dims, 6), rand(&dims, 7));
+        let want = (&a + &b).unwrap().relu().unwrap();
+        assert!(max_diff(&add_relu(&a, &b).unwrap(), &want) == 0.0);
+        assert!(add_relu(&a, &rand(&[3, 7], 8)).is_err());
     }
 
     #[test]

@@ -89,6 +89,17 @@ impl Graph {
         self.check_input(x)?;
         let nodes = &self.nodes;
         let fused = self.fused_bn_relu();
+        // A residual sum whose only reader is the ReLU right after it runs fused with it.
+        let fused_add: Vec<bool> = (0..nodes.len())
+            .map(|id| {
+                id + 1 < nodes.len()
+                    && id != self.output
+                    && nodes[id].op == Op::Add
+                    && nodes[id + 1].op == Op::Relu
+                    && nodes[id + 1].inputs == [id]
+                    && self.last_use[id] == id + 1
+            })
+            .collect();
         let var = |name: &str| self.params.var(name);
         let mut values: Vec<Option<Tensor>> = vec![None; nodes.len()];
         let mut saved: Vec<Saved> = (0..nodes.len()).map(|_| Saved::None).collect();
@@ -151,6 +162,11 @@ impl Graph {
                     y
                 }
                 Op::Relu if fused[node.inputs[0]] => input(0)?,
+                Op::Relu if fused_add[node.inputs[0]] => {
+                    let y = input(0)?;
+                    saved[id] = Saved::Relu(y.clone(), f32::INFINITY);
+                    y
+                }
                 Op::Relu | Op::Relu6 => {
                     let (y, hi) = match node.op {
                         Op::Relu => (ops::relu(&input(0)?)?, f32::INFINITY),
@@ -169,6 +185,7 @@ impl Graph {
                     saved[id] = Saved::Dims(x.dims().to_vec());
                     ops::global_avg_pool(&x)?
                 }
+                Op::Add if fused_add[id] => mpq_kernels::add_relu(&input(0)?, &input(1)?)?,
                 Op::Add => mpq_kernels::add_masked(&input(0)?, &input(1)?, None)?,
                 Op::Dropout { .. } if opts.mode == Mode::Eval => input(0)?,
                 // Eval-mode batch norm, pools, train-mode dropout: local autograd.
