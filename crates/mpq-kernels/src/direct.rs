@@ -24,6 +24,7 @@
 use std::mem::MaybeUninit;
 
 use crate::params::ConvGeom;
+use crate::polyphase::{gather_row, scatter_row};
 use crate::scratch::with_scratch;
 use crate::simd::{Isa, isa};
 
@@ -526,11 +527,8 @@ impl Forward {
                 let wn = phase_len(g.w, sw, b);
                 for c in 0..g.c {
                     for i in 0..phase_len(g.h, sh, a) {
-                        let src = x[(c * g.h + i * sh + a) * g.w + b..].iter().step_by(sw);
-                        let row = &mut dst[(c * ph.hq + i) * ph.wq..][..wn];
-                        for (d, &v) in row.iter_mut().zip(src) {
-                            *d = v;
-                        }
+                        let src = &x[(c * g.h + i * sh + a) * g.w..][..g.w];
+                        gather_row(src, sw, b, &mut dst[(c * ph.hq + i) * ph.wq..][..wn]);
                     }
                 }
             }
@@ -618,24 +616,21 @@ impl GradInput {
             let (hn, wn) = (phase_len(g.h, sh, a), phase_len(g.w, sw, b));
             // Row `i` of channel `c` of the phase goes to every `sw`-th pixel from `b` of
             // row `i·sh + a` of `dx`.
-            let rows =
-                (0..g.c).flat_map(|c| (0..hn).map(move |i| (c * g.h + i * sh + a) * g.w + b));
+            let rows = (0..g.c).flat_map(|c| (0..hn).map(move |i| (c * g.h + i * sh + a) * g.w));
+            let put = |dx: &mut [MaybeUninit<f32>], sub: &[f32]| {
+                for (at, src) in rows.clone().zip(sub.chunks_exact(wn.max(1))) {
+                    scatter_row(src, sw, b, &mut dx[at..at + g.w]);
+                }
+            };
             match phase {
                 Some(corr) => with_scratch(g.c * hn * wn, |sub| {
                     corr.image(dy, (None, None), None, as_uninit(sub));
-                    for (at, src) in rows.zip(sub.chunks_exact(wn)) {
-                        for (d, &v) in dx[at..].iter_mut().step_by(sw).zip(src) {
-                            d.write(v);
-                        }
-                    }
+                    put(dx, sub);
                 }),
-                None => {
-                    for at in rows {
-                        for d in dx[at..].iter_mut().step_by(sw).take(wn) {
-                            d.write(0.0);
-                        }
-                    }
-                }
+                None => with_scratch(g.c * hn * wn, |sub| {
+                    sub.fill(0.0);
+                    put(dx, sub);
+                }),
             }
         }
     }

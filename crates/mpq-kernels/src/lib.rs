@@ -30,6 +30,7 @@ mod direct;
 mod direct_gw;
 mod im2col;
 mod params;
+mod polyphase;
 pub mod reference;
 pub(crate) mod relu;
 mod scratch;
