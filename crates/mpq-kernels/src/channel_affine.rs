@@ -176,30 +176,33 @@ pub fn conv2d_grads(
         check(t, None, "conv2d_grads")?;
     }
     let input = if input {
-        crate::conv2d::InputGrad::Fresh
+        crate::conv2d::InputGrad::FRESH
     } else {
         crate::conv2d::InputGrad::Skip
     };
     crate::conv2d::grads(x, w, dy, p, input, weight || bias, bias)
 }
 
-/// [`conv2d_grads`] with the input gradient added onto `onto` (a gradient already collected
-/// for `x`, shaped as `x`): `onto + ∂/∂x`, written in one pass where the direct kernels run
-/// (their accumulators start from `onto`), instead of a gradient and then a sum.
-pub fn conv2d_grads_onto(
+/// [`conv2d_grads`] with the input gradient completed in the same pass: added onto `onto`
+/// (a gradient already collected for `x`, a residual shortcut's) and set to 0 where `mask`
+/// is 0 (the frozen ReLU the gradient meets next), both shaped as `x` and optional:
+/// `mask ⊙ (onto + ∂/∂x)`. Where the direct kernels run, their accumulators start from
+/// `onto` and the mask is applied as the gradient leaves the registers, instead of a
+/// gradient, a sum and a masking pass.
+pub fn conv2d_grads_into(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
     p: &crate::Conv2dParams,
-    onto: &Tensor,
+    (onto, mask): (Option<&Tensor>, Option<&Tensor>),
     (weight, bias): (bool, bool),
 ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-    for t in [x, w, dy, onto] {
-        check(t, None, "conv2d_grads_onto")?;
+    for t in [Some(x), Some(w), Some(dy), onto].into_iter().flatten() {
+        check(t, None, "conv2d_grads_into")?;
     }
-    let input = crate::conv2d::InputGrad::Onto(onto);
+    let input = crate::conv2d::InputGrad::Compute { onto, mask };
     let (gx, gw, gb) = crate::conv2d::grads(x, w, dy, p, input, weight || bias, bias)?;
-    let gx = gx.ok_or_else(|| candle::Error::Msg("conv2d_grads_onto: no input gradient".into()))?;
+    let gx = gx.ok_or_else(|| candle::Error::Msg("conv2d_grads_into: no input gradient".into()))?;
     Ok((gx, gw, gb))
 }
 
@@ -373,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn input_gradient_onto_equals_the_sum() {
+    fn input_gradient_into_equals_the_sum_then_the_mask() {
         use crate::Conv2dParams;
         // Direct stride 1 (runs, rows with a partial step), strided (phases), 1x1 (GEMM),
         // grouped (im2col), depthwise.
@@ -392,18 +395,31 @@ mod tests {
             let p = Conv2dParams::square(stride, pad, 1, groups);
             let dy = rand(crate::conv2d(&x, &w, None, &p).unwrap().dims(), seed + 2);
             let onto = rand(&dims, seed + 3);
+            let mask = rand(&dims, seed + 4).gt(0.0).unwrap();
             let (gx, gw, _) = conv2d_grads(&x, &w, &dy, &p, true, (true, false)).unwrap();
-            let (sum, gw2, _) = conv2d_grads_onto(&x, &w, &dy, &p, &onto, (true, false)).unwrap();
-            let want = (gx.unwrap() + &onto).unwrap();
+            let gx = gx.unwrap();
+            let into = |onto, mask| conv2d_grads_into(&x, &w, &dy, &p, (onto, mask), (true, false));
+            let (sum, gw2, _) = into(Some(&onto), None).unwrap();
+            let want = (&gx + &onto).unwrap();
             assert!(max_diff(&sum, &want) < 1e-5, "case {i}");
-            assert!(max_diff(&gw.unwrap(), &gw2.unwrap()) == 0.0, "case {i}");
+            assert!(
+                max_diff(gw.as_ref().unwrap(), &gw2.unwrap()) == 0.0,
+                "case {i}"
+            );
+            let (masked, _, _) = into(Some(&onto), Some(&mask)).unwrap();
+            let want = crate::relu::masked(&want, &mask).unwrap();
+            assert!(max_diff(&masked, &want) < 1e-5, "case {i}");
+            let (masked, _, _) = into(None, Some(&mask)).unwrap();
+            let want = crate::relu::masked(&gx, &mask).unwrap();
+            assert!(max_diff(&masked, &want) < 1e-5, "case {i}");
         }
         let (x, w) = (rand(&[1, 2, 4, 4], 1), rand(&[3, 2, 3, 3], 2));
         let p = Conv2dParams::square(1, 1, 1, 1);
         let dy = rand(&[1, 3, 4, 4], 3);
-        assert!(
-            conv2d_grads_onto(&x, &w, &dy, &p, &rand(&[1, 2, 4, 5], 4), (false, false)).is_err()
-        );
+        let bad = rand(&[1, 2, 4, 5], 4);
+        let into = |onto, mask| conv2d_grads_into(&x, &w, &dy, &p, (onto, mask), (false, false));
+        assert!(into(Some(&bad), None).is_err());
+        assert!(into(None, Some(&bad.gt(0.0).unwrap())).is_err());
     }
 
     #[test]

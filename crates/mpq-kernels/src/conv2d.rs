@@ -82,7 +82,7 @@ impl Conv2dOp {
         bias: bool,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let input = if x.track_op() {
-            InputGrad::Fresh
+            InputGrad::FRESH
         } else {
             InputGrad::Skip
         };
@@ -94,9 +94,18 @@ impl Conv2dOp {
 #[derive(Clone, Copy)]
 pub(crate) enum InputGrad<'a> {
     Skip,
-    Fresh,
-    /// Added to this gradient (shaped as `x`).
-    Onto(&'a Tensor),
+    /// `mask ⊙ (onto + ∂x)`, both shaped as `x` and optional.
+    Compute {
+        onto: Option<&'a Tensor>,
+        mask: Option<&'a Tensor>,
+    },
+}
+
+impl InputGrad<'_> {
+    pub(crate) const FRESH: Self = InputGrad::Compute {
+        onto: None,
+        mask: None,
+    };
 }
 
 /// The input gradient (as `input` asks), the weight gradient (if `weight` or `bias`) and the
@@ -113,39 +122,46 @@ pub(crate) fn grads(
     let g = ConvGeom::new(x, w, p)?;
     let dev = x.device();
     let dy = dy.contiguous()?;
-    let onto = match input {
-        InputGrad::Onto(t) if t.dims() != x.dims() => {
-            bail!(
-                "conv2d: gradient {:?} to add onto does not match x {:?}",
-                t.dims(),
-                x.dims()
-            )
+    let gx = match input {
+        InputGrad::Skip => None,
+        InputGrad::Compute { onto, mask } => {
+            for (t, what) in [(onto, "gradient to add onto"), (mask, "mask")] {
+                if let Some(t) = t
+                    && t.dims() != x.dims()
+                {
+                    bail!(
+                        "conv2d: {what} {:?} does not match x {:?}",
+                        t.dims(),
+                        x.dims()
+                    )
+                }
+            }
+            let onto = onto.map(Tensor::contiguous).transpose()?;
+            let mask = mask.map(Tensor::contiguous).transpose()?;
+            let dx = with_f32(&dy, |d| {
+                with_f32(w, |wv| {
+                    with_opt_f32(onto.as_ref(), |ov| {
+                        with_opt_u8(mask.as_ref(), |mv| {
+                            if !g.is_depthwise() {
+                                return Ok(conv_gemm::grad_input(d, wv, ov, mv, &g));
+                            }
+                            let mut dx = depthwise::grad_input(d, wv, &g);
+                            if let Some(ov) = ov {
+                                dx.iter_mut().zip(ov).for_each(|(a, b)| *a += b);
+                            }
+                            if let Some(mv) = mv {
+                                dx.iter_mut()
+                                    .zip(mv)
+                                    .filter(|(_, m)| **m == 0)
+                                    .for_each(|(a, _)| *a = 0.0);
+                            }
+                            Ok(dx)
+                        })
+                    })
+                })
+            })?;
+            Some(Tensor::from_vec(dx, x.dims(), dev)?)
         }
-        InputGrad::Onto(t) => Some(t.contiguous()?),
-        _ => None,
-    };
-    let gx = if matches!(input, InputGrad::Skip) {
-        None
-    } else {
-        let dx = with_f32(&dy, |d| {
-            with_f32(w, |wv| {
-                if g.is_depthwise() {
-                    let mut dx = depthwise::grad_input(d, wv, &g);
-                    if let Some(o) = &onto {
-                        with_f32(o, |ov| {
-                            dx.iter_mut().zip(ov).for_each(|(a, b)| *a += b);
-                            Ok(())
-                        })?;
-                    }
-                    return Ok(dx);
-                }
-                match &onto {
-                    Some(o) => with_f32(o, |ov| Ok(conv_gemm::grad_input(d, wv, Some(ov), &g))),
-                    None => Ok(conv_gemm::grad_input(d, wv, None, &g)),
-                }
-            })
-        })?;
-        Some(Tensor::from_vec(dx, x.dims(), dev)?)
     };
     if !weight && !bias {
         return Ok((gx, None, None));
@@ -162,6 +178,24 @@ pub(crate) fn grads(
     let gw = Tensor::from_vec(dw, w.dims(), dev)?;
     let gb = db.map(|db| Tensor::from_vec(db, g.o, dev)).transpose()?;
     Ok((gx, Some(gw), gb))
+}
+
+/// `f(Some(data))` of an optional `f32` CPU tensor, `f(None)` without one.
+fn with_opt_f32<R>(t: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> Result<R>) -> Result<R> {
+    match t {
+        Some(t) => with_f32(t, |v| f(Some(v))),
+        None => f(None),
+    }
+}
+
+/// `f(Some(data))` of an optional contiguous `u8` CPU tensor, `f(None)` without one.
+fn with_opt_u8<R>(t: Option<&Tensor>, f: impl FnOnce(Option<&[u8]>) -> Result<R>) -> Result<R> {
+    let Some(t) = t else { return f(None) };
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle::Storage::Cpu(CpuStorage::U8(v)), Some((a, b))) => f(Some(&v[a..b])),
+        _ => bail!("conv2d: expected a contiguous CPU u8 mask"),
+    }
 }
 
 impl CustomOp2 for Conv2dOp {

@@ -102,8 +102,15 @@ pub(crate) fn forward(
 }
 
 /// Input gradient: `dx[n, c, h, w]` from `dy[n, o, oh, ow]` and `w[o, cg, kh, kw]`, plus
-/// `onto` (a gradient `dx` adds to, laid out as `dx`) if given.
-pub(crate) fn grad_input(dy: &[f32], w: &[f32], onto: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+/// `onto` (a gradient `dx` adds to, laid out as `dx`) if given, zero where `mask` (as `dx`)
+/// is 0.
+pub(crate) fn grad_input(
+    dy: &[f32],
+    w: &[f32],
+    onto: Option<&[f32]>,
+    mask: Option<&[u8]>,
+    g: &ConvGeom,
+) -> Vec<f32> {
     let (cg, og, k, hw, p) = (g.cg(), g.og(), g.k(), g.hw(), g.ohw());
     if direct::usable(g) {
         let f = direct::GradInput::new(w, g);
@@ -112,7 +119,8 @@ pub(crate) fn grad_input(dy: &[f32], w: &[f32], onto: Option<&[f32]>, g: &ConvGe
             filled(g.n * g.c * hw, |dx| {
                 for_each_image(dx, g.c * hw, g.n, |n, dxn, _| {
                     let on = onto.map(|o| &o[n * g.c * hw..(n + 1) * g.c * hw]);
-                    f.image(&dy[n * g.o * p..(n + 1) * g.o * p], on, dxn)
+                    let mn = mask.map(|m| &m[n * g.c * hw..(n + 1) * g.c * hw]);
+                    f.image(&dy[n * g.o * p..(n + 1) * g.o * p], on, mn, dxn)
                 })
             })
         };
@@ -138,6 +146,12 @@ pub(crate) fn grad_input(dy: &[f32], w: &[f32], onto: Option<&[f32]>, g: &ConvGe
             }
         })
     });
+    if let Some(m) = mask {
+        dx.iter_mut()
+            .zip(m)
+            .filter(|(_, m)| **m == 0)
+            .for_each(|(d, _)| *d = 0.0);
+    }
     dx
 }
 

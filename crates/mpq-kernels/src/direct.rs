@@ -595,18 +595,31 @@ impl GradInput {
         GradInput { phases, g: *g }
     }
 
-    /// `dx[c, h, w]` of image `dy[o, oh, ow]`, plus `onto` (as `dx`) if given.
-    pub(crate) fn image(&self, dy: &[f32], onto: Option<&[f32]>, dx: &mut [MaybeUninit<f32>]) {
+    /// `dx[c, h, w]` of image `dy[o, oh, ow]`, plus `onto` (as `dx`) if given, zero where
+    /// `mask` (as `dx`) is 0.
+    pub(crate) fn image(
+        &self,
+        dy: &[f32],
+        onto: Option<&[f32]>,
+        mask: Option<&[u8]>,
+        dx: &mut [MaybeUninit<f32>],
+    ) {
         let g = &self.g;
         let [sh, sw] = g.p.stride;
         if let [Some(corr)] = self.phases.as_slice() {
-            return corr.image(dy, (None, onto), None, dx);
+            return corr.image(dy, (None, onto), mask, dx);
         }
-        if let Some(onto) = onto {
-            self.image(dy, None, dx);
-            for (d, &o) in dx.iter_mut().zip(onto) {
+        if onto.is_some() || mask.is_some() {
+            self.image(dy, None, None, dx);
+            let n = g.c * g.h * g.w;
+            for (i, d) in dx[..n].iter_mut().enumerate() {
                 // SAFETY: `image` wrote every element of `dx`.
-                d.write(unsafe { d.assume_init() } + o);
+                let v = unsafe { d.assume_init() } + onto.map_or(0.0, |o| o[i]);
+                d.write(if mask.is_some_and(|m| m[i] == 0) {
+                    0.0
+                } else {
+                    v
+                });
             }
             return;
         }

@@ -44,7 +44,7 @@ pub use batch_norm::{
     batch_norm_train_relu,
 };
 pub use channel_affine::{
-    add_masked, add_relu, channel_affine, conv2d_grads, conv2d_grads_onto, conv2d_masked,
+    add_masked, add_relu, channel_affine, conv2d_grads, conv2d_grads_into, conv2d_masked,
 };
 pub use conv2d::conv2d;
 pub use params::Conv2dParams;

@@ -274,12 +274,12 @@ impl Graph {
                             let fold_in = src > 0 && x_hook.is_none();
                             match grad[src].take_if(|_| fold_in) {
                                 Some(o) => {
-                                    let (gx, gw, gb) = mpq_kernels::conv2d_grads_onto(
+                                    let (gx, gw, gb) = mpq_kernels::conv2d_grads_into(
                                         &x,
                                         &w,
                                         &g,
                                         &p,
-                                        &o,
+                                        (Some(&o), None),
                                         (true, has_bias),
                                     )?;
                                     (Some(gx), gw, gb)

@@ -349,23 +349,39 @@ pub(crate) fn gradients(
                         let p = graph::conv_params(spec);
                         // A gradient already collected for the input (a residual shortcut's)
                         // is added as the input gradient is written, unless the layer's own
-                        // activation gradient is wanted.
+                        // activation gradient is wanted; and when this gradient is the last
+                        // to reach the input, a ReLU fused after a batch norm or residual
+                        // sum, that node's mask is applied as it is written (the node then
+                        // passes the gradient through).
                         let fold_in = needs[src] && i.and_then(act).is_none();
-                        let (gx, gw, _) = match grad[src].take_if(|_| fold_in) {
-                            Some(o) => {
-                                let (gx, gw, gb) = mpq_kernels::conv2d_grads_onto(
-                                    &x,
-                                    &w,
-                                    &g,
-                                    &p,
-                                    &o,
-                                    (want_w, false),
-                                )?;
-                                (Some(gx), gw, gb)
+                        let last = readers[src] == 1 || (readers[src] == 2 && grad[src].is_some());
+                        let mask = match nodes[src].inputs.first() {
+                            Some(&s)
+                                if fold_in
+                                    && last
+                                    && passthrough[src]
+                                    && matches!(saved[s], Saved::Mask(_)) =>
+                            {
+                                match std::mem::replace(&mut saved[s], Saved::None) {
+                                    Saved::Mask(m) => Some(m),
+                                    _ => None,
+                                }
                             }
-                            None => {
-                                mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (want_w, false))?
-                            }
+                            _ => None,
+                        };
+                        let onto = grad[src].take_if(|_| fold_in);
+                        let (gx, gw, _) = if onto.is_some() || mask.is_some() {
+                            let (gx, gw, gb) = mpq_kernels::conv2d_grads_into(
+                                &x,
+                                &w,
+                                &g,
+                                &p,
+                                (onto.as_ref(), mask.as_ref()),
+                                (want_w, false),
+                            )?;
+                            (Some(gx), gw, gb)
+                        } else {
+                            mpq_kernels::conv2d_grads(&x, &w, &g, &p, want_x, (want_w, false))?
                         };
                         let gw = match (gw, scale) {
                             (Some(gw), Some(s)) => Some(gw.broadcast_mul(&s)?),
