@@ -242,17 +242,6 @@ fn run(model: &str, layers: &[Layer], reps: usize, candle_too: bool, split: bool
         } else {
             (f64::NAN, f64::NAN)
         };
-        if split {
-            let (gx, gw) = bench_grads(l, reps)?;
-            println!(
-                "{:<26}     gx {:.4} s ({:.0} GF/s)  gw {:.4} s ({:.0} GF/s)",
-                "",
-                gx,
-                gflop / gx,
-                gw,
-                gflop / gw
-            );
-        }
         let k = l.count as f64;
         let passes = if l.grad_x { 3.0 } else { 2.0 };
         println!(
@@ -266,6 +255,17 @@ fn run(model: &str, layers: &[Layer], reps: usize, candle_too: bool, split: bool
             c1,
             c2
         );
+        if split {
+            let (gx, gw) = bench_grads(l, reps)?;
+            println!(
+                "{:<26}     gx {:.4} s ({:.0} GF/s)  gw {:.4} s ({:.0} GF/s)",
+                "",
+                gx,
+                gflop / gx,
+                gw,
+                gflop / gw
+            );
+        }
         tf += k * f;
         tb += k * b;
         cf += k * c1;
