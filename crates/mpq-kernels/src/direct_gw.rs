@@ -231,7 +231,31 @@ impl Block {
                     }
                 }
             }
-            for (p, &off) in offs.iter().enumerate() {
+            let mut p = 0;
+            while p < offs.len() {
+                let off = offs[p];
+                // With one register of output channels, two neighbouring pixels of a row
+                // share their taps' inputs (pixel p + 1 at tap j reads what pixel p reads
+                // at tap j + 1): J + 1 broadcasts feed 2·J·C fused multiply-adds, where
+                // broadcasts alone would keep the load ports as busy as the FMA units.
+                if R == 1 && p + 1 < offs.len() && offs[p + 1] == off + 1 {
+                    let d0 = _mm512_loadu_ps(self.dy.add(p * self.op));
+                    let d1 = _mm512_loadu_ps(self.dy.add((p + 1) * self.op));
+                    let xo = self.x.add(off);
+                    for (c, taps) in a.iter_mut().enumerate() {
+                        let xc = xo.add(c * self.plane);
+                        let mut xv = [_mm512_setzero_ps(); TAPS + 1];
+                        for (k, v) in xv.iter_mut().enumerate().take(J + 1) {
+                            *v = _mm512_set1_ps(*xc.add(k));
+                        }
+                        for (j, regs) in taps.iter_mut().enumerate() {
+                            regs[0] = _mm512_fmadd_ps(d0, xv[j], regs[0]);
+                            regs[0] = _mm512_fmadd_ps(d1, xv[j + 1], regs[0]);
+                        }
+                    }
+                    p += 2;
+                    continue;
+                }
                 let mut d = [_mm512_setzero_ps(); R];
                 for (r, v) in d.iter_mut().enumerate() {
                     *v = _mm512_loadu_ps(self.dy.add(p * self.op + r * LANES));
@@ -246,6 +270,7 @@ impl Block {
                         }
                     }
                 }
+                p += 1;
             }
             for (c, taps) in a.iter().enumerate() {
                 for (j, regs) in taps.iter().enumerate() {
