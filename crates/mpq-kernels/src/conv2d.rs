@@ -1,8 +1,8 @@
 //! `conv2d`: the fast CPU convolution as candle custom ops with backward.
 //!
-//! Stride-1 dense convs run as direct AVX-512 loops where the CPU has them (`direct`), other
-//! dense and grouped convs as im2col + GEMM (`conv_gemm`), depthwise convs as
-//! direct loops (`depthwise`). The backward pass calls the same fast kernels for the
+//! Dense convs with dilation 1 run as direct AVX-512 loops where the CPU has them (`direct`,
+//! `direct_gw`; unstrided 1x1 convs as a GEMM), other dense and grouped convs as im2col +
+//! GEMM (`conv_gemm`), depthwise convs as direct loops (`depthwise`). The backward pass calls the same fast kernels for the
 //! input, weight and bias gradients (those gradients are not themselves differentiable).
 
 use crate::params::{Conv2dParams, ConvGeom};

@@ -1,21 +1,24 @@
 //! Fast CPU kernels for mpq, as candle custom ops with backward passes.
 //!
-//! - [`conv2d`]: direct AVX-512 loops for stride-1 dense convs (forward and both gradients),
-//!   im2col + GEMM (the `gemm` crate, runtime-dispatched AVX2/AVX-512) for the other dense
-//!   and grouped convs, direct loops for depthwise; parallel over the batch with rayon.
+//! - [`conv2d`]: direct AVX-512 loops for dense convs with dilation 1, any stride (forward and
+//!   both gradients), im2col + GEMM (the `gemm` crate, runtime-dispatched AVX2/AVX-512) for
+//!   unstrided 1x1, dilated and grouped convs, direct loops for depthwise; parallel over the
+//!   batch with rayon.
 //! - [`batch_norm_train`] / [`batch_norm_eval`]: one statistics pass and one fused
 //!   elementwise pass per direction.
 //! - [`mod@reference`]: the same ops from plain candle ops, used as test oracles and as the
 //!   fallback on non-CPU devices and non-`f32` dtypes.
 //! - [`relu`], [`relu6`], [`masked`]: one fused pass forward and backward (candle's take four
 //!   or more).
-//! - [`channel_affine`], [`add_masked`], [`conv2d_grads`]: plain (non-autograd) passes for the
-//!   Hessian executor's hand-written reverse pass in mpq's `sensitivity` module.
+//! - [`channel_affine`], [`add_masked`], [`add_relu`], [`conv2d_masked`], [`conv2d_grads`],
+//!   [`conv2d_grads_into`]: plain (non-autograd) passes for mpq's hand-written reverse passes
+//!   (the Hessian executor's in `sensitivity`, the training step's in `graph`).
 //! - [`tune_allocator`]: glibc `malloc` settings that keep large freed buffers for reuse.
 //!
 //! This is the only mpq crate allowed `unsafe`; it is confined to the GEMM call, the
-//! `#[target_feature]` dispatch in `simd`, the AVX-512 intrinsics of `direct`, the
-//! unzeroed output buffers of `uninit` and the `mallopt` call in `alloc`. Hand-written loops
+//! `#[target_feature]` dispatch in `simd`, the AVX-512 intrinsics of `direct`, `direct_gw`,
+//! `depthwise_avx512` and `polyphase`, the unzeroed output buffers of `uninit` and the
+//! `mallopt` call in `alloc`. Hand-written loops
 //! have a scalar fallback that [`simd::set_force_scalar`] (or `MPQ_KERNELS_SCALAR=1`)
 //! selects for testing (the direct conv kernels then give way to im2col + GEMM).
 
