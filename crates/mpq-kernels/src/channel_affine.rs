@@ -345,54 +345,50 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn conv2d_masked_equals_the_conv_then_the_mask() {
-        use crate::Conv2dParams;
-        // (x dims, output channels, kernel, stride, padding, groups): runs across rows, a
-        // partial last step (7x7), stride 2 (phases), 1x1 (GEMM), depthwise; with and
-        // without bias.
+    /// Conv cases `(x, w, params)` covering every path: direct stride 1 (runs across rows, a
+    /// partial last step, rows), strided (phases), 1x1 (GEMM), grouped (im2col), depthwise.
+    fn conv_cases(seed: u64) -> Vec<(Tensor, Tensor, crate::Conv2dParams)> {
         let cases = [
             ([2, 16, 8, 8], 20, 3, 1, 1, 1),
             ([3, 5, 7, 7], 9, 3, 1, 1, 1),
-            ([2, 6, 9, 10], 17, 3, 2, 1, 1),
-            ([2, 8, 5, 5], 12, 1, 1, 0, 1),
-            ([2, 4, 6, 6], 4, 3, 1, 1, 4),
-        ];
-        for (i, (dims, o, k, stride, pad, groups)) in cases.into_iter().enumerate() {
-            let seed = 100 + 10 * i as u64;
-            let x = rand(&dims, seed);
-            let w = rand(&[o, dims[1] / groups, k, k], seed + 1);
-            let p = Conv2dParams::square(stride, pad, 1, groups);
-            for bias in [None, Some(rand(&[o], seed + 2))] {
-                let plain = crate::conv2d(&x, &w, bias.as_ref(), &p).unwrap();
-                let mask = rand(plain.dims(), seed + 3).gt(0.0).unwrap();
-                let want = crate::relu::masked(&plain, &mask).unwrap();
-                let got = conv2d_masked(&x, &w, bias.as_ref(), &p, &mask).unwrap();
-                assert!(max_diff(&got, &want) < 1e-5, "case {i}");
-            }
-            let wrong = Tensor::zeros((1, 1), DType::U8, &Device::Cpu).unwrap();
-            assert!(conv2d_masked(&x, &w, None, &p, &wrong).is_err());
-        }
-    }
-
-    #[test]
-    fn input_gradient_into_equals_the_sum_then_the_mask() {
-        use crate::Conv2dParams;
-        // Direct stride 1 (runs, rows with a partial step), strided (phases), 1x1 (GEMM),
-        // grouped (im2col), depthwise.
-        let cases = [
-            ([2, 16, 8, 8], 20, 3, 1, 1, 1),
             ([3, 5, 7, 9], 9, 3, 1, 0, 1),
             ([2, 6, 9, 10], 17, 3, 2, 1, 1),
             ([2, 8, 5, 5], 12, 1, 1, 0, 1),
             ([2, 6, 5, 5], 4, 3, 1, 1, 2),
             ([2, 4, 6, 6], 4, 3, 1, 1, 4),
         ];
+        let mut out = Vec::new();
         for (i, (dims, o, k, stride, pad, groups)) in cases.into_iter().enumerate() {
-            let seed = 200 + 10 * i as u64;
+            let seed = seed + 10 * i as u64;
             let x = rand(&dims, seed);
             let w = rand(&[o, dims[1] / groups, k, k], seed + 1);
-            let p = Conv2dParams::square(stride, pad, 1, groups);
+            out.push((x, w, crate::Conv2dParams::square(stride, pad, 1, groups)));
+        }
+        out
+    }
+
+    #[test]
+    fn conv2d_masked_equals_the_conv_then_the_mask() {
+        for (i, (x, w, p)) in conv_cases(100).iter().enumerate() {
+            let o = w.dims()[0];
+            for bias in [None, Some(rand(&[o], 7 + i as u64))] {
+                let plain = crate::conv2d(x, w, bias.as_ref(), p).unwrap();
+                let mask = rand(plain.dims(), 50 + i as u64).gt(0.0).unwrap();
+                let want = crate::relu::masked(&plain, &mask).unwrap();
+                let got = conv2d_masked(x, w, bias.as_ref(), p, &mask).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5, "case {i}");
+            }
+            let wrong = Tensor::zeros((1, 1), DType::U8, &Device::Cpu).unwrap();
+            assert!(conv2d_masked(x, w, None, p, &wrong).is_err());
+        }
+    }
+
+    #[test]
+    fn input_gradient_into_equals_the_sum_then_the_mask() {
+        for (i, (x, w, p)) in conv_cases(200).iter().enumerate() {
+            let (x, w, p) = (x.clone(), w.clone(), *p);
+            let seed = 300 + 10 * i as u64;
+            let dims = x.dims().to_vec();
             let dy = rand(crate::conv2d(&x, &w, None, &p).unwrap().dims(), seed + 2);
             let onto = rand(&dims, seed + 3);
             let mask = rand(&dims, seed + 4).gt(0.0).unwrap();
@@ -414,7 +410,7 @@ mod tests {
             assert!(max_diff(&masked, &want) < 1e-5, "case {i}");
         }
         let (x, w) = (rand(&[1, 2, 4, 4], 1), rand(&[3, 2, 3, 3], 2));
-        let p = Conv2dParams::square(1, 1, 1, 1);
+        let p = crate::Conv2dParams::square(1, 1, 1, 1);
         let dy = rand(&[1, 3, 4, 4], 3);
         let bad = rand(&[1, 2, 4, 5], 4);
         let into = |onto, mask| conv2d_grads_into(&x, &w, &dy, &p, (onto, mask), (false, false));

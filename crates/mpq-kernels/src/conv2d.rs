@@ -150,10 +150,7 @@ pub(crate) fn grads(
                                 dx.iter_mut().zip(ov).for_each(|(a, b)| *a += b);
                             }
                             if let Some(mv) = mv {
-                                dx.iter_mut()
-                                    .zip(mv)
-                                    .filter(|(_, m)| **m == 0)
-                                    .for_each(|(a, _)| *a = 0.0);
+                                conv_gemm::zero_masked(&mut dx, mv);
                             }
                             Ok(dx)
                         })

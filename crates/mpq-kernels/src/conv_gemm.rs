@@ -91,11 +91,7 @@ pub(crate) fn forward(
             }
         });
         if let Some(m) = mask {
-            let mn = &m[n * g.o * p..(n + 1) * g.o * p];
-            yn.iter_mut()
-                .zip(mn)
-                .filter(|(_, m)| **m == 0)
-                .for_each(|(y, _)| *y = 0.0);
+            zero_masked(yn, &m[n * g.o * p..(n + 1) * g.o * p]);
         }
     });
     y
@@ -147,12 +143,18 @@ pub(crate) fn grad_input(
         })
     });
     if let Some(m) = mask {
-        dx.iter_mut()
-            .zip(m)
-            .filter(|(_, m)| **m == 0)
-            .for_each(|(d, _)| *d = 0.0);
+        zero_masked(&mut dx, m);
     }
     dx
+}
+
+/// `v[i] = 0` where `mask[i] == 0` (a frozen ReLU applied after the fact, where a kernel
+/// could not apply it as it wrote `v`).
+pub(crate) fn zero_masked(v: &mut [f32], mask: &[u8]) {
+    v.iter_mut()
+        .zip(mask)
+        .filter(|(_, m)| **m == 0)
+        .for_each(|(x, _)| *x = 0.0);
 }
 
 /// Weight gradient `dw[o, cg, kh, kw]` and, if asked, bias gradient `db[o]`, from

@@ -241,13 +241,7 @@ pub(crate) fn gradients(
                 input(0)?
             }
             Op::BatchNorm2d(spec) => {
-                let (scale, shift) = bn_affine(
-                    &param("weight")?,
-                    &param("bias")?,
-                    &param("running_mean")?,
-                    &param("running_var")?,
-                    spec.eps,
-                )?;
+                let (scale, shift) = bn_affine(graph, &node.name, spec.eps)?;
                 let mask = fused_relu[id].map(mask_of).transpose()?;
                 let y = mpq_kernels::channel_affine(&input(0)?, &scale, &shift, mask.as_ref())?;
                 if keep {
@@ -460,20 +454,7 @@ fn fold_bn(
             "folding a conv into a non-batch-norm",
         ));
     };
-    let param = |s: &str| -> Result<Tensor> {
-        Ok(graph
-            .params()
-            .var(&format!("{}.{s}", bn.name))?
-            .as_tensor()
-            .detach())
-    };
-    let (scale, shift) = bn_affine(
-        &param("weight")?,
-        &param("bias")?,
-        &param("running_mean")?,
-        &param("running_var")?,
-        spec.eps,
-    )?;
+    let (scale, shift) = bn_affine(graph, &bn.name, spec.eps)?;
     let o = scale.len();
     let dev = w.device();
     let shift = Tensor::from_vec(shift, o, dev)?;
@@ -486,19 +467,21 @@ fn fold_bn(
     Ok((w.broadcast_mul(&scale)?, bias, scale))
 }
 
-/// An eval-mode batch norm as `scale·x + shift` per channel (the kernel's own formula).
-fn bn_affine(
-    gamma: &Tensor,
-    beta: &Tensor,
-    mean: &Tensor,
-    var: &Tensor,
-    eps: f64,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+/// The eval-mode batch norm `name` as `scale·x + shift` per channel (the kernel's own
+/// formula).
+fn bn_affine(graph: &Graph, name: &str, eps: f64) -> Result<(Vec<f32>, Vec<f32>)> {
+    let param = |s: &str| -> Result<Vec<f32>> {
+        Ok(graph
+            .params()
+            .var(&format!("{name}.{s}"))?
+            .as_tensor()
+            .to_vec1::<f32>()?)
+    };
     let (g, b, m, v) = (
-        gamma.to_vec1::<f32>()?,
-        beta.to_vec1::<f32>()?,
-        mean.to_vec1::<f32>()?,
-        var.to_vec1::<f32>()?,
+        param("weight")?,
+        param("bias")?,
+        param("running_mean")?,
+        param("running_var")?,
     );
     let scale: Vec<f32> = g
         .iter()
