@@ -103,36 +103,27 @@ pub fn channel_affine(
 /// training step (its gradient is `relu_grad` of the output). Not differentiable; `f32` on
 /// the CPU only.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check(a, None, "add_relu")?;
-    check(b, None, "add_relu")?;
-    if a.dims() != b.dims() {
-        bail!("add_relu: {:?} + {:?}", a.dims(), b.dims());
-    }
-    const BLOCK: usize = 1 << 15;
-    let y = crate::storage::with_f32(a, |av| {
-        crate::storage::with_f32(b, |bv| {
-            // SAFETY: the chunks cover the output and each call writes every element of its
-            // chunk (`av` and `bv` have the output's length).
-            Ok(unsafe {
-                filled(av.len(), |y| {
-                    y.par_chunks_mut(BLOCK).enumerate().for_each(|(i, y)| {
-                        let r = i * BLOCK..i * BLOCK + y.len();
-                        add_relu_pass(y, &av[r.clone()], &bv[r])
-                    })
-                })
-            })
-        })
-    })?;
-    Tensor::from_vec(y, a.dims(), a.device())
+    sum_pass(a, b, None, true, "add_relu")
 }
 
 /// `(a + b)·mask` elementwise (a residual sum followed by a frozen ReLU; no mask: `a + b`).
 /// Not differentiable; `f32` on the CPU only.
 pub fn add_masked(a: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    check(a, mask, "add_masked")?;
-    check(b, None, "add_masked")?;
+    sum_pass(a, b, mask, false, "add_masked")
+}
+
+/// `a + b`, times `mask` if given, clipped at 0 if `relu`: one parallel pass.
+fn sum_pass(
+    a: &Tensor,
+    b: &Tensor,
+    mask: Option<&Tensor>,
+    relu: bool,
+    what: &str,
+) -> Result<Tensor> {
+    check(a, mask, what)?;
+    check(b, None, what)?;
     if a.dims() != b.dims() {
-        bail!("add_masked: {:?} + {:?}", a.dims(), b.dims());
+        bail!("{what}: {:?} + {:?}", a.dims(), b.dims());
     }
     const BLOCK: usize = 1 << 15;
     let y = crate::storage::with_f32(a, |av| {
@@ -144,9 +135,11 @@ pub fn add_masked(a: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Tenso
                     filled(av.len(), |y| {
                         y.par_chunks_mut(BLOCK).enumerate().for_each(|(i, y)| {
                             let r = i * BLOCK..i * BLOCK + y.len();
+                            let (a, b) = (&av[r.clone()], &bv[r.clone()]);
                             match m {
-                                Some(m) => add_mask(y, &av[r.clone()], &bv[r.clone()], &m[r]),
-                                None => add(y, &av[r.clone()], &bv[r]),
+                                Some(m) => add_mask(y, a, b, &m[r]),
+                                None if relu => add_relu_pass(y, a, b),
+                                None => add(y, a, b),
                             }
                         })
                     })
