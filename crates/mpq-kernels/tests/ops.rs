@@ -327,6 +327,11 @@ fn conv2d_grads_match_finite_differences() -> Result<()> {
             bias: true,
             ..ConvCase::new(1, 2, 4, 3, 1, 1, 0, 1)
         },
+        // Dense 3x3 at stride 1 (the direct kernels' runs across rows).
+        ConvCase {
+            bias: true,
+            ..ConvCase::new(2, 3, 5, 4, 3, 1, 1, 1)
+        },
     ];
     for case in cases {
         let cg = case.c / case.p.groups;
