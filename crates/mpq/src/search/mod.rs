@@ -12,6 +12,7 @@ mod lp;
 pub mod mckp;
 mod omega;
 mod pareto;
+pub mod rl;
 mod sensitivity;
 mod space;
 mod surrogate;
