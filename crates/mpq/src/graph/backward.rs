@@ -90,16 +90,7 @@ impl Graph {
         let nodes = &self.nodes;
         let fused = self.fused_bn_relu();
         // A residual sum whose only reader is the ReLU right after it runs fused with it.
-        let fused_add: Vec<bool> = (0..nodes.len())
-            .map(|id| {
-                id + 1 < nodes.len()
-                    && id != self.output
-                    && nodes[id].op == Op::Add
-                    && nodes[id + 1].op == Op::Relu
-                    && nodes[id + 1].inputs == [id]
-                    && self.last_use[id] == id + 1
-            })
-            .collect();
+        let fused_add = self.relu_fused_after(|op| *op == Op::Add);
         let var = |name: &str| self.params.var(name);
         let mut values: Vec<Option<Tensor>> = vec![None; nodes.len()];
         let mut saved: Vec<Saved> = (0..nodes.len()).map(|_| Saved::None).collect();

@@ -190,13 +190,19 @@ impl Graph {
     /// Per node: a batch norm whose only consumer is the ReLU right after it, so both run as
     /// one op (`mpq-kernels`' fused BN + ReLU; not with candle's stock ops).
     pub(super) fn fused_bn_relu(&self) -> Vec<bool> {
+        self.relu_fused_after(|op| matches!(op, Op::BatchNorm2d(_)))
+    }
+
+    /// Per node: a node `is_src` accepts whose only consumer is the ReLU right after it, so
+    /// both can run as one op (never with candle's stock ops).
+    pub(super) fn relu_fused_after(&self, is_src: impl Fn(&Op) -> bool) -> Vec<bool> {
         let n = self.nodes.len();
         (0..n)
             .map(|id| {
                 !ops::stock_ops()
                     && id + 1 < n
                     && id != self.output
-                    && matches!(self.nodes[id].op, Op::BatchNorm2d(_))
+                    && is_src(&self.nodes[id].op)
                     && matches!(self.nodes[id + 1].op, Op::Relu)
                     && self.nodes[id + 1].inputs == [id]
                     && self.last_use[id] == id + 1
