@@ -189,7 +189,10 @@ impl Correlation {
         let input_len = taps
             .iter()
             .map(|t| {
-                t.base + (layout.ci - 1) * layout.chan + t.h.saturating_sub(1) * layout.row + t.w
+                t.base
+                    + layout.ci.saturating_sub(1) * layout.chan
+                    + t.h.saturating_sub(1) * layout.row
+                    + t.w
             })
             .max()
             .unwrap_or(0);
