@@ -27,6 +27,14 @@ pub const MIN_BITS: BitWidth = 2;
 /// The largest quantized bit-width a plan may use.
 pub const MAX_BITS: BitWidth = 8;
 
+/// Lloyd iterations of the k-means weight quantizer during HAQ's search (spec §4.9:
+/// `max_iter = 3`, cheap).
+pub const KMEANS_SEARCH_ITERS: u32 = 3;
+
+/// Lloyd iterations of the k-means weight quantizer for the final model (spec §4.9:
+/// `max_iter = 50`); the default when a plan does not say ([`LayerPrecision::kmeans_iters`]).
+pub const KMEANS_FINETUNE_ITERS: u32 = 50;
+
 /// Whether `bits` is a bit-width a plan may hold (`2..=8` or `32`).
 pub fn is_valid_bits(bits: BitWidth) -> bool {
     (MIN_BITS..=MAX_BITS).contains(&bits) || bits == FULL_PRECISION
@@ -54,12 +62,25 @@ pub enum QuantizerKind {
     Asymmetric,
     /// Learned step size quantization (LSQ, spec §5.2): a learned scale, no zero point.
     Lsq,
+    /// HAQ's model-size quantizer (spec §4.9): 1-D k-means with `2^b` clusters over the
+    /// whole weight tensor, weights replaced by their cluster's centroid (a codebook of `f32`
+    /// values and `b`-bit indices). Weights only: the layer's activations, if quantized, use
+    /// the uniform calibrated quantizer; `granularity` does not apply (one codebook per
+    /// tensor).
+    #[serde(rename = "kmeans")]
+    KMeans,
 }
 
 impl QuantizerKind {
     /// Whether the quantizer stores a zero point next to each scale.
     pub fn has_zero_point(self) -> bool {
         matches!(self, QuantizerKind::Asymmetric)
+    }
+
+    /// Whether the weights are stored as indices into a codebook (k-means) rather than as
+    /// uniform integer codes with scales.
+    pub fn is_codebook(self) -> bool {
+        matches!(self, QuantizerKind::KMeans)
     }
 }
 
@@ -107,6 +128,11 @@ pub struct LayerPrecision {
     /// JSON then).
     #[serde(default, skip_serializing_if = "WeightRange::is_max_abs")]
     pub weight_range: WeightRange,
+    /// Lloyd iterations (`max_iter`) of the k-means quantizer; `None` (omitted from the JSON):
+    /// [`KMEANS_FINETUNE_ITERS`]. HAQ's search uses [`KMEANS_SEARCH_ITERS`]. Ignored by the
+    /// other quantizers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kmeans_iters: Option<u32>,
 }
 
 impl LayerPrecision {
@@ -120,7 +146,14 @@ impl LayerPrecision {
             granularity: Granularity::default(),
             quantizer: QuantizerKind::default(),
             weight_range: WeightRange::default(),
+            kmeans_iters: None,
         }
+    }
+
+    /// The k-means quantizer's Lloyd iterations: `kmeans_iters`, or
+    /// [`KMEANS_FINETUNE_ITERS`] when the plan does not say.
+    pub fn kmeans_max_iter(&self) -> u32 {
+        self.kmeans_iters.unwrap_or(KMEANS_FINETUNE_ITERS)
     }
 
     /// Mean weight bit-width: the mean of `channel_w_bits` when present and non-empty,
@@ -237,7 +270,7 @@ impl QuantPlan {
     /// listed twice; a bit-width outside `2..=8` and `32`; `channel_w_bits` whose length is
     /// not the layer's output channels, that mixes `32` with quantized widths, or that is
     /// combined with per-tensor granularity or a non-symmetric quantizer; the `mse` weight
-    /// range with a non-symmetric quantizer or with `channel_w_bits`; a
+    /// range with a non-symmetric quantizer or with `channel_w_bits`; `kmeans_iters` of 0; a
     /// `constraints` value that is not an object; negative or non-finite `seconds`.
     /// Model layers missing from the plan are allowed (full precision).
     pub fn validate(&self, layers: &[LayerInfo]) -> Result<()> {
@@ -276,6 +309,12 @@ impl QuantPlan {
                         ),
                     ));
                 }
+            }
+            if p.kmeans_iters == Some(0) {
+                return Err(Error::config(
+                    "kmeans_iters",
+                    format!("layer {}: k-means needs at least one iteration", p.name),
+                ));
             }
             if p.weight_range == WeightRange::Mse {
                 if p.quantizer != QuantizerKind::Symmetric {
@@ -461,6 +500,45 @@ mod tests {
         let minimal: QuantPlan = serde_json::from_str(r#"{"method":"x","layers":[]}"#).unwrap();
         assert_eq!(minimal.constraints, serde_json::json!({}));
         assert_eq!(minimal.seconds, 0.0);
+    }
+
+    #[test]
+    fn kmeans_quantizer_json_and_iterations() {
+        let mut p = QuantPlan::uniform(&model(), 4, 8);
+        // Plans without k-means settings serialise as before (no kmeans_iters key).
+        let v = serde_json::to_value(&p).unwrap();
+        assert!(
+            !v["layers"][0]
+                .as_object()
+                .unwrap()
+                .contains_key("kmeans_iters")
+        );
+        assert_eq!(p.layers[0].kmeans_max_iter(), KMEANS_FINETUNE_ITERS);
+        p.layers[0].quantizer = QuantizerKind::KMeans;
+        p.layers[1].quantizer = QuantizerKind::KMeans;
+        p.layers[1].kmeans_iters = Some(KMEANS_SEARCH_ITERS);
+        p.validate(&model()).unwrap();
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["layers"][0]["quantizer"], "kmeans");
+        assert_eq!(v["layers"][1]["kmeans_iters"], 3);
+        let back: QuantPlan = serde_json::from_value(v).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.layers[1].kmeans_max_iter(), 3);
+        let text = r#"{"method":"haq","layers":[{"name":"fc1","w_bits":3,"a_bits":32,
+            "quantizer":"kmeans"}]}"#;
+        let hand: QuantPlan = serde_json::from_str(text).unwrap();
+        assert_eq!(hand.layers[0].quantizer, QuantizerKind::KMeans);
+        assert_eq!(hand.layers[0].kmeans_iters, None);
+
+        p.layers[1].kmeans_iters = Some(0);
+        let msg = p.validate(&model()).unwrap_err().to_string();
+        assert!(msg.contains("fc2") && msg.contains("kmeans_iters"), "{msg}");
+        p.layers[1].kmeans_iters = None;
+        p.layers[1].channel_w_bits = Some(vec![4, 4]);
+        assert!(
+            p.validate(&model()).is_err(),
+            "k-means has no per-channel widths"
+        );
     }
 
     #[test]

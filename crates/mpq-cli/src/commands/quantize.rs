@@ -24,6 +24,8 @@ pub(crate) enum QuantizerArg {
     Asymmetric,
     /// Learned step sizes (LSQ), trained during fine-tuning.
     Lsq,
+    /// HAQ's k-means codebook (2^b shared centroids per layer, weights only).
+    Kmeans,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,6 +91,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuantizeArgs) -> anyhow::Result<()> {
             QuantizerArg::SymmetricMse => (QuantizerKind::Symmetric, WeightRange::Mse),
             QuantizerArg::Asymmetric => (QuantizerKind::Asymmetric, WeightRange::MaxAbs),
             QuantizerArg::Lsq => (QuantizerKind::Lsq, WeightRange::MaxAbs),
+            QuantizerArg::Kmeans => (QuantizerKind::KMeans, WeightRange::MaxAbs),
         };
         for l in &mut plan.layers {
             l.quantizer = kind;

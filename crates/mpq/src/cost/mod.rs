@@ -362,6 +362,31 @@ mod tests {
     }
 
     #[test]
+    fn kmeans_layers_count_their_codebook() {
+        // HAQ's k-means: n·b weight bits (spec §4.9) plus a codebook of 2^b f32 centroids.
+        let mut fc1 = lp("fc1", 3, 32);
+        fc1.quantizer = QuantizerKind::KMeans;
+        fc1.granularity = Granularity::PerTensor;
+        let mut conv2 = lp("conv2", 8, 8);
+        conv2.quantizer = QuantizerKind::KMeans;
+        let p = plan(vec![conv2, fc1]);
+        let t = CostTable::new(&lenet(), &p).unwrap();
+        assert_eq!(t.layers[1].weight_bits, 2_400 * 8);
+        assert_eq!(t.layers[1].overhead_bits, 256 * 32);
+        assert_eq!(t.layers[2].weight_bits, 30_720 * 3);
+        assert_eq!(t.layers[2].overhead_bits, 8 * 32);
+        assert_eq!(t.overhead_bits, 256 * 32 + 8 * 32);
+        let wb = 150 * 32 + 2_400 * 8 + 30_720 * 3 + (10_080 + 840) * 32;
+        assert_eq!(t.weight_bits, wb);
+        assert_eq!(t.size_bytes, (wb + 264 * 32).div_ceil(8));
+        assert_eq!(t.size_bytes_weights_only, wb.div_ceil(8));
+        // Stored: codes, codebooks, FP32 weights, biases (6+16+120+84+10), conv2's input.
+        let codes = (2_400u64 * 8).div_ceil(8) + (30_720u64 * 3).div_ceil(8);
+        let fp = 4 * (150 + 10_080 + 840);
+        assert_eq!(t.stored_bytes, codes + 264 * 4 + fp + 4 * 236 + 8);
+    }
+
+    #[test]
     fn invalid_plan_is_rejected() {
         let p = plan(vec![lp("conv9", 4, 4)]);
         assert!(CostTable::new(&lenet(), &p).is_err());

@@ -1,6 +1,7 @@
 //! Model size accounting (spec §0.4 "Model size", §7.5 "Size"): `Size = Σ_l n_l · b^w_l`
 //! bits, with channel-wise widths summed per output channel, plus optional quantizer
-//! metadata (scales and zero points) reported separately as overhead.
+//! metadata (scales and zero points, or a k-means codebook) reported separately as overhead.
+//! HAQ's own accounting ignores the codebook (spec §4.9); `Σ n·b` here is that number.
 //!
 //! Conventions: `n_l` counts weight elements only; biases and BatchNorm parameters are
 //! excluded, as in every method's code (spec §0.4). Every quantizable layer is counted,
@@ -35,11 +36,16 @@ pub fn weight_bits(layer: &LayerInfo, precision: Option<&LayerPrecision>) -> u64
 
 /// Quantizer metadata of `layer`'s weights in bits: one 32-bit scale per output channel
 /// (per-channel) or per tensor (per-tensor), doubled for quantizers with a zero point
-/// (asymmetric). Full-precision weights (and layers absent from the plan) have none.
+/// (asymmetric); for k-means, the codebook of `2^b` 32-bit centroids (as exported, padded
+/// when a layer has fewer distinct weights). Full-precision weights (and layers absent
+/// from the plan) have none.
 pub fn overhead_bits(layer: &LayerInfo, precision: Option<&LayerPrecision>) -> u64 {
     let Some(p) = precision else { return 0 };
     if p.weights_full_precision() {
         return 0;
+    }
+    if p.quantizer.is_codebook() {
+        return SCALE_BITS << p.w_bits;
     }
     let scales = match p.granularity {
         Granularity::PerChannel => layer.out_channels as u64,

@@ -9,15 +9,19 @@
 //!   plan has `channel_w_bits`;
 //! - `L.weight.scale`: `F32 [C]` (per channel) or `[1]`; `L.weight.zero_point`: `F32`, same
 //!   shape, only for quantizers with a zero point;
+//! - for k-means layers (HAQ, spec §4.9) instead: `L.weight.codes` holds each element's
+//!   centroid index at `b` bits, and `L.weight.codebook` is `F32 [2^b]`, the centroids
+//!   ascending (padded with the last one when the layer has fewer distinct weights);
 //! - `L.input.scale` / `L.input.zero_point`: `F32 [1]`, the input-activation quantizer of
 //!   layers whose activations the plan quantizes;
 //! - every other parameter (biases, full-precision layers, unfolded BatchNorms) as `F32`.
 //!
 //! The metadata key `mpq` holds the model description with a `quantization` entry: the plan
 //! and, per packed tensor, its shape, widths and code range ([`PackedMeta`]). Loading
-//! dequantizes `x = s·(q − z)`, the arithmetic of the fake-quantization kernel, so the
-//! reloaded weights are bit-identical to the simulation's and give identical logits
-//! (HAWQ-V3's "simulation equals deployment" requirement; Yao et al., ICML 2021).
+//! dequantizes `x = s·(q − z)`, the arithmetic of the fake-quantization kernel (k-means
+//! codes: `x = codebook[q]`, the simulation's shared centroids), so the reloaded weights are
+//! bit-identical to the simulation's and give identical logits (HAWQ-V3's "simulation
+//! equals deployment" requirement; Yao et al., ICML 2021).
 
 pub mod pack;
 
@@ -29,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::{Graph, ParamKind};
 use crate::model::{META_KEY, ModelMeta};
-use crate::quant::{PlanHooks, QuantParams};
+use crate::quant::{Codebook, PlanHooks, QuantParams};
 use crate::{Error, QuantPlan, Result};
 use pack::{BitReader, BitWriter};
 
@@ -69,6 +73,10 @@ pub struct PackedWeight {
     pub zero_point: bool,
     /// Bytes of the packed codes.
     pub code_bytes: u64,
+    /// Entries of the `f32` codebook of a k-means layer (`2^bits`); the codes are then
+    /// centroid indices, and there are no scales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codebook: Option<usize>,
 }
 
 /// One quantized input activation.
@@ -91,7 +99,7 @@ pub struct ExportStats {
     pub header_bytes: u64,
     /// Bytes of packed weight codes.
     pub code_bytes: u64,
-    /// Bytes of weight scales and zero points.
+    /// Bytes of weight scales and zero points (and k-means codebooks).
     pub weight_param_bytes: u64,
     /// Bytes of activation scales and zero points.
     pub activation_param_bytes: u64,
@@ -128,8 +136,84 @@ pub fn pack_weight(w: &Tensor, q: &QuantParams) -> Result<(Vec<u8>, PackedWeight
         channels: ch,
         zero_point: q.zero_point.iter().any(|&z| z != 0.0),
         code_bytes: bytes.len() as u64,
+        codebook: None,
     };
     Ok((bytes, meta))
+}
+
+/// Packs a k-means layer's weight of shape `shape`: its codes at `cb.bits` bits, and its
+/// codebook padded to `2^bits` entries (with the last centroid, keeping it ascending).
+pub fn pack_codebook(shape: &[usize], cb: &Codebook) -> Result<(Vec<u8>, Vec<f32>, PackedWeight)> {
+    let entries = 1usize << cb.bits;
+    let n: usize = shape.iter().product();
+    if cb.codes.len() != n || cb.centroids.is_empty() || cb.centroids.len() > entries {
+        return Err(Error::config(
+            "codes",
+            format!(
+                "{} codes and {} centroids for {n} weights at {} bits",
+                cb.codes.len(),
+                cb.centroids.len(),
+                cb.bits
+            ),
+        ));
+    }
+    if cb.centroids.iter().any(|x| !x.is_finite()) {
+        return Err(Error::NonFinite("weights to export".into()));
+    }
+    let mut out = BitWriter::new();
+    for &c in cb.codes.iter() {
+        out.push(u32::from(c), cb.bits);
+    }
+    let bytes = out.finish();
+    let mut book = cb.centroids.clone();
+    let last = *book.last().expect("the codebook is not empty");
+    book.resize(entries, last);
+    let meta = PackedWeight {
+        shape: shape.to_vec(),
+        bits: cb.bits,
+        channel_bits: None,
+        qmin: 0.0,
+        qmax: (entries - 1) as f32,
+        channels: 1,
+        zero_point: false,
+        code_bytes: bytes.len() as u64,
+        codebook: Some(entries),
+    };
+    Ok((bytes, book, meta))
+}
+
+/// Dequantizes packed codebook indices: `codebook[code]`.
+pub fn unpack_codebook(bytes: &[u8], meta: &PackedWeight, codebook: &[f32]) -> Result<Vec<f32>> {
+    let n: usize = meta.shape.iter().product();
+    if !(1..=16).contains(&meta.bits) {
+        return Err(Error::config(
+            "codes",
+            format!("{} bits per code", meta.bits),
+        ));
+    }
+    let mut r = BitReader::new(bytes);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let code = r.next(meta.bits)? as usize;
+        let v = codebook.get(code).ok_or_else(|| {
+            Error::config(
+                "codes",
+                format!("code {code} past a codebook of {}", codebook.len()),
+            )
+        })?;
+        out.push(*v);
+    }
+    if r.bytes_read() != bytes.len() {
+        return Err(Error::config(
+            "codes",
+            format!(
+                "{} bytes of codes, expected {}",
+                bytes.len(),
+                r.bytes_read()
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 /// Dequantizes packed codes: `s_c·(q − z_c)` with `q = stored + qmin_c`.
@@ -194,6 +278,25 @@ pub fn save_packed(
     };
     for p in graph.params().iter() {
         let t = p.var.as_tensor();
+        let codebook = match layer_of(&p.name) {
+            Some(layer) if p.kind == ParamKind::Trainable => {
+                hooks.weight_codebook(layer, t)?.map(|cb| (layer, cb))
+            }
+            _ => None,
+        };
+        if let Some((layer, cb)) = codebook {
+            let (bytes, book, meta) = pack_codebook(t.dims(), &cb)?;
+            stats.code_bytes += bytes.len() as u64;
+            let n = bytes.len();
+            tensors.push((
+                format!("{layer}.weight.codes"),
+                Tensor::from_vec(bytes, n, &Device::Cpu)?,
+            ));
+            stats.weight_param_bytes += 4 * book.len() as u64;
+            tensors.push((format!("{layer}.weight.codebook"), f32_tensor(&book)?));
+            weights.insert(layer.to_string(), meta);
+            continue;
+        }
         let packed = match layer_of(&p.name) {
             Some(layer) if p.kind == ParamKind::Trainable => {
                 hooks.weight_quant_params(layer, t)?.map(|q| (layer, q))
@@ -310,6 +413,14 @@ pub(crate) fn unpack(
             ));
         }
         let bytes: Vec<u8> = codes.flatten_all()?.to_vec1()?;
+        if let Some(entries) = pw.codebook {
+            let bname = format!("{layer}.weight.codebook");
+            let book = floats(&take(&mut tensors, &bname, path)?, entries, &bname, path)?;
+            let values = unpack_codebook(&bytes, pw, &book).map_err(|e| corrupt(layer, e))?;
+            let w = Tensor::from_vec(values, pw.shape.clone(), graph.device())?;
+            tensors.insert(format!("{layer}.weight"), w);
+            continue;
+        }
         let sname = format!("{layer}.weight.scale");
         let scale = floats(
             &take(&mut tensors, &sname, path)?,

@@ -2,12 +2,17 @@
 //! weight is fake-quantized (symmetric scales from the max-abs or the MSE-optimal clip, per
 //! output channel or per tensor, or asymmetric min/max) and its input activation is fake-quantized with a range calibrated on
 //! sample batches (unsigned when the activation is non-negative, as after ReLU).
-//! Rounding is half to even, the same as export.
+//! Rounding is half to even, the same as export. K-means layers (HAQ, spec §4.9) are
+//! clustered once at calibration; each forward pass then uses the per-cluster means of the
+//! current weights over that fixed assignment (centroid sharing), with a straight-through
+//! gradient.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle::Tensor;
 
+use super::kmeans::{Codebook, cluster_means, kmeans_1d, layer_seed};
 use super::lsq::LsqQuantizer;
 use super::observer::{Observer, RangeMethod};
 use super::params::{QuantParams, mse_symmetric_max};
@@ -39,8 +44,51 @@ enum WeightQuant {
     Dynamic(LayerPrecision),
     /// LSQ's learned step.
     Lsq(LsqQuantizer),
+    /// A k-means assignment fixed at calibration: the weight is the per-cluster mean of the
+    /// current weights (centroid sharing).
+    KMeans(KMeansWeight),
     /// The weight already holds dequantized values (a loaded packed model): identity.
     Frozen,
+}
+
+/// A k-means layer's fixed clustering.
+#[derive(Debug, Clone)]
+struct KMeansWeight {
+    /// Code width `b` (the plan's `w_bits`).
+    bits: u32,
+    /// Cluster of each weight element (row-major), shared by clones of the hooks.
+    codes: Arc<[u16]>,
+    /// The centroids found at calibration: the value of a cluster without members.
+    centroids: Vec<f32>,
+}
+
+impl KMeansWeight {
+    /// Per-cluster means of `w` (`f32` values in row-major order) over the fixed codes.
+    fn means(&self, layer: &str, w: &Tensor) -> Result<Vec<f32>> {
+        let v: Vec<f32> = w
+            .detach()
+            .flatten_all()?
+            .to_dtype(candle::DType::F32)?
+            .to_vec1()?;
+        if v.len() != self.codes.len() {
+            return Err(Error::ShapeMismatch {
+                name: format!("weight of k-means layer {layer}"),
+                expected: format!("{} elements (as calibrated)", self.codes.len()),
+                got: format!("{} elements", v.len()),
+            });
+        }
+        Ok(cluster_means(&v, &self.codes, &self.centroids))
+    }
+
+    /// The shared weight: every element its cluster's mean of the current weights, with the
+    /// straight-through gradient `∂/∂w = 1`. The value is exactly `means[code]`:
+    /// `w − detach(w)` is `+0` everywhere and the means are never `−0`.
+    fn apply(&self, layer: &str, w: &Tensor) -> Result<Tensor> {
+        let means = self.means(layer, w)?;
+        let q: Vec<f32> = self.codes.iter().map(|&c| means[usize::from(c)]).collect();
+        let q = Tensor::from_vec(q, w.shape(), w.device())?.to_dtype(w.dtype())?;
+        Ok((q + (w - w.detach())?)?)
+    }
 }
 
 /// How a planned layer's input activation is quantized.
@@ -84,7 +132,8 @@ impl Default for CalibrationConfig {
 /// Quantization parameters of a weight tensor `[out, ...]` under `p` (`bits < 32`):
 /// symmetric max-abs (per channel, with optional per-channel widths, or per tensor) or
 /// asymmetric min/max (per channel or per tensor). LSQ layers get theirs from their learned
-/// step ([`PlanHooks::weight_quant_params`]).
+/// step ([`PlanHooks::weight_quant_params`]); k-means layers have a codebook instead
+/// ([`PlanHooks::weight_codebook`]), an error here.
 pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
     let out = w.dim(0)?;
     let flat = w.detach().reshape((out, w.elem_count() / out.max(1)))?;
@@ -102,6 +151,13 @@ pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
         return QuantParams::symmetric_channel_bits(&m, bits, 0);
     }
     match (p.quantizer, p.granularity) {
+        (QuantizerKind::KMeans, _) => Err(Error::config(
+            "policy",
+            format!(
+                "layer {}: k-means weights use a codebook, not uniform parameters",
+                p.name
+            ),
+        )),
         (QuantizerKind::Lsq, _) => Err(Error::config(
             "policy",
             format!(
@@ -202,7 +258,9 @@ impl PlanHooks {
     /// Validates `plan` against the graph and calibrates the activation ranges of every layer
     /// whose activations it quantizes, on the first `cfg.samples` samples of `calib`. LSQ
     /// layers get their initial steps here (`2·mean|x|/√Qp` over the calibration samples
-    /// for activations). Run it on [`prepare_graph`]'s graph.
+    /// for activations). K-means layers are clustered here, once, on the graph's current
+    /// weights: `2^b` clusters, [`LayerPrecision::kmeans_max_iter`] Lloyd rounds, seeded by
+    /// [`layer_seed`] of the layer name. Run it on [`prepare_graph`]'s graph.
     pub fn calibrate(
         graph: &Graph,
         plan: &QuantPlan,
@@ -260,6 +318,30 @@ impl PlanHooks {
                     p.w_bits,
                     p.granularity == Granularity::PerChannel,
                 )?)
+            } else if p.quantizer == QuantizerKind::KMeans {
+                let w = graph.params().var(&format!("{}.weight", p.name))?;
+                let v: Vec<f32> = w
+                    .as_tensor()
+                    .flatten_all()?
+                    .to_dtype(candle::DType::F32)?
+                    .to_vec1()?;
+                let fit = kmeans_1d(
+                    &v,
+                    1usize << p.w_bits,
+                    p.kmeans_max_iter(),
+                    layer_seed(&p.name),
+                )
+                .map_err(|e| match e {
+                    Error::NonFinite(_) => {
+                        Error::NonFinite(format!("weights of k-means layer {}", p.name))
+                    }
+                    e => e,
+                })?;
+                WeightQuant::KMeans(KMeansWeight {
+                    bits: p.w_bits,
+                    codes: fit.codes.into(),
+                    centroids: fit.centroids,
+                })
             } else {
                 WeightQuant::Dynamic(p.clone())
             };
@@ -313,11 +395,33 @@ impl PlanHooks {
         match self.weights.get(layer) {
             Some(WeightQuant::Dynamic(p)) => Ok(Some(weight_params(w, p)?)),
             Some(WeightQuant::Lsq(l)) => Ok(Some(l.params()?)),
+            Some(WeightQuant::KMeans(_)) => Err(Error::config(
+                "policy",
+                format!("layer {layer}: k-means weights use a codebook, not uniform parameters"),
+            )),
             Some(WeightQuant::Frozen) => Err(Error::config(
                 "model",
                 format!("layer {layer} is already quantized"),
             )),
             None => Ok(None),
+        }
+    }
+
+    /// The codebook and codes that quantize `layer`'s weight `w` on the next forward pass,
+    /// if it is a k-means layer: the per-cluster means of `w` over the assignment fixed at
+    /// calibration (a cluster without members keeps its calibration centroid), so that
+    /// `centroids[codes[i]]` is, bit for bit, element `i` of the simulated weight.
+    pub fn weight_codebook(&self, layer: &str, w: &Tensor) -> Result<Option<Codebook>> {
+        match self.weights.get(layer) {
+            Some(WeightQuant::KMeans(k)) => {
+                let centroids = k.means(layer, w)?;
+                Ok(Some(Codebook {
+                    bits: k.bits,
+                    centroids,
+                    codes: k.codes.clone(),
+                }))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -334,6 +438,7 @@ impl Hooks for PlanHooks {
         match self.weights.get(layer) {
             Some(WeightQuant::Dynamic(p)) => fake_quant_tensor(w, &weight_params(w, p)?),
             Some(WeightQuant::Lsq(l)) => l.apply(w),
+            Some(WeightQuant::KMeans(k)) => k.apply(layer, w),
             Some(WeightQuant::Frozen) | None => Ok(w.clone()),
         }
     }
@@ -404,6 +509,123 @@ mod tests {
                 distinct.len()
             );
         }
+    }
+
+    fn kmeans_setup(bits: u32) -> (Graph, PlanHooks) {
+        let splits = data::load("synthetic:1x28x28:10:32", &Default::default()).unwrap();
+        let model = zoo::build("lenet5", &ZooConfig::new([1, 28, 28], 10), 4).unwrap();
+        let layers = model.graph.layer_infos().unwrap();
+        let mut plan = QuantPlan::uniform(&layers, bits, 8);
+        for l in &mut plan.layers[1..3] {
+            l.quantizer = QuantizerKind::KMeans;
+        }
+        plan.layers[2].kmeans_iters = Some(3);
+        let graph = prepare_graph(&model.graph, &plan).unwrap();
+        let hooks = PlanHooks::calibrate(
+            &graph,
+            &plan,
+            &splits.train,
+            &splits.normalization,
+            &CalibrationConfig::default(),
+        )
+        .unwrap();
+        (graph, hooks)
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn kmeans_weight_is_the_calibrated_codebook() {
+        let (graph, mut hooks) = kmeans_setup(3);
+        for (layer, iters) in [("conv2", 50), ("fc1", 3)] {
+            let w = graph
+                .params()
+                .var(&format!("{layer}.weight"))
+                .unwrap()
+                .as_tensor()
+                .clone();
+            let v = flat(&w);
+            let fit = kmeans_1d(&v, 8, iters, layer_seed(layer)).unwrap();
+            let cb = hooks.weight_codebook(layer, &w).unwrap().unwrap();
+            assert_eq!(cb.bits, 3);
+            assert_eq!(cb.centroids, fit.centroids, "{layer}");
+            assert_eq!(&cb.codes[..], &fit.codes[..], "{layer}");
+            let q = hooks.weight(layer, &w).unwrap();
+            assert_eq!(q.dims(), w.dims());
+            let q = flat(&q);
+            let want: Vec<f32> = fit
+                .codes
+                .iter()
+                .map(|&c| fit.centroids[usize::from(c)])
+                .collect();
+            assert_eq!(
+                q.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{layer}"
+            );
+            assert!(hooks.weight_quant_params(layer, &w).is_err());
+        }
+        // Uniform layers have no codebook.
+        let w = graph
+            .params()
+            .var("fc2.weight")
+            .unwrap()
+            .as_tensor()
+            .clone();
+        assert!(hooks.weight_codebook("fc2", &w).unwrap().is_none());
+    }
+
+    #[test]
+    fn kmeans_weight_shares_the_mean_of_updated_members() {
+        let (graph, mut hooks) = kmeans_setup(2);
+        let var = graph.params().var("conv2.weight").unwrap().clone();
+        let cb = hooks
+            .weight_codebook("conv2", var.as_tensor())
+            .unwrap()
+            .unwrap();
+        // A manual "SGD step": every weight moves by its own amount.
+        let step: Vec<f32> = (0..cb.codes.len())
+            .map(|i| ((i * 7919) % 101) as f32 * 1e-4 - 5e-3)
+            .collect();
+        let updated = (var.as_tensor()
+            + Tensor::from_vec(step, var.as_tensor().shape(), &Device::Cpu).unwrap())
+        .unwrap();
+        var.set(&updated).unwrap();
+        let v = flat(var.as_tensor());
+        let q = flat(&hooks.weight("conv2", var.as_tensor()).unwrap());
+        let mut sum = vec![0.0f64; cb.centroids.len()];
+        let mut count = vec![0usize; cb.centroids.len()];
+        for (&x, &c) in v.iter().zip(cb.codes.iter()) {
+            sum[usize::from(c)] += f64::from(x);
+            count[usize::from(c)] += 1;
+        }
+        for (i, &c) in cb.codes.iter().enumerate() {
+            let mean = (sum[usize::from(c)] / count[usize::from(c)] as f64) as f32;
+            assert_eq!(q[i], mean, "element {i}");
+        }
+        // The assignment stays fixed; the codebook follows the means.
+        let after = hooks
+            .weight_codebook("conv2", var.as_tensor())
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.codes, cb.codes);
+        assert_ne!(after.centroids, cb.centroids);
+    }
+
+    #[test]
+    fn kmeans_weight_gradient_is_straight_through() {
+        let (graph, mut hooks) = kmeans_setup(2);
+        let var = graph.params().var("fc1.weight").unwrap().clone();
+        let q = hooks.weight("fc1", var.as_tensor()).unwrap();
+        let coef = Tensor::rand(0f32, 1.0, q.shape(), &Device::Cpu).unwrap();
+        let loss = (&q * &coef).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .expect("a gradient for the weight");
+        assert_eq!(flat(g), flat(&coef));
     }
 
     #[test]

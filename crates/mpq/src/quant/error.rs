@@ -14,6 +14,7 @@ use candle::{DType, Tensor};
 use super::apply::{
     CalibrationConfig, PlanHooks, calibration_pass, fake_quant_tensor, prepare_graph, weight_params,
 };
+use super::kmeans::{kmeans_1d, layer_seed};
 use super::lsq::LsqQuantizer;
 use crate::data::{Dataset, Normalization};
 use crate::graph::{Graph, Hooks};
@@ -23,12 +24,17 @@ use crate::plan::{
 use crate::{Error, Result};
 
 /// `‖Q(w) − w‖²` of one weight tensor under `p` (0 at full precision). LSQ layers use the
-/// step LSQ starts from (`2·mean|w|/√Qp`), since learned steps do not exist yet.
+/// step LSQ starts from (`2·mean|w|/√Qp`), since learned steps do not exist yet; k-means
+/// layers the clustering calibration would find (`2^b` clusters, the plan's iterations, the
+/// layer name's seed), which does not commute with BatchNorm folding.
 pub fn weight_error(w: &Tensor, p: &LayerPrecision) -> Result<f64> {
     if p.w_bits >= FULL_PRECISION && p.channel_w_bits.is_none() {
         return Ok(0.0);
     }
     let w = &w.to_dtype(DType::F32)?;
+    if p.quantizer == QuantizerKind::KMeans {
+        return kmeans_error(w, p);
+    }
     let q = match p.quantizer {
         QuantizerKind::Lsq => {
             LsqQuantizer::for_weight(w, p.w_bits, p.granularity == Granularity::PerChannel)?
@@ -45,6 +51,26 @@ pub fn weight_error(w: &Tensor, p: &LayerPrecision) -> Result<f64> {
         ));
     }
     Ok(e)
+}
+
+fn kmeans_error(w: &Tensor, p: &LayerPrecision) -> Result<f64> {
+    let v: Vec<f32> = w.flatten_all()?.to_vec1()?;
+    let fit = kmeans_1d(
+        &v,
+        1usize << p.w_bits.min(16),
+        p.kmeans_max_iter(),
+        layer_seed(&p.name),
+    )
+    .map_err(|e| match e {
+        Error::NonFinite(_) => {
+            Error::config("model", format!("layer {}: non-finite weights", p.name))
+        }
+        e => e,
+    })?;
+    Ok(v.iter()
+        .zip(fit.codes.iter())
+        .map(|(&x, &c)| (f64::from(x) - f64::from(fit.centroids[usize::from(c)])).powi(2))
+        .sum())
 }
 
 /// `‖Q_b(W_i) − W_i‖²` for every layer of `plan` and every `b` in `bits`, with each layer's
@@ -164,5 +190,18 @@ mod tests {
             weight_error(&w, &LayerPrecision::new("fc", 32, 8)).unwrap(),
             0.0
         );
+    }
+
+    #[test]
+    fn kmeans_error_by_hand() {
+        // 2 bits = 4 clusters on {0, 0.1, 1, 2, 3, 3.1}: the two close pairs merge, each
+        // value 0.05 from its centroid; 3 bits = 8 clusters keep all six values exactly.
+        let w = Tensor::new(&[[0.0f32, 0.1, 1.0], [2.0, 3.0, 3.1]], &Device::Cpu).unwrap();
+        let mut p = LayerPrecision::new("fc", 2, 8);
+        p.quantizer = QuantizerKind::KMeans;
+        let e = weight_error(&w, &p).unwrap();
+        assert!((e - 0.01).abs() < 1e-6, "{e}");
+        p.w_bits = 3;
+        assert_eq!(weight_error(&w, &p).unwrap(), 0.0);
     }
 }

@@ -5,12 +5,17 @@
 
 mod apply;
 mod error;
+mod kmeans;
 mod lsq;
 mod observer;
 mod params;
 
 pub use apply::{CalibrationConfig, PlanHooks, fake_quant_tensor, prepare_graph, weight_params};
 pub use error::{act_errors, weight_error, weight_errors};
+pub use kmeans::{
+    Codebook, KMeans1d, MAX_CLUSTERS, cluster_means, kmeans_1d, kmeans_pp_init, layer_seed,
+    lloyd_1d,
+};
 pub use lsq::{LsqQuantizer, MIN_STEP};
 pub use observer::{Observer, RangeMethod};
 pub use params::{CLIP_GRID, QuantParams, fake_quant_values, mse_symmetric_max, quant_range};

@@ -143,6 +143,92 @@ fn lsq_plans_round_trip_after_training_the_steps() {
 }
 
 #[test]
+fn kmeans_plans_round_trip_bit_identically() {
+    let (model, s) = lenet();
+    let layers = model.graph.layer_infos().unwrap();
+    // HAQ's k-means on the middle layers (conv1 at 8 bits has fewer weights, 150, than
+    // 256 clusters), uniform at the ends, one k-means layer with FP32 activations and the
+    // search's 3 iterations.
+    let mut plan = QuantPlan::uniform(&layers, 4, 8);
+    plan.method = "haq".into();
+    for (i, bits) in [(0, 8), (1, 3), (2, 2), (3, 5)] {
+        plan.layers[i].quantizer = QuantizerKind::KMeans;
+        plan.layers[i].w_bits = bits;
+    }
+    plan.layers[2].a_bits = 32;
+    plan.layers[2].kmeans_iters = Some(3);
+    round_trip(&model, &plan, &s, false, "lenet-kmeans");
+    // Fine-tuning moves the shared centroids; the file still reproduces the simulation.
+    round_trip(&model, &plan, &s, true, "lenet-kmeans-qat");
+    // The packed file of a ResNet, with its folded BatchNorms.
+    let rs = splits("3x16x16");
+    let resnet = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
+    let mut plan = QuantPlan::uniform(&resnet.graph.layer_infos().unwrap(), 4, 8);
+    for l in plan.layers.iter_mut().skip(1) {
+        l.quantizer = QuantizerKind::KMeans;
+    }
+    round_trip(&resnet, &plan, &rs, false, "resnet8-kmeans");
+}
+
+#[test]
+fn kmeans_fine_tuning_keeps_the_clusters_shared() {
+    let (model, s) = lenet();
+    let mut plan = QuantPlan::uniform(&model.graph.layer_infos().unwrap(), 2, 8);
+    for l in &mut plan.layers {
+        l.quantizer = QuantizerKind::KMeans;
+    }
+    let graph = prepare_graph(&model.graph, &plan).unwrap();
+    let cfg = CalibrationConfig {
+        samples: 64,
+        ..Default::default()
+    };
+    let mut hooks = PlanHooks::calibrate(&graph, &plan, &s.train, &s.normalization, &cfg).unwrap();
+    let w = |g: &mpq::graph::Graph| {
+        g.params()
+            .var("fc1.weight")
+            .unwrap()
+            .as_tensor()
+            .copy()
+            .unwrap()
+    };
+    let before = hooks.weight_codebook("fc1", &w(&graph)).unwrap().unwrap();
+    let tc = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        lr: 0.05,
+        ..TrainConfig::default()
+    };
+    train_with(
+        &graph,
+        &s.train,
+        None,
+        &s.normalization,
+        &tc,
+        &mut hooks,
+        &mut mpq::progress::NoProgress,
+    )
+    .unwrap();
+    let after = hooks.weight_codebook("fc1", &w(&graph)).unwrap().unwrap();
+    // Same assignment, moved centroids, at most 4 distinct values in the used weight.
+    assert_eq!(after.codes, before.codes);
+    assert_ne!(after.centroids, before.centroids);
+    let used = mpq::graph::Hooks::weight(&mut hooks, "fc1", &w(&graph)).unwrap();
+    let distinct: std::collections::BTreeSet<u32> = used
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    assert!(distinct.len() <= 4, "{} values", distinct.len());
+    assert_eq!(
+        after.values(),
+        used.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}
+
+#[test]
 fn resnet_round_trips_with_and_without_folded_batch_norm() {
     let s = splits("3x16x16");
     let model = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
