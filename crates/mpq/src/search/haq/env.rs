@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::PlanEvaluator;
 use super::state::{FlagStyle, STATE_DIM, STATIC_FEATURES, embedding};
-use crate::plan::{BitWidth, FULL_PRECISION, QuantPlan, QuantizerKind};
+use crate::plan::{BitWidth, FULL_PRECISION, QuantPlan, QuantizerKind, WeightRange};
 use crate::search::SearchSpace;
 use crate::search::rl::{Environment, Step, action_to_bits};
 use crate::{Error, Result};
@@ -25,8 +25,9 @@ use crate::{Error, Result};
 pub struct HaqEpisode {
     /// Episode index, from 0.
     pub episode: usize,
-    /// The agent's actions in step order (weights then activations, layer by layer).
-    pub actions: Vec<f32>,
+    /// The agent's actions in step order (weights then activations, layer by layer; the
+    /// agent's `f32` values widened, so the JSON text is the same wherever it is written).
+    pub actions: Vec<f64>,
     /// Proposed `[w, a]` bits per layer, before the budget repair.
     pub proposed: Vec<[BitWidth; 2]>,
     /// `[w, a]` bits per layer after the repair (the evaluated plan).
@@ -68,6 +69,7 @@ pub struct HaqEnv<'s, 'a, E: PlanEvaluator> {
     space: &'s SearchSpace<'a>,
     evaluator: &'s mut E,
     quantizer: QuantizerKind,
+    weight_range: WeightRange,
     flags: FlagStyle,
     reward_scale: f64,
     fp_accuracy: f64,
@@ -78,7 +80,7 @@ pub struct HaqEnv<'s, 'a, E: PlanEvaluator> {
     t: usize,
     w_idx: Vec<usize>,
     a_idx: Vec<usize>,
-    actions: Vec<f32>,
+    actions: Vec<f64>,
     row_prev: Vec<f32>,
     row_flag: Vec<f32>,
     // Across episodes.
@@ -94,12 +96,12 @@ fn finite_bits(bits: &[BitWidth]) -> impl Iterator<Item = BitWidth> + '_ {
 }
 
 impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
-    /// An environment whose plans use `quantizer` for the weights, rewarded against
-    /// `fp_accuracy` (%).
+    /// An environment whose plans quantize weights with `quantizer` and the range rule
+    /// `weight_range`, rewarded against `fp_accuracy` (%).
     pub fn new(
         space: &'s SearchSpace<'a>,
         evaluator: &'s mut E,
-        quantizer: QuantizerKind,
+        (quantizer, weight_range): (QuantizerKind, WeightRange),
         flags: FlagStyle,
         reward_scale: f64,
         fp_accuracy: f64,
@@ -143,6 +145,7 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
             space,
             evaluator,
             quantizer,
+            weight_range,
             flags,
             reward_scale,
             fp_accuracy,
@@ -288,6 +291,7 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
     pub(super) fn plan(&self, choice: &[usize], start: Instant) -> Result<QuantPlan> {
         let mut plan = self.space.plan(choice, "haq", start)?;
         for l in &mut plan.layers {
+            l.weight_range = self.weight_range;
             if !l.weights_full_precision() {
                 l.quantizer = self.quantizer;
             }
@@ -389,7 +393,7 @@ impl<E: PlanEvaluator> Environment for HaqEnv<'_, '_, E> {
         } else {
             self.a_idx[d.group] = idx;
         }
-        self.actions.push(action);
+        self.actions.push(f64::from(action));
         self.t += 1;
         if self.t == self.steps.len() {
             let reward = self.finish()?;

@@ -43,7 +43,9 @@ use serde::{Deserialize, Serialize};
 
 use super::SearchSpace;
 use super::rl::{DdpgAgent, DdpgConfig, train_agent};
-use crate::plan::{QuantPlan, QuantizerKind};
+use std::path::Path;
+
+use crate::plan::{QuantPlan, QuantizerKind, WeightRange};
 use crate::{Error, Result};
 
 /// The search's only access to the model: accuracies (%) on the reward split.
@@ -68,6 +70,9 @@ pub struct HaqConfig {
     pub quantizer: QuantizerKind,
     /// Which values the weight/activation flag of the state takes.
     pub flags: FlagStyle,
+    /// The range rule of the symmetric weight quantizer of every plan.
+    #[serde(default)]
+    pub weight_range: WeightRange,
     /// `λ` of the reward `λ·(acc − acc_FP)` (accuracies in %).
     pub reward_scale: f64,
     /// The evaluator's settings (reward split, fine-tune steps, …), recorded so that
@@ -82,6 +87,7 @@ impl Default for HaqConfig {
             episodes: 600,
             quantizer: QuantizerKind::Symmetric,
             flags: FlagStyle::Clean,
+            weight_range: WeightRange::MaxAbs,
             reward_scale: 0.1,
             evaluator: serde_json::Value::Null,
         }
@@ -112,6 +118,21 @@ pub struct HaqHistory {
     pub best_episode: Option<usize>,
     /// Every episode, in order.
     pub episodes: Vec<HaqEpisode>,
+}
+
+impl HaqHistory {
+    /// Writes the history as JSON (atomically: a crash leaves the previous state).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        crate::io::write_json(path.as_ref(), self)
+    }
+
+    /// Reads a history written by [`HaqHistory::save`].
+    pub fn load(path: impl AsRef<Path>) -> Result<HaqHistory> {
+        let path = path.as_ref();
+        let bytes = crate::io::read(path)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(path, format!("not a HAQ search state: {e}")))
+    }
 }
 
 /// The result of [`haq`].
@@ -168,7 +189,7 @@ pub fn haq<E: PlanEvaluator>(
     let mut env = HaqEnv::new(
         space,
         evaluator,
-        cfg.quantizer,
+        (cfg.quantizer, cfg.weight_range),
         cfg.flags,
         cfg.reward_scale,
         fp_accuracy,
