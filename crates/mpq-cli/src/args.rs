@@ -71,6 +71,9 @@ pub(crate) enum MethodArg {
     Pareto,
     /// HAWQ-V3 / LIMPQ integer program: least Omega under every budget (exact).
     Ilp,
+    /// HAQ: a DDPG agent proposes bits layer by layer, rewarded by the accuracy on a
+    /// held-out split under the budget (needs --data).
+    Haq,
 }
 
 impl MethodArg {
@@ -82,6 +85,7 @@ impl MethodArg {
             MethodArg::HawqV1 => "hawq-v1",
             MethodArg::Pareto => "pareto",
             MethodArg::Ilp => "ilp",
+            MethodArg::Haq => "haq",
         }
     }
 
@@ -135,12 +139,13 @@ pub(crate) struct SearchArgs {
     /// Weight of the activation term of Omega (0 turns it off).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) act_weight: f64,
-    /// Candidate weight bit-widths.
-    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
-    pub(crate) w_bits: Vec<u32>,
-    /// Candidate activation bit-widths.
-    #[arg(long, value_delimiter = ',', default_value = "4,8")]
-    pub(crate) a_bits: Vec<u32>,
+    /// Candidate weight bit-widths [default: 2,3,4,5,6,8; haq: 2,3,4,5,6,7,8].
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) w_bits: Option<Vec<u32>>,
+    /// Candidate activation bit-widths [default: 4,8; haq: 2,3,4,5,6,7,8; haq with
+    /// --weight-quantizer kmeans: 32, weights only].
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) a_bits: Option<Vec<u32>>,
     /// Largest average weight bit-width.
     #[arg(long, group = "size")]
     pub(crate) avg_bits: Option<f64>,
@@ -180,9 +185,111 @@ pub(crate) struct SearchArgs {
     /// Random draws before `random` gives up.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) max_tries: usize,
-    /// Output policy file (pareto also writes OUT.frontier.json and OUT.frontier.svg).
+    /// Output policy file (pareto also writes OUT.frontier.json and OUT.frontier.svg; haq
+    /// OUT.curve.svg and its resumable state OUT.haq-state.json).
     #[arg(long)]
     pub(crate) out: PathBuf,
+    #[command(flatten)]
+    pub(crate) haq: HaqArgs,
+}
+
+/// The settings of `--method haq` (defaults: the reference code's, spec §4.7).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "HAQ (--method haq)")]
+pub(crate) struct HaqArgs {
+    /// Data reference; plans are scored on a split held out of its training data.
+    #[arg(long)]
+    pub(crate) data: Option<String>,
+    /// Search episodes.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) episodes: usize,
+    /// Continue the search saved in OUT.haq-state.json (same settings; more --episodes
+    /// extend it).
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Weight quantizer: linear (symmetric uniform, weights and activations) or kmeans
+    /// (a k-means codebook per layer, weights only: the model-size experiment).
+    #[arg(long, value_enum, default_value_t = WeightQuantizerArg::Linear)]
+    pub(crate) weight_quantizer: WeightQuantizerArg,
+    /// Training samples held out to score plans.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) val_samples: usize,
+    /// Training samples that calibrate activation ranges per plan.
+    #[arg(long, default_value_t = 512)]
+    pub(crate) calib_samples: usize,
+    /// SGD steps of fine-tuning under each plan before scoring it (0: post-training only).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) finetune_steps: usize,
+    /// Samples per fine-tuning step.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) finetune_batch_size: usize,
+    /// Fine-tuning learning rate (momentum 0.9, weight decay 4e-5).
+    #[arg(long, default_value_t = 0.001)]
+    pub(crate) finetune_lr: f64,
+    /// Episodes of uniformly random actions before the agent learns.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) warmup: usize,
+    /// Width of the first hidden layer of actor and critic.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) hidden1: usize,
+    /// Width of the second hidden layer.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) hidden2: usize,
+    /// Adam learning rate of the actor.
+    #[arg(long, default_value_t = 1e-4)]
+    pub(crate) actor_lr: f64,
+    /// Adam learning rate of the critic.
+    #[arg(long, default_value_t = 1e-3)]
+    pub(crate) critic_lr: f64,
+    /// Soft-update rate of the target nets.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) tau: f64,
+    /// Discount factor.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) discount: f64,
+    /// Transitions per agent update.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) rl_batch_size: usize,
+    /// Replay memory in transitions [default: 128 × searched layers].
+    #[arg(long)]
+    pub(crate) replay_size: Option<usize>,
+    /// Exploration standard deviation after the warm-up.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) sigma: f64,
+    /// Per-episode decay of the exploration standard deviation.
+    #[arg(long, default_value_t = 0.99)]
+    pub(crate) sigma_decay: f64,
+    /// Rate of the moving reward baseline.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) baseline_rate: f64,
+    /// Agent updates per stored transition.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) updates_per_step: usize,
+    /// λ of the reward λ·(accuracy − FP accuracy), accuracies in %.
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) reward_scale: f64,
+    /// The weight/activation flag of the state: clean (1 on weight steps) or reference
+    /// (the reference code's inverted in-place writes).
+    #[arg(long, value_enum, default_value_t = StateFlagsArg::Clean)]
+    pub(crate) state_flags: StateFlagsArg,
+}
+
+/// HAQ's weight quantizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WeightQuantizerArg {
+    /// Symmetric uniform (the latency/energy experiments).
+    Linear,
+    /// A k-means codebook per layer (the model-size experiment).
+    Kmeans,
+}
+
+/// HAQ's state flag semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StateFlagsArg {
+    /// 1 on weight steps, 0 on activation steps.
+    Clean,
+    /// The reference code's in-place writes.
+    Reference,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 pub(crate) mod analyze;
 mod bench;
 mod eval;
+mod haq;
 mod hw;
 mod info;
 mod quantize;

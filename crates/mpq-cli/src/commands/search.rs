@@ -2,7 +2,8 @@
 //! the feasibility pre-flight (the smallest achievable value of each budget, layers that pins
 //! and ties leave without a choice); an infeasible request exits 2 with that report and writes
 //! nothing. Methods: `uniform`, `random`, `hawq-v1` (HAWQ), `pareto` (HAWQ-V2, plus the whole
-//! frontier as `OUT.frontier.json` and `OUT.frontier.svg`) and `ilp` (HAWQ-V3 / LIMPQ).
+//! frontier as `OUT.frontier.json` and `OUT.frontier.svg`), `ilp` (HAWQ-V3 / LIMPQ) and `haq`
+//! (HAQ, in [`super::haq`]: the history in the policy, `OUT.curve.svg`, `OUT.haq-state.json`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -19,7 +20,9 @@ use mpq::search::{
 };
 use serde::Serialize;
 
-use crate::args::{GlobalArgs, MethodArg, OmegaMetricArg, SearchArgs, UsageError};
+use crate::args::{
+    GlobalArgs, MethodArg, OmegaMetricArg, SearchArgs, UsageError, WeightQuantizerArg,
+};
 use crate::output::{self, Table, thousands};
 
 /// What a method produced besides the plan.
@@ -32,6 +35,7 @@ enum Extra {
         chosen: usize,
     },
     Solver(search::IlpStats),
+    Haq(Box<mpq::search::haq::HaqResult>),
 }
 
 pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
@@ -51,10 +55,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         max_latency_ms: a.max_latency_ms,
         max_energy_mj: a.max_energy_mj,
     };
-    let cands = Candidates {
-        w_bits: a.w_bits.clone(),
-        a_bits: a.a_bits.clone(),
-    };
+    let cands = candidates(a);
     let opts = search_options(a)?;
     let mut space = SearchSpace::new(&layers, &cands, &budget, hw.as_ref(), &opts)?;
 
@@ -118,6 +119,10 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
             let (plan, stats) = search::ilp(&space)?;
             (plan, Extra::Solver(stats))
         }
+        MethodArg::Haq => {
+            let r = super::haq::search(g, a, &model, &space)?;
+            (r.plan.clone(), Extra::Haq(Box::new(r)))
+        }
     };
 
     for l in &mut plan.layers {
@@ -143,6 +148,10 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
             svg.as_bytes().to_vec(),
         ));
     }
+    if let Extra::Haq(r) = &extra {
+        let svg = mpq::search::haq::curve::learning_curve_svg(&r.history, a.haq.warmup);
+        files.push((super::side_path(&a.out, "curve.svg"), svg.into_bytes()));
+    }
     super::write_files_atomic(&files)?;
 
     if g.json {
@@ -155,8 +164,40 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
     print_human(a, &layers, &plan, omega.as_ref(), hw_table.as_ref(), &extra)
 }
 
+/// The candidate sets: the flags, or the method's defaults (HAQ: every width 2..8, and
+/// weights only with the k-means quantizer).
+fn candidates(a: &SearchArgs) -> Candidates {
+    let haq = a.method == MethodArg::Haq;
+    let kmeans = haq && a.haq.weight_quantizer == WeightQuantizerArg::Kmeans;
+    let w_default: Vec<u32> = if haq {
+        (2..=8).collect()
+    } else {
+        vec![2, 3, 4, 5, 6, 8]
+    };
+    let a_default: Vec<u32> = match (haq, kmeans) {
+        (true, true) => vec![FULL_PRECISION],
+        (true, false) => (2..=8).collect(),
+        _ => vec![4, 8],
+    };
+    Candidates {
+        w_bits: a.w_bits.clone().unwrap_or(w_default),
+        a_bits: a.a_bits.clone().unwrap_or(a_default),
+    }
+}
+
 /// Usage problems found before any file is read.
 fn check_usage(a: &SearchArgs) -> anyhow::Result<()> {
+    if a.method == MethodArg::Haq && a.haq.data.is_none() {
+        return Err(UsageError(
+            "--method haq needs --data (plans are scored on a split held out of its training \
+             data)"
+                .into(),
+        )
+        .into());
+    }
+    if a.method != MethodArg::Haq && a.haq.resume {
+        return Err(UsageError("--resume applies to --method haq only".into()).into());
+    }
     if a.method.needs_sensitivity() && a.sensitivity.is_none() {
         let metric = if a.method == MethodArg::HawqV1 {
             "eigen"
@@ -334,6 +375,8 @@ struct PolicyFile<'a> {
     solver: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     frontier: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    haq: Option<serde_json::Value>,
 }
 
 /// `--json` output: the policy file plus where it went and the pre-flight report.
@@ -350,9 +393,34 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
         plan,
         solver: None,
         frontier: None,
+        haq: None,
+    };
+    let name = |suffix: &str| {
+        super::side_path(out, suffix)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     };
     match extra {
         Extra::None => {}
+        Extra::Haq(r) => {
+            let h = &r.history;
+            let best = h.best_episode.and_then(|b| h.episodes.get(b));
+            file.haq = Some(serde_json::json!({
+                "fp_accuracy": h.fp_accuracy,
+                "best_episode": h.best_episode,
+                "best_accuracy": best.map(|b| b.accuracy),
+                "best_reward": best.map(|b| b.reward),
+                "episodes": h.episodes.len(),
+                "steps_per_episode": h.steps_per_episode,
+                "evaluations_seconds": r.eval_seconds,
+                "resumed_episodes": r.resumed_episodes,
+                "state": name("haq-state.json"),
+                "curve": name("curve.svg"),
+                "settings": h.settings,
+                "history": h.episodes,
+            }));
+        }
         Extra::Solver(s) => {
             file.solver = Some(serde_json::json!({
                 "name": "mckp-branch-and-bound",
@@ -361,12 +429,6 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
             }));
         }
         Extra::Frontier { points, chosen, .. } => {
-            let name = |suffix: &str| {
-                super::side_path(out, suffix)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            };
             file.frontier = Some(serde_json::json!({
                 "points": points,
                 "chosen": chosen,
@@ -461,6 +523,34 @@ fn print_human(
     output::line(&summary)?;
     match extra {
         Extra::None => {}
+        Extra::Haq(r) => {
+            let h = &r.history;
+            if let Some(b) = h.best_episode.and_then(|b| h.episodes.get(b)) {
+                output::line(&format!(
+                    "HAQ: best episode {} of {}: {:.2}% on the held-out split (FP {:.2}%), \
+                     reward {:.4}; {:.1} s scoring plans{}",
+                    b.episode,
+                    h.episodes.len(),
+                    b.accuracy,
+                    h.fp_accuracy,
+                    b.reward,
+                    r.eval_seconds,
+                    if r.resumed_episodes > 0 {
+                        format!(
+                            ", {} episodes replayed from the saved state",
+                            r.resumed_episodes
+                        )
+                    } else {
+                        String::new()
+                    }
+                ))?;
+            }
+            output::line(&format!(
+                "learning curve: {}; search state: {}",
+                super::side_path(&a.out, "curve.svg").display(),
+                super::side_path(&a.out, "haq-state.json").display()
+            ))?;
+        }
         Extra::Solver(s) => output::line(&format!(
             "solver: exact multiple-choice knapsack branch and bound, {} nodes, {}",
             s.nodes,

@@ -6,6 +6,7 @@
 //! a [`Sensitivities`] table ([`OmegaTable`]).
 
 mod frontier_svg;
+pub mod haq;
 mod hawq_v1;
 mod ilp;
 mod lp;

@@ -528,7 +528,8 @@ impl<'a> SearchSpace<'a> {
         Ok(plan)
     }
 
-    fn constraints_json(&self) -> serde_json::Value {
+    /// The budgets, candidates, hardware, pins and ties as the JSON object plans carry.
+    pub fn constraints_json(&self) -> serde_json::Value {
         let mut v = self.budget.to_json();
         if let serde_json::Value::Object(m) = &mut v {
             m.insert("w_bits".into(), serde_json::json!(self.cands.w_bits));

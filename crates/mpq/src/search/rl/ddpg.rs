@@ -14,8 +14,8 @@
 //!
 //! The networks are the one place `search` touches tensors; they are small and run on the CPU.
 
+use candle::backprop::GradStore;
 use candle::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -162,13 +162,76 @@ fn copy_vars(vars: &[&Var]) -> Result<Vec<Var>> {
         .collect()
 }
 
-/// `θ' ← (1−τ)θ' + τθ` for each pair.
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// `θ' ← (1−τ)θ' + τθ` for each pair. Plain loops: candle runs element-wise ops of 64k
+/// elements or more on its thread pool, whose hand-offs cost more than this work.
 fn soft_update(target: &[&Var], online: &[&Var], tau: f64) -> Result<()> {
+    let tau = tau as f32;
     for (t, o) in target.iter().zip(online) {
-        let next = ((t.as_tensor() * (1.0 - tau))? + (o.as_tensor() * tau)?)?;
-        t.set(&next)?;
+        let mut next = flat(t.as_tensor())?;
+        for (x, y) in next.iter_mut().zip(flat(o.as_tensor())?) {
+            *x = (1.0 - tau) * *x + tau * y;
+        }
+        t.set(&Tensor::from_vec(next, t.dims(), t.device())?)?;
     }
     Ok(())
+}
+
+/// Adam (Kingma & Ba), PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8, no weight decay), in
+/// plain loops for the same reason as [`soft_update`].
+struct Adam {
+    vars: Vec<Var>,
+    lr: f64,
+    step: i32,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl Adam {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    fn new(vars: Vec<Var>, lr: f64) -> Self {
+        let zeros = |v: &Var| vec![0.0f32; v.elem_count()];
+        Adam {
+            m: vars.iter().map(zeros).collect(),
+            v: vars.iter().map(zeros).collect(),
+            vars,
+            lr,
+            step: 0,
+        }
+    }
+
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let c1 = 1.0 - Self::BETA1.powi(self.step);
+        let c2 = 1.0 - Self::BETA2.powi(self.step);
+        let step_size = (self.lr / c1) as f32;
+        let (b1, b2, eps, c2) = (
+            Self::BETA1 as f32,
+            Self::BETA2 as f32,
+            Self::EPS as f32,
+            c2.sqrt() as f32,
+        );
+        for ((var, m), v) in self.vars.iter().zip(&mut self.m).zip(&mut self.v) {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = flat(g)?;
+            let mut theta = flat(var.as_tensor())?;
+            for (((t, g), m), v) in theta.iter_mut().zip(&g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *t -= step_size * *m / (v.sqrt() / c2 + eps);
+            }
+            var.set(&Tensor::from_vec(theta, var.dims(), var.device())?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Actor or critic: a stack of dense layers. The critic's first two layers are `Ls` and
@@ -264,8 +327,8 @@ pub struct DdpgAgent {
     actor_target: Net,
     critic: Net,
     critic_target: Net,
-    actor_opt: AdamW,
-    critic_opt: AdamW,
+    actor_opt: Adam,
+    critic_opt: Adam,
     memory: ReplayBuffer,
     rng: ChaCha8Rng,
     pub(super) baseline: Option<f64>,
@@ -284,15 +347,6 @@ impl std::fmt::Debug for DdpgAgent {
     }
 }
 
-fn adam(vars: Vec<Var>, lr: f64) -> Result<AdamW> {
-    let params = ParamsAdamW {
-        lr,
-        weight_decay: 0.0,
-        ..ParamsAdamW::default()
-    };
-    Ok(AdamW::new(vars, params)?)
-}
-
 impl DdpgAgent {
     /// A fresh agent for observations of `state_dim` values, initialised from `cfg.seed`.
     pub fn new(state_dim: usize, cfg: DdpgConfig) -> Result<Self> {
@@ -306,8 +360,8 @@ impl DdpgAgent {
         let critic = Net::critic(&mut rng, state_dim, &cfg, &device)?;
         let actor_target = actor.duplicate()?;
         let critic_target = critic.duplicate()?;
-        let actor_opt = adam(actor.owned_vars(), cfg.actor_lr)?;
-        let critic_opt = adam(critic.owned_vars(), cfg.critic_lr)?;
+        let actor_opt = Adam::new(actor.owned_vars(), cfg.actor_lr);
+        let critic_opt = Adam::new(critic.owned_vars(), cfg.critic_lr);
         Ok(DdpgAgent {
             memory: ReplayBuffer::new(cfg.replay_capacity),
             cfg,
@@ -522,6 +576,32 @@ mod tests {
         let copied = values(&agent.actor_target.vars());
         agent.update().unwrap();
         assert_eq!(values(&agent.actor_target.vars()), copied);
+    }
+
+    #[test]
+    fn adam_matches_the_update_rule_computed_in_f64() {
+        let x = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0], &Device::Cpu).unwrap()).unwrap();
+        let mut opt = Adam::new(vec![x.clone()], 0.1);
+        let (mut theta, mut m, mut v) = ([1.0f64, -2.0], [0.0f64; 2], [0.0f64; 2]);
+        for t in 1..=3 {
+            // loss = Σ θ³ → gradient 3θ².
+            let loss = x.as_tensor().powf(3.0).unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+            for i in 0..2 {
+                let g = 3.0 * theta[i] * theta[i];
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.999 * v[i] + 0.001 * g * g;
+                let (mh, vh) = (
+                    m[i] / (1.0 - 0.9f64.powi(t)),
+                    v[i] / (1.0 - 0.999f64.powi(t)),
+                );
+                theta[i] -= 0.1 * mh / (vh.sqrt() + 1e-8);
+            }
+        }
+        let got = values(&[&x]).concat();
+        for (g, w) in got.iter().zip(theta) {
+            assert!((f64::from(*g) - w).abs() < 1e-5, "{got:?} vs {theta:?}");
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn train<E: Environment>(
     env: &mut E,
     cfg: &DdpgConfig,
     episodes: usize,
-    on_episode: impl FnMut(&EpisodeRecord),
+    on_episode: impl FnMut(&E, &EpisodeRecord) -> Result<()>,
 ) -> Result<History> {
     let mut agent = DdpgAgent::new(env.state_dim(), cfg.clone())?;
     train_agent(&mut agent, env, episodes, on_episode)
@@ -96,12 +96,13 @@ pub fn train<E: Environment>(
 /// Runs `episodes` more episodes of HAQ's loop (spec §4.2): act until `done`, give every
 /// transition the final reward, store them, and after the warm-up run `updates_per_step`
 /// updates per transition at the episode's end. Tracks the best reward and its actions and
-/// calls `on_episode` after each episode.
+/// calls `on_episode` with the environment after each episode (an error from it stops the
+/// run).
 pub fn train_agent<E: Environment>(
     agent: &mut DdpgAgent,
     env: &mut E,
     episodes: usize,
-    mut on_episode: impl FnMut(&EpisodeRecord),
+    mut on_episode: impl FnMut(&E, &EpisodeRecord) -> Result<()>,
 ) -> Result<History> {
     if env.state_dim() != agent.state_dim {
         return Err(Error::ShapeMismatch {
@@ -182,7 +183,7 @@ pub fn train_agent<E: Environment>(
             hist.best_episode = Some(episode);
             hist.best_actions = rec.actions.clone();
         }
-        on_episode(&rec);
+        on_episode(env, &rec)?;
         hist.episodes.push(rec);
     }
     Ok(hist)
@@ -229,7 +230,7 @@ mod tests {
     fn toy_actor_converges_to_the_best_action() {
         let start = std::time::Instant::now();
         let mut agent = DdpgAgent::new(2, toy_config(234)).unwrap();
-        let hist = train_agent(&mut agent, &mut Toy, 300, |_| {}).unwrap();
+        let hist = train_agent(&mut agent, &mut Toy, 300, |_, _| Ok(())).unwrap();
         let mu = agent.act(&Toy.reset().unwrap()).unwrap();
         let secs = start.elapsed().as_secs_f64();
         assert!(
@@ -253,7 +254,11 @@ mod tests {
     fn same_seed_gives_the_same_history() {
         let run = |seed| {
             let mut seen = 0;
-            let h = train(&mut Toy, &toy_config(seed), 30, |_| seen += 1).unwrap();
+            let h = train(&mut Toy, &toy_config(seed), 30, |_, _| {
+                seen += 1;
+                Ok(())
+            })
+            .unwrap();
             assert_eq!(seen, 30);
             h
         };

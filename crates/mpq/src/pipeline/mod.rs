@@ -5,6 +5,10 @@
 //! simulation bit for bit (HAWQ-V3, Yao et al., ICML 2021: the simulated and the deployed
 //! integer model must agree).
 
+mod reward;
+
+pub use reward::{RewardConfig, RewardEvaluator};
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# HAQ (Wang et al., CVPR 2019) on the bundled mnist10k LeNet-5, issue 7's acceptance run:
+# BitFusion latency budget = 50% of W8A8; the HAQ plan against the best of 20 random plans
+# and the best uniform plan within the same budget, each after post-training quantization
+# and after the same short fine-tune (1 epoch of QAT), on the test split.
+#
+#   bench/haq/lenet_bitfusion.sh [WORKDIR] [EPISODES] [EXTRA HAQ FLAGS...]
+#
+# Needs target/release/mpq (cargo build --release). Prints a table; every JSON stays in
+# WORKDIR.
+set -euo pipefail
+MPQ=${MPQ:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/mpq}
+DIR=${1:-runs/haq-lenet}
+EPISODES=${2:-300}
+shift $(( $# > 2 ? 2 : $# ))
+mkdir -p "$DIR"
+cd "$DIR"
+BITS="--w-bits 2,3,4,5,6,7,8 --a-bits 2,3,4,5,6,7,8"
+
+if [ ! -f lenet5.safetensors ]; then
+  "$MPQ" train --arch lenet5 --data mnist10k --epochs 10 --out lenet5.safetensors --quiet
+fi
+W8A8=$("$MPQ" hw --model lenet5.safetensors --hardware bitfusion --json |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_ms"])')
+BUDGET=$(python3 -c "print($W8A8 * 0.5)")
+echo "W8A8 latency $W8A8 ms; budget $BUDGET ms"
+
+start=$(date +%s.%N)
+"$MPQ" search --model lenet5.safetensors --method haq --data mnist10k --hardware bitfusion \
+  --max-latency-ms "$BUDGET" --episodes "$EPISODES" --out haq.json --quiet "$@" > haq.log
+echo "haq search: $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s for $EPISODES episodes"
+
+"$MPQ" search --model lenet5.safetensors --method uniform --hardware bitfusion \
+  --max-latency-ms "$BUDGET" $BITS --out uniform.json --quiet > /dev/null
+for s in $(seq 0 19); do
+  "$MPQ" search --model lenet5.safetensors --method random --seed "$s" --hardware bitfusion \
+    --max-latency-ms "$BUDGET" $BITS --out "random$s.json" --quiet > /dev/null
+done
+
+for p in haq uniform $(seq -f 'random%g' 0 19); do
+  "$MPQ" quantize --model lenet5.safetensors --policy "$p.json" --data mnist10k \
+    --finetune-epochs 1 --out "q-$p" --quiet > /dev/null
+done
+
+python3 - "$BUDGET" <<'PY'
+import json, sys
+budget = float(sys.argv[1])
+def row(p):
+    pol = json.load(open(f"{p}.json"))
+    s = json.load(open(f"q-{p}/summary.json"))
+    bits = " ".join(f"{l['w_bits']}/{l['a_bits']}" for l in pol["layers"])
+    return (p, pol["latency_ms"], s["before_finetune"]["accuracy"] * 100,
+            s["after_finetune"]["accuracy"] * 100, bits)
+rows = [row("haq"), row("uniform")] + [row(f"random{i}") for i in range(20)]
+print(f"{'plan':10} {'latency ms':>11} {'PTQ %':>7} {'FT %':>7}  bits (w/a per layer)")
+for r in rows:
+    assert r[1] <= budget * (1 + 1e-9), r
+    print(f"{r[0]:10} {r[1]:11.6f} {r[2]:7.2f} {r[3]:7.2f}  {r[4]}")
+rand = rows[2:]
+best_ptq = max(r[2] for r in rand); best_ft = max(r[3] for r in rand)
+h, u = rows[0], rows[1]
+print(f"best random: PTQ {best_ptq:.2f}%, fine-tuned {best_ft:.2f}%")
+print(f"HAQ >= best random: PTQ {h[2] >= best_ptq}, fine-tuned {h[3] >= best_ft}; "
+      f"HAQ >= uniform: PTQ {h[2] >= u[2]}, fine-tuned {h[3] >= u[3]}")
+PY
