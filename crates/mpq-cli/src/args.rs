@@ -47,7 +47,7 @@ pub(crate) enum Command {
     /// Hessian sensitivity per layer: eigenvalues, traces, activation/channel traces, density.
     Analyze(crate::commands::analyze::AnalyzeArgs),
     /// Bit-width search: a policy (QuantPlan JSON) within a budget.
-    Search(SearchArgs),
+    Search(Box<SearchArgs>),
     /// Per-layer latency and energy of a model (under a policy) on a simulated accelerator.
     Hw(HwArgs),
     /// Apply a policy (optional QAT fine-tuning) and export the packed quantized model.

@@ -19,7 +19,7 @@ use crate::output::{self, Bars};
 pub(crate) fn quantizer(a: &SearchArgs) -> QuantizerKind {
     match a.haq.weight_quantizer {
         WeightQuantizerArg::Linear => QuantizerKind::Symmetric,
-        WeightQuantizerArg::Kmeans => QuantizerKind::Asymmetric, // TEMP-KMEANS
+        WeightQuantizerArg::Kmeans => QuantizerKind::KMeans,
     }
 }
 
@@ -78,7 +78,6 @@ pub(crate) fn search(
             ..DdpgConfig::default()
         },
         episodes: h.episodes,
-        quantizer: quantizer(a),
         flags: match h.state_flags {
             StateFlagsArg::Clean => FlagStyle::Clean,
             StateFlagsArg::Reference => FlagStyle::Reference,

@@ -254,7 +254,16 @@ fn search_options(a: &SearchArgs) -> anyhow::Result<SearchOptions> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    Ok(SearchOptions { pins, ties })
+    let quantizer = if a.method == MethodArg::Haq {
+        super::haq::quantizer(a)
+    } else {
+        mpq::plan::QuantizerKind::Symmetric
+    };
+    Ok(SearchOptions {
+        pins,
+        ties,
+        quantizer,
+    })
 }
 
 /// The pre-flight report as the context of an infeasible request.

@@ -231,3 +231,75 @@ fn haq_unreachable_budget_or_missing_data_exits_2_before_any_episode() {
     ];
     expect_error(&dir, &resume_other, 2, &["--resume"]);
 }
+
+#[test]
+fn haq_kmeans_size_budget_holds_and_the_plan_quantizes() {
+    let dir = TempDir::new("haqkmeans");
+    train_mlp(dir.path(), "m.safetensors", &[]);
+    let info = parse_json(
+        &expect_ok(dir.path(), &["info", "--json", "--model", "m.safetensors"]),
+        "info",
+    );
+    let n: f64 = info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["params"].as_f64().unwrap())
+        .sum();
+    // Three bits per weight plus room for the codebooks.
+    let limit_bytes = n * 3.0 / 8.0 + 3.0 * 4.0 * 64.0;
+    let mb = format!("{}", limit_bytes / (1024.0 * 1024.0));
+    let p = haq(
+        dir.path(),
+        "p.json",
+        &[
+            "--weight-quantizer",
+            "kmeans",
+            "--max-size-mb",
+            &mb,
+            "--episodes",
+            "6",
+        ],
+    );
+    let hist = p["haq"]["history"].as_array().unwrap();
+    assert_eq!(
+        p["haq"]["steps_per_episode"].as_u64().unwrap() as usize,
+        p["layers"].as_array().unwrap().len(),
+        "one decision (weights) per layer"
+    );
+    for e in hist {
+        assert!(
+            e["size_bytes"].as_f64().unwrap() <= limit_bytes.floor(),
+            "{e}"
+        );
+    }
+    assert!(p["size_bytes"].as_f64().unwrap() <= limit_bytes.floor());
+    assert_eq!(p["constraints"]["quantizer"], "kmeans");
+    for l in p["layers"].as_array().unwrap() {
+        assert_eq!(l["quantizer"], "kmeans", "{l}");
+        assert_eq!(l["a_bits"], 32);
+        assert!(
+            l.get("kmeans_iters").is_none(),
+            "the final plan uses the default"
+        );
+    }
+    // The plan goes through `mpq quantize` and reloads bit-identically.
+    expect_ok(
+        dir.path(),
+        &[
+            "quantize",
+            "--model",
+            "m.safetensors",
+            "--policy",
+            "p.json",
+            "--data",
+            SYNTH,
+            "--out",
+            "q",
+            "--quiet",
+        ],
+    );
+    let s = read_json(&dir.join("q/summary.json"));
+    assert_eq!(s["roundtrip_bit_identical"], true, "{s}");
+    assert_eq!(s["size_bytes"], p["size_bytes"]);
+}

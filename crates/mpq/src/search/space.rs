@@ -14,7 +14,9 @@ use super::omega::OmegaTable;
 use super::{Budget, Candidates, MB};
 use crate::cost::{CostTable, HardwareModel, overhead_bits};
 use crate::graph::LayerInfo;
-use crate::plan::{BitWidth, FULL_PRECISION, LayerPrecision, QuantPlan, is_valid_bits};
+use crate::plan::{
+    BitWidth, FULL_PRECISION, LayerPrecision, QuantPlan, QuantizerKind, is_valid_bits,
+};
 use crate::{Error, Result};
 
 /// A budget as a linear constraint `Σ_l cost_l(w, a) ≤ limit`.
@@ -107,13 +109,16 @@ impl Pin {
     }
 }
 
-/// Pins and ties.
+/// Pins, ties and the weight quantizer of the plans.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SearchOptions {
     /// Layers at fixed bits.
     pub pins: Vec<Pin>,
     /// Groups of layers that must share `(w_bits, a_bits)`.
     pub ties: Vec<Vec<String>>,
+    /// The weight quantizer of every quantized layer (its metadata counts in the size
+    /// budget: scales, or a k-means codebook).
+    pub quantizer: QuantizerKind,
 }
 
 /// One allowed `(w_bits, a_bits)` of a group, with its Ω and costs summed over the group.
@@ -278,7 +283,7 @@ impl<'a> SearchSpace<'a> {
             };
             let choices = pairs
                 .into_iter()
-                .map(|(w, a)| choice_of(layers, &m, w, a, &constraints, hw))
+                .map(|(w, a)| choice_of(layers, &m, (w, a, opts.quantizer), &constraints, hw))
                 .collect::<Result<Vec<_>>>()?;
             groups.push(Group {
                 layers: m,
@@ -486,7 +491,7 @@ impl<'a> SearchSpace<'a> {
             .layers
             .iter()
             .zip(&bits)
-            .map(|(l, &(w, a))| LayerPrecision::new(l.name.clone(), w, a))
+            .map(|(l, &(w, a))| precision(&l.name, w, a, self.opts.quantizer))
             .collect();
         let cost = CostTable::new(self.layers, &plan)?;
         cost.fill_plan(&mut plan);
@@ -548,6 +553,9 @@ impl<'a> SearchSpace<'a> {
             }
             if !self.opts.ties.is_empty() {
                 m.insert("ties".into(), serde_json::json!(self.opts.ties));
+            }
+            if self.opts.quantizer != QuantizerKind::default() {
+                m.insert("quantizer".into(), serde_json::json!(self.opts.quantizer));
             }
         }
         v
@@ -660,11 +668,19 @@ fn constraints_of(
     Ok(out)
 }
 
+/// A layer's precision with `quantizer` on quantized weights.
+fn precision(name: &str, w: BitWidth, a: BitWidth, quantizer: QuantizerKind) -> LayerPrecision {
+    let mut p = LayerPrecision::new(name, w, a);
+    if w != FULL_PRECISION {
+        p.quantizer = quantizer;
+    }
+    p
+}
+
 fn choice_of(
     layers: &[LayerInfo],
     members: &[usize],
-    w: BitWidth,
-    a: BitWidth,
+    (w, a, quantizer): (BitWidth, BitWidth, QuantizerKind),
     constraints: &[Constraint],
     hw: Option<&HardwareModel>,
 ) -> Result<Choice> {
@@ -673,7 +689,7 @@ fn choice_of(
     for &i in members {
         let l = &layers[i];
         let wb = l.params as u64 * u64::from(w);
-        let ob = overhead_bits(l, Some(&LayerPrecision::new(l.name.clone(), w, a)));
+        let ob = overhead_bits(l, Some(&precision(&l.name, w, a, quantizer)));
         weight_bits += wb;
         size_bits += wb + ob;
         let sim = match hw {

@@ -133,6 +133,7 @@ fn pinned_and_tied_layers_hold_in_every_method() {
                 "layer3.0.conv2".into(),
             ],
         ],
+        ..Default::default()
     };
     let b = Budget {
         avg_bits: Some(3.5),
@@ -375,6 +376,7 @@ fn feasibility_reports_each_budget_and_empty_layers() {
     let opts = SearchOptions {
         pins: vec![Pin::parse("conv1=8").unwrap(), Pin::parse("fc3=4").unwrap()],
         ties: vec![vec!["conv1".into(), "fc3".into()]],
+        ..Default::default()
     };
     let f = SearchSpace::new(&l, &c, &Budget::default(), None, &opts)
         .unwrap()

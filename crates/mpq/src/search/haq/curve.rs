@@ -68,17 +68,27 @@ pub fn learning_curve_svg(history: &HaqHistory, warmup: usize) -> String {
         s,
         r#"<path d="M{LEFT} {TOP} V{bx} H{by}" fill="none" stroke="black"/>"#
     );
-    for i in 0..=5 {
-        let t = f64::from(i) / 5.0;
-        let xv = (x0 + t * (x1 - x0)).round();
+    // Episode ticks at a round step (1, 2 or 5 times a power of ten), about five of them.
+    let raw = (x1 / 5.0).max(1.0);
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|&v| v >= raw)
+        .unwrap_or(10.0 * mag);
+    let mut xv = 0.0;
+    while xv <= x1 + 1e-9 {
         let x = px(xv);
         let _ = writeln!(
             s,
-            r#"<line x1="{x:.1}" y1="{bx}" x2="{x:.1}" y2="{}" stroke="black"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            r#"<line x1="{x:.1}" y1="{bx}" x2="{x:.1}" y2="{}" stroke="black"/><text x="{x:.1}" y="{}" text-anchor="middle">{xv}</text>"#,
             bx + 5.0,
             bx + 18.0,
-            xv
         );
+        xv += step;
+    }
+    for i in 0..=5 {
+        let t = f64::from(i) / 5.0;
         let yv = y0 + t * (y1 - y0);
         let y = py(yv);
         let _ = writeln!(
@@ -160,4 +170,66 @@ pub fn learning_curve_svg(history: &HaqHistory, warmup: usize) -> String {
     );
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::haq::{HaqConfig, HaqEpisode, HaqSettings};
+
+    fn episode(i: usize, reward: f64, best: f64) -> HaqEpisode {
+        HaqEpisode {
+            episode: i,
+            actions: vec![0.5],
+            proposed: vec![[8, 8]],
+            bits: vec![[8, 8]],
+            repaired: false,
+            latency_ms: None,
+            energy_mj: None,
+            size_bytes: 0,
+            avg_w_bits: 8.0,
+            bops: 0.0,
+            accuracy: 90.0 + reward * 10.0,
+            reward,
+            repeat: false,
+            sigma: None,
+            best_reward: best,
+        }
+    }
+
+    #[test]
+    fn curve_has_a_dot_per_episode_round_ticks_and_the_best_line() {
+        let rewards = [-0.5, -0.2, -0.4, -0.1, -0.3, -0.05, -0.2];
+        let mut best = f64::NEG_INFINITY;
+        let episodes: Vec<HaqEpisode> = rewards
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| {
+                best = best.max(r);
+                episode(i, r, best)
+            })
+            .collect();
+        let h = HaqHistory {
+            settings: HaqSettings {
+                config: HaqConfig::default(),
+                layers: vec!["fc".into()],
+                constraints: serde_json::json!({}),
+            },
+            fp_accuracy: 95.0,
+            steps_per_episode: 1,
+            best_episode: Some(5),
+            episodes,
+        };
+        let svg = learning_curve_svg(&h, 3);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        // 7 episodes + 2 legend dots; 3 grey warm-up dots (+1 in the legend).
+        assert_eq!(svg.matches("<circle").count(), 9);
+        assert_eq!(svg.matches(r##"fill="#aaaaaa""##).count(), 4);
+        assert!(svg.contains("best 89.50% at episode 5 (FP 95.00%)"));
+        assert!(svg.contains(">warm-up<") && svg.contains("best so far"));
+        for t in [">0<", ">2<", ">4<", ">6<"] {
+            assert!(svg.contains(t), "tick {t}");
+        }
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+    }
 }

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::PlanEvaluator;
 use super::state::{FlagStyle, STATE_DIM, STATIC_FEATURES, embedding};
-use crate::plan::{BitWidth, FULL_PRECISION, QuantPlan, QuantizerKind, WeightRange};
+use crate::plan::{
+    BitWidth, FULL_PRECISION, KMEANS_SEARCH_ITERS, QuantPlan, QuantizerKind, WeightRange,
+};
 use crate::search::SearchSpace;
 use crate::search::rl::{Environment, Step, action_to_bits};
 use crate::{Error, Result};
@@ -68,7 +70,6 @@ struct Decision {
 pub struct HaqEnv<'s, 'a, E: PlanEvaluator> {
     space: &'s SearchSpace<'a>,
     evaluator: &'s mut E,
-    quantizer: QuantizerKind,
     weight_range: WeightRange,
     flags: FlagStyle,
     reward_scale: f64,
@@ -96,12 +97,12 @@ fn finite_bits(bits: &[BitWidth]) -> impl Iterator<Item = BitWidth> + '_ {
 }
 
 impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
-    /// An environment whose plans quantize weights with `quantizer` and the range rule
+    /// An environment whose plans use the space's weight quantizer with the range rule
     /// `weight_range`, rewarded against `fp_accuracy` (%).
     pub fn new(
         space: &'s SearchSpace<'a>,
         evaluator: &'s mut E,
-        (quantizer, weight_range): (QuantizerKind, WeightRange),
+        weight_range: WeightRange,
         flags: FlagStyle,
         reward_scale: f64,
         fp_accuracy: f64,
@@ -144,7 +145,6 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
         Ok(HaqEnv {
             space,
             evaluator,
-            quantizer,
             weight_range,
             flags,
             reward_scale,
@@ -287,13 +287,15 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
         Ok(())
     }
 
-    /// The plan of a choice, with the environment's weight quantizer.
+    /// The plan of a choice, as scored during the search.
     pub(super) fn plan(&self, choice: &[usize], start: Instant) -> Result<QuantPlan> {
         let mut plan = self.space.plan(choice, "haq", start)?;
         for l in &mut plan.layers {
             l.weight_range = self.weight_range;
-            if !l.weights_full_precision() {
-                l.quantizer = self.quantizer;
+            if l.quantizer == QuantizerKind::KMeans {
+                // Cheap clustering while searching (spec §4.9: `max_iter = 3`); the final
+                // plan leaves the fine-tune's default.
+                l.kmeans_iters = Some(KMEANS_SEARCH_ITERS);
             }
         }
         Ok(plan)

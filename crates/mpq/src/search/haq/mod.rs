@@ -45,7 +45,7 @@ use super::SearchSpace;
 use super::rl::{DdpgAgent, DdpgConfig, train_agent};
 use std::path::Path;
 
-use crate::plan::{QuantPlan, QuantizerKind, WeightRange};
+use crate::plan::{QuantPlan, WeightRange};
 use crate::{Error, Result};
 
 /// The search's only access to the model: accuracies (%) on the reward split.
@@ -58,16 +58,15 @@ pub trait PlanEvaluator {
     fn accuracy(&mut self, plan: &QuantPlan) -> Result<f64>;
 }
 
-/// Settings of a HAQ search.
+/// Settings of a HAQ search. The weight quantizer (symmetric linear for latency and energy,
+/// k-means for the model-size experiment) is the search space's
+/// ([`crate::search::SearchOptions::quantizer`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HaqConfig {
     /// The agent and its training loop (spec §4.7).
     pub ddpg: DdpgConfig,
     /// Episodes to run (the reference: 600).
     pub episodes: usize,
-    /// The weight quantizer of every plan (symmetric linear for latency/energy, k-means for
-    /// the model-size experiment).
-    pub quantizer: QuantizerKind,
     /// Which values the weight/activation flag of the state takes.
     pub flags: FlagStyle,
     /// The range rule of the symmetric weight quantizer of every plan.
@@ -85,7 +84,6 @@ impl Default for HaqConfig {
         HaqConfig {
             ddpg: DdpgConfig::default(),
             episodes: 600,
-            quantizer: QuantizerKind::Symmetric,
             flags: FlagStyle::Clean,
             weight_range: WeightRange::MaxAbs,
             reward_scale: 0.1,
@@ -189,7 +187,7 @@ pub fn haq<E: PlanEvaluator>(
     let mut env = HaqEnv::new(
         space,
         evaluator,
-        (cfg.quantizer, cfg.weight_range),
+        cfg.weight_range,
         cfg.flags,
         cfg.reward_scale,
         fp_accuracy,
@@ -249,6 +247,9 @@ pub fn haq<E: PlanEvaluator>(
     };
     let eval_seconds = env.eval_seconds();
     let mut plan = env.plan(&choice, start)?;
+    for l in &mut plan.layers {
+        l.kmeans_iters = None;
+    }
     plan.seconds = start.elapsed().as_secs_f64();
     Ok(HaqResult {
         plan,

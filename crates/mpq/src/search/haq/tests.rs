@@ -327,7 +327,7 @@ fn pinned_layers_take_no_decision_and_keep_their_bits() {
             crate::search::Pin::parse("first=8/32").unwrap(),
             crate::search::Pin::parse("last=8/8").unwrap(),
         ],
-        ties: Vec::new(),
+        ..Default::default()
     };
     let space = SearchSpace::new(&layers, &cands(), &budget, Some(&hw), &opts).unwrap();
     let r = run(&space, &config(10, 5), None);
