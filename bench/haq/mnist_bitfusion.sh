@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# HAQ (Wang et al., CVPR 2019) on the bundled mnist10k LeNet-5, issue 7's acceptance run:
+# HAQ (Wang et al., CVPR 2019) on the bundled mnist10k (LeNet-5 or ResNet-8), issue 7 acceptance run:
 # BitFusion latency budget = 50% of W8A8; the HAQ plan against the best of 20 random plans
 # and the best uniform plan within the same budget, each after post-training quantization
 # and after the same short fine-tune (1 epoch of QAT), on the test split.
 #
-#   bench/haq/lenet_bitfusion.sh [WORKDIR] [EPISODES] [EXTRA HAQ FLAGS...]
+#   bench/haq/mnist_bitfusion.sh [WORKDIR] [EPISODES] [EXTRA HAQ FLAGS...]
 #
+# ARCH=resnet8 EPOCHS=16 runs the same on ResNet-8 (the model is trained into WORKDIR unless
+# WORKDIR/ARCH.safetensors exists).
 # Needs target/release/mpq (cargo build --release). Prints a table; every JSON stays in
 # WORKDIR.
 set -euo pipefail
@@ -17,28 +19,31 @@ mkdir -p "$DIR"
 cd "$DIR"
 BITS="--w-bits 2,3,4,5,6,7,8 --a-bits 2,3,4,5,6,7,8"
 
-if [ ! -f lenet5.safetensors ]; then
-  "$MPQ" train --arch lenet5 --data mnist10k --epochs 10 --out lenet5.safetensors --quiet
+ARCH=${ARCH:-lenet5}
+EPOCHS=${EPOCHS:-10}
+MODEL=$ARCH.safetensors
+if [ ! -f "$MODEL" ]; then
+  "$MPQ" train --arch "$ARCH" --data mnist10k --epochs "$EPOCHS" --out "$MODEL" --quiet
 fi
-W8A8=$("$MPQ" hw --model lenet5.safetensors --hardware bitfusion --json |
+W8A8=$("$MPQ" hw --model "$MODEL" --hardware bitfusion --json |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_ms"])')
 BUDGET=$(python3 -c "print($W8A8 * 0.5)")
 echo "W8A8 latency $W8A8 ms; budget $BUDGET ms"
 
 start=$(date +%s.%N)
-"$MPQ" search --model lenet5.safetensors --method haq --data mnist10k --hardware bitfusion \
+"$MPQ" search --model "$MODEL" --method haq --data mnist10k --hardware bitfusion \
   --max-latency-ms "$BUDGET" --episodes "$EPISODES" --out haq.json --quiet "$@" > haq.log
 echo "haq search: $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s for $EPISODES episodes"
 
-"$MPQ" search --model lenet5.safetensors --method uniform --hardware bitfusion \
+"$MPQ" search --model "$MODEL" --method uniform --hardware bitfusion \
   --max-latency-ms "$BUDGET" $BITS --out uniform.json --quiet > /dev/null
 for s in $(seq 0 19); do
-  "$MPQ" search --model lenet5.safetensors --method random --seed "$s" --hardware bitfusion \
+  "$MPQ" search --model "$MODEL" --method random --seed "$s" --hardware bitfusion \
     --max-latency-ms "$BUDGET" $BITS --out "random$s.json" --quiet > /dev/null
 done
 
 for p in haq uniform $(seq -f 'random%g' 0 19); do
-  "$MPQ" quantize --model lenet5.safetensors --policy "$p.json" --data mnist10k \
+  "$MPQ" quantize --model "$MODEL" --policy "$p.json" --data mnist10k \
     --finetune-epochs 1 --out "q-$p" --quiet > /dev/null
 done
 
