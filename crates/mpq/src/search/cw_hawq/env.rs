@@ -298,13 +298,15 @@ impl<E: PlanEvaluator> Environment for RatioEnv<'_, '_, E> {
 }
 
 /// Runs the CW-HAWQ ratio search: `cfg.episodes` DDPG episodes over [`RatioEnv`], returning
-/// the plan of the best-rewarded episode. Same seed (`cfg.ddpg.seed`), same plan, given a
+/// the plan of the best-rewarded episode; `on_episode` sees each finished episode and the
+/// best accuracy so far (a progress bar). Same seed (`cfg.ddpg.seed`), same plan, given a
 /// deterministic evaluator.
 pub fn cw_hawq<E: PlanEvaluator>(
     space: &SearchSpace<'_>,
     table: &ChannelTable,
     evaluator: &mut E,
     cfg: &CwConfig,
+    mut on_episode: impl FnMut(&CwEpisode, f64) -> Result<()>,
 ) -> Result<CwResult> {
     let start = Instant::now();
     if cfg.episodes == 0 {
@@ -320,7 +322,17 @@ pub fn cw_hawq<E: PlanEvaluator>(
     }
     let mut env = RatioEnv::new(space, table, evaluator, cfg.reward_scale, fp_accuracy)?;
     let mut agent = DdpgAgent::new(CW_STATE_DIM, cfg.ddpg.clone())?;
-    train_agent(&mut agent, &mut env, cfg.episodes, |_, _| Ok(()))?;
+    train_agent(&mut agent, &mut env, cfg.episodes, |env, _| {
+        let best = env
+            .best
+            .as_ref()
+            .and_then(|(b, _)| env.episodes.get(*b))
+            .map_or(f64::NAN, |b| b.accuracy);
+        match env.episodes.last() {
+            Some(e) => on_episode(e, best),
+            None => Ok(()),
+        }
+    })?;
     let Some((best_episode, counts)) = env.best.clone() else {
         return Err(Error::config("cw-hawq", "no episode finished"));
     };

@@ -230,7 +230,7 @@ fn run(seed: u64, t: &ChannelTable) -> CwResult {
         episodes: 15,
         reward_scale: 0.1,
     };
-    let r = cw_hawq(&s, t, &mut ev, &cfg).unwrap();
+    let r = cw_hawq(&s, t, &mut ev, &cfg, |_, _| Ok(())).unwrap();
     assert!(ev.calls >= 1);
     r
 }
