@@ -220,7 +220,11 @@ pub(crate) struct SearchArgs {
     pub(crate) out: PathBuf,
     /// cw-ilp: parts of the grid of channel ratios per layer (8: every ratio vector in
     /// eighths of the layer's channels).
-    #[arg(long, default_value_t = 8, help_heading = "CW-HAWQ (--method cw-hawq, cw-ilp)")]
+    #[arg(
+        long,
+        default_value_t = 8,
+        help_heading = "CW-HAWQ (--method cw-hawq, cw-ilp)"
+    )]
     pub(crate) ratio_grid: usize,
     #[command(flatten)]
     pub(crate) haq: HaqArgs,
@@ -429,6 +433,11 @@ pub(crate) struct TrainArgs {
     /// Width multiplier (mobilenetv2).
     #[arg(long)]
     pub(crate) width: Option<f64>,
+    /// Training samples kept out of training: the seeded split (same --seed) that `mpq search
+    /// --method haq|cw-hawq --val-samples N` scores plans on, so the search's reward is
+    /// measured on images the model has not seen.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) holdout: usize,
     /// Output checkpoint (safetensors).
     #[arg(long, default_value = "model.safetensors")]
     pub(crate) out: PathBuf,

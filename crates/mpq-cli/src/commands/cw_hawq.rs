@@ -29,7 +29,11 @@ pub(crate) fn channel_table(
     range: WeightRange,
 ) -> anyhow::Result<ChannelTable> {
     let sens = Sensitivities::load(path)?;
-    if let Some(row) = sens.layers.iter().find(|r| !layers.iter().any(|l| l.name == r.name)) {
+    if let Some(row) = sens
+        .layers
+        .iter()
+        .find(|r| !layers.iter().any(|l| l.name == r.name))
+    {
         return Err(mpq::Error::UnknownLayer {
             name: row.name.clone(),
         }
@@ -85,6 +89,7 @@ pub(crate) fn search(
     table: &ChannelTable,
 ) -> anyhow::Result<CwResult> {
     let h = &a.haq;
+    cw_hawq::validate(space, table)?;
     let mut evaluator = super::haq::evaluator(g, a, model)?;
     let searched = space
         .groups()

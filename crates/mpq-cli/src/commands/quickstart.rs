@@ -44,6 +44,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
             label_smoothing: 0.0,
             no_augment: false,
             width: None,
+            holdout: 0,
             out: model_path.clone(),
         };
         (super::train::train_and_save(g, &targs)?.0, true)

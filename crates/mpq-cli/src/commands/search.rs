@@ -144,10 +144,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
                 if a.ratio_grid == 0 {
                     return Err(UsageError("--ratio-grid must be at least 1".into()).into());
                 }
-                (
-                    search::cw_ilp(&space, table, a.ratio_grid)?,
-                    Extra::None,
-                )
+                (search::cw_ilp(&space, table, a.ratio_grid)?, Extra::None)
             } else {
                 let r = super::cw_hawq::search(g, a, &model, &space, table)?;
                 (r.plan.clone(), Extra::Cw(Box::new(r)))

@@ -52,7 +52,18 @@ pub(crate) fn config(a: &TrainArgs, seed: u64) -> TrainConfig {
 pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(Model, TrainJson)> {
     let cfg = config(a, g.seed);
     cfg.validate()?;
-    let splits = super::load_data(&a.data, g.seed)?;
+    let mut splits = super::load_data(&a.data, g.seed)?;
+    if a.holdout > 0 {
+        if a.holdout >= splits.train.len() {
+            return Err(mpq::Error::config(
+                "holdout",
+                format!("must be below the {} training samples", splits.train.len()),
+            )
+            .into());
+        }
+        // The same split as the search's reward evaluator (Dataset::split_holdout, --seed).
+        splits.train = splits.train.split_holdout(a.holdout, g.seed).0;
+    }
     let mut zcfg = ZooConfig::new(splits.train.shape().to_vec(), splits.train.classes());
     if let Some(w) = a.width {
         zcfg.width = w;
@@ -114,6 +125,7 @@ pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(M
     };
     model.meta.training = Some(serde_json::json!({
         "data": splits.name,
+        "holdout": a.holdout,
         "config": report.config,
         "epochs": summary.epochs,
         "test_accuracy": accuracy,

@@ -260,7 +260,10 @@ mod tests {
             let whole = weight_error(&w, &p).unwrap();
             assert_eq!(per.len(), 7);
             let s: f64 = per.iter().sum();
-            assert!((s - whole).abs() <= 1e-9 * whole.max(1.0), "{b}: {s} vs {whole}");
+            assert!(
+                (s - whole).abs() <= 1e-9 * whole.max(1.0),
+                "{b}: {s} vs {whole}"
+            );
         }
         let mut k = LayerPrecision::new("conv", 4, 8);
         k.quantizer = QuantizerKind::KMeans;

@@ -6,9 +6,10 @@
 //! fraction at the highest bits, the second the fraction of the rest at the middle bits, …
 //!
 //! Budget repair (HAQ's "sequentially decrease", spec §4.5, at channel granularity): while
-//! the plan breaks a budget, walk the searched layers from last to first and move one channel
-//! of each from its most expensive non-empty width to the next lower one (the least
-//! sensitive channel of that group, since groups follow the trace order). The reward is
+//! the plan breaks a budget, walk the searched layers from last to first and move
+//! `C/`[`REPAIR_PARTS`] of each layer's `C` channels (on average), one at a time, from its most
+//! expensive non-empty width to the next lower one (the least sensitive channels of that
+//! group, since groups follow the trace order), stopping as soon as the plan fits. The reward is
 //! HAQ's `scale · (accuracy − FP accuracy)` through a [`PlanEvaluator`].
 
 use std::collections::HashMap;
@@ -23,6 +24,9 @@ use crate::search::haq::PlanEvaluator;
 use crate::search::haq::state::{STATIC_FEATURES, embedding};
 use crate::search::rl::{DdpgAgent, DdpgConfig, Environment, Step, train_agent};
 use crate::{Error, Result};
+
+/// The repair moves `C/REPAIR_PARTS` of a layer's `C` channels down one width per round.
+pub const REPAIR_PARTS: usize = 32;
 
 /// Observation length: HAQ's static layer features, the layer's normalised log mean trace
 /// per element, the position of the step within the layer, and the previous action.
@@ -193,21 +197,31 @@ impl<'s, 'a, E: PlanEvaluator> RatioEnv<'s, 'a, E> {
     pub(crate) fn repair(&self, counts: &mut [Vec<usize>]) -> Result<bool> {
         let fits = |c: &[Vec<usize>]| self.setup.space.fits(&self.totals(c));
         let k = self.setup.bits_desc.len();
+        let layers = self.setup.space.layers();
         let mut repaired = false;
+        let mut round = 0usize;
         while !fits(counts) {
-            let mut changed = false;
+            let mut any_left = false;
             for &i in self.searched.iter().rev() {
-                if let Some(top) = (0..k - 1).find(|&b| counts[i][b] > 0) {
-                    counts[i][top] -= 1;
-                    counts[i][top + 1] += 1;
-                    changed = true;
-                    repaired = true;
-                    if fits(counts) {
-                        break;
+                // The same fraction of every layer's channels per round (a layer of C
+                // channels moves ⌊(r+1)·C/P⌋ − ⌊r·C/P⌋ in round r), so that small layers are
+                // not driven to the lowest width long before large ones.
+                let c = layers[i].out_channels;
+                let step = (round + 1) * c / REPAIR_PARTS - round * c / REPAIR_PARTS;
+                any_left |= counts[i][..k - 1].iter().any(|&n| n > 0);
+                for _ in 0..step {
+                    if let Some(top) = (0..k - 1).find(|&b| counts[i][b] > 0) {
+                        counts[i][top] -= 1;
+                        counts[i][top + 1] += 1;
+                        repaired = true;
                     }
                 }
+                if fits(counts) {
+                    break;
+                }
             }
-            if !changed {
+            round += 1;
+            if !any_left {
                 return Err(Error::Infeasible {
                     budget: "the cw-hawq repair: every channel at the smallest width still \
                              breaks the budget"
@@ -316,6 +330,7 @@ pub fn cw_hawq<E: PlanEvaluator>(
         return Err(Error::config("reward-scale", "must be a positive number"));
     }
     space.feasibility().check()?;
+    super::validate(space, table)?;
     let fp_accuracy = evaluator.fp_accuracy()?;
     if !fp_accuracy.is_finite() {
         return Err(Error::NonFinite(format!("FP accuracy {fp_accuracy}")));

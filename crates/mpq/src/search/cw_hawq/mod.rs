@@ -336,6 +336,13 @@ impl<'s, 'a> CwSetup<'s, 'a> {
     }
 }
 
+/// Checks that `space` and `table` make a channel-wise search (one activation width,
+/// quantized weight widths, no ties, size/average-bits/compression/BOPs budgets only, channel
+/// traces for every searched layer) before any costly work.
+pub fn validate(space: &SearchSpace<'_>, table: &ChannelTable) -> Result<()> {
+    CwSetup::new(space, table).map(|_| ())
+}
+
 /// Count vectors (descending bits) of a layer with `channels` channels over `k` widths: every
 /// composition of `g = min(channels, grid)` parts, scaled to `channels` (remainders to the
 /// highest bits), deduplicated.
