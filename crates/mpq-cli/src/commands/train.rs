@@ -15,6 +15,10 @@ pub(crate) struct TrainJson {
     pub(crate) data: String,
     pub(crate) out: String,
     pub(crate) epochs: usize,
+    /// Samples trained on (the training split minus `holdout`).
+    pub(crate) train_samples: usize,
+    /// Training samples kept out (`--holdout`).
+    pub(crate) holdout: usize,
     pub(crate) accuracy: f64,
     pub(crate) loss: f64,
     pub(crate) seconds: f64,
@@ -117,6 +121,8 @@ pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(M
         data: splits.name.clone(),
         out: a.out.display().to_string(),
         epochs: report.epochs.len(),
+        train_samples: splits.train.len(),
+        holdout: a.holdout,
         accuracy,
         loss,
         seconds: report.seconds,

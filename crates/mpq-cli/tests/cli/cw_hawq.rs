@@ -257,3 +257,36 @@ fn cw_input_errors_exit_2_before_any_work() {
     expect_error(&dir, &v, 2, &["infeasible"]);
     assert!(!dir.join("p.json").exists());
 }
+
+#[test]
+fn train_holdout_keeps_the_reward_split_out_of_training() {
+    let dir = TempDir::new("holdout");
+    let t = train_mlp(dir.path(), "m.safetensors", &["--holdout", "16"]);
+    assert_eq!(t["holdout"], 16);
+    assert_eq!(t["train_samples"], 48);
+    let again = train_mlp(dir.path(), "n.safetensors", &["--holdout", "16"]);
+    let loss = |v: &Json| v["history"][0]["train_loss"].clone();
+    assert_eq!(loss(&again), loss(&t));
+    let all = train_mlp(dir.path(), "a.safetensors", &[]);
+    assert_eq!(all["train_samples"], 64);
+    assert_ne!(loss(&all), loss(&t));
+    expect_error(
+        &dir,
+        &[
+            "train",
+            "--arch",
+            "mlp",
+            "--data",
+            SYNTH,
+            "--epochs",
+            "1",
+            "--holdout",
+            "64",
+            "--out",
+            "x.safetensors",
+        ],
+        2,
+        &["holdout"],
+    );
+    assert!(!dir.join("x.safetensors").exists());
+}

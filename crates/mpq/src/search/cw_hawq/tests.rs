@@ -273,7 +273,10 @@ fn repair_lowers_the_most_expensive_bits_first() {
         assert_eq!(c.iter().sum::<usize>(), b.iter().sum::<usize>());
         assert!(c[0] <= b[0]);
         if c[2] > b[2] {
-            assert_eq!(c[0], 0, "2-bit channels while 8-bit ones remain: {counts:?}");
+            assert_eq!(
+                c[0], 0,
+                "2-bit channels while 8-bit ones remain: {counts:?}"
+            );
         }
     }
 }
