@@ -12,7 +12,7 @@
 //! DIR/quantized/<method>/{model.safetensors, plan.json, summary.json}
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -21,7 +21,6 @@ use mpq::QuantPlan;
 use mpq::cost::HardwareModel;
 use mpq::graph::NoHooks;
 use mpq::model::{Model, ModelHint};
-use mpq::pipeline::QuantizeSummary;
 
 use crate::args::{Cli, GlobalArgs, QuickstartArgs};
 use crate::output::{self, Table, thousands};
@@ -43,7 +42,14 @@ impl Lengths {
         if fast {
             Lengths {
                 epochs: 2,
-                analyze: &["--batches", "1", "--max-iter", "20", "--lanczos-steps", "20"],
+                analyze: &[
+                    "--batches",
+                    "1",
+                    "--max-iter",
+                    "20",
+                    "--lanczos-steps",
+                    "20",
+                ],
                 haq_episodes: 12,
                 cw_episodes: 12,
                 finetune_epochs: 1,
@@ -249,13 +255,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
     // 2. Hessian analysis.
     let t = Instant::now();
     let mut args = s(&[
-        "analyze",
-        "--model",
-        &model_arg,
-        "--data",
-        "mnist10k",
-        "--metric",
-        "all",
+        "analyze", "--model", &model_arg, "--data", "mnist10k", "--metric", "all",
     ]);
     args.extend(s(len.analyze));
     args.extend(s(&["--out", &path_str(&sens_path)]));
@@ -274,7 +274,9 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
     // 3. Every search method at one budget.
     let layers = model.graph.layer_infos()?;
     let hw = HardwareModel::from_reference("bitfusion")?;
-    let w8a8 = hw.table(&layers, &QuantPlan::uniform(&layers, 8, 8))?.latency_ms;
+    let w8a8 = hw
+        .table(&layers, &QuantPlan::uniform(&layers, 8, 8))?
+        .latency_ms;
     let budget_ms = 0.5 * w8a8;
     let plans_dir = dir.join("plans");
     let methods = methods(budget_ms, &len, &path_str(&sens_path));
@@ -345,21 +347,19 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
     for (name, _) in &methods {
         let plan_path = plans_dir.join(format!("{name}.json"));
         let plan = QuantPlan::load(&plan_path)?;
-        let q: QuantizeSummary =
-            serde_json::from_value(read_json(&dir.join("quantized").join(name).join("summary.json"))?)
-                .with_context(|| format!("quantized/{name}/summary.json"))?;
+        let q = read_json(&dir.join("quantized").join(name).join("summary.json"))?;
         let lat = hw.table(&layers, &plan).ok();
         rows.push(serde_json::json!({
             "method": name,
-            "size_bytes": q.size_bytes,
-            "avg_w_bits": q.avg_w_bits,
-            "bops": q.bops,
+            "size_bytes": q["size_bytes"],
+            "avg_w_bits": q["avg_w_bits"],
+            "bops": q["bops"],
             "latency_ms": lat.as_ref().map(|h| h.latency_ms),
             "energy_mj": lat.as_ref().and_then(|h| h.energy_mj),
-            "ptq_accuracy": q.before_finetune.accuracy,
-            "accuracy": q.after_finetune.accuracy,
+            "ptq_accuracy": q["before_finetune"]["accuracy"],
+            "accuracy": q["after_finetune"]["accuracy"],
             "search_seconds": plan.seconds,
-            "file_bytes": q.export.file_bytes,
+            "file_bytes": q["export"]["file_bytes"],
         }));
     }
     let commands = r.commands.join("\n") + "\n";
@@ -376,7 +376,11 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
     mpq::io_write_json(&dir.join("summary.json"), &summary)?;
     r.done(
         "results",
-        &format!("{} ({:.1} s in all)", dir.join("summary.json").display(), started.elapsed().as_secs_f64()),
+        &format!(
+            "{} ({:.1} s in all)",
+            dir.join("summary.json").display(),
+            started.elapsed().as_secs_f64()
+        ),
     );
     if g.json {
         return output::json(&summary);
