@@ -131,8 +131,7 @@ fn path_str(p: &Path) -> String {
 
 fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
     let bytes = std::fs::read(path).map_err(|e| mpq::Error::io(path, e))?;
-    Ok(serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?)
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
 /// One search method of the quickstart: its name and flags beyond `--model` and `--out`.
@@ -364,7 +363,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
     }
     let commands = r.commands.join("\n") + "\n";
     std::fs::write(dir.join("commands.sh"), commands)
-        .map_err(|e| mpq::Error::io(&dir.join("commands.sh"), e))?;
+        .map_err(|e| mpq::Error::io(dir.join("commands.sh"), e))?;
     let summary = serde_json::json!({
         "model": model_arg,
         "trained": trained,
