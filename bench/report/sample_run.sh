@@ -32,8 +32,9 @@ done
 "$MPQ" --quiet search --model "$M" --method cw-ilp --sensitivity "$S" --avg-bits 3 \
   --out "$DIR/plans/cw-ilp.json"
 for p in "$DIR"/plans/*.json; do
-  case "$p" in *.frontier.json) continue ;; esac
   m=$(basename "$p" .json)
+  case "$m" in *.*) continue ;; esac  # pareto.frontier.json, haq.haq-state.json
+  [ -f "$DIR/quantized/$m/summary.json" ] && continue
   "$MPQ" --quiet quantize --model "$M" --policy "$p" --data "$DATA" --finetune-epochs 1 \
     --out "$DIR/quantized/$m"
 done

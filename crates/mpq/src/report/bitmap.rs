@@ -33,11 +33,12 @@ pub fn bitmap_svg(layers: &[String], methods: &[MethodRun]) -> Option<String> {
     }
     let label_w = 150.0;
     let cell_w = (980.0 / layers.len() as f64).clamp(18.0, 96.0);
+    let legend_w = 50.0 + 58.0 * 8.0;
     let row_h = 22.0;
     let gap = 8.0;
     let head = 40.0;
     let legend_h = 50.0;
-    let width = label_w + cell_w * layers.len() as f64 + 20.0;
+    let width = (label_w + cell_w * layers.len() as f64 + 20.0).max(legend_w);
     let height = head + methods.len() as f64 * (2.0 * row_h + gap) + legend_h;
     let mut s = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="12" fill="#222"><rect width="{width}" height="{height}" fill="white"/>"##
@@ -129,12 +130,6 @@ pub fn bitmap_svg(layers: &[String], methods: &[MethodRun]) -> Option<String> {
             ly + 11.0
         );
     }
-    let _ = write!(
-        s,
-        r##"<text x="{:.1}" y="{:.1}" fill="#555">W: weights, A: input activations; striped cells are per-channel widths (label: mean bits)</text>"##,
-        50.0 + 58.0 * 8.0 + 10.0,
-        ly + 11.0
-    );
     s.push_str("</svg>\n");
     Some(s)
 }

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::svg::{Frame, Mark, Plot, Scale, esc, palette};
+use super::svg::{Frame, LegendAt, Mark, Plot, Scale, esc, palette};
 use crate::search::MB;
 use crate::sensitivity::SensitivityTable;
 
@@ -53,7 +53,8 @@ fn bar_chart(
         .collect();
     let frame = Frame {
         width: 660.0,
-        height: 400.0,
+        height: 420.0,
+        top: 60.0,
         bottom: 70.0,
         ..Frame::default()
     };
@@ -123,7 +124,7 @@ fn bar_chart(
     if !note.is_empty() {
         items.push((Mark::Line, "#222", note.to_string()));
     }
-    plot.legend(&items, false);
+    plot.legend(&items, LegendAt::Above);
     plot.finish()
 }
 
@@ -208,7 +209,8 @@ pub fn density_chart(t: &SensitivityTable) -> Option<String> {
     let ys: Vec<f64> = dens.iter().map(|v| v.max(floor)).collect();
     let frame = Frame {
         width: 660.0,
-        height: 400.0,
+        height: 420.0,
+        top: 60.0,
         ..Frame::default()
     };
     let mut plot = Plot::new(
@@ -245,7 +247,7 @@ pub fn density_chart(t: &SensitivityTable) -> Option<String> {
         }
     }
     plot.push(&s);
-    plot.legend(&items, false);
+    plot.legend(&items, LegendAt::Above);
     Some(plot.finish())
 }
 
@@ -332,8 +334,9 @@ pub fn pareto_chart(frontier: Option<&serde_json::Value>, plans: &[PlanPoint]) -
         .collect();
     let log = ys.iter().all(|y| *y > 0.0);
     let frame = Frame {
-        width: 760.0,
+        width: 900.0,
         height: 460.0,
+        right: 200.0,
         ..Frame::default()
     };
     let mut plot = Plot::new(
@@ -398,12 +401,14 @@ pub fn pareto_chart(frontier: Option<&serde_json::Value>, plans: &[PlanPoint]) -
             "uniform plans (frontier)".into(),
         ));
     }
+    // Shrinking dots, so plans at the same point show as concentric rings.
     for (k, (p, x, y)) in plan_xy.iter().enumerate() {
         let c = palette(k);
+        let r = (8.0 - 0.5 * k as f64).max(3.0);
         let (cx, cy) = (plot.x.px(*x), plot.y.px(*y));
         let _ = write!(
             s,
-            r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="5.5" fill="{c}" stroke="white" stroke-width="1"><title>{}: Ω {}, {:.3} bits</title></circle>"#,
+            r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{r}" fill="{c}" stroke="white" stroke-width="1.2"><title>{}: Ω {}, {:.3} bits</title></circle>"#,
             esc(&p.method),
             super::results::sig4(p.omega),
             p.avg_w_bits
@@ -411,7 +416,7 @@ pub fn pareto_chart(frontier: Option<&serde_json::Value>, plans: &[PlanPoint]) -
         items.push((Mark::Dot, c, p.method.clone()));
     }
     plot.push(&s);
-    plot.legend(&items, false);
+    plot.legend(&items, LegendAt::Right);
     Some(plot.finish())
 }
 
@@ -442,7 +447,8 @@ pub fn learning_curve(
         .collect();
     let frame = Frame {
         width: 660.0,
-        height: 400.0,
+        height: 420.0,
+        top: 60.0,
         ..Frame::default()
     };
     let mut plot = Plot::new(
@@ -492,6 +498,6 @@ pub fn learning_curve(
     if fp_accuracy.is_some() {
         items.push((Mark::Dashed, "#555", "FP accuracy".to_string()));
     }
-    plot.legend(&items, false);
+    plot.legend(&items, LegendAt::Above);
     Some(plot.finish())
 }

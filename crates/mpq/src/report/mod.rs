@@ -67,7 +67,8 @@ section { background: white; border: 1px solid #dde1e6; border-radius: 6px; padd
 h2 { font-size: 18px; margin: 0 0 8px 0; color: #1f3a5f; }
 p.caption { margin: 4px 0 10px 0; color: #555; font-size: 13px; max-width: 1200px; }
 .grid { display: flex; flex-wrap: wrap; gap: 16px; }
-.grid > section { flex: 1 1 640px; margin: 0 0 16px 0; }
+.grid > section { flex: 1 1 560px; margin: 0; }
+.grid { margin: 0 0 16px 0; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #e3e6ea; text-align: left; }
 th { background: #f0f2f5; }
@@ -296,14 +297,15 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         pareto_chart(run.frontier.as_ref(), &points),
         "no frontier and no plan with Ω (needs model.safetensors and sensitivity.json)",
     ));
+    html.push_str(r#"<div class="grid">"#);
     html.push_str(&section(
         "bitmap",
         "Bit-widths per layer",
-        "Each plan's weight (W) and input-activation (A) bits per layer.",
+        "Each plan's weight (W) and input-activation (A) bits per layer. Striped cells are \
+         per-channel weight widths (one stripe per output channel), labelled with their mean.",
         bitmap_svg(&run.layer_names(), &run.methods),
         "no plans",
     ));
-    html.push_str(r#"<div class="grid">"#);
     html.push_str(&section(
         "density",
         "Hessian spectral density",
@@ -312,6 +314,8 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         sens.and_then(density_chart),
         "sensitivity.json has no density (analyze --metric density or all)",
     ));
+    html.push_str("</div>");
+    html.push_str(r#"<div class="grid">"#);
     html.push_str(&section(
         "haq-curve",
         "HAQ learning curve",

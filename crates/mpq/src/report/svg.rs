@@ -205,6 +205,19 @@ pub enum Mark {
     Bar,
 }
 
+/// Where a [`Plot::legend`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegendAt {
+    /// A box in the plot area's top-right corner.
+    TopRight,
+    /// A box in the plot area's top-left corner.
+    TopLeft,
+    /// One row between the title and the plot area.
+    Above,
+    /// A column in the right margin.
+    Right,
+}
+
 /// An SVG plot being drawn: a frame, an x and a y [`Scale`], and the body so far.
 #[derive(Debug, Clone)]
 pub struct Plot {
@@ -322,26 +335,48 @@ impl Plot {
         self.push(&s);
     }
 
-    /// A legend box in the top-right (or top-left when `left`) corner of the plot area.
-    pub fn legend(&mut self, items: &[(Mark, &str, String)], left: bool) {
+    /// A legend at `at`: a box inside the plot area's top corners, a row between the title
+    /// and the plot ([`LegendAt::Above`], needs a top margin of about 58), or a column in the
+    /// right margin ([`LegendAt::Right`], needs a right margin of about 170).
+    pub fn legend(&mut self, items: &[(Mark, &str, String)], at: LegendAt) {
         if items.is_empty() {
             return;
         }
         let f = self.frame;
-        let w = 30.0 + items.iter().map(|i| i.2.chars().count()).max().unwrap_or(0) as f64 * 6.6;
+        let text_w = |l: &str| l.chars().count() as f64 * 6.6;
+        let w = 30.0 + items.iter().map(|i| text_w(&i.2)).fold(0.0, f64::max);
         let h = 8.0 + 17.0 * items.len() as f64;
-        let x0 = if left {
-            f.left + 8.0
-        } else {
-            f.width - f.right - w - 8.0
+        let mut s = String::new();
+        let positions: Vec<(f64, f64)> = match at {
+            LegendAt::Above => {
+                let total: f64 = items.iter().map(|i| 34.0 + text_w(&i.2)).sum();
+                let mut x = ((f.width - total) / 2.0).max(f.left);
+                items
+                    .iter()
+                    .map(|i| {
+                        let p = (x, 42.0);
+                        x += 34.0 + text_w(&i.2);
+                        p
+                    })
+                    .collect()
+            }
+            _ => {
+                let (x0, y0) = match at {
+                    LegendAt::TopLeft => (f.left + 8.0, f.top + 8.0),
+                    LegendAt::Right => (f.width - f.right + 10.0, f.top),
+                    _ => (f.width - f.right - w - 8.0, f.top + 8.0),
+                };
+                let _ = write!(
+                    s,
+                    r##"<rect x="{x0:.1}" y="{y0:.1}" width="{w:.1}" height="{h:.1}" fill="white" fill-opacity="0.9" stroke="#bbb"/>"##
+                );
+                (0..items.len())
+                    .map(|k| (x0, y0 + 12.0 + 17.0 * k as f64))
+                    .collect()
+            }
         };
-        let y0 = f.top + 8.0;
-        let mut s = format!(
-            r##"<rect x="{x0:.1}" y="{y0:.1}" width="{w:.1}" height="{h:.1}" fill="white" fill-opacity="0.9" stroke="#bbb"/>"##
-        );
-        for (k, (mark, colour, label)) in items.iter().enumerate() {
-            let cy = y0 + 12.0 + 17.0 * k as f64;
-            let cx = x0 + 12.0;
+        for ((mark, colour, label), (x, cy)) in items.iter().zip(positions) {
+            let cx = x + 12.0;
             let sym = match mark {
                 Mark::Dot => {
                     format!(r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="4" fill="{colour}"/>"#)
@@ -424,7 +459,7 @@ mod tests {
             "t <1>",
         );
         p.axes("x", "y & z", true);
-        p.legend(&[(Mark::Dot, palette(0), "a".into())], false);
+        p.legend(&[(Mark::Dot, palette(0), "a".into())], LegendAt::Above);
         let svg = p.finish();
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("t &lt;1&gt;") && svg.contains("y &amp; z, log scale"));
