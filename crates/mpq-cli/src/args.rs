@@ -54,6 +54,8 @@ pub(crate) enum Command {
     Quantize(crate::commands::QuantizeArgs),
     /// The whole pipeline on the bundled MNIST subset.
     Quickstart(QuickstartArgs),
+    /// HTML report (inline SVG plots) of a run folder: writes DIR/report.html.
+    Report(ReportArgs),
     /// Warm timings of fixed forward/backward/HVP workloads (ResNet-20, LeNet-5, MobileNetV2).
     Bench(BenchArgs),
 }
@@ -473,6 +475,14 @@ pub(crate) struct QuickstartArgs {
     /// A shorter run (fewer epochs) for a first look.
     #[arg(long)]
     pub(crate) fast: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// Run folder (as `mpq quickstart` writes it: model.safetensors, fp.json, settings.json,
+    /// sensitivity.json, plans/<method>.json, quantized/<method>/summary.json).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) run: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod quant;
+pub mod report;
 pub mod search;
 pub mod sensitivity;
 pub mod train;

@@ -9,6 +9,7 @@ mod hw;
 mod info;
 mod quantize;
 mod quickstart;
+mod report;
 mod search;
 mod train;
 
@@ -29,6 +30,7 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Search(a) => search::run(&cli.global, a),
         Command::Hw(a) => hw::run(&cli.global, a),
         Command::Quickstart(a) => quickstart::run(&cli.global, a),
+        Command::Report(a) => report::run(&cli.global, a),
         Command::Bench(a) => bench::run(&cli.global, a),
         Command::Quantize(a) => quantize::run(&cli.global, a),
     }

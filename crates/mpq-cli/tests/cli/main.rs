@@ -11,6 +11,7 @@ mod bench;
 mod cw_hawq;
 mod haq;
 mod quantize;
+mod report;
 mod search_hw;
 
 /// Small synthetic data set shared by the happy-path tests (64 samples, 3 classes, 1x8x8).

@@ -5,29 +5,14 @@
 
 use std::fmt::Write as _;
 
+use crate::report::svg::{esc, tick_label as tick};
+
 const W: f64 = 640.0;
 const H: f64 = 420.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 50.0;
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-fn tick(v: f64) -> String {
-    if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) {
-        format!("{v:.1e}")
-    } else {
-        format!("{v:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-    }
-}
 
 /// An SVG document plotting `points` (x ascending), `chosen` and labelled `marks`.
 pub fn frontier_svg(

@@ -190,7 +190,7 @@ pub fn density_svg(density: &Density, title: &str) -> String {
         s,
         r#"<text x="{}" y="24" text-anchor="middle" font-size="14">{}</text>"#,
         w / 2.0,
-        escape(title)
+        crate::report::svg::esc(title)
     );
     let _ = writeln!(
         s,
@@ -257,12 +257,6 @@ fn short(x: f64) -> String {
     } else {
         format!("{x:.2e}")
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -1,0 +1,40 @@
+//! `mpq report --run DIR`: renders `DIR/report.html` from a run folder
+//! ([`mpq::report::render`]) and says on stderr what the folder lacks.
+
+use crate::args::{GlobalArgs, ReportArgs};
+use crate::output;
+
+pub(crate) fn run(g: &GlobalArgs, a: &ReportArgs) -> anyhow::Result<()> {
+    let out = mpq::report::render(&a.run)?;
+    let mut gaps: Vec<String> = out
+        .missing
+        .iter()
+        .map(|m| m.split(" (").next().unwrap_or(m).to_string())
+        .collect();
+    gaps.extend(
+        out.unreadable
+            .iter()
+            .map(|u| format!("{} (unreadable)", u.split(": ").next().unwrap_or(u))),
+    );
+    if !gaps.is_empty() {
+        // Always shown (not a progress line): the report is incomplete.
+        eprintln!(
+            "note: the run lacks {}; the report shows the rest",
+            gaps.join(", ")
+        );
+    }
+    if g.json {
+        return output::json(&serde_json::json!({
+            "report": out.path.display().to_string(),
+            "missing": out.missing,
+            "unreadable": out.unreadable,
+            "results": out.rows,
+        }));
+    }
+    let plans = out.rows.iter().filter(|r| r.method != "fp32").count();
+    output::line(&format!(
+        "report: {} ({plans} plan{})",
+        out.path.display(),
+        if plans == 1 { "" } else { "s" }
+    ))
+}

@@ -1,0 +1,357 @@
+//! The HTML report of a run folder (`mpq report --run DIR`, the end of `mpq quickstart`): one
+//! self-contained `DIR/report.html` with inline SVG plots and no scripts to run: the run's
+//! settings, the results table, per-layer weight and activation sensitivity, the Pareto
+//! frontier with every method's plan, the bit-map of every plan, the Hessian spectral density
+//! and the agent searches' learning curves. What the folder lacks is listed, not fatal.
+//!
+//! The results table's numbers are also in a `<script type="application/json"
+//! id="mpq-report-data">` block, for tests and scripts.
+
+mod bitmap;
+mod charts;
+mod results;
+mod run;
+pub mod svg;
+
+pub use bitmap::{bitmap_svg, bits_colour};
+pub use charts::{
+    Episode, PlanPoint, activation_chart, density_chart, learning_curve, pareto_chart,
+    sensitivity_chart,
+};
+pub use results::{HARDWARE, ResultRow, plan_omega, result_rows, results_html, si, sig4};
+pub use run::{FpStats, METHOD_ORDER, MethodRun, QuantizedSummary, RunFolder, method_rank};
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use svg::esc;
+
+use crate::Result;
+
+/// What [`render`] wrote and what the run lacked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportOutcome {
+    /// The written report (`DIR/report.html`).
+    pub path: PathBuf,
+    /// What the run folder lacks (relative paths, each with what it would have shown).
+    pub missing: Vec<String>,
+    /// Files that exist but could not be read (`path: reason`).
+    pub unreadable: Vec<String>,
+    /// The results table.
+    pub rows: Vec<ResultRow>,
+}
+
+/// Reads the run folder `dir` and writes `dir/report.html` atomically. Fails (an input
+/// error) only when `dir` is not a folder or holds none of a run's files; missing and
+/// unreadable parts are listed in the report and in the outcome.
+pub fn render(dir: &Path) -> Result<ReportOutcome> {
+    let run = RunFolder::load(dir)?;
+    let (html, rows) = report_html(&run)?;
+    let path = dir.join("report.html");
+    crate::io::write_atomic(&path, html.as_bytes())?;
+    Ok(ReportOutcome {
+        path,
+        missing: run.missing,
+        unreadable: run.unreadable,
+        rows,
+    })
+}
+
+const CSS: &str = r#"
+body { font-family: Helvetica, Arial, sans-serif; color: #222; margin: 0; background: #f4f5f7; }
+header { background: #1f3a5f; color: white; padding: 18px 32px; }
+header h1 { margin: 0 0 4px 0; font-size: 24px; }
+header p { margin: 0; opacity: 0.85; }
+main { padding: 16px 32px 40px 32px; }
+section { background: white; border: 1px solid #dde1e6; border-radius: 6px; padding: 14px 18px; margin: 0 0 16px 0; }
+h2 { font-size: 18px; margin: 0 0 8px 0; color: #1f3a5f; }
+p.caption { margin: 4px 0 10px 0; color: #555; font-size: 13px; max-width: 1200px; }
+.grid { display: flex; flex-wrap: wrap; gap: 16px; }
+.grid > section { flex: 1 1 560px; margin: 0; }
+.grid { margin: 0 0 16px 0; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e3e6ea; text-align: left; }
+th { background: #f0f2f5; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.na { color: #999; }
+td.best { font-weight: bold; color: #1a7f37; }
+tr.ref td { color: #555; font-style: italic; }
+table.results th { text-align: right; } table.results th:first-child { text-align: left; }
+.kv td:first-child { color: #555; }
+.warn { border-left: 5px solid #d9822b; }
+.warn li { font-family: monospace; font-size: 12px; }
+.na-box { color: #777; font-style: italic; padding: 24px; border: 1px dashed #ccc; }
+svg { max-width: 100%; height: auto; }
+"#;
+
+fn section(id: &str, title: &str, caption: &str, body: Option<String>, why: &str) -> String {
+    let body =
+        body.unwrap_or_else(|| format!(r#"<div class="na-box">not available: {}</div>"#, esc(why)));
+    format!(
+        r#"<section id="{id}"><h2>{}</h2><p class="caption">{}</p>{body}</section>"#,
+        esc(title),
+        esc(caption)
+    )
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.into(), s.clone())),
+        other => out.push((prefix.into(), other.to_string())),
+    }
+}
+
+fn settings_html(run: &RunFolder) -> Option<String> {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if let Some(s) = &run.settings {
+        flatten("", &serde_json::Value::Object(s.clone()), &mut rows);
+    }
+    if let Some(fp) = &run.fp {
+        rows.push((
+            "FP32 test accuracy".into(),
+            format!("{:.2}%", 100.0 * fp.accuracy),
+        ));
+        if let Some(l) = fp.loss {
+            rows.push(("FP32 test loss".into(), format!("{l:.4}")));
+        }
+        if let Some(n) = fp.samples {
+            rows.push(("test samples".into(), n.to_string()));
+        }
+    }
+    if let Some(l) = &run.layers {
+        let params: usize = l.iter().map(|l| l.params).sum();
+        rows.push((
+            "quantizable layers".into(),
+            format!("{} ({params} weights)", l.len()),
+        ));
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let mut s = String::from(r#"<table class="kv">"#);
+    for (k, v) in rows {
+        let _ = write!(s, "<tr><td>{}</td><td>{}</td></tr>", esc(&k), esc(&v));
+    }
+    s.push_str("</table>");
+    Some(s)
+}
+
+/// Episodes of an agent section (`haq` or `cw_hawq`) of a policy: accuracy in percent.
+fn episodes(section: &serde_json::Value) -> Vec<Episode> {
+    let hist = section
+        .get("history")
+        .and_then(|h| h.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let accs: Vec<(f64, f64)> = hist
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let ep = e
+                .get("episode")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(i as f64);
+            Some((ep, e.get("accuracy")?.as_f64()?))
+        })
+        .filter(|p| p.1.is_finite())
+        .collect();
+    let scale = if accs.iter().all(|a| a.1 <= 1.0) {
+        100.0
+    } else {
+        1.0
+    };
+    accs.into_iter()
+        .map(|(episode, a)| Episode {
+            episode,
+            accuracy: a * scale,
+        })
+        .collect()
+}
+
+fn curve_section(run: &RunFolder, method: &str, key: &str, title: &str) -> Option<String> {
+    let m = run.methods.iter().find(|m| m.method == method)?;
+    let sec = m.raw.get(key)?;
+    let eps = episodes(sec);
+    let fp = sec.get("fp_accuracy").and_then(|v| v.as_f64()).map(|f| {
+        if eps.iter().any(|e| e.accuracy > 1.0) && f <= 1.0 {
+            100.0 * f
+        } else {
+            f
+        }
+    });
+    let warmup = sec
+        .pointer("/settings/config/ddpg/warmup_episodes")
+        .or_else(|| sec.pointer("/settings/config/warmup"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as usize;
+    let best = eps
+        .iter()
+        .map(|e| e.accuracy)
+        .fold(f64::NEG_INFINITY, f64::max);
+    learning_curve(
+        &format!("{title}: {} episodes, best {best:.2}%", eps.len()),
+        &eps,
+        warmup,
+        fp,
+    )
+}
+
+/// The report as an HTML document, and its results table.
+pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
+    let rows = result_rows(run)?;
+    let sens = run.sensitivity.as_ref();
+    let mut html = String::new();
+    let title = run.dir.file_name().map_or_else(
+        || run.dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let _ = write!(
+        html,
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>mpq report: {t}</title><style>{CSS}</style></head><body><header><h1>Mixed-precision quantization report</h1><p>run folder <b>{t}</b> · {n} search method{s} · mpq {v}</p></header><main>"#,
+        t = esc(&title),
+        n = run.methods.len(),
+        s = if run.methods.len() == 1 { "" } else { "s" },
+        v = env!("CARGO_PKG_VERSION"),
+    );
+    if !run.missing.is_empty() || !run.unreadable.is_empty() {
+        html.push_str(r#"<section id="missing" class="warn"><h2>Incomplete run</h2><p class="caption">The report shows what the run folder holds. Missing:</p><ul>"#);
+        for m in &run.missing {
+            let _ = write!(html, r#"<li class="missing">{}</li>"#, esc(m));
+        }
+        html.push_str("</ul>");
+        if !run.unreadable.is_empty() {
+            html.push_str(r#"<p class="caption">Unreadable (skipped):</p><ul>"#);
+            for m in &run.unreadable {
+                let _ = write!(html, r#"<li class="unreadable">{}</li>"#, esc(m));
+            }
+            html.push_str("</ul>");
+        }
+        html.push_str("</section>");
+    }
+    html.push_str(&section(
+        "settings",
+        "Settings",
+        "settings.json and fp.json of the run.",
+        settings_html(run),
+        "no settings.json or fp.json",
+    ));
+    html.push_str(&section(
+        "results",
+        "Results",
+        &format!(
+            "One row per plan in plans/. Size, average bits and BOPs from the policy; latency and \
+             energy simulated on {HARDWARE} (batch 1) from the model's layer table; Ω recomputed \
+             for every plan with the plan's own quantizer so methods compare on one scale; \
+             accuracy from quantized/<method>/summary.json, before and after fine-tuning \
+             (best after fine-tuning in green); search time is the policy's seconds."
+        ),
+        (!rows.is_empty()).then(|| results_html(&rows)),
+        "no plans and no FP model",
+    ));
+    html.push_str(r#"<div class="grid">"#);
+    html.push_str(&section(
+        "sensitivity",
+        "Weight sensitivity",
+        "Per layer: HAWQ-V2's average Hessian trace per weight Tr(H)/n (Hutchinson, with its \
+         standard error) and HAWQ's top Hessian eigenvalue. Higher means the layer needs more bits.",
+        sens.and_then(sensitivity_chart),
+        "sensitivity.json has no trace or eigenvalue",
+    ));
+    html.push_str(&section(
+        "activations",
+        "Activation sensitivity",
+        "Per layer: the Hessian trace of the loss with respect to the layer's input \
+         activation, per sample (HAWQ-V2 §2.6).",
+        sens.and_then(activation_chart),
+        "sensitivity.json has no activation traces (analyze --metric act-trace or all)",
+    ));
+    html.push_str("</div>");
+    let points: Vec<PlanPoint> = run
+        .methods
+        .iter()
+        .zip(rows.iter().filter(|r| r.method != "fp32"))
+        .filter_map(|(m, r)| {
+            Some(PlanPoint {
+                method: m.method.clone(),
+                avg_w_bits: r.avg_w_bits?,
+                size_bytes: r.size_bytes?,
+                omega: r.omega?,
+            })
+        })
+        .collect();
+    html.push_str(&section(
+        "pareto",
+        "Pareto frontier",
+        "HAWQ-V2's exact frontier of Ω against size from plans/pareto.frontier.json, the uniform \
+         plans on it (squares), and every method's plan at its Ω on the shared scale (dots).",
+        pareto_chart(run.frontier.as_ref(), &points),
+        "no frontier and no plan with Ω (needs model.safetensors and sensitivity.json)",
+    ));
+    html.push_str(r#"<div class="grid">"#);
+    html.push_str(&section(
+        "bitmap",
+        "Bit-widths per layer",
+        "Each plan's weight (W) and input-activation (A) bits per layer. Striped cells are \
+         per-channel weight widths (one stripe per output channel), labelled with their mean.",
+        bitmap_svg(&run.layer_names(), &run.methods),
+        "no plans",
+    ));
+    html.push_str(&section(
+        "density",
+        "Hessian spectral density",
+        "Eigenvalue density of the whole model's weight Hessian by stochastic Lanczos \
+         quadrature (PyHessian). A few large outliers dominate the curvature.",
+        sens.and_then(density_chart),
+        "sensitivity.json has no density (analyze --metric density or all)",
+    ));
+    html.push_str("</div>");
+    html.push_str(r#"<div class="grid">"#);
+    html.push_str(&section(
+        "haq-curve",
+        "HAQ learning curve",
+        "Accuracy of each episode's plan on the reward split (held out of training), the best \
+         so far, and the FP model's accuracy on the same split.",
+        curve_section(run, "haq", "haq", "HAQ"),
+        "no plans/haq.json with a history",
+    ));
+    if run.methods.iter().any(|m| m.raw.get("cw_hawq").is_some()) {
+        let method = run
+            .methods
+            .iter()
+            .find(|m| m.raw.get("cw_hawq").is_some())
+            .map_or("cw-hawq", |m| m.method.as_str());
+        html.push_str(&section(
+            "cw-curve",
+            "CW-HAWQ learning curve",
+            "Accuracy of each episode's channel-wise plan on the reward split, and the best so far.",
+            curve_section(run, method, "cw_hawq", "CW-HAWQ"),
+            "no history in the cw_hawq section",
+        ));
+    }
+    html.push_str("</div>");
+    let data = serde_json::json!({
+        "run": run.dir.display().to_string(),
+        "hardware": HARDWARE,
+        "fp": run.fp.map(|f| serde_json::json!({"accuracy": f.accuracy, "loss": f.loss, "samples": f.samples})),
+        "results": rows,
+        "missing": run.missing,
+        "unreadable": run.unreadable,
+    });
+    let json = serde_json::to_string(&data)?.replace("</", "<\\/");
+    let _ = write!(
+        html,
+        r#"</main><script type="application/json" id="mpq-report-data">{json}</script></body></html>"#
+    );
+    html.push('\n');
+    Ok((html, rows))
+}
