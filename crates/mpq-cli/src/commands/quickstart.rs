@@ -10,6 +10,7 @@
 //! DIR/model.safetensors  fp.json  settings.json  sensitivity.json  commands.sh  summary.json
 //! DIR/plans/<method>.json            (pareto: plans/pareto.frontier.json/.svg; haq: curve)
 //! DIR/quantized/<method>/{model.safetensors, plan.json, summary.json}
+//! DIR/report.html                    (`mpq report --run DIR`)
 //! ```
 
 use std::path::Path;
@@ -200,7 +201,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
             "set -e".into(),
         ],
         stage: 0,
-        stages: 5,
+        stages: 6,
     };
 
     // 1. The model.
@@ -361,9 +362,6 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
             "file_bytes": q["export"]["file_bytes"],
         }));
     }
-    let commands = r.commands.join("\n") + "\n";
-    std::fs::write(dir.join("commands.sh"), commands)
-        .map_err(|e| mpq::Error::io(dir.join("commands.sh"), e))?;
     let summary = serde_json::json!({
         "model": model_arg,
         "trained": trained,
@@ -375,10 +373,30 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
     mpq::io_write_json(&dir.join("summary.json"), &summary)?;
     r.done(
         "results",
+        &format!("{}", dir.join("summary.json").display()),
+    );
+
+    // 6. The report.
+    let report = mpq::report::render(&dir)?;
+    let mut lines = r.commands.clone();
+    lines.push(format!(
+        "mpq report --run {}",
+        shell_join(&[path_str(&dir)])
+    ));
+    std::fs::write(dir.join("commands.sh"), lines.join("\n") + "\n")
+        .map_err(|e| mpq::Error::io(dir.join("commands.sh"), e))?;
+    let lacks = [report.missing, report.unreadable].concat();
+    r.done(
+        "report",
         &format!(
-            "{} ({:.1} s in all)",
-            dir.join("summary.json").display(),
-            started.elapsed().as_secs_f64()
+            "{} ({:.1} s in all{})",
+            report.path.display(),
+            started.elapsed().as_secs_f64(),
+            if lacks.is_empty() {
+                String::new()
+            } else {
+                format!("; lacks {}", lacks.join(", "))
+            }
         ),
     );
     if g.json {
@@ -429,9 +447,10 @@ fn print_results(summary: &serde_json::Value, dir: &Path, started: Instant) -> a
     t.print()?;
     output::line(&format!(
         "\nLeNet-5 on mnist10k, average 3 weight bits / 4-bit activations (haq: half the W8A8 \
-         BitFusion latency). {:.1} s.\nRun folder: {} (commands.sh re-runs any stage; plans/ \
-         and quantized/ hold every plan, packed model and summary)",
+         BitFusion latency). {:.1} s.\nReport: {}\nRun folder: {} (commands.sh re-runs any \
+         stage; plans/ and quantized/ hold every plan, packed model and summary)",
         started.elapsed().as_secs_f64(),
+        dir.join("report.html").display(),
         dir.display()
     ))
 }
