@@ -130,15 +130,17 @@ impl IndicatorHooks {
         self.layers.get(layer).map(|l| (&l.weight, &l.act))
     }
 
-    /// The learned steps `(weights, activations)` of `layer` per candidate, as they stand
-    /// (activation steps never initialised are reported as 0).
+    /// The learned steps `(weights, activations)` of `layer` per candidate, as the forward
+    /// pass uses them (clamped to [`STEP_RANGE`]; activation steps never initialised are
+    /// reported as 0).
     pub fn values(&self, layer: &str) -> Result<(Vec<f64>, Vec<f64>)> {
         let l = self
             .layers
             .get(layer)
             .ok_or_else(|| Error::UnknownLayer { name: layer.into() })?;
-        let w: Vec<f32> = l.weight.as_tensor().to_vec1()?;
-        let a: Vec<f32> = l.act.as_tensor().to_vec1()?;
+        let (lo, hi) = STEP_RANGE;
+        let w: Vec<f32> = l.weight.as_tensor().clamp(lo, hi)?.to_vec1()?;
+        let a: Vec<f32> = l.act.as_tensor().clamp(lo, hi)?.to_vec1()?;
         let a = a
             .iter()
             .zip(&l.act_ready)
