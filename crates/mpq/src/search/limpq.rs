@@ -87,6 +87,22 @@ impl Indicators {
         Ok(Indicators { layers, unsearched })
     }
 
+    /// Indicators given in memory (cleaned); the unsearched layers are those of the model
+    /// without an entry.
+    pub fn from_layers(layers: Vec<(String, LayerIndicators)>) -> Indicators {
+        let layers = layers
+            .into_iter()
+            .map(|(n, mut l)| {
+                l.clean();
+                (n, l)
+            })
+            .collect();
+        Indicators {
+            layers,
+            unsearched: Vec::new(),
+        }
+    }
+
     /// Reads a sensitivity JSON file.
     pub fn load(path: impl AsRef<Path>) -> Result<Indicators> {
         let path = path.as_ref();
