@@ -224,11 +224,11 @@ mod tests {
 
     #[test]
     fn weight_steps_start_at_three_sigma_over_half_range() {
-        let w = Tensor::new(&[1.0f32, -1.0, 1.0, -1.0], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[0.1f32, -0.1, 0.1, -0.1], &Device::Cpu).unwrap();
         let h = IndicatorHooks::new(&[("l".into(), w)], &[4, 2]).unwrap();
         let (ws, a) = h.values("l").unwrap();
-        // μ = 0, σ (unbiased) = √(4/3): 3σ / 2^{b−1}.
-        let r = 3.0 * (4.0f64 / 3.0).sqrt();
+        // μ = 0, σ (unbiased) = 0.1·√(4/3): 3σ / 2^{b−1}.
+        let r = 0.3 * (4.0f64 / 3.0).sqrt();
         assert!((ws[0] - r / 8.0).abs() < 1e-6, "{ws:?}");
         assert!((ws[1] - r / 2.0).abs() < 1e-6);
         assert_eq!(a, vec![0.0, 0.0]);

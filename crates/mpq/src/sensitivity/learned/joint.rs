@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::hooks::IndicatorHooks;
 use super::switchable_bn::SwitchableBn;
-use crate::graph::{ForwardOptions, Graph, Mode};
+use crate::graph::{ForwardOptions, Graph, Hooks, Mode};
 use crate::plan::BitWidth;
 use crate::train::{Optimizer, Sgd, cross_entropy};
 use crate::{Error, Result};
@@ -67,7 +67,7 @@ impl JointTrainer {
             .filter(|v| !replaced.contains(&v.id()))
             .collect();
         vars.extend(bn.trainable());
-        vars.extend(candle_hooks_trainable(&hooks));
+        vars.extend(hooks.trainable());
         let opt = Sgd::new(vars.clone(), cfg.momentum, false, cfg.weight_decay);
         Ok(JointTrainer {
             hooks,
@@ -169,8 +169,4 @@ impl JointTrainer {
     fn layers(&self) -> usize {
         self.hooks.layers().len()
     }
-}
-
-fn candle_hooks_trainable(hooks: &IndicatorHooks) -> Vec<Var> {
-    crate::graph::Hooks::trainable(hooks)
 }
