@@ -6,8 +6,9 @@
 #   bench/limpq/mnist_w3a4.sh [WORKDIR] [EXTRA ANALYZE FLAGS...]
 #
 # ARCH=resnet8 EPOCHS=16 runs the same on ResNet-8 (the model is trained into WORKDIR unless
-# WORKDIR/ARCH.safetensors exists). LIMPQ_EPOCHS (2), FT_EPOCHS (2) and SEED (0) are
-# environment knobs. Needs target/release/mpq (cargo build --release). Prints a table; every
+# WORKDIR/ARCH.safetensors exists). LIMPQ_EPOCHS (2), FT_EPOCHS (2), FT_LR (0.01, mpq
+# quantize's default; ResNet-8's folded-BN LSQ fine-tuning diverges there, use 0.001) and SEED
+# (0) are environment knobs. Needs target/release/mpq (cargo build --release). Prints a table; every
 # JSON stays in WORKDIR.
 set -euo pipefail
 MPQ=${MPQ:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/mpq}
@@ -19,6 +20,7 @@ ARCH=${ARCH:-lenet5}
 EPOCHS=${EPOCHS:-10}
 LIMPQ_EPOCHS=${LIMPQ_EPOCHS:-2}
 FT_EPOCHS=${FT_EPOCHS:-2}
+FT_LR=${FT_LR:-0.01}
 SEED=${SEED:-0}
 MODEL=$ARCH.safetensors
 if [ ! -f "$MODEL" ]; then
@@ -48,7 +50,7 @@ PY
 
 for p in limpq uniform; do
   "$MPQ" quantize --model "$MODEL" --policy "$p.json" --data mnist10k \
-    --finetune-epochs "$FT_EPOCHS" --seed "$SEED" --out "q-$p" --quiet > /dev/null
+    --finetune-epochs "$FT_EPOCHS" --lr "$FT_LR" --seed "$SEED" --out "q-$p" --quiet > /dev/null
 done
 
 python3 - <<'PY'
