@@ -3,8 +3,9 @@
 //! and ties leave without a choice); an infeasible request exits 2 with that report and writes
 //! nothing. Methods: `uniform`, `random`, `hawq-v1` (HAWQ), `pareto` (HAWQ-V2, plus the whole
 //! frontier as `OUT.frontier.json` and `OUT.frontier.svg`), `ilp` (HAWQ-V3), `limpq` (LIMPQ's
-//! learned indicators through the same integer program) and `haq` (HAQ, in [`super::haq`]:
-//! the history in the policy, `OUT.curve.svg`, `OUT.haq-state.json`).
+//! learned indicators through the same integer program), `haq` (HAQ, in [`super::haq`]: the
+//! history in the policy, `OUT.curve.svg`, `OUT.haq-state.json`) and `cw-hawq` / `cw-ilp`
+//! (CW-HAWQ's per-channel bits, in [`super::cw_hawq`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -38,6 +39,7 @@ enum Extra {
     Solver(search::IlpStats),
     Limpq(search::IlpStats, serde_json::Value),
     Haq(Box<mpq::search::haq::HaqResult>),
+    Cw(Box<mpq::search::CwResult>),
 }
 
 pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
@@ -89,8 +91,19 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         output::status(g.quiet, &feasibility.to_string());
     }
 
+    let channels = match (&a.sensitivity, a.method.channel_wise()) {
+        (Some(path), true) => Some(super::cw_hawq::channel_table(
+            &model,
+            &layers,
+            path,
+            &cands,
+            a.weight_range.range(),
+        )?),
+        _ => None,
+    };
     let omega = match &a.sensitivity {
         Some(_) if indicators.is_some() => None,
+        Some(_) if a.method.channel_wise() => None,
         Some(path) => {
             let metric = match a.omega_metric {
                 Some(OmegaMetricArg::Trace) => OmegaMetric::Trace,
@@ -155,6 +168,20 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
             let (plan, stats) = search::limpq::limpq(&space)?;
             let info = limpq_info(ind, &plan, a.alpha);
             (plan, Extra::Limpq(stats, info))
+        }
+        MethodArg::CwHawq | MethodArg::CwIlp => {
+            let table = channels
+                .as_ref()
+                .expect("check_usage should have required --sensitivity for cw methods");
+            if a.method == MethodArg::CwIlp {
+                if a.ratio_grid == 0 {
+                    return Err(UsageError("--ratio-grid must be at least 1".into()).into());
+                }
+                (search::cw_ilp(&space, table, a.ratio_grid)?, Extra::None)
+            } else {
+                let r = super::cw_hawq::search(g, a, &model, &space, table)?;
+                (r.plan.clone(), Extra::Cw(Box::new(r)))
+            }
         }
     };
 
@@ -265,12 +292,15 @@ fn candidates(a: &SearchArgs, ind: Option<&Indicators>) -> Candidates {
     let kmeans = haq && a.haq.weight_quantizer == WeightQuantizerArg::Kmeans;
     let w_default: Vec<u32> = if haq {
         (2..=8).collect()
+    } else if a.method.channel_wise() {
+        vec![2, 4, 8]
     } else {
         vec![2, 3, 4, 5, 6, 8]
     };
     let a_default: Vec<u32> = match (haq, kmeans) {
         (true, true) => vec![FULL_PRECISION],
         (true, false) => (2..=8).collect(),
+        _ if a.method.channel_wise() => vec![8],
         _ => vec![4, 8],
     };
     Candidates {
@@ -281,12 +311,12 @@ fn candidates(a: &SearchArgs, ind: Option<&Indicators>) -> Candidates {
 
 /// Usage problems found before any file is read.
 fn check_usage(a: &SearchArgs) -> anyhow::Result<()> {
-    if a.method == MethodArg::Haq && a.haq.data.is_none() {
-        return Err(UsageError(
-            "--method haq needs --data (plans are scored on a split held out of its training \
-             data)"
-                .into(),
-        )
+    if a.method.agent() && a.haq.data.is_none() {
+        return Err(UsageError(format!(
+            "--method {} needs --data (plans are scored on a split held out of its training \
+             data)",
+            a.method.name()
+        ))
         .into());
     }
     if a.method != MethodArg::Haq && a.haq.resume {
@@ -296,6 +326,7 @@ fn check_usage(a: &SearchArgs) -> anyhow::Result<()> {
         let metric = match a.method {
             MethodArg::HawqV1 => "eigen",
             MethodArg::Limpq => "limpq",
+            MethodArg::CwHawq | MethodArg::CwIlp => "channel-trace",
             _ => "trace",
         };
         return Err(UsageError(format!(
@@ -482,6 +513,7 @@ struct PolicyFile<'a> {
     haq: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limpq: Option<serde_json::Value>,
+    cw_hawq: Option<serde_json::Value>,
 }
 
 /// `--json` output: the policy file plus where it went and the pre-flight report.
@@ -500,6 +532,7 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
         frontier: None,
         haq: None,
         limpq: None,
+        cw_hawq: None,
     };
     let name = |suffix: &str| {
         super::side_path(out, suffix)
@@ -509,6 +542,7 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
     };
     match extra {
         Extra::None => {}
+        Extra::Cw(r) => file.cw_hawq = Some(super::cw_hawq::policy_section(r)),
         Extra::Haq(r) => {
             let h = &r.history;
             let best = h.best_episode.and_then(|b| h.episodes.get(b));
@@ -580,6 +614,10 @@ fn print_human(
     extra: &Extra,
 ) -> anyhow::Result<()> {
     let mut header = vec!["layer", "params", "w_bits", "a_bits"];
+    let per_channel = plan.layers.iter().any(|l| l.channel_w_bits.is_some());
+    if per_channel {
+        header.push("channels (bits:count)");
+    }
     if omega.is_some() {
         header.push("omega");
     }
@@ -598,6 +636,15 @@ fn print_human(
             w.to_string(),
             act.to_string(),
         ];
+        if per_channel {
+            row.push(
+                plan.layers
+                    .iter()
+                    .find(|p| p.name == l.name)
+                    .and_then(super::cw_hawq::channel_summary)
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
         if let Some(o) = omega {
             row.push(if o.has_row(i) {
                 num(o.omega(i, w, act)?)
@@ -641,6 +688,19 @@ fn print_human(
     output::line(&summary)?;
     match extra {
         Extra::None => {}
+        Extra::Cw(r) => {
+            if let Some(b) = r.episodes.get(r.best_episode) {
+                output::line(&format!(
+                    "CW-HAWQ: best episode {} of {}: {:.2}% on the held-out split (FP {:.2}%), \
+                     reward {:.4}",
+                    b.episode,
+                    r.episodes.len(),
+                    b.accuracy,
+                    r.fp_accuracy,
+                    b.reward
+                ))?;
+            }
+        }
         Extra::Haq(r) => {
             let h = &r.history;
             if let Some(b) = h.best_episode.and_then(|b| h.episodes.get(b)) {

@@ -6,6 +6,7 @@
 //! [`Sensitivities`] table ([`OmegaTable`]), and [`limpq`] (LIMPQ: learned indicators as Ω,
 //! the same solver).
 
+pub mod cw_hawq;
 mod frontier_svg;
 pub mod haq;
 mod hawq_v1;
@@ -20,6 +21,7 @@ mod sensitivity;
 mod space;
 mod surrogate;
 
+pub use cw_hawq::{ChannelRow, ChannelTable, CwConfig, CwResult, cw_hawq, cw_ilp};
 pub use frontier_svg::frontier_svg;
 pub use hawq_v1::hawq_v1;
 pub use ilp::{IlpStats, ilp};
