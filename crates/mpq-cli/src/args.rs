@@ -71,11 +71,15 @@ pub(crate) enum MethodArg {
     HawqV1,
     /// HAWQ-V2: the exact (size, Omega) Pareto frontier and its best point within budget.
     Pareto,
-    /// HAWQ-V3 / LIMPQ integer program: least Omega under every budget (exact).
+    /// HAWQ-V3 integer program: least Omega under every budget (exact).
     Ilp,
     /// HAQ: a DDPG agent proposes bits layer by layer, rewarded by the accuracy on a
     /// held-out split under the budget (needs --data).
     Haq,
+    /// LIMPQ: least learned importance (activation + alpha x weight indicators) under every
+    /// budget, the same exact integer program (needs --sensitivity from `mpq analyze
+    /// --metric limpq`; first and last layer at 8 bits, LSQ quantizers).
+    Limpq,
     /// CW-HAWQ: per layer, a DDPG agent picks the fraction of output channels at each weight
     /// width, and channels get bits in Hessian-trace order (needs a channel-trace
     /// --sensitivity and --data).
@@ -97,6 +101,7 @@ impl MethodArg {
             MethodArg::Pareto => "pareto",
             MethodArg::Ilp => "ilp",
             MethodArg::Haq => "haq",
+            MethodArg::Limpq => "limpq",
             MethodArg::CwHawq => "cw-hawq",
             MethodArg::CwIlp => "cw-ilp",
         }
@@ -111,6 +116,7 @@ impl MethodArg {
                 | MethodArg::Ilp
                 | MethodArg::CwHawq
                 | MethodArg::CwIlp
+                | MethodArg::Limpq
         )
     }
 
@@ -170,11 +176,12 @@ pub(crate) struct SearchArgs {
     #[arg(long, default_value_t = 1.0)]
     pub(crate) act_weight: f64,
     /// Candidate weight bit-widths [default: 2,3,4,5,6,8; haq: 2,3,4,5,6,7,8; cw-hawq and
-    /// cw-ilp: 2,4,8].
+    /// cw-ilp: 2,4,8; limpq: the trained ones].
     #[arg(long, value_delimiter = ',')]
     pub(crate) w_bits: Option<Vec<u32>>,
     /// Candidate activation bit-widths [default: 4,8; haq: 2,3,4,5,6,7,8; haq with
-    /// --weight-quantizer kmeans: 32, weights only; cw-hawq and cw-ilp: 8, one width].
+    /// --weight-quantizer kmeans: 32, weights only; cw-hawq and cw-ilp: 8, one width;
+    /// limpq: the trained ones].
     #[arg(long, value_delimiter = ',')]
     pub(crate) a_bits: Option<Vec<u32>>,
     /// Largest average weight bit-width.
@@ -189,6 +196,13 @@ pub(crate) struct SearchArgs {
     /// Largest giga bit-operations per sample.
     #[arg(long)]
     pub(crate) max_bops: Option<f64>,
+    /// A BitOps budget equal to the uniform plan at W/A bits (pinned layers at their pins):
+    /// LIMPQ's "average wb x ab" target, e.g. 3/4.
+    #[arg(long, value_name = "W/A", conflicts_with = "max_bops")]
+    pub(crate) bops_as: Option<String>,
+    /// LIMPQ: weight of the weight indicators against the activation ones.
+    #[arg(long, default_value_t = mpq::search::limpq::DEFAULT_ALPHA)]
+    pub(crate) alpha: f64,
     /// Largest latency in ms on --hardware.
     #[arg(long)]
     pub(crate) max_latency_ms: Option<f64>,

@@ -1,11 +1,13 @@
 //! `mpq analyze`: second-order sensitivity of every quantizable layer — top eigenvalues (HAWQ:
 //! Dong et al. 2019), traces (HAWQ-V2: Dong et al. 2020; Hutchinson 1989 as in PyHessian: Yao
 //! et al. 2020), activation and channel traces (HAWQ-V2, CW-HAWQ) and spectral densities (SLQ:
-//! Ghorbani et al. 2019) — written atomically as the Sensitivity JSON of `cli.md`.
+//! Ghorbani et al. 2019) — and LIMPQ's learned importance indicators (Tang et al. 2022, a joint
+//! training run), written atomically as the Sensitivity JSON of `cli.md`.
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use mpq::sensitivity::learned::{self, LimpqConfig};
 use mpq::sensitivity::{
     self, AnalyzeConfig, DensityConfig, Estimator, FdScheme, Metric, PowerConfig, Precision,
     SampleConfig, SensitivityTable, TraceConfig,
@@ -26,8 +28,11 @@ pub(crate) enum MetricArg {
     ChannelTrace,
     /// Spectral density (whole model and per layer) by stochastic Lanczos quadrature.
     Density,
-    /// Everything.
+    /// Everything above.
     All,
+    /// LIMPQ's learned importance indicators (a joint indicator training run; see the
+    /// LIMPQ options).
+    Limpq,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -141,6 +146,39 @@ pub(crate) struct AnalyzeArgs {
     /// SVG plot of the model's spectral density (density and all; default: OUT with .svg).
     #[arg(long)]
     pub(crate) svg: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) limpq: LimpqArgs,
+}
+
+/// The settings of `--metric limpq` (defaults: spec §5.4's ResNet-18 recipe; the batch is
+/// --batch-size).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "LIMPQ (--metric limpq)")]
+pub(crate) struct LimpqArgs {
+    /// Candidate bit-widths (weights and activations), in pass order.
+    #[arg(long, value_delimiter = ',', default_value = "6,5,4,3,2")]
+    pub(crate) limpq_bits: Vec<u32>,
+    /// Epochs of joint indicator training.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) epochs: usize,
+    /// Fraction of the training split used (a seeded subset).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) data_fraction: f64,
+    /// Base learning rate (cosine to --lr-min, SGD momentum 0.9).
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) lr: f64,
+    /// Final learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    pub(crate) lr_min: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 2.5e-5)]
+    pub(crate) weight_decay: f64,
+    /// Label smoothing of the cross-entropy.
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) label_smoothing: f64,
+    /// Skip the random mixed-precision pass of each step (|B| passes instead of |B|+1).
+    #[arg(long)]
+    pub(crate) no_mixed_pass: bool,
 }
 
 fn config(g: &GlobalArgs, a: &AnalyzeArgs) -> mpq::Result<AnalyzeConfig> {
@@ -152,6 +190,7 @@ fn config(g: &GlobalArgs, a: &AnalyzeArgs) -> mpq::Result<AnalyzeConfig> {
             MetricArg::ChannelTrace => Metric::ChannelTrace,
             MetricArg::Density => Metric::Density,
             MetricArg::All => Metric::All,
+            MetricArg::Limpq => Metric::Limpq,
         },
         estimator: match a.estimator {
             EstimatorArg::Hutchinson => Estimator::Hutchinson,
@@ -191,6 +230,9 @@ fn config(g: &GlobalArgs, a: &AnalyzeArgs) -> mpq::Result<AnalyzeConfig> {
 }
 
 pub(crate) fn run(g: &GlobalArgs, a: &AnalyzeArgs) -> anyhow::Result<()> {
+    if matches!(a.metric, MetricArg::Limpq) {
+        return run_limpq(g, a);
+    }
     let cfg = config(g, a)?;
     cfg.validate()?;
     let model = super::open_model(&a.model, g.seed)?;
@@ -292,6 +334,100 @@ fn print_table(t: &SensitivityTable) -> anyhow::Result<()> {
         }
         if act {
             row.extend([sci(l.act_trace), sci(l.act_trace_stderr)]);
+        }
+        table.row(row);
+    }
+    table.print()
+}
+
+/// `--metric limpq`: the joint indicator training on the training split.
+fn run_limpq(g: &GlobalArgs, a: &AnalyzeArgs) -> anyhow::Result<()> {
+    let l = &a.limpq;
+    let cfg = LimpqConfig {
+        bits: l.limpq_bits.clone(),
+        epochs: l.epochs,
+        data_fraction: l.data_fraction,
+        batch_size: a.batch_size,
+        lr: l.lr,
+        lr_min: l.lr_min,
+        weight_decay: l.weight_decay,
+        label_smoothing: l.label_smoothing,
+        mixed_pass: !l.no_mixed_pass,
+        seed: g.seed,
+        ..LimpqConfig::default()
+    };
+    cfg.validate()?;
+    let model = super::open_model(&a.model, g.seed)?;
+    let splits = super::load_data(&a.data, g.seed)?;
+    super::eval::check_shape(&model, &splits)?;
+    let norm = model.normalization_or(&splits.normalization);
+    let mut bars = Bars::new(g.quiet);
+    let mut table = learned::train_indicators(&model.graph, &splits.train, &norm, &cfg, &mut bars)?;
+    table.model = a.model.model.clone();
+    table.data = Some(a.data.clone());
+    table.save(&a.out)?;
+    if g.json {
+        return output::json(&table);
+    }
+    print_limpq(&table, &cfg.bits)?;
+    let r = table
+        .limpq
+        .as_ref()
+        .expect("train_indicators should fill the limpq report");
+    output::line(&format!(
+        "\n{} joint steps ({} passes, {} samples) in {:.1} s; steps grow as bits shrink in \
+         {:.0}% of the (layer, weights|activations) series; {} indicator(s) banned{}; written \
+         to {}",
+        r.steps,
+        r.passes,
+        r.samples,
+        table.seconds,
+        100.0 * r.monotone_fraction,
+        r.bans.len(),
+        if r.bans.is_empty() {
+            String::new()
+        } else {
+            format!(":\n  {}", r.bans.join("\n  "))
+        },
+        a.out.display()
+    ))
+}
+
+fn print_limpq(t: &SensitivityTable, bits: &[u32]) -> anyhow::Result<()> {
+    let mut sorted = bits.to_vec();
+    sorted.sort_unstable_by(|x, y| y.cmp(x));
+    let names: Vec<String> = sorted
+        .iter()
+        .flat_map(|b| [format!("w{b}"), format!("a{b}")])
+        .collect();
+    let mut header = vec!["layer", "params"];
+    header.extend(names.iter().map(String::as_str));
+    header.push("banned");
+    let mut table = Table::new(&header);
+    for l in &t.layers {
+        let mut row = vec![l.name.clone(), thousands(l.params as u64)];
+        match &l.limpq {
+            Some(ind) => {
+                for b in &sorted {
+                    row.push(sci(ind.weight.get(b).copied()));
+                    row.push(sci(ind.act.get(b).copied()));
+                }
+                let banned: Vec<String> = ind
+                    .banned_w_bits
+                    .iter()
+                    .map(|b| format!("w{b}"))
+                    .chain(ind.banned_a_bits.iter().map(|b| format!("a{b}")))
+                    .collect();
+                row.push(if banned.is_empty() {
+                    "-".into()
+                } else {
+                    banned.join(" ")
+                });
+            }
+            None => {
+                row.extend(std::iter::repeat_n("-".to_string(), names.len()));
+                row.push("not searched (8 bits)".into());
+            }
         }
         table.row(row);
     }

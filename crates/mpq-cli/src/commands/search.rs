@@ -2,9 +2,10 @@
 //! the feasibility pre-flight (the smallest achievable value of each budget, layers that pins
 //! and ties leave without a choice); an infeasible request exits 2 with that report and writes
 //! nothing. Methods: `uniform`, `random`, `hawq-v1` (HAWQ), `pareto` (HAWQ-V2, plus the whole
-//! frontier as `OUT.frontier.json` and `OUT.frontier.svg`), `ilp` (HAWQ-V3 / LIMPQ), `haq`
-//! (HAQ, in [`super::haq`]: the history in the policy, `OUT.curve.svg`, `OUT.haq-state.json`)
-//! and `cw-hawq` / `cw-ilp` (CW-HAWQ's per-channel bits, in [`super::cw_hawq`]).
+//! frontier as `OUT.frontier.json` and `OUT.frontier.svg`), `ilp` (HAWQ-V3), `limpq` (LIMPQ's
+//! learned indicators through the same integer program), `haq` (HAQ, in [`super::haq`]: the
+//! history in the policy, `OUT.curve.svg`, `OUT.haq-state.json`) and `cw-hawq` / `cw-ilp`
+//! (CW-HAWQ's per-channel bits, in [`super::cw_hawq`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,7 +18,7 @@ use mpq::plan::{FULL_PRECISION, LayerPrecision, WeightRange};
 use mpq::quant::weight_error;
 use mpq::search::{
     self, Budget, Candidates, Feasibility, OmegaConfig, OmegaMetric, OmegaTable, Pin,
-    SearchOptions, SearchSpace, Sensitivities,
+    SearchOptions, SearchSpace, Sensitivities, limpq::Indicators,
 };
 use serde::Serialize;
 
@@ -36,6 +37,7 @@ enum Extra {
         chosen: usize,
     },
     Solver(search::IlpStats),
+    Limpq(search::IlpStats, serde_json::Value),
     Haq(Box<mpq::search::haq::HaqResult>),
     Cw(Box<mpq::search::CwResult>),
 }
@@ -49,16 +51,35 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(HardwareModel::from_reference)
         .transpose()?;
+    let indicators = match (a.method, &a.sensitivity) {
+        (MethodArg::Limpq, Some(path)) => Some(Indicators::load(path)?),
+        _ => None,
+    };
+    let cands = candidates(a, indicators.as_ref());
+    let mut opts = search_options(a)?;
+    if let Some(ind) = &indicators {
+        let given: Vec<String> = opts.pins.iter().map(|p| p.layer.clone()).collect();
+        let fixed = ind.pins(&layers)?;
+        let last = layers.len().saturating_sub(1);
+        opts.pins.extend(fixed.into_iter().filter(|p| {
+            let i = layers.iter().position(|l| l.name == p.layer);
+            !given.iter().any(|g| {
+                *g == p.layer || (g == "first" && i == Some(0)) || (g == "last" && i == Some(last))
+            })
+        }));
+    }
+    let max_bops = match &a.bops_as {
+        Some(wa) => Some(uniform_bops(&layers, wa, &opts)? / 1e9),
+        None => a.max_bops,
+    };
     let budget = Budget {
         avg_bits: a.avg_bits,
         max_size_mb: a.max_size_mb,
         compression: a.compression,
-        max_bops_g: a.max_bops,
+        max_bops_g: max_bops,
         max_latency_ms: a.max_latency_ms,
         max_energy_mj: a.max_energy_mj,
     };
-    let cands = candidates(a);
-    let opts = search_options(a)?;
     let mut space = SearchSpace::new(&layers, &cands, &budget, hw.as_ref(), &opts)?;
 
     // Pre-flight before any expensive work (weight errors, the search itself).
@@ -81,6 +102,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let omega = match &a.sensitivity {
+        Some(_) if indicators.is_some() => None,
         Some(_) if a.method.channel_wise() => None,
         Some(path) => {
             let metric = match a.omega_metric {
@@ -107,6 +129,9 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
     };
     if let Some(o) = &omega {
         space.set_omega(o)?;
+    }
+    if let Some(ind) = &indicators {
+        search::limpq::set_limpq_omega(&mut space, ind, a.alpha)?;
     }
 
     let (mut plan, extra) = match a.method {
@@ -136,6 +161,14 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
             let r = super::haq::search(g, a, &model, &space)?;
             (r.plan.clone(), Extra::Haq(Box::new(r)))
         }
+        MethodArg::Limpq => {
+            let ind = indicators
+                .as_ref()
+                .expect("check_usage should have required --sensitivity for limpq");
+            let (plan, stats) = search::limpq::limpq(&space)?;
+            let info = limpq_info(ind, &plan, a.alpha);
+            (plan, Extra::Limpq(stats, info))
+        }
         MethodArg::CwHawq | MethodArg::CwIlp => {
             let table = channels
                 .as_ref()
@@ -152,8 +185,10 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         }
     };
 
-    for l in &mut plan.layers {
-        l.weight_range = a.weight_range.range();
+    if a.method != MethodArg::Limpq {
+        for l in &mut plan.layers {
+            l.weight_range = a.weight_range.range();
+        }
     }
     let hw_table = hw.as_ref().map(|h| h.table(&layers, &plan)).transpose()?;
     let policy = policy_file(&plan, &extra, &a.out);
@@ -188,12 +223,71 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
             preflight: &feasibility,
         });
     }
-    print_human(a, &layers, &plan, omega.as_ref(), hw_table.as_ref(), &extra)
+    let limpq = indicators.as_ref().map(|i| (i, a.alpha));
+    print_human(
+        a,
+        &layers,
+        &plan,
+        (omega.as_ref(), limpq),
+        hw_table.as_ref(),
+        &extra,
+    )
+}
+
+/// BOPs of the plan with every layer at `W/A` bits but the pinned ones (at their pins).
+fn uniform_bops(layers: &[LayerInfo], wa: &str, opts: &SearchOptions) -> anyhow::Result<f64> {
+    let bad = || {
+        mpq::Error::config(
+            "bops-as",
+            format!("expected W/A bits (2..8 or 32), e.g. 3/4, got {wa:?}"),
+        )
+    };
+    let p = Pin::parse(&format!("x={wa}")).map_err(|_| bad())?;
+    let last = layers.len().saturating_sub(1);
+    let mut plan = QuantPlan::uniform(layers, p.w_bits, p.a_bits);
+    for (i, l) in plan.layers.iter_mut().enumerate() {
+        if let Some(pin) = opts.pins.iter().find(|q| {
+            q.layer == l.name || (q.layer == "first" && i == 0) || (q.layer == "last" && i == last)
+        }) {
+            l.w_bits = pin.w_bits;
+            l.a_bits = pin.a_bits;
+        }
+    }
+    Ok(mpq::cost::CostTable::new(layers, &plan)?.bops)
+}
+
+/// The `limpq` object of the policy: alpha, the cleaning's bans, and any banned width the
+/// budget forced the plan to use.
+fn limpq_info(ind: &Indicators, plan: &QuantPlan, alpha: f64) -> serde_json::Value {
+    let bans: Vec<String> = ind
+        .layers()
+        .flat_map(|(n, l)| l.bans.iter().map(move |b| format!("{n}: {b}")))
+        .collect();
+    let forced: Vec<String> = ind
+        .layers()
+        .filter_map(|(n, l)| {
+            let (w, a) = plan.bits(n);
+            (l.banned_w_bits.contains(&w) || l.banned_a_bits.contains(&a))
+                .then(|| format!("{n}: W{w}A{a}"))
+        })
+        .collect();
+    serde_json::json!({
+        "alpha": alpha,
+        "bans": bans,
+        "banned_choices_used": forced,
+    })
 }
 
 /// The candidate sets: the flags, or the method's defaults (HAQ: every width 2..8, and
-/// weights only with the k-means quantizer).
-fn candidates(a: &SearchArgs) -> Candidates {
+/// weights only with the k-means quantizer; LIMPQ: the trained widths).
+fn candidates(a: &SearchArgs, ind: Option<&Indicators>) -> Candidates {
+    if let Some(ind) = ind {
+        let (w, act) = ind.candidates();
+        return Candidates {
+            w_bits: a.w_bits.clone().unwrap_or(w),
+            a_bits: a.a_bits.clone().unwrap_or(act),
+        };
+    }
     let haq = a.method == MethodArg::Haq;
     let kmeans = haq && a.haq.weight_quantizer == WeightQuantizerArg::Kmeans;
     let w_default: Vec<u32> = if haq {
@@ -231,6 +325,7 @@ fn check_usage(a: &SearchArgs) -> anyhow::Result<()> {
     if a.method.needs_sensitivity() && a.sensitivity.is_none() {
         let metric = match a.method {
             MethodArg::HawqV1 => "eigen",
+            MethodArg::Limpq => "limpq",
             MethodArg::CwHawq | MethodArg::CwIlp => "channel-trace",
             _ => "trace",
         };
@@ -284,10 +379,10 @@ fn search_options(a: &SearchArgs) -> anyhow::Result<SearchOptions> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let quantizer = if a.method == MethodArg::Haq {
-        super::haq::quantizer(a)
-    } else {
-        mpq::plan::QuantizerKind::Symmetric
+    let quantizer = match a.method {
+        MethodArg::Haq => super::haq::quantizer(a),
+        MethodArg::Limpq => mpq::plan::QuantizerKind::Lsq,
+        _ => mpq::plan::QuantizerKind::Symmetric,
     };
     Ok(SearchOptions {
         pins,
@@ -417,6 +512,7 @@ struct PolicyFile<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     haq: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    limpq: Option<serde_json::Value>,
     cw_hawq: Option<serde_json::Value>,
 }
 
@@ -435,6 +531,7 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
         solver: None,
         frontier: None,
         haq: None,
+        limpq: None,
         cw_hawq: None,
     };
     let name = |suffix: &str| {
@@ -464,12 +561,10 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
                 "history": h.episodes,
             }));
         }
-        Extra::Solver(s) => {
-            file.solver = Some(serde_json::json!({
-                "name": "mckp-branch-and-bound",
-                "nodes": s.nodes,
-                "proven_optimal": s.proven_optimal,
-            }));
+        Extra::Solver(s) => file.solver = Some(solver_json(s)),
+        Extra::Limpq(s, info) => {
+            file.solver = Some(solver_json(s));
+            file.limpq = Some(info.clone());
         }
         Extra::Frontier { points, chosen, .. } => {
             file.frontier = Some(serde_json::json!({
@@ -481,6 +576,14 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
         }
     }
     file
+}
+
+fn solver_json(s: &search::IlpStats) -> serde_json::Value {
+    serde_json::json!({
+        "name": "mckp-branch-and-bound",
+        "nodes": s.nodes,
+        "proven_optimal": s.proven_optimal,
+    })
 }
 
 fn pretty<T: Serialize>(v: &T) -> anyhow::Result<Vec<u8>> {
@@ -506,7 +609,7 @@ fn print_human(
     a: &SearchArgs,
     layers: &[LayerInfo],
     plan: &QuantPlan,
-    omega: Option<&OmegaTable>,
+    (omega, limpq): (Option<&OmegaTable>, Option<(&Indicators, f64)>),
     hw: Option<&HwTable>,
     extra: &Extra,
 ) -> anyhow::Result<()> {
@@ -517,6 +620,9 @@ fn print_human(
     }
     if omega.is_some() {
         header.push("omega");
+    }
+    if limpq.is_some() {
+        header.push("importance");
     }
     if hw.is_some() {
         header.extend(["latency_ms", "energy_mj"]);
@@ -545,6 +651,9 @@ fn print_human(
             } else {
                 "-".into()
             });
+        }
+        if let Some((ind, alpha)) = limpq {
+            row.push(ind.cost(&l.name, w, act, alpha)?.map_or("-".into(), num));
         }
         if let Some(h) = hw {
             let r = &h.layers[i];
@@ -619,6 +728,25 @@ fn print_human(
                 super::side_path(&a.out, "curve.svg").display(),
                 super::side_path(&a.out, "haq-state.json").display()
             ))?;
+        }
+        Extra::Limpq(s, info) => {
+            let bans = info["bans"].as_array().map_or(0, Vec::len);
+            output::line(&format!(
+                "LIMPQ: alpha {}, {} nodes ({}); {bans} indicator(s) banned by the \
+                 monotonicity cleaning{}",
+                a.alpha,
+                s.nodes,
+                if s.proven_optimal {
+                    "optimal"
+                } else {
+                    "node limit reached"
+                },
+                if bans > 0 {
+                    " (listed under limpq.bans in the policy)"
+                } else {
+                    ""
+                }
+            ))?
         }
         Extra::Solver(s) => output::line(&format!(
             "solver: exact multiple-choice knapsack branch and bound, {} nodes, {}",

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 mod bench;
 mod cw_hawq;
 mod haq;
+mod limpq;
 mod quantize;
 mod report;
 mod search_hw;

@@ -2,14 +2,16 @@
 //! the baseline methods `uniform` (the largest uniform plan within budget) and `random`
 //! (seeded, uniform among the plans of the candidate grid that meet the budget).
 //! Sensitivity-driven methods build on this: [`hawq_v1`] (HAWQ), [`pareto`] (HAWQ-V2's exact
-//! frontier), [`ilp`] (HAWQ-V3 / LIMPQ), all over a shared [`SearchSpace`] whose Ω comes from
-//! a [`Sensitivities`] table ([`OmegaTable`]).
+//! frontier), [`ilp`] (HAWQ-V3), all over a shared [`SearchSpace`] whose Ω comes from a
+//! [`Sensitivities`] table ([`OmegaTable`]), and [`limpq`] (LIMPQ: learned indicators as Ω,
+//! the same solver).
 
 pub mod cw_hawq;
 mod frontier_svg;
 pub mod haq;
 mod hawq_v1;
 mod ilp;
+pub mod limpq;
 mod lp;
 pub mod mckp;
 mod omega;

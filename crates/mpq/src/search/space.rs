@@ -332,6 +332,38 @@ impl<'a> SearchSpace<'a> {
         Ok(())
     }
 
+    /// Fills every choice's Ω from `f(layer index, w_bits, a_bits)`, summed over tied layers;
+    /// `None` means the layer has no Ω (allowed only for layers with one choice). For Ω that
+    /// does not come from a sensitivity table (LIMPQ's learned indicators).
+    pub fn set_omega_by(
+        &mut self,
+        f: impl Fn(usize, BitWidth, BitWidth) -> Result<Option<f64>>,
+    ) -> Result<()> {
+        for g in &mut self.groups {
+            let searched = g.choices.len() > 1;
+            for c in &mut g.choices {
+                c.omega = 0.0;
+                for &i in &g.layers {
+                    match f(i, c.w_bits, c.a_bits)? {
+                        Some(v) => c.omega += v,
+                        None if searched => {
+                            return Err(Error::config(
+                                "sensitivity",
+                                format!(
+                                    "layer {} is searched but has no importance values (pin it)",
+                                    self.layers[i].name
+                                ),
+                            ));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        self.has_omega = true;
+        Ok(())
+    }
+
     /// Whether Ω has been set.
     pub fn has_omega(&self) -> bool {
         self.has_omega

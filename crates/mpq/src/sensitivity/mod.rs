@@ -1,7 +1,8 @@
 //! Hessian sensitivity of every quantizable layer: top eigenvalues (HAWQ: Dong et al. 2019),
 //! traces (HAWQ-V2: Dong et al. 2020, with Hutchinson 1989 as in PyHessian: Yao et al. 2020),
 //! activation traces (HAWQ-V2), channel traces (CW-HAWQ) and spectral densities (SLQ:
-//! Ghorbani et al. 2019), all from Hessian-vector products behind the [`Hvp`] trait.
+//! Ghorbani et al. 2019), all from Hessian-vector products behind the [`Hvp`] trait; and
+//! LIMPQ's learned importance indicators (Tang et al. 2022, [`learned`]).
 //!
 //! The model runs in eval mode (BatchNorm with running statistics), the loss is the mean
 //! cross-entropy (or any [`Loss`]), and the data are the batches given (see
@@ -33,6 +34,7 @@ mod density;
 mod forward;
 mod hessian;
 mod hvp;
+pub mod learned;
 mod linalg;
 mod problem;
 mod reverse;
@@ -77,6 +79,9 @@ pub enum Metric {
     Density,
     /// Everything above.
     All,
+    /// LIMPQ's learned importance indicators ([`learned::train_indicators`]; not part of
+    /// `all`, since it trains rather than measures).
+    Limpq,
 }
 
 impl Metric {
@@ -305,6 +310,12 @@ pub fn analyze_with_loss(
     progress: &mut dyn Progress,
 ) -> Result<SensitivityTable> {
     cfg.validate()?;
+    if cfg.metric == Metric::Limpq {
+        return Err(Error::config(
+            "metric",
+            "limpq indicators are trained, not measured: use learned::train_indicators",
+        ));
+    }
     let start = Instant::now();
     let n_batches = batches.len();
     let batch_size = match batches.first() {
@@ -448,6 +459,7 @@ pub fn analyze_with_loss(
         model_trace,
         model_top_eigenvalues: model_top,
         density,
+        limpq: None,
     })
 }
 

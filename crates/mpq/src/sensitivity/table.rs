@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::density::Density;
 use super::hvp::{FdScheme, Precision};
+use super::learned::{LayerIndicators, LimpqReport};
 use super::{Estimator, Metric};
 use crate::Result;
 use crate::graph::{LayerInfo, LayerOp};
@@ -84,6 +85,9 @@ pub struct SensitivityTable {
     /// Spectral density of the whole analysed Hessian (SLQ).
     #[serde(default)]
     pub density: Option<Density>,
+    /// LIMPQ's indicator training run (metric `limpq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limpq: Option<LimpqReport>,
 }
 
 /// One layer's row.
@@ -136,6 +140,9 @@ pub struct LayerSensitivity {
     /// Spectral density of the layer's weight Hessian block (SLQ).
     #[serde(default)]
     pub density: Option<Density>,
+    /// LIMPQ's learned indicators per candidate bit-width (metric `limpq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limpq: Option<LayerIndicators>,
 }
 
 impl LayerSensitivity {
@@ -161,6 +168,7 @@ impl LayerSensitivity {
             act_trace_per_elem: None,
             act_channel_traces: None,
             density: None,
+            limpq: None,
         }
     }
 }

@@ -1,0 +1,185 @@
+//! LIMPQ end to end: `mpq analyze --metric limpq` (joint indicator training), `mpq search
+//! --method limpq` from the saved indicators, `mpq quantize --finetune-epochs` of the plan,
+//! and the input errors.
+
+use super::*;
+
+fn analyze(dir: &Path, out: &str, seed: &str) -> serde_json::Value {
+    let args = [
+        "analyze",
+        "--model",
+        "m.safetensors",
+        "--data",
+        SYNTH,
+        "--metric",
+        "limpq",
+        "--epochs",
+        "1",
+        "--limpq-bits",
+        "4,3,2",
+        "--batch-size",
+        "32",
+        "--seed",
+        seed,
+        "--out",
+        out,
+        "--json",
+        "--quiet",
+    ];
+    let stdout = expect_ok(dir, &args);
+    parse_json(&stdout, "mpq analyze --metric limpq --json")
+}
+
+fn indicators(t: &serde_json::Value) -> Vec<serde_json::Value> {
+    t["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["limpq"].clone())
+        .collect()
+}
+
+#[test]
+fn limpq_indicators_search_and_finetune_end_to_end() {
+    let dir = TempDir::new("limpq");
+    train_mlp(dir.path(), "m.safetensors", &[]);
+    let t = analyze(dir.path(), "s.json", "3");
+    assert_eq!(t["metric"], "limpq");
+    let rows = indicators(&t);
+    assert!(
+        rows[0].is_null() && rows[2].is_null(),
+        "first and last not searched"
+    );
+    let fc2 = &rows[1];
+    for k in ["2", "3", "4"] {
+        assert!(fc2["weight"][k].as_f64().unwrap() > 0.0, "{fc2}");
+        assert!(fc2["act"][k].as_f64().unwrap() > 0.0, "{fc2}");
+    }
+    let r = &t["limpq"];
+    // 64 samples in batches of 32: 2 joint steps of |B| + 1 = 4 passes.
+    assert_eq!(r["steps"], 2);
+    assert_eq!(r["passes"], 8);
+    assert_eq!(r["searched"], serde_json::json!(["fc2"]));
+    // Same seed, same indicators; another seed, others.
+    assert_eq!(indicators(&analyze(dir.path(), "s2.json", "3")), rows);
+    assert_ne!(indicators(&analyze(dir.path(), "s3.json", "4")), rows);
+
+    // The plan comes from the saved JSON alone, the same every time.
+    let search = |out: &str| {
+        let args = [
+            "search",
+            "--model",
+            "m.safetensors",
+            "--method",
+            "limpq",
+            "--sensitivity",
+            "s.json",
+            "--bops-as",
+            "3/4",
+            "--out",
+            out,
+            "--json",
+            "--quiet",
+        ];
+        parse_json(&expect_ok(dir.path(), &args), "mpq search --method limpq")
+    };
+    let (p1, p2) = (search("p.json"), search("p2.json"));
+    assert_eq!(p1["layers"], p2["layers"]);
+    assert_eq!(p1["method"], "limpq");
+    let layers = p1["layers"].as_array().unwrap();
+    for (l, name) in layers.iter().zip(["fc1", "fc2", "fc3"]) {
+        assert_eq!(l["name"], name);
+        assert_eq!(l["quantizer"], "lsq");
+        assert_eq!(l["granularity"], "per_tensor");
+    }
+    assert_eq!(
+        (&layers[0]["w_bits"], &layers[0]["a_bits"]),
+        (&8.into(), &8.into())
+    );
+    assert_eq!(
+        (&layers[2]["w_bits"], &layers[2]["a_bits"]),
+        (&8.into(), &8.into())
+    );
+    let (w, a) = (
+        layers[1]["w_bits"].as_u64().unwrap(),
+        layers[1]["a_bits"].as_u64().unwrap(),
+    );
+    assert!(w * a <= 12, "fc2 at W{w}A{a} breaks the W3A4 BitOps budget");
+    assert!(p1["limpq"]["alpha"].as_f64() == Some(2.0));
+
+    let out = expect_ok(
+        dir.path(),
+        &[
+            "quantize",
+            "--model",
+            "m.safetensors",
+            "--policy",
+            "p.json",
+            "--data",
+            SYNTH,
+            "--finetune-epochs",
+            "1",
+            "--out",
+            "q",
+            "--json",
+            "--quiet",
+        ],
+    );
+    let s = parse_json(&out, "mpq quantize");
+    assert_eq!(s["finetune_epochs"], 1);
+    assert_eq!(s["roundtrip_bit_identical"], true);
+}
+
+#[test]
+fn limpq_input_errors_exit_2() {
+    let dir = TempDir::new("limpq-err");
+    train_mlp(dir.path(), "m.safetensors", &[]);
+    let base = [
+        "search",
+        "--model",
+        "m.safetensors",
+        "--method",
+        "limpq",
+        "--out",
+        "p.json",
+    ];
+    expect_error(&dir, &base, 2, &["--sensitivity", "--metric limpq"]);
+    std::fs::write(
+        dir.join("trace.json"),
+        r#"{"layers": [{"name": "fc2", "trace": 1.0}]}"#,
+    )
+    .unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--sensitivity", "trace.json"]);
+    expect_error(&dir, &args, 2, &["no layer has LIMPQ indicators"]);
+    std::fs::write(
+        dir.join("s.json"),
+        r#"{"layers": [{"name": "fc2", "limpq": {"weight": {"2": 0.2, "4": 0.1},
+            "act": {"2": 0.5, "4": 0.3}}}]}"#,
+    )
+    .unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--sensitivity", "s.json", "--w-bits", "2,8"]);
+    expect_error(&dir, &args, 2, &["no weight indicator for 8 bits"]);
+    let mut args = base.to_vec();
+    args.extend(["--sensitivity", "s.json", "--bops-as", "2/1"]);
+    expect_error(&dir, &args, 2, &["bops-as"]);
+    expect_error(
+        &dir,
+        &[
+            "analyze",
+            "--model",
+            "m.safetensors",
+            "--data",
+            SYNTH,
+            "--metric",
+            "limpq",
+            "--limpq-bits",
+            "4,9",
+            "--out",
+            "s9.json",
+        ],
+        2,
+        &["9 is outside 2..8"],
+    );
+}
