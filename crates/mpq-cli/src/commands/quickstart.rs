@@ -1,13 +1,15 @@
 //! `mpq quickstart`: the whole pipeline on the bundled MNIST subset, as the same `mpq`
 //! commands a user would type, run in-process. Train LeNet-5 (or reuse the model already in the
 //! run folder) with the reward split held out, evaluate it, analyse its Hessian (every metric),
-//! run every search method at one budget (average 3 weight bits with 4-bit activations; half
-//! the W8A8 BitFusion latency for HAQ), quantize each plan with a one-epoch fine-tune, export
+//! train LIMPQ's indicators, run every search method at one budget (average 3 weight bits with
+//! 4-bit activations; half the W8A8 BitFusion latency for HAQ; the BitOps of uniform W3A4 for
+//! LIMPQ), quantize each plan with a one-epoch fine-tune, export
 //! it, and print the results table. Every command is written to `DIR/commands.sh` and every
 //! intermediate JSON stays in the run folder, so any stage can be re-run alone:
 //!
 //! ```text
-//! DIR/model.safetensors  fp.json  settings.json  sensitivity.json  commands.sh  summary.json
+//! DIR/model.safetensors  fp.json  settings.json  sensitivity.json  limpq.json  commands.sh
+//! DIR/summary.json
 //! DIR/plans/<method>.json            (pareto: plans/pareto.frontier.json/.svg; haq: curve)
 //! DIR/quantized/<method>/{model.safetensors, plan.json, summary.json}
 //! DIR/report.html                    (`mpq report --run DIR`)
@@ -33,6 +35,7 @@ const HOLDOUT: usize = 2000;
 struct Lengths {
     epochs: usize,
     analyze: &'static [&'static str],
+    limpq: &'static [&'static str],
     haq_episodes: usize,
     cw_episodes: usize,
     finetune_epochs: usize,
@@ -51,6 +54,7 @@ impl Lengths {
                     "--lanczos-steps",
                     "20",
                 ],
+                limpq: &["--epochs", "1", "--data-fraction", "0.25"],
                 haq_episodes: 12,
                 cw_episodes: 12,
                 finetune_epochs: 1,
@@ -59,6 +63,7 @@ impl Lengths {
             Lengths {
                 epochs: 8,
                 analyze: &["--batches", "2", "--max-iter", "50"],
+                limpq: &["--epochs", "2"],
                 haq_episodes: 100,
                 cw_episodes: 100,
                 finetune_epochs: 1,
@@ -136,7 +141,12 @@ fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
 }
 
 /// One search method of the quickstart: its name and flags beyond `--model` and `--out`.
-fn methods(budget_ms: f64, len: &Lengths, sens: &str) -> Vec<(&'static str, Vec<String>)> {
+fn methods(
+    budget_ms: f64,
+    len: &Lengths,
+    sens: &str,
+    indicators: &str,
+) -> Vec<(&'static str, Vec<String>)> {
     let avg = s(&["--avg-bits", "3", "--a-bits", "4"]);
     let with = |m: &str, extra: &[String]| {
         let mut v = s(&["--method", m]);
@@ -182,6 +192,17 @@ fn methods(budget_ms: f64, len: &Lengths, sens: &str) -> Vec<(&'static str, Vec<
             ),
         ),
         ("cw-hawq", with("cw-hawq", &cw)),
+        (
+            "limpq",
+            s(&[
+                "--method",
+                "limpq",
+                "--sensitivity",
+                indicators,
+                "--bops-as",
+                "3/4",
+            ]),
+        ),
     ]
 }
 
@@ -260,13 +281,20 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
     args.extend(s(len.analyze));
     args.extend(s(&["--out", &path_str(&sens_path)]));
     r.mpq(&args)?;
+    let indicators_path = dir.join("limpq.json");
+    let mut args = s(&[
+        "analyze", "--model", &model_arg, "--data", "mnist10k", "--metric", "limpq",
+    ]);
+    args.extend(s(len.limpq));
+    args.extend(s(&["--out", &path_str(&indicators_path)]));
+    r.mpq(&args)?;
     let sens = read_json(&sens_path)?;
     let layers_n = sens["layers"].as_array().map_or(0, Vec::len);
     r.done(
         "Hessian analysis",
         &format!(
             "top eigenvalue, trace, activation and channel traces of {layers_n} layers, \
-             spectral density ({:.1} s)",
+             spectral density, LIMPQ's learned indicators ({:.1} s)",
             t.elapsed().as_secs_f64()
         ),
     );
@@ -279,7 +307,12 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
         .latency_ms;
     let budget_ms = 0.5 * w8a8;
     let plans_dir = dir.join("plans");
-    let methods = methods(budget_ms, &len, &path_str(&sens_path));
+    let methods = methods(
+        budget_ms,
+        &len,
+        &path_str(&sens_path),
+        &path_str(&indicators_path),
+    );
     mpq::io_write_json(
         &dir.join("settings.json"),
         &serde_json::json!({
@@ -293,6 +326,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuickstartArgs) -> anyhow::Result<()> {
                        "haq_hardware": "bitfusion", "w8a8_latency_ms": w8a8},
             "haq_episodes": len.haq_episodes,
             "cw_hawq_episodes": len.cw_episodes,
+            "limpq_training": len.limpq.join(" "),
             "finetune_epochs": len.finetune_epochs,
             "mpq_version": env!("CARGO_PKG_VERSION"),
         }),
@@ -468,7 +502,7 @@ mod tests {
     #[test]
     fn every_method_parses_as_a_search_command() {
         let len = Lengths::new(true);
-        for (name, flags) in methods(0.002, &len, "s.json") {
+        for (name, flags) in methods(0.002, &len, "s.json", "l.json") {
             let mut argv = s(&["mpq", "search", "--model", "m.safetensors"]);
             argv.extend(flags);
             argv.extend(s(&["--out", "p.json"]));
