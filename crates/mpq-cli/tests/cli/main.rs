@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod bench;
 mod haq;
+mod onnx;
 mod quantize;
 mod search_hw;
 
