@@ -74,6 +74,15 @@ pub(crate) enum MethodArg {
     /// HAQ: a DDPG agent proposes bits layer by layer, rewarded by the accuracy on a
     /// held-out split under the budget (needs --data).
     Haq,
+    /// CW-HAWQ: per layer, a DDPG agent picks the fraction of output channels at each weight
+    /// width, and channels get bits in Hessian-trace order (needs a channel-trace
+    /// --sensitivity and --data).
+    #[value(name = "cw-hawq")]
+    CwHawq,
+    /// CW-HAWQ's deterministic baseline: per-layer channel ratios on a grid, the least
+    /// channel Omega within budget solved exactly (needs a channel-trace --sensitivity).
+    #[value(name = "cw-ilp")]
+    CwIlp,
 }
 
 impl MethodArg {
@@ -86,12 +95,31 @@ impl MethodArg {
             MethodArg::Pareto => "pareto",
             MethodArg::Ilp => "ilp",
             MethodArg::Haq => "haq",
+            MethodArg::CwHawq => "cw-hawq",
+            MethodArg::CwIlp => "cw-ilp",
         }
     }
 
     /// Whether the method needs a sensitivity table.
     pub(crate) fn needs_sensitivity(self) -> bool {
-        matches!(self, MethodArg::HawqV1 | MethodArg::Pareto | MethodArg::Ilp)
+        matches!(
+            self,
+            MethodArg::HawqV1
+                | MethodArg::Pareto
+                | MethodArg::Ilp
+                | MethodArg::CwHawq
+                | MethodArg::CwIlp
+        )
+    }
+
+    /// Whether the method searches per-channel weight bits (CW-HAWQ).
+    pub(crate) fn channel_wise(self) -> bool {
+        matches!(self, MethodArg::CwHawq | MethodArg::CwIlp)
+    }
+
+    /// Whether the method scores plans on data with a DDPG agent.
+    pub(crate) fn agent(self) -> bool {
+        matches!(self, MethodArg::Haq | MethodArg::CwHawq)
     }
 }
 
@@ -139,11 +167,12 @@ pub(crate) struct SearchArgs {
     /// Weight of the activation term of Omega (0 turns it off).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) act_weight: f64,
-    /// Candidate weight bit-widths [default: 2,3,4,5,6,8; haq: 2,3,4,5,6,7,8].
+    /// Candidate weight bit-widths [default: 2,3,4,5,6,8; haq: 2,3,4,5,6,7,8; cw-hawq and
+    /// cw-ilp: 2,4,8].
     #[arg(long, value_delimiter = ',')]
     pub(crate) w_bits: Option<Vec<u32>>,
     /// Candidate activation bit-widths [default: 4,8; haq: 2,3,4,5,6,7,8; haq with
-    /// --weight-quantizer kmeans: 32, weights only].
+    /// --weight-quantizer kmeans: 32, weights only; cw-hawq and cw-ilp: 8, one width].
     #[arg(long, value_delimiter = ',')]
     pub(crate) a_bits: Option<Vec<u32>>,
     /// Largest average weight bit-width.
@@ -189,13 +218,22 @@ pub(crate) struct SearchArgs {
     /// OUT.curve.svg and its resumable state OUT.haq-state.json).
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// cw-ilp: parts of the grid of channel ratios per layer (8: every ratio vector in
+    /// eighths of the layer's channels).
+    #[arg(
+        long,
+        default_value_t = 8,
+        help_heading = "CW-HAWQ (--method cw-hawq, cw-ilp)"
+    )]
+    pub(crate) ratio_grid: usize,
     #[command(flatten)]
     pub(crate) haq: HaqArgs,
 }
 
-/// The settings of `--method haq` (defaults: the reference code's, spec §4.7).
+/// The settings of `--method haq` and the agent of `cw-hawq` (defaults: the HAQ reference
+/// code's, spec §4.7).
 #[derive(Debug, Args)]
-#[command(next_help_heading = "HAQ (--method haq)")]
+#[command(next_help_heading = "HAQ and CW-HAWQ agent (--method haq, cw-hawq)")]
 pub(crate) struct HaqArgs {
     /// Data reference; plans are scored on a split held out of its training data.
     #[arg(long)]
@@ -395,6 +433,11 @@ pub(crate) struct TrainArgs {
     /// Width multiplier (mobilenetv2).
     #[arg(long)]
     pub(crate) width: Option<f64>,
+    /// Training samples kept out of training: the seeded split (same --seed) that `mpq search
+    /// --method haq|cw-hawq --val-samples N` scores plans on, so the search's reward is
+    /// measured on images the model has not seen.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) holdout: usize,
     /// Output checkpoint (safetensors).
     #[arg(long, default_value = "model.safetensors")]
     pub(crate) out: PathBuf,

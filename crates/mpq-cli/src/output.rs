@@ -2,11 +2,28 @@
 //! stderr is not a terminal or with `--quiet`).
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// While set, stdout lines, JSON and status lines are dropped (progress bars stay): the
+/// quickstart runs whole commands in-process and prints its own one-line results.
+static MUTED: AtomicBool = AtomicBool::new(false);
+
+/// Drops (`true`) or restores (`false`) everything but progress bars.
+pub(crate) fn mute(on: bool) {
+    MUTED.store(on, Ordering::SeqCst);
+}
+
+fn muted() -> bool {
+    MUTED.load(Ordering::SeqCst)
+}
+
 /// Prints `value` as one JSON object line on stdout.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    if muted() {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
@@ -15,6 +32,9 @@ pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Prints a line on stdout.
 pub(crate) fn line(s: &str) -> anyhow::Result<()> {
+    if muted() {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{s}")?;
     Ok(())
@@ -22,7 +42,7 @@ pub(crate) fn line(s: &str) -> anyhow::Result<()> {
 
 /// A status line on stderr (suppressed by `--quiet`).
 pub(crate) fn status(quiet: bool, s: &str) {
-    if !quiet {
+    if !quiet && !muted() {
         eprintln!("{s}");
     }
 }

@@ -316,26 +316,14 @@ impl QuantPlan {
                     format!("layer {}: k-means needs at least one iteration", p.name),
                 ));
             }
-            if p.weight_range == WeightRange::Mse {
-                if p.quantizer != QuantizerKind::Symmetric {
-                    return Err(Error::config(
-                        "weight_range",
-                        format!(
-                            "layer {}: the mse weight range needs the symmetric quantizer",
-                            p.name
-                        ),
-                    ));
-                }
-                if p.channel_w_bits.is_some() {
-                    return Err(Error::config(
-                        "weight_range",
-                        format!(
-                            "layer {}: the mse weight range cannot be combined with \
-                             channel_w_bits",
-                            p.name
-                        ),
-                    ));
-                }
+            if p.weight_range == WeightRange::Mse && p.quantizer != QuantizerKind::Symmetric {
+                return Err(Error::config(
+                    "weight_range",
+                    format!(
+                        "layer {}: the mse weight range needs the symmetric quantizer",
+                        p.name
+                    ),
+                ));
             }
             if let Some(ch) = &p.channel_w_bits {
                 if ch.len() != info.out_channels {

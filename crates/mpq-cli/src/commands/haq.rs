@@ -23,16 +23,19 @@ pub(crate) fn quantizer(a: &SearchArgs) -> QuantizerKind {
     }
 }
 
-/// Runs the search; the caller writes the policy and the curve.
-pub(crate) fn search(
+/// The reward evaluator of `--method haq` and `cw-hawq`: `--data`'s training split, divided
+/// into a held-out scoring split and a calibration / fine-tuning part.
+pub(crate) fn evaluator<'m>(
     g: &GlobalArgs,
     a: &SearchArgs,
-    model: &Model,
-    space: &SearchSpace<'_>,
-) -> anyhow::Result<HaqResult> {
+    model: &'m Model,
+) -> anyhow::Result<RewardEvaluator<'m>> {
     let h = &a.haq;
     let data = h.data.as_deref().ok_or_else(|| {
-        UsageError("--method haq needs --data (plans are scored on its training data)".into())
+        UsageError(format!(
+            "--method {} needs --data (plans are scored on its training data)",
+            a.method.name()
+        ))
     })?;
     let splits = super::load_data(data, g.seed)?;
     super::eval::check_shape(model, &splits)?;
@@ -49,7 +52,41 @@ pub(crate) fn search(
         finetune_lr: h.finetune_lr,
         ..RewardConfig::default()
     };
-    let mut evaluator = RewardEvaluator::new(model, &splits.train, &norm, rcfg)?;
+    Ok(RewardEvaluator::new(model, &splits.train, &norm, rcfg)?)
+}
+
+/// The DDPG agent's settings from the flags; the replay memory defaults to 128 transitions
+/// per searched layer.
+pub(crate) fn ddpg_config(g: &GlobalArgs, a: &SearchArgs, searched: usize) -> DdpgConfig {
+    let h = &a.haq;
+    DdpgConfig {
+        hidden1: h.hidden1,
+        hidden2: h.hidden2,
+        actor_lr: h.actor_lr,
+        critic_lr: h.critic_lr,
+        tau: h.tau,
+        gamma: h.discount,
+        batch_size: h.rl_batch_size,
+        replay_capacity: h.replay_size.unwrap_or(128 * searched.max(1)),
+        warmup_episodes: h.warmup,
+        sigma0: h.sigma,
+        sigma_decay: h.sigma_decay,
+        baseline_rate: h.baseline_rate,
+        updates_per_step: h.updates_per_step,
+        seed: g.seed,
+        ..DdpgConfig::default()
+    }
+}
+
+/// Runs the search; the caller writes the policy and the curve.
+pub(crate) fn search(
+    g: &GlobalArgs,
+    a: &SearchArgs,
+    model: &Model,
+    space: &SearchSpace<'_>,
+) -> anyhow::Result<HaqResult> {
+    let h = &a.haq;
+    let mut evaluator = evaluator(g, a, model)?;
     let searched = space
         .groups()
         .iter()
@@ -60,23 +97,7 @@ pub(crate) fn search(
     let decisions =
         searched * (usize::from(cands.w_bits.len() > 1) + usize::from(cands.a_bits.len() > 1));
     let cfg = HaqConfig {
-        ddpg: DdpgConfig {
-            hidden1: h.hidden1,
-            hidden2: h.hidden2,
-            actor_lr: h.actor_lr,
-            critic_lr: h.critic_lr,
-            tau: h.tau,
-            gamma: h.discount,
-            batch_size: h.rl_batch_size,
-            replay_capacity: h.replay_size.unwrap_or(128 * searched),
-            warmup_episodes: h.warmup,
-            sigma0: h.sigma,
-            sigma_decay: h.sigma_decay,
-            baseline_rate: h.baseline_rate,
-            updates_per_step: h.updates_per_step,
-            seed: g.seed,
-            ..DdpgConfig::default()
-        },
+        ddpg: ddpg_config(g, a, searched),
         episodes: h.episodes,
         flags: match h.state_flags {
             StateFlagsArg::Clean => FlagStyle::Clean,

@@ -2,6 +2,7 @@
 
 pub(crate) mod analyze;
 mod bench;
+mod cw_hawq;
 mod eval;
 mod haq;
 mod hw;

@@ -2,8 +2,9 @@
 //! the feasibility pre-flight (the smallest achievable value of each budget, layers that pins
 //! and ties leave without a choice); an infeasible request exits 2 with that report and writes
 //! nothing. Methods: `uniform`, `random`, `hawq-v1` (HAWQ), `pareto` (HAWQ-V2, plus the whole
-//! frontier as `OUT.frontier.json` and `OUT.frontier.svg`), `ilp` (HAWQ-V3 / LIMPQ) and `haq`
-//! (HAQ, in [`super::haq`]: the history in the policy, `OUT.curve.svg`, `OUT.haq-state.json`).
+//! frontier as `OUT.frontier.json` and `OUT.frontier.svg`), `ilp` (HAWQ-V3 / LIMPQ), `haq`
+//! (HAQ, in [`super::haq`]: the history in the policy, `OUT.curve.svg`, `OUT.haq-state.json`)
+//! and `cw-hawq` / `cw-ilp` (CW-HAWQ's per-channel bits, in [`super::cw_hawq`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -36,6 +37,7 @@ enum Extra {
     },
     Solver(search::IlpStats),
     Haq(Box<mpq::search::haq::HaqResult>),
+    Cw(Box<mpq::search::CwResult>),
 }
 
 pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
@@ -68,7 +70,18 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
         output::status(g.quiet, &feasibility.to_string());
     }
 
+    let channels = match (&a.sensitivity, a.method.channel_wise()) {
+        (Some(path), true) => Some(super::cw_hawq::channel_table(
+            &model,
+            &layers,
+            path,
+            &cands,
+            a.weight_range.range(),
+        )?),
+        _ => None,
+    };
     let omega = match &a.sensitivity {
+        Some(_) if a.method.channel_wise() => None,
         Some(path) => {
             let metric = match a.omega_metric {
                 Some(OmegaMetricArg::Trace) => OmegaMetric::Trace,
@@ -123,6 +136,20 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
             let r = super::haq::search(g, a, &model, &space)?;
             (r.plan.clone(), Extra::Haq(Box::new(r)))
         }
+        MethodArg::CwHawq | MethodArg::CwIlp => {
+            let table = channels
+                .as_ref()
+                .expect("check_usage should have required --sensitivity for cw methods");
+            if a.method == MethodArg::CwIlp {
+                if a.ratio_grid == 0 {
+                    return Err(UsageError("--ratio-grid must be at least 1".into()).into());
+                }
+                (search::cw_ilp(&space, table, a.ratio_grid)?, Extra::None)
+            } else {
+                let r = super::cw_hawq::search(g, a, &model, &space, table)?;
+                (r.plan.clone(), Extra::Cw(Box::new(r)))
+            }
+        }
     };
 
     for l in &mut plan.layers {
@@ -171,12 +198,15 @@ fn candidates(a: &SearchArgs) -> Candidates {
     let kmeans = haq && a.haq.weight_quantizer == WeightQuantizerArg::Kmeans;
     let w_default: Vec<u32> = if haq {
         (2..=8).collect()
+    } else if a.method.channel_wise() {
+        vec![2, 4, 8]
     } else {
         vec![2, 3, 4, 5, 6, 8]
     };
     let a_default: Vec<u32> = match (haq, kmeans) {
         (true, true) => vec![FULL_PRECISION],
         (true, false) => (2..=8).collect(),
+        _ if a.method.channel_wise() => vec![8],
         _ => vec![4, 8],
     };
     Candidates {
@@ -187,22 +217,22 @@ fn candidates(a: &SearchArgs) -> Candidates {
 
 /// Usage problems found before any file is read.
 fn check_usage(a: &SearchArgs) -> anyhow::Result<()> {
-    if a.method == MethodArg::Haq && a.haq.data.is_none() {
-        return Err(UsageError(
-            "--method haq needs --data (plans are scored on a split held out of its training \
-             data)"
-                .into(),
-        )
+    if a.method.agent() && a.haq.data.is_none() {
+        return Err(UsageError(format!(
+            "--method {} needs --data (plans are scored on a split held out of its training \
+             data)",
+            a.method.name()
+        ))
         .into());
     }
     if a.method != MethodArg::Haq && a.haq.resume {
         return Err(UsageError("--resume applies to --method haq only".into()).into());
     }
     if a.method.needs_sensitivity() && a.sensitivity.is_none() {
-        let metric = if a.method == MethodArg::HawqV1 {
-            "eigen"
-        } else {
-            "trace"
+        let metric = match a.method {
+            MethodArg::HawqV1 => "eigen",
+            MethodArg::CwHawq | MethodArg::CwIlp => "channel-trace",
+            _ => "trace",
         };
         return Err(UsageError(format!(
             "--method {} needs --sensitivity S.json (write one with `mpq analyze --metric {metric} \
@@ -386,6 +416,8 @@ struct PolicyFile<'a> {
     frontier: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     haq: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cw_hawq: Option<serde_json::Value>,
 }
 
 /// `--json` output: the policy file plus where it went and the pre-flight report.
@@ -403,6 +435,7 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
         solver: None,
         frontier: None,
         haq: None,
+        cw_hawq: None,
     };
     let name = |suffix: &str| {
         super::side_path(out, suffix)
@@ -412,6 +445,7 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
     };
     match extra {
         Extra::None => {}
+        Extra::Cw(r) => file.cw_hawq = Some(super::cw_hawq::policy_section(r)),
         Extra::Haq(r) => {
             let h = &r.history;
             let best = h.best_episode.and_then(|b| h.episodes.get(b));
@@ -477,6 +511,10 @@ fn print_human(
     extra: &Extra,
 ) -> anyhow::Result<()> {
     let mut header = vec!["layer", "params", "w_bits", "a_bits"];
+    let per_channel = plan.layers.iter().any(|l| l.channel_w_bits.is_some());
+    if per_channel {
+        header.push("channels (bits:count)");
+    }
     if omega.is_some() {
         header.push("omega");
     }
@@ -492,6 +530,15 @@ fn print_human(
             w.to_string(),
             act.to_string(),
         ];
+        if per_channel {
+            row.push(
+                plan.layers
+                    .iter()
+                    .find(|p| p.name == l.name)
+                    .and_then(super::cw_hawq::channel_summary)
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
         if let Some(o) = omega {
             row.push(if o.has_row(i) {
                 num(o.omega(i, w, act)?)
@@ -532,6 +579,19 @@ fn print_human(
     output::line(&summary)?;
     match extra {
         Extra::None => {}
+        Extra::Cw(r) => {
+            if let Some(b) = r.episodes.get(r.best_episode) {
+                output::line(&format!(
+                    "CW-HAWQ: best episode {} of {}: {:.2}% on the held-out split (FP {:.2}%), \
+                     reward {:.4}",
+                    b.episode,
+                    r.episodes.len(),
+                    b.accuracy,
+                    r.fp_accuracy,
+                    b.reward
+                ))?;
+            }
+        }
         Extra::Haq(r) => {
             let h = &r.history;
             if let Some(b) = h.best_episode.and_then(|b| h.episodes.get(b)) {

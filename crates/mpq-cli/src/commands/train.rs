@@ -15,6 +15,10 @@ pub(crate) struct TrainJson {
     pub(crate) data: String,
     pub(crate) out: String,
     pub(crate) epochs: usize,
+    /// Samples trained on (the training split minus `holdout`).
+    pub(crate) train_samples: usize,
+    /// Training samples kept out (`--holdout`).
+    pub(crate) holdout: usize,
     pub(crate) accuracy: f64,
     pub(crate) loss: f64,
     pub(crate) seconds: f64,
@@ -52,7 +56,18 @@ pub(crate) fn config(a: &TrainArgs, seed: u64) -> TrainConfig {
 pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(Model, TrainJson)> {
     let cfg = config(a, g.seed);
     cfg.validate()?;
-    let splits = super::load_data(&a.data, g.seed)?;
+    let mut splits = super::load_data(&a.data, g.seed)?;
+    if a.holdout > 0 {
+        if a.holdout >= splits.train.len() {
+            return Err(mpq::Error::config(
+                "holdout",
+                format!("must be below the {} training samples", splits.train.len()),
+            )
+            .into());
+        }
+        // The same split as the search's reward evaluator (Dataset::split_holdout, --seed).
+        splits.train = splits.train.split_holdout(a.holdout, g.seed).0;
+    }
     let mut zcfg = ZooConfig::new(splits.train.shape().to_vec(), splits.train.classes());
     if let Some(w) = a.width {
         zcfg.width = w;
@@ -106,6 +121,8 @@ pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(M
         data: splits.name.clone(),
         out: a.out.display().to_string(),
         epochs: report.epochs.len(),
+        train_samples: splits.train.len(),
+        holdout: a.holdout,
         accuracy,
         loss,
         seconds: report.seconds,
@@ -114,6 +131,7 @@ pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(M
     };
     model.meta.training = Some(serde_json::json!({
         "data": splits.name,
+        "holdout": a.holdout,
         "config": report.config,
         "epochs": summary.epochs,
         "test_accuracy": accuracy,

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod bench;
+mod cw_hawq;
 mod haq;
 mod onnx;
 mod quantize;

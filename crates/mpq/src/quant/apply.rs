@@ -147,7 +147,16 @@ pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
                 ),
             ));
         }
-        let m: Vec<f32> = flat.abs()?.max(1)?.to_vec1()?;
+        let m: Vec<f32> = match p.weight_range {
+            WeightRange::MaxAbs => flat.abs()?.max(1)?.to_vec1()?,
+            WeightRange::Mse => {
+                let rows: Vec<Vec<f32>> = flat.to_dtype(candle::DType::F32)?.to_vec2()?;
+                rows.iter()
+                    .zip(bits)
+                    .map(|(r, &b)| mse_symmetric_max(r, b))
+                    .collect::<Result<_>>()?
+            }
+        };
         return QuantParams::symmetric_channel_bits(&m, bits, 0);
     }
     match (p.quantizer, p.granularity) {
@@ -203,9 +212,34 @@ pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
     }
 }
 
-/// Fake-quantizes `x` with `q` (per channel along `q.axis`).
+/// Fake-quantizes `x` with `q` (per channel along `q.axis`). With per-channel widths, each
+/// channel is first clamped to its own range `[lo_c·s_c, hi_c·s_c]` (so a clipped range, such
+/// as the MSE clip, saturates at the channel's width, and the straight-through gradient stops
+/// outside it), then quantized with the widest range: `clamp(round(x/s), lo, hi)` equals
+/// `round(clamp(x/s, lo, hi))` for integer bounds, so codes match [`QuantParams::code`].
 pub fn fake_quant_tensor(x: &Tensor, q: &QuantParams) -> Result<Tensor> {
     let dev = x.device();
+    if let (Some(bits), Some(axis)) = (&q.channel_bits, q.axis)
+        && bits.iter().any(|&b| b != q.bits)
+        && q.scale.len() == x.dim(axis)?
+    {
+        let mut shape = vec![1usize; x.rank()];
+        shape[axis] = q.scale.len();
+        let (lo, hi): (Vec<f32>, Vec<f32>) = (0..q.scale.len())
+            .map(|c| {
+                let (l, h) = q.range(c);
+                (l * q.scale[c], h * q.scale[c])
+            })
+            .unzip();
+        let lo = Tensor::from_vec(lo, shape.as_slice(), dev)?.to_dtype(x.dtype())?;
+        let hi = Tensor::from_vec(hi, shape.as_slice(), dev)?.to_dtype(x.dtype())?;
+        let clamped = x.broadcast_maximum(&lo)?.broadcast_minimum(&hi)?;
+        let wide = QuantParams {
+            channel_bits: None,
+            ..q.clone()
+        };
+        return fake_quant_tensor(&clamped, &wide);
+    }
     let scale = Tensor::from_slice(&q.scale, q.scale.len(), dev)?;
     let zp = Tensor::from_slice(&q.zero_point, q.zero_point.len(), dev)?;
     let axis = if q.scale.len() > 1 { q.axis } else { None };

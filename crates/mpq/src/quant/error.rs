@@ -53,6 +53,41 @@ pub fn weight_error(w: &Tensor, p: &LayerPrecision) -> Result<f64> {
     Ok(e)
 }
 
+/// `‖Q(W_c) − W_c‖²` per output channel `c` of one weight tensor under `p` at its `w_bits`
+/// (CW-HAWQ's channel errors, spec §3.3): the symmetric per-channel quantizer restricted to
+/// each channel, so the errors sum to [`weight_error`]. Other quantizers are refused, since
+/// per-channel bit-widths need the symmetric per-channel one.
+pub fn channel_weight_errors(w: &Tensor, p: &LayerPrecision) -> Result<Vec<f64>> {
+    let w = &w.to_dtype(DType::F32)?;
+    let channels = w.dim(0)?;
+    if p.w_bits >= FULL_PRECISION {
+        return Ok(vec![0.0; channels]);
+    }
+    if p.quantizer != QuantizerKind::Symmetric || p.granularity != Granularity::PerChannel {
+        return Err(Error::config(
+            "quantizer",
+            format!(
+                "layer {}: channel errors need the symmetric per-channel quantizer",
+                p.name
+            ),
+        ));
+    }
+    let p = LayerPrecision {
+        channel_w_bits: None,
+        ..p.clone()
+    };
+    let q = weight_params(w, &p)?;
+    let d = (fake_quant_tensor(w, &q)? - w)?.to_dtype(DType::F64)?;
+    let e: Vec<f64> = d.sqr()?.flatten_from(1)?.sum(1)?.to_vec1()?;
+    if e.iter().any(|v| !v.is_finite()) {
+        return Err(Error::config(
+            "model",
+            format!("layer {}: non-finite weights", p.name),
+        ));
+    }
+    Ok(e)
+}
+
 fn kmeans_error(w: &Tensor, p: &LayerPrecision) -> Result<f64> {
     let v: Vec<f32> = w.flatten_all()?.to_vec1()?;
     let fit = kmeans_1d(
@@ -203,5 +238,35 @@ mod tests {
         assert!((e - 0.01).abs() < 1e-6, "{e}");
         p.w_bits = 3;
         assert_eq!(weight_error(&w, &p).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn channel_errors_by_hand_and_sum_to_the_layer_error() {
+        // Channel 0 is the hand case above (0.34 at 2 bits); channel 1 [−2, 0, 1, 2] has its
+        // own scale 2, levels {−2, 0, 2}: 1/2 = 0.5 rounds half to even to 0, error 1.
+        let w = Tensor::new(
+            &[[-1.0f32, 0.3, 0.5, 1.0], [-2.0, 0.0, 1.0, 2.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let p = LayerPrecision::new("fc", 2, 8);
+        let e = channel_weight_errors(&w, &p).unwrap();
+        assert!((e[0] - 0.34).abs() < 1e-6, "{e:?}");
+        assert!((e[1] - 1.0).abs() < 1e-6, "{e:?}");
+        let w = Tensor::randn(0f32, 1.0, (7, 3, 3, 3), &Device::Cpu).unwrap();
+        for b in [2, 3, 4, 8] {
+            let p = LayerPrecision::new("conv", b, 8);
+            let per = channel_weight_errors(&w, &p).unwrap();
+            let whole = weight_error(&w, &p).unwrap();
+            assert_eq!(per.len(), 7);
+            let s: f64 = per.iter().sum();
+            assert!(
+                (s - whole).abs() <= 1e-9 * whole.max(1.0),
+                "{b}: {s} vs {whole}"
+            );
+        }
+        let mut k = LayerPrecision::new("conv", 4, 8);
+        k.quantizer = QuantizerKind::KMeans;
+        assert!(channel_weight_errors(&w, &k).is_err());
     }
 }

@@ -11,7 +11,7 @@ mod observer;
 mod params;
 
 pub use apply::{CalibrationConfig, PlanHooks, fake_quant_tensor, prepare_graph, weight_params};
-pub use error::{act_errors, weight_error, weight_errors};
+pub use error::{act_errors, channel_weight_errors, weight_error, weight_errors};
 pub use kmeans::{
     Codebook, KMeans1d, MAX_CLUSTERS, cluster_means, kmeans_1d, kmeans_pp_init, layer_seed,
     lloyd_1d,

@@ -5,6 +5,7 @@
 //! frontier), [`ilp`] (HAWQ-V3 / LIMPQ), all over a shared [`SearchSpace`] whose Ω comes from
 //! a [`Sensitivities`] table ([`OmegaTable`]).
 
+pub mod cw_hawq;
 mod frontier_svg;
 pub mod haq;
 mod hawq_v1;
@@ -18,6 +19,7 @@ mod sensitivity;
 mod space;
 mod surrogate;
 
+pub use cw_hawq::{ChannelRow, ChannelTable, CwConfig, CwResult, cw_hawq, cw_ilp};
 pub use frontier_svg::frontier_svg;
 pub use hawq_v1::hawq_v1;
 pub use ilp::{IlpStats, ilp};

@@ -36,6 +36,9 @@ pub struct SensitivityRow {
     /// Input activation elements per sample `m_i`.
     #[serde(default)]
     pub act_elems: Option<usize>,
+    /// Per-output-channel weight traces (CW-HAWQ, `mpq analyze --metric channel-trace`).
+    #[serde(default)]
+    pub channel_traces: Option<Vec<f64>>,
     /// `‖Q_b(W_i) − W_i‖²` per weight bit-width.
     #[serde(default)]
     pub weight_error: Option<BTreeMap<BitWidth, f64>>,

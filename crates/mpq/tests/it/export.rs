@@ -128,6 +128,36 @@ fn lenet_mixed_plans_round_trip_bit_identically() {
     cw.layers[0].channel_w_bits = Some(vec![2, 3, 4, 5, 6, 8]);
     cw.layers[1].channel_w_bits = Some((0..16).map(|c| 2 + (c % 7)).collect());
     round_trip(&model, &cw, &s, false, "lenet-channel-bits");
+
+    // A CW-HAWQ plan: every layer per-channel over {2, 4, 8}, the MSE clip chosen per
+    // channel at its own width, before and after QAT.
+    let mut cw = QuantPlan::uniform(&layers, 8, 8);
+    cw.method = "cw-hawq".into();
+    for l in &mut cw.layers {
+        let n = layers
+            .iter()
+            .find(|i| i.name == l.name)
+            .unwrap()
+            .out_channels;
+        l.channel_w_bits = Some((0..n).map(|c| [8, 4, 2][c % 3]).collect());
+        l.weight_range = mpq::plan::WeightRange::Mse;
+    }
+    round_trip(&model, &cw, &s, false, "lenet-cw-mse");
+    round_trip(&model, &cw, &s, true, "lenet-cw-mse-qat");
+}
+
+#[test]
+fn resnet_per_channel_plan_round_trips_with_folded_batchnorm() {
+    let rs = splits("3x16x16");
+    let resnet = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
+    let layers = resnet.graph.layer_infos().unwrap();
+    let mut plan = QuantPlan::uniform(&layers, 8, 8);
+    for (k, l) in plan.layers.iter_mut().enumerate() {
+        let n = layers[k].out_channels;
+        l.channel_w_bits = Some((0..n).map(|c| [8, 4, 3, 2][(c + k) % 4]).collect());
+    }
+    round_trip(&resnet, &plan, &rs, false, "resnet8-channel-bits");
+    round_trip(&resnet, &plan, &rs, true, "resnet8-channel-bits-qat");
 }
 
 #[test]
@@ -274,6 +304,27 @@ fn per_channel_widths_simulate_exactly() {
             "channel {c}: {} levels",
             levels.len()
         );
+    }
+    // With the MSE clip, values beyond a channel's clipped range saturate at that channel's
+    // own width (not the widest one), and the simulation still matches the reference.
+    p.weight_range = mpq::plan::WeightRange::Mse;
+    let q = mpq::quant::weight_params(&w, &p).unwrap();
+    let fast: Vec<f32> = mpq::quant::fake_quant_tensor(&w, &q)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let slow =
+        mpq::quant::fake_quant_values(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &q);
+    assert_eq!(fast, slow);
+    for c in 0..16 {
+        let (_, hi) = q.range(c);
+        let top = hi * q.scale[c];
+        let m = fast[c * 150..(c + 1) * 150]
+            .iter()
+            .fold(0f32, |a, v| a.max(v.abs()));
+        assert!(m <= top * (1.0 + 1e-6), "channel {c}: {m} > {top}");
     }
 }
 
