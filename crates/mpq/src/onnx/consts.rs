@@ -390,7 +390,7 @@ pub(crate) fn resolve_shape(dims: &[usize], shape: &[i64]) -> FoldResult<Vec<usi
     }
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("reshape {dims:?} to {shape:?}"));
         }
         out[i] = total / known;

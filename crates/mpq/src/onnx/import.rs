@@ -171,7 +171,7 @@ fn padding(
                 let span = dil[i] * (kernel[i] - 1) + 1;
                 let o = size[i].div_ceil(stride[i]);
                 let total = ((o - 1) * stride[i] + span).saturating_sub(size[i]);
-                if total % 2 != 0 {
+                if !total.is_multiple_of(2) {
                     return Err(format!("auto_pad {auto} needs asymmetric padding here"));
                 }
                 out[i] = total / 2;
@@ -183,7 +183,7 @@ fn padding(
 }
 
 impl Importer<'_> {
-    fn input_name<'n>(n: &'n NodeProto, k: usize) -> Option<&'n str> {
+    fn input_name(n: &NodeProto, k: usize) -> Option<&str> {
         n.input.get(k).map(String::as_str).filter(|s| !s.is_empty())
     }
 

@@ -3,6 +3,9 @@
 //! logits, and the exported QDQ model run by tract gives the simulation's logits and accuracy
 //! on the mnist10k test split.
 
+// The measured differences are printed (visible with --nocapture) for the record.
+#![allow(clippy::print_stderr)]
+
 use std::path::PathBuf;
 
 use candle::{Device, Tensor};
