@@ -91,6 +91,13 @@ pub enum Error {
         /// The smallest value any plan reaches.
         min_value: String,
     },
+    /// An ONNX model with operators (or operator settings) the importer does not convert;
+    /// every offending node is listed.
+    #[error("unsupported ONNX operators ({}): {}", items.len(), items.join(", "))]
+    UnsupportedOnnxOps {
+        /// `OpType (node NAME)`, with the reason when the type itself is supported.
+        items: Vec<String>,
+    },
 }
 
 /// The result type of the `mpq` library.

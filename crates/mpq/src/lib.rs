@@ -22,6 +22,7 @@ pub mod export;
 pub mod graph;
 pub(crate) mod io;
 pub mod model;
+pub mod onnx;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

@@ -33,6 +33,10 @@ pub struct ModelMeta {
     /// the packed tensors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<crate::export::PackedMeta>,
+    /// The graph's structure, for models that are not zoo architectures (`arch` `onnx`:
+    /// imported models); `None` for zoo models, which `arch` and `config` rebuild.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<crate::graph::GraphDesc>,
 }
 
 impl ModelMeta {
@@ -44,6 +48,7 @@ impl ModelMeta {
             normalization: None,
             training: None,
             quantization: None,
+            graph: None,
         }
     }
 }
@@ -127,7 +132,10 @@ impl Model {
                 ModelMeta::new(arch, hint.config(arch))
             }
         };
-        let mut graph = zoo::build_graph(&meta.arch, &meta.config, hint.seed, device)?;
+        let mut graph = match &meta.graph {
+            Some(desc) => desc.build(device)?,
+            None => zoo::build_graph(&meta.arch, &meta.config, hint.seed, device)?,
+        };
         if let Some(packed) = &meta.quantization {
             let (graph, hooks) = crate::export::unpack(path, tensors, packed, graph)?;
             return Ok(Model {
@@ -151,10 +159,7 @@ impl Model {
         }
         let path = Path::new(reference);
         match path.extension().and_then(|e| e.to_str()) {
-            Some("onnx") => Err(Error::config(
-                "model",
-                format!("{reference}: ONNX import is not available in this build yet"),
-            )),
+            Some("onnx") => crate::onnx::load(path, device),
             _ => Model::load(path, hint, device),
         }
     }

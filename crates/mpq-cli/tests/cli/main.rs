@@ -11,6 +11,7 @@ mod bench;
 mod cw_hawq;
 mod haq;
 mod limpq;
+mod onnx;
 mod quantize;
 mod report;
 mod search_hw;

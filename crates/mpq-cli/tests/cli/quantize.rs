@@ -46,9 +46,14 @@ fn quantize_exports_a_packed_model_that_eval_reproduces() {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        let want: BTreeSet<String> = ["model.safetensors", "plan.json", "summary.json"]
-            .map(String::from)
-            .into();
+        let want: BTreeSet<String> = [
+            "model.onnx",
+            "model.safetensors",
+            "plan.json",
+            "summary.json",
+        ]
+        .map(String::from)
+        .into();
         assert_eq!(files, want);
         let plan: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(out).join("plan.json")).unwrap())

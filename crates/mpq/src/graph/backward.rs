@@ -44,6 +44,11 @@ enum Saved {
         x: Var,
         y: Tensor,
     },
+    /// A multi-input node run under candle's autograd: its input variables and output.
+    LocalN {
+        xs: Vec<Var>,
+        y: Tensor,
+    },
 }
 
 impl Graph {
@@ -179,6 +184,16 @@ impl Graph {
                 Op::Add if fused_add[id] => mpq_kernels::add_relu(&input(0)?, &input(1)?)?,
                 Op::Add => mpq_kernels::add_masked(&input(0)?, &input(1)?, None)?,
                 Op::Dropout { .. } if opts.mode == Mode::Eval => input(0)?,
+                Op::Func(f) => {
+                    let xs = (0..node.inputs.len())
+                        .map(|k| Ok(Var::from_tensor(&input(k)?.detach())?))
+                        .collect::<Result<Vec<Var>>>()?;
+                    let refs: Vec<&Tensor> = xs.iter().map(|v| v.as_tensor()).collect();
+                    let y = super::eval_func(f, &refs)?;
+                    let out = y.detach();
+                    saved[id] = Saved::LocalN { xs, y };
+                    out
+                }
                 // Eval-mode batch norm, pools, train-mode dropout: local autograd.
                 _ => {
                     let x = Var::from_tensor(&input(0)?.detach())?;
@@ -347,6 +362,15 @@ impl Graph {
                         send(&mut grad, src, dx)?;
                     }
                 }
+                (_, Saved::LocalN { xs, y }) => {
+                    let (gs, local) = local_grads(&xs, &y, &g)?;
+                    merge(&mut store, local, &targets)?;
+                    for (k, gx) in gs.into_iter().enumerate() {
+                        if let Some(gx) = gx {
+                            send(&mut grad, node.inputs[k], gx)?;
+                        }
+                    }
+                }
                 // Input, eval-mode dropout and a fused ReLU pass the gradient through.
                 (_, Saved::None) => send(&mut grad, src, g)?,
                 (op, _) => {
@@ -382,6 +406,20 @@ pub(crate) fn global_avg_pool_grad(g: &Tensor, dims: &[usize]) -> Result<Tensor>
 pub(crate) fn local_grad(x: &Var, y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, GradStore)> {
     let local = local_backward(y, g)?;
     Ok((local.get(x.as_tensor()).cloned(), local))
+}
+
+/// [`local_grad`] for a node with several input variables `xs`.
+pub(crate) fn local_grads(
+    xs: &[Var],
+    y: &Tensor,
+    g: &Tensor,
+) -> Result<(Vec<Option<Tensor>>, GradStore)> {
+    let local = local_backward(y, g)?;
+    let gs = xs
+        .iter()
+        .map(|x| local.get(x.as_tensor()).cloned())
+        .collect();
+    Ok((gs, local))
 }
 
 /// candle's backward of `y` (built under autograd) for the output gradient `g`.

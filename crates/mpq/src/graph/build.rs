@@ -88,6 +88,17 @@ impl GraphBuilder {
         Ok(id)
     }
 
+    /// Adds a named parameter with the given value (imported weights).
+    pub fn insert_param(&mut self, name: &str, value: Tensor, kind: ParamKind) -> Result<()> {
+        self.params.insert(name, value, kind)?;
+        Ok(())
+    }
+
+    /// Whether a node is already named `name`.
+    pub fn has_node(&self, name: &str) -> bool {
+        self.names.contains_key(name) || name == "input"
+    }
+
     fn anon(&self, kind: &str) -> String {
         format!("_{kind}{}", self.nodes.len())
     }

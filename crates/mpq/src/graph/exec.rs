@@ -148,6 +148,12 @@ impl Graph {
                     Mode::Eval => input(0)?.clone(),
                     Mode::Train => dropout_for(input(0)?, *p, opts.dropout_seed, id)?,
                 },
+                Op::Func(f) => {
+                    let xs = (0..node.inputs.len())
+                        .map(input)
+                        .collect::<Result<Vec<_>>>()?;
+                    super::eval_func(f, &xs)?
+                }
             };
             values[id] = Some(y);
             for &i in &node.inputs {

@@ -200,6 +200,7 @@ pub(crate) fn infer_node_shape(name: &str, op: &Op, inputs: &[&[usize]]) -> Resu
         }
         Op::Flatten => vec![first()?.iter().product()],
         Op::Relu | Op::Relu6 | Op::Dropout { .. } => first()?.to_vec(),
+        Op::Func(f) => super::func::infer_func_shape(name, f, inputs)?,
     })
 }
 

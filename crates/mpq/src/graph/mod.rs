@@ -7,17 +7,21 @@
 //! quantization, activation perturbations and calibration observers plug in.
 
 mod backward;
-pub(crate) use backward::{add_grad, global_avg_pool_grad, local_grad};
+pub(crate) use backward::{add_grad, global_avg_pool_grad, local_grad, local_grads};
 pub(crate) use ops::conv_params;
 mod build;
+mod desc;
 mod exec;
 mod fold;
+mod func;
 mod info;
 mod ops;
 mod params;
 
 pub use build::{ConvInit, GraphBuilder};
+pub use desc::{GraphDesc, ParamDesc};
 pub use exec::{ForwardOptions, Hooks, Mode, NoHooks};
+pub use func::{FuncOp, eval_func};
 pub use info::{LayerInfo, LayerOp};
 pub use ops::{
     avg_pool2d, batch_norm_eval, batch_norm_eval_relu, batch_norm_train, batch_norm_train_relu,
@@ -129,7 +133,8 @@ impl PoolSpec {
 }
 
 /// What a node computes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Op {
     /// The model input, `[N, C, H, W]` (or `[N, F]`).
@@ -160,6 +165,8 @@ pub enum Op {
         /// Probability of zeroing an element in training.
         p: f64,
     },
+    /// A parameter-free operator of imported models (activations, reshaping, products).
+    Func(FuncOp),
 }
 
 impl Op {
@@ -183,12 +190,13 @@ impl Op {
             Op::Add => "add",
             Op::Flatten => "flatten",
             Op::Dropout { .. } => "dropout",
+            Op::Func(f) => f.kind(),
         }
     }
 }
 
 /// One node of a [`Graph`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Dotted module path (`layer1.0.conv1`); parameter names are `NAME.weight` etc.
     pub name: String,

@@ -80,6 +80,10 @@ pub struct QuantizeSummary {
     pub export: ExportStats,
     /// The packed model.
     pub model_path: PathBuf,
+    /// The QDQ ONNX export (`DIR/model.onnx`).
+    pub onnx_path: PathBuf,
+    /// Bytes of the QDQ ONNX export.
+    pub onnx_bytes: u64,
     /// Total wall time.
     pub seconds: f64,
 }
@@ -132,6 +136,8 @@ pub fn quantize(
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let model_path = out_dir.join("model.safetensors");
     let stats = export::save_packed(&model_path, &model.meta, &graph, &hooks)?;
+    let onnx_path = out_dir.join("model.onnx");
+    let onnx_bytes = crate::onnx::export_qdq(&onnx_path, &graph, &mut hooks, Some(&norm))?;
     let reloaded_model = Model::load(&model_path, &ModelHint::default(), graph.device())?;
     let mut reloaded_hooks = reloaded_model
         .quantized
@@ -178,6 +184,8 @@ pub fn quantize(
         bops: cost.bops,
         export: stats,
         model_path,
+        onnx_path,
+        onnx_bytes,
         seconds: start.elapsed().as_secs_f64(),
     };
     crate::io::write_json(&out_dir.join("summary.json"), &summary)?;

@@ -119,6 +119,12 @@ pub(crate) fn forward(
             Op::Add => (input(0)? + input(1)?)?,
             Op::Flatten => input(0)?.flatten_from(1)?,
             Op::Dropout { .. } => input(0)?.clone(),
+            Op::Func(f) => {
+                let xs = (0..node.inputs.len())
+                    .map(input)
+                    .collect::<Result<Vec<_>>>()?;
+                graph::eval_func(f, &xs)?
+            }
         };
         values[id] = Some(y);
         for &i in &node.inputs {

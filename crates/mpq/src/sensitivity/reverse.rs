@@ -63,6 +63,11 @@ enum Saved {
         x: Var,
         y: Tensor,
     },
+    /// A multi-input node run under candle's autograd: its input variables and output.
+    LocalN {
+        xs: Vec<Var>,
+        y: Tensor,
+    },
 }
 
 /// The loss `loss(logits, y)` of one pass; its gradient w.r.t. the logits is taken by candle.
@@ -295,6 +300,18 @@ pub(crate) fn gradients(
                 }
                 out
             }
+            Op::Func(f) => {
+                let xs = (0..node.inputs.len())
+                    .map(|k| Ok(Var::from_tensor(&input(k)?.detach())?))
+                    .collect::<Result<Vec<Var>>>()?;
+                let refs: Vec<&Tensor> = xs.iter().map(|v| v.as_tensor()).collect();
+                let y = graph::eval_func(f, &refs)?;
+                let out = y.detach();
+                if keep {
+                    saved[id] = Saved::LocalN { xs, y };
+                }
+                out
+            }
         };
         values[id] = Some(y);
         for &i in &node.inputs {
@@ -425,6 +442,16 @@ pub(crate) fn gradients(
                     None => x.as_tensor().zeros_like()?,
                 };
                 send(&mut grad, src, dx)?;
+            }
+            (_, Saved::LocalN { xs, y }) => {
+                let (gs, _) = graph::local_grads(&xs, &y, &g)?;
+                for ((k, gx), x) in gs.into_iter().enumerate().zip(&xs) {
+                    let gx = match gx {
+                        Some(gx) => gx,
+                        None => x.as_tensor().zeros_like()?,
+                    };
+                    send(&mut grad, node.inputs[k], gx)?;
+                }
             }
             // Input, dropout and a fused ReLU pass the gradient through.
             (_, Saved::None) => send(&mut grad, src, g)?,

@@ -2,6 +2,7 @@
 
 mod export;
 mod graph;
+mod onnx;
 mod sensitivity;
 mod train;
 mod util;

@@ -1,0 +1,181 @@
+//! `--model x.onnx` end to end: `info` names layers after the ONNX graph, a PyTorch-exported
+//! LeNet-5 goes through `analyze` → `search` → `quantize` (with QAT fine-tuning, so it
+//! trains) and `quantize` writes `DIR/model.onnx`; unsupported operators, truncated and
+//! foreign files fail with exit code 2 and leave nothing behind.
+
+use std::path::PathBuf;
+
+use super::{TempDir, expect_error, expect_ok, parse_json};
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../mpq/tests/fixtures/onnx")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn info_lists_onnx_layer_names() {
+    let dir = TempDir::new("onnx-info");
+    let model = fixture("resnet8.onnx");
+    let table = expect_ok(dir.path(), &["info", "--model", &model]);
+    for name in ["conv1", "layer2.0.downsample.0", "layer3.0.conv2", "fc"] {
+        assert!(table.contains(name), "{name} missing:\n{table}");
+    }
+    let v = parse_json(
+        &expect_ok(dir.path(), &["info", "--model", &model, "--json"]),
+        "info --json",
+    );
+    assert_eq!(v["quantizable_layers"], 10, "{v}");
+    assert_eq!(v["input_shape"], serde_json::json!([1, 28, 28]), "{v}");
+}
+
+#[test]
+fn onnx_lenet_analyze_search_quantize() {
+    let dir = TempDir::new("onnx-pipeline");
+    let model = fixture("lenet5.onnx");
+    let fp = parse_json(
+        &expect_ok(
+            dir.path(),
+            &["eval", "--model", &model, "--data", "mnist10k", "--json"],
+        ),
+        "eval",
+    );
+    assert!(fp["accuracy"].as_f64().unwrap() > 0.9, "{fp}");
+    expect_ok(
+        dir.path(),
+        &[
+            "--quiet",
+            "analyze",
+            "--model",
+            &model,
+            "--data",
+            "mnist10k",
+            "--metric",
+            "trace",
+            "--batches",
+            "1",
+            "--batch-size",
+            "64",
+            "--max-iter",
+            "4",
+            "--out",
+            "s.json",
+        ],
+    );
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("s.json")).unwrap()).unwrap();
+    assert_eq!(s["layers"][0]["name"], "conv1", "{s}");
+    expect_ok(
+        dir.path(),
+        &[
+            "--quiet",
+            "search",
+            "--model",
+            &model,
+            "--sensitivity",
+            "s.json",
+            "--method",
+            "pareto",
+            "--w-bits",
+            "4,8",
+            "--a-bits",
+            "8",
+            "--avg-bits",
+            "6",
+            "--out",
+            "p.json",
+        ],
+    );
+    let q = parse_json(
+        &expect_ok(
+            dir.path(),
+            &[
+                "--quiet",
+                "quantize",
+                "--model",
+                &model,
+                "--policy",
+                "p.json",
+                "--data",
+                "mnist10k",
+                "--finetune-epochs",
+                "1",
+                "--out",
+                "q",
+                "--json",
+            ],
+        ),
+        "quantize",
+    );
+    assert_eq!(q["roundtrip_bit_identical"], true, "{q}");
+    assert!(
+        q["after_finetune"]["accuracy"].as_f64().unwrap() > 0.9,
+        "{q}"
+    );
+    let onnx = std::fs::read(dir.join("q/model.onnx")).unwrap();
+    assert!(onnx.len() > 1000);
+    assert!(
+        onnx.windows(14).any(|w| w == b"QuantizeLinear"),
+        "QDQ nodes in the export"
+    );
+    // The packed model of an imported graph loads on its own and evaluates the same.
+    let e = parse_json(
+        &expect_ok(
+            dir.path(),
+            &[
+                "eval",
+                "--model",
+                "q/model.safetensors",
+                "--data",
+                "mnist10k",
+                "--json",
+            ],
+        ),
+        "eval packed",
+    );
+    assert_eq!(e["accuracy"], q["reloaded"]["accuracy"], "{e} vs {q}");
+}
+
+#[test]
+fn unsupported_operators_exit_2_listing_every_node() {
+    let dir = TempDir::new("onnx-unsupported");
+    let model = fixture("unsupported.onnx");
+    expect_error(
+        &dir,
+        &["info", "--model", &model],
+        2,
+        &[
+            "unsupported ONNX operators (3)",
+            "Erf (node /act/Erf)",
+            "NonZero (node /weird/NonZero)",
+            "TopK (node /head/TopK)",
+        ],
+    );
+}
+
+#[test]
+fn truncated_or_foreign_onnx_exits_2() {
+    let dir = TempDir::new("onnx-corrupt");
+    let bytes = std::fs::read(fixture("lenet5.onnx")).unwrap();
+    std::fs::write(dir.join("cut.onnx"), &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::write(dir.join("notes.onnx"), b"hello, this is text\n").unwrap();
+    for f in ["cut.onnx", "notes.onnx"] {
+        expect_error(
+            &dir,
+            &["info", "--model", f],
+            2,
+            &[f, "not a valid ONNX model"],
+        );
+    }
+    expect_error(
+        &dir,
+        &[
+            "quantize", "--model", "cut.onnx", "--policy", "p.json", "--data", "mnist10k", "--out",
+            "q",
+        ],
+        2,
+        &["cut.onnx"],
+    );
+}

@@ -1,0 +1,351 @@
+//! ONNX import and QDQ export, checked against an independent runtime (`tract-onnx`, its own
+//! protobuf types and operator implementations): imported PyTorch fixtures give tract's
+//! logits, and the exported QDQ model run by tract gives the simulation's logits and accuracy
+//! on the mnist10k test split.
+
+// The measured differences are printed (visible with --nocapture) for the record.
+#![allow(clippy::print_stderr)]
+
+use std::path::PathBuf;
+
+use candle::{Device, Tensor};
+use mpq::QuantPlan;
+use mpq::data::{self, DataSplits, LoadOptions};
+use mpq::graph::Mode;
+use mpq::model::Model;
+use mpq::plan::{Granularity, QuantizerKind};
+use mpq::quant::{CalibrationConfig, PlanHooks, prepare_graph};
+use tract_onnx::prelude::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx")
+        .join(name)
+}
+
+fn mnist() -> DataSplits {
+    data::load("mnist10k", &LoadOptions::default()).expect("bundled mnist10k")
+}
+
+fn import(name: &str) -> Model {
+    mpq::onnx::load(&fixture(name), &Device::Cpu).expect("fixture imports")
+}
+
+/// Runs `bytes` (an ONNX model) with tract on `x` `[N, ...]`, in batches of `batch`.
+fn tract_logits(bytes: &[u8], x: &Tensor, batch: usize) -> Vec<Vec<f32>> {
+    let dims = x.dims().to_vec();
+    let n = dims[0];
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let b = batch.min(n - start);
+        let mut shape = dims.clone();
+        shape[0] = b;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &*bytes)
+            .expect("tract reads the model")
+            .with_input_fact(0, f32::fact(shape.clone()).into())
+            .expect("input fact")
+            .into_optimized()
+            .expect("tract optimises the model")
+            .into_runnable()
+            .expect("runnable");
+        let v: Vec<f32> = x
+            .narrow(0, start, b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let input = tract_ndarray::ArrayD::from_shape_vec(shape, v).unwrap();
+        let res = model
+            .run(tvec!(tract_onnx::prelude::Tensor::from(input).into()))
+            .expect("tract runs the model");
+        let view = res[0].to_plain_array_view::<f32>().unwrap();
+        let k = view.len() / b;
+        let flat: Vec<f32> = view.iter().copied().collect();
+        out.extend(flat.chunks(k).map(<[f32]>::to_vec));
+        start += b;
+    }
+    out
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_vec2().unwrap()
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+fn accuracy(logits: &[Vec<f32>], labels: &[u32]) -> f64 {
+    let hits = logits
+        .iter()
+        .zip(labels)
+        .filter(|(l, y)| {
+            let arg = l
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap();
+            arg as u32 == **y
+        })
+        .count();
+    hits as f64 / labels.len() as f64
+}
+
+fn test_batch(splits: &DataSplits, n: usize) -> Tensor {
+    let idx: Vec<usize> = (0..n).collect();
+    data::to_tensor(&splits.test, &idx, &splits.normalization, &Device::Cpu).unwrap()
+}
+
+fn import_matches_tract(name: &str, layers: &[&str]) {
+    let model = import(name);
+    let names: Vec<String> = model
+        .graph
+        .quantizable_layers()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(names, layers, "{name}: layer names from the ONNX graph");
+    let splits = mnist();
+    let x = test_batch(&splits, 64);
+    let ours = rows(&model.graph.forward(&x, Mode::Eval).unwrap());
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let theirs = tract_logits(&bytes, &x, 64);
+    let d = max_abs_diff(&ours, &theirs);
+    eprintln!("{name}: max |mpq - tract| = {d:e} over 64 samples");
+    assert!(
+        d <= 1e-4,
+        "{name}: imported logits differ from tract's by {d}"
+    );
+}
+
+#[test]
+fn lenet5_import_matches_tract() {
+    import_matches_tract("lenet5.onnx", &["conv1", "conv2", "fc1", "fc2", "fc3"]);
+}
+
+#[test]
+fn resnet8_with_folded_bn_import_matches_tract() {
+    import_matches_tract(
+        "resnet8.onnx",
+        &[
+            "conv1",
+            "layer1.0.conv1",
+            "layer1.0.conv2",
+            "layer2.0.conv1",
+            "layer2.0.conv2",
+            "layer2.0.downsample.0",
+            "layer3.0.conv1",
+            "layer3.0.conv2",
+            "layer3.0.downsample.0",
+            "fc",
+        ],
+    );
+    // Folded BatchNorm: the generated initializer names are recorded next to ours.
+    let model = import("resnet8.onnx");
+    let inits = &model.meta.training.as_ref().unwrap()["initializers"];
+    assert_eq!(inits["conv1.weight"], "onnx::Conv_88");
+    assert_eq!(inits["fc.weight"], "fc.weight");
+}
+
+#[test]
+fn opzoo_import_matches_tract() {
+    import_matches_tract(
+        "opzoo.onnx",
+        &[
+            "conv1", "branch_a", "branch_b", "se", "conv2", "fc", "MatMul",
+        ],
+    );
+    let model = import("opzoo.onnx");
+    assert!(
+        model.graph.node("bn1").is_some(),
+        "unfolded BatchNorm is a node"
+    );
+    assert!(model.graph.params().get("bn1.running_var").is_some());
+}
+
+#[test]
+fn unsupported_operators_are_listed_all_at_once() {
+    let err = mpq::onnx::load(&fixture("unsupported.onnx"), &Device::Cpu).unwrap_err();
+    let msg = err.to_string();
+    for part in [
+        "Erf (node /act/Erf)",
+        "NonZero (node /weird/NonZero)",
+        "TopK (node /head/TopK)",
+    ] {
+        assert!(msg.contains(part), "{msg}");
+    }
+    assert!(!msg.contains("Conv"), "{msg}");
+    assert!(err.is_input_error());
+}
+
+#[test]
+fn truncated_and_foreign_files_are_input_errors() {
+    let dir = std::env::temp_dir().join(format!("mpq-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(fixture("lenet5.onnx")).unwrap();
+    let cut = dir.join("cut.onnx");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let text = dir.join("text.onnx");
+    std::fs::write(&text, "this is not a model\n").unwrap();
+    for p in [&cut, &text] {
+        let err = mpq::onnx::load(p, &Device::Cpu).unwrap_err();
+        assert!(err.is_input_error(), "{p:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn imported_graph_trains_and_saves() {
+    let model = import("lenet5.onnx");
+    let splits = mnist();
+    let x = test_batch(&splits, 32);
+    let before = model.graph.forward(&x, Mode::Eval).unwrap();
+    let cfg = mpq::train::TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        lr: 0.01,
+        ..Default::default()
+    };
+    let sub = splits.train.take(512);
+    let report = mpq::train::train(
+        &model.graph,
+        &sub,
+        None,
+        &splits.normalization,
+        &cfg,
+        &mut mpq::progress::NoProgress,
+    )
+    .unwrap();
+    assert!(report.epochs[0].train_loss.is_finite());
+    let after = model.graph.forward(&x, Mode::Eval).unwrap();
+    let moved = (after - before).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(
+        moved.to_scalar::<f32>().unwrap() > 0.0,
+        "training changed nothing"
+    );
+    // Saved with its structure, it loads again without the ONNX file.
+    let dir = std::env::temp_dir().join(format!("mpq-onnx-save-{}", std::process::id()));
+    let path = dir.join("m.safetensors");
+    model.save(&path).unwrap();
+    let back = Model::load(&path, &Default::default(), &Device::Cpu).unwrap();
+    let a = rows(&model.graph.forward(&x, Mode::Eval).unwrap());
+    let b = rows(&back.graph.forward(&x, Mode::Eval).unwrap());
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Quantizes `model` with `plan` as `mpq eval --policy` does, exports QDQ and runs it with
+/// tract on the whole test split: logits within 1e-3, accuracy within 0.1 points.
+fn qdq_matches_simulation(model: &Model, plan: &QuantPlan) {
+    let splits = mnist();
+    let norm = model.normalization_or(&splits.normalization);
+    let layers = model.graph.layer_infos().unwrap();
+    plan.validate(&layers).unwrap();
+    let graph = prepare_graph(&model.graph, plan).unwrap();
+    let cfg = CalibrationConfig {
+        samples: 512,
+        ..Default::default()
+    };
+    let mut hooks = PlanHooks::calibrate(&graph, plan, &splits.train, &norm, &cfg).unwrap();
+    let stats = mpq::train::evaluate(&graph, &splits.test, &norm, 256, &mut hooks).unwrap();
+    let proto = mpq::onnx::qdq_model(&graph, &mut hooks, Some(&norm)).unwrap();
+    let bytes = prost_bytes(&proto);
+    let n = splits.test.len();
+    let x = test_batch(&splits, n);
+    let mut ours = Vec::new();
+    for s in (0..n).step_by(500) {
+        let b = 500.min(n - s);
+        let opts = &mut mpq::graph::ForwardOptions::new(Mode::Eval, &mut hooks);
+        let y = graph
+            .forward_with(&x.narrow(0, s, b).unwrap(), opts)
+            .unwrap();
+        ours.extend(rows(&y));
+    }
+    let theirs = tract_logits(&bytes, &x, 500);
+    let d = max_abs_diff(&ours, &theirs);
+    // Samples whose every logit is within 1e-3. The rest are rounding ties: the two runtimes
+    // sum convolutions in different orders, so an activation within an ulp of a rounding
+    // boundary can land on the neighbouring code in one of them (one quantization step).
+    let close = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| max_abs_diff(std::slice::from_ref(*a), std::slice::from_ref(*b)) <= 1e-3)
+        .count();
+    let acc_tract = accuracy(&theirs, splits.test.labels());
+    let acc_ours = accuracy(&ours, splits.test.labels());
+    eprintln!(
+        "QDQ: {close}/{n} samples with every logit within 1e-3, max |sim - tract| = {d:e}; accuracy sim {:.2}% (eval {:.2}%), tract {:.2}% on {n} samples",
+        100.0 * acc_ours,
+        100.0 * stats.accuracy,
+        100.0 * acc_tract
+    );
+    assert!(
+        close as f64 >= 0.97 * n as f64,
+        "only {close}/{n} samples within 1e-3 of the simulation"
+    );
+    assert!(d <= 0.05, "QDQ logits differ from the simulation by {d}");
+    assert!((acc_ours - stats.accuracy).abs() < 1e-9);
+    assert!((acc_tract - stats.accuracy).abs() * 100.0 <= 0.1);
+}
+
+fn prost_bytes(m: &mpq::onnx::proto::ModelProto) -> Vec<u8> {
+    use prost::Message;
+    m.encode_to_vec()
+}
+
+#[test]
+fn lenet5_qdq_export_runs_in_tract_like_the_simulation() {
+    let model = import("lenet5.onnx");
+    let layers = model.graph.layer_infos().unwrap();
+    let mut plan = QuantPlan::uniform(&layers, 8, 8);
+    let bits = [(8, 8), (4, 4), (2, 4), (3, 6), (8, 8)];
+    for (l, (w, a)) in plan.layers.iter_mut().zip(bits) {
+        l.w_bits = w;
+        l.a_bits = a;
+    }
+    plan.layers[4].granularity = Granularity::PerTensor;
+    qdq_matches_simulation(&model, &plan);
+}
+
+#[test]
+fn resnet8_qdq_export_runs_in_tract_like_the_simulation() {
+    let model = import("resnet8.onnx");
+    let layers = model.graph.layer_infos().unwrap();
+    let mut plan = QuantPlan::uniform(&layers, 4, 8);
+    plan.layers[0].a_bits = 32;
+    plan.layers[3].quantizer = QuantizerKind::Asymmetric;
+    plan.layers[5].w_bits = 32;
+    plan.layers[9].w_bits = 6;
+    qdq_matches_simulation(&model, &plan);
+}
+
+#[test]
+fn zoo_resnet8_with_batch_norm_folds_and_exports() {
+    let cfg = mpq::zoo::ZooConfig::new([1, 28, 28], 10);
+    let model = mpq::zoo::build("resnet8", &cfg, 3).unwrap();
+    let layers = model.graph.layer_infos().unwrap();
+    let mut plan = QuantPlan::uniform(&layers, 4, 4);
+    plan.fold_bn = true;
+    qdq_matches_simulation(&model, &plan);
+    plan.fold_bn = false;
+    qdq_matches_simulation(&model, &plan);
+}
+
+#[test]
+fn opzoo_qdq_export_runs_in_tract_like_the_simulation() {
+    let model = import("opzoo.onnx");
+    let layers = model.graph.layer_infos().unwrap();
+    let plan = QuantPlan::uniform(&layers, 6, 8);
+    qdq_matches_simulation(&model, &plan);
+}
