@@ -201,6 +201,8 @@ fn methods(
                 indicators,
                 "--bops-as",
                 "3/4",
+                "--avg-bits",
+                "3",
             ]),
         ),
     ]

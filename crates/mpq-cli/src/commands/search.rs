@@ -513,6 +513,7 @@ struct PolicyFile<'a> {
     haq: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limpq: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cw_hawq: Option<serde_json::Value>,
 }
 

@@ -119,6 +119,10 @@ fn cw_plans_meet_the_budget_follow_the_trace_order_and_repeat_with_the_seed() {
                 }
             }
         }
+        if method == "cw-ilp" {
+            // Only the agent's policy has a history section (no `null` placeholder).
+            assert!(p.get("cw_hawq").is_none(), "{p}");
+        }
         if method == "cw-hawq" {
             let h = &p["cw_hawq"];
             assert_eq!(h["episodes"], 6);

@@ -180,7 +180,7 @@ fn episodes(section: &serde_json::Value) -> Vec<Episode> {
 
 fn curve_section(run: &RunFolder, method: &str, key: &str, title: &str) -> Option<String> {
     let m = run.methods.iter().find(|m| m.method == method)?;
-    let sec = m.raw.get(key)?;
+    let sec = m.raw.get(key).filter(|v| !v.is_null())?;
     let eps = episodes(sec);
     let fp = sec.get("fp_accuracy").and_then(|v| v.as_f64()).map(|f| {
         if eps.iter().any(|e| e.accuracy > 1.0) && f <= 1.0 {
@@ -324,11 +324,12 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         curve_section(run, "haq", "haq", "HAQ"),
         "no plans/haq.json with a history",
     ));
-    if run.methods.iter().any(|m| m.raw.get("cw_hawq").is_some()) {
+    let has_cw = |m: &&run::MethodRun| m.raw.get("cw_hawq").is_some_and(|v| !v.is_null());
+    if run.methods.iter().any(|m| has_cw(&m)) {
         let method = run
             .methods
             .iter()
-            .find(|m| m.raw.get("cw_hawq").is_some())
+            .find(has_cw)
             .map_or("cw-hawq", |m| m.method.as_str());
         html.push_str(&section(
             "cw-curve",
