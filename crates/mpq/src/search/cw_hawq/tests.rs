@@ -250,8 +250,9 @@ fn same_seed_same_plan_and_plans_fit_and_follow_the_trace_order() {
     assert_ne!(a.episodes, run(8, &t).episodes);
 }
 
-#[test]
-fn repair_lowers_the_most_expensive_bits_first() {
+/// The LeNet-5 counts `start` (per layer, over {8, 4, 2}) after the repair at an average of 3
+/// bits, which must have moved channels and fit.
+fn repaired(start: impl Fn(usize, &LayerInfo) -> Vec<usize>) -> Vec<Vec<usize>> {
     let layers = lenet();
     let t = table(&layers, 5);
     let s = space(&layers, 3.0);
@@ -261,13 +262,33 @@ fn repair_lowers_the_most_expensive_bits_first() {
         calls: 0,
     };
     let env = RatioEnv::new(&s, &t, &mut ev, 0.1, 100.0).unwrap();
-    // Everything at 4 bits except conv1 at 8: within a layer, the repair must empty the 8-bit
-    // group before any channel goes from 4 to 2 bits, and then fit.
-    let mut counts: Vec<Vec<usize>> = layers.iter().map(|l| vec![0, l.out_channels, 0]).collect();
-    counts[0] = vec![6, 0, 0];
-    let before = counts.clone();
+    let mut counts: Vec<Vec<usize>> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| start(i, l))
+        .collect();
     assert!(env.repair(&mut counts).unwrap());
     assert!(s.fits(&env.totals(&counts)));
+    counts
+}
+
+#[test]
+fn repair_lowers_the_most_expensive_bits_first() {
+    // Everything at 4 bits except conv1 at 8: within a layer, the repair must empty the 8-bit
+    // group before any channel goes from 4 to 2 bits, and then fit.
+    let start = |i: usize, l: &LayerInfo| {
+        if i == 0 {
+            vec![6, 0, 0]
+        } else {
+            vec![0, l.out_channels, 0]
+        }
+    };
+    let before: Vec<Vec<usize>> = lenet()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| start(i, l))
+        .collect();
+    let counts = repaired(start);
     assert!(counts[0][0] < 6, "{counts:?}");
     for (c, b) in counts.iter().zip(&before) {
         assert_eq!(c.iter().sum::<usize>(), b.iter().sum::<usize>());
@@ -283,20 +304,9 @@ fn repair_lowers_the_most_expensive_bits_first() {
 
 #[test]
 fn repair_lowers_every_layer_at_the_same_pace() {
-    let layers = lenet();
-    let t = table(&layers, 5);
-    let s = space(&layers, 3.0);
-    let mut ev = OmegaEval {
-        layers: layers.clone(),
-        table: &t,
-        calls: 0,
-    };
-    let env = RatioEnv::new(&s, &t, &mut ev, 0.1, 100.0).unwrap();
     // Everything at 8 bits: the repair must not drain the small layers (conv1: 6 channels)
     // to 2 bits while the large ones (fc1: 120) keep most of theirs at 8.
-    let mut counts: Vec<Vec<usize>> = layers.iter().map(|l| vec![l.out_channels, 0, 0]).collect();
-    assert!(env.repair(&mut counts).unwrap());
-    assert!(s.fits(&env.totals(&counts)));
+    let counts = repaired(|_, l| vec![l.out_channels, 0, 0]);
     let mean_bits = |c: &[usize]| {
         let n: usize = c.iter().sum();
         (8 * c[0] + 4 * c[1] + 2 * c[2]) as f64 / n as f64
