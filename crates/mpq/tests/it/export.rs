@@ -281,17 +281,22 @@ fn per_channel_widths_simulate_exactly() {
         .clone();
     let mut p = mpq::plan::LayerPrecision::new("conv2", 8, 8);
     p.channel_w_bits = Some((0..16).map(|c| 2 + (c % 7)).collect());
-    let q = mpq::quant::weight_params(&w, &p).unwrap();
-    let fast: Vec<f32> = mpq::quant::fake_quant_tensor(&w, &q)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    // The reference clamps every channel to its own range.
-    let slow =
-        mpq::quant::fake_quant_values(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &q);
-    assert_eq!(fast, slow);
+    // The simulation under `p`, checked against the reference, which clamps every channel to
+    // its own range.
+    let simulate = |p: &mpq::plan::LayerPrecision| {
+        let q = mpq::quant::weight_params(&w, p).unwrap();
+        let fast: Vec<f32> = mpq::quant::fake_quant_tensor(&w, &q)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let slow =
+            mpq::quant::fake_quant_values(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &q);
+        assert_eq!(fast, slow);
+        (q, fast)
+    };
+    let (_, fast) = simulate(&p);
     // Channel c has at most 2^b_c − 1 distinct levels.
     for c in 0..16 {
         let b = 2 + (c % 7) as u32;
@@ -308,16 +313,7 @@ fn per_channel_widths_simulate_exactly() {
     // With the MSE clip, values beyond a channel's clipped range saturate at that channel's
     // own width (not the widest one), and the simulation still matches the reference.
     p.weight_range = mpq::plan::WeightRange::Mse;
-    let q = mpq::quant::weight_params(&w, &p).unwrap();
-    let fast: Vec<f32> = mpq::quant::fake_quant_tensor(&w, &q)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let slow =
-        mpq::quant::fake_quant_values(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &q);
-    assert_eq!(fast, slow);
+    let (q, fast) = simulate(&p);
     for c in 0..16 {
         let (_, hi) = q.range(c);
         let top = hi * q.scale[c];
