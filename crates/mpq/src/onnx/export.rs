@@ -166,20 +166,12 @@ impl Writer {
         name.to_string()
     }
 
-    /// `Clip → QuantizeLinear → DequantizeLinear` of the input of layer `layer`, whose
-    /// input has `channels` channels (axis 1).
-    ///
-    /// The one scale and zero point are written once per channel along axis 1 (all equal):
-    /// runtimes then compute `round(x / s)` as the ONNX specification says, where a scalar
-    /// scale lets some (tract) multiply by `1/s`, whose last-bit differences flip a code now
-    /// and then against the simulation's `x / s`.
-    fn quantize_activation(
-        &mut self,
-        layer: &str,
-        x: &str,
-        q: &QuantParams,
-        channels: usize,
-    ) -> Result<String> {
+    /// `Clip → QuantizeLinear → DequantizeLinear` of the input of layer `layer`, with a
+    /// scalar scale and zero point (per-tensor activations, the form runtimes fuse into
+    /// integer kernels). The simulation computes `round_half_even(x / s)` as the ONNX
+    /// specification says; a runtime that multiplies by `1/s` instead (tract does) gives the
+    /// neighbouring code where the two roundings straddle a tie, a few codes in ten million.
+    fn quantize_activation(&mut self, layer: &str, x: &str, q: &QuantParams) -> Result<String> {
         let (s, z) = (q.scale[0], q.zero_point[0]);
         let (signed, lo, hi) = carrier(q.qmin, q.qmax)?;
         let mut src = x.to_string();
@@ -197,27 +189,25 @@ impl Writer {
             );
             src = out;
         }
-        let c = channels.max(1);
         let sn = format!("{layer}.input.scale");
-        self.inits.push(f32_tensor(&sn, &[c], &vec![s; c]));
+        self.inits.push(f32_tensor(&sn, &[], &[s]));
         let zn = format!("{layer}.input.zero_point");
-        self.inits.push(code_tensor(&zn, &[c], &vec![z; c], signed));
+        self.inits.push(code_tensor(&zn, &[], &[z], signed));
         let qn = format!("{layer}.input.quantized");
         let dq = format!("{layer}.input.dequantized");
-        let axis = || vec![attr_int("axis", 1)];
         self.node(
             "QuantizeLinear",
             &format!("{layer}.input.quantize"),
             &[&src, &sn, &zn],
             &qn,
-            axis(),
+            vec![],
         );
         self.node(
             "DequantizeLinear",
             &format!("{layer}.input.dequantize"),
             &[&qn, &sn, &zn],
             &dq,
-            axis(),
+            vec![],
         );
         Ok(dq)
     }
@@ -335,10 +325,7 @@ pub fn qdq_model(
             Op::Conv2d(_) | Op::Linear(_) => {
                 let aq = hooks.activation_params(nm)?;
                 let xin = match &aq {
-                    Some(q) => {
-                        let c = shapes[node.inputs[0]].first().copied().unwrap_or(1);
-                        w.quantize_activation(nm, &x, q, c)?
-                    }
+                    Some(q) => w.quantize_activation(nm, &x, q)?,
                     None => x.clone(),
                 };
                 let (wn, entry) = w.weight(nm, &param(&format!("{nm}.weight"))?, hooks)?;
