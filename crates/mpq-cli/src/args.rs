@@ -405,8 +405,12 @@ pub(crate) enum ScheduleArg {
 #[derive(Debug, Args)]
 pub(crate) struct TrainArgs {
     /// Zoo architecture (mlp, lenet5, resnet8, resnet20, resnet32, resnet56, resnet18, mobilenetv2, vgg11-small).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub(crate) arch: Option<String>,
+    /// Train an existing model instead of a fresh zoo one: `PATH.onnx` (imported as a trainable
+    /// graph) or `PATH.safetensors` saved by mpq.
     #[arg(long)]
-    pub(crate) arch: String,
+    pub(crate) model: Option<String>,
     /// Data reference (mnist10k, mnist:DIR, cifar10:DIR, imagefolder:DIR, synthetic:CxHxW:K:N).
     #[arg(long)]
     pub(crate) data: String,

@@ -1,8 +1,9 @@
-//! `mpq train`: trains a zoo model and saves it with its metadata.
+//! `mpq train`: trains a fresh zoo model, or an existing one (ONNX or mpq safetensors), and
+//! saves it with its metadata.
 
 use serde::Serialize;
 
-use mpq::model::Model;
+use mpq::model::{Model, ModelHint};
 use mpq::train::{OptimizerKind, Schedule, TrainConfig, TrainReport};
 use mpq::zoo::{self, ZooConfig};
 
@@ -68,17 +69,36 @@ pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(M
         // The same split as the search's reward evaluator (Dataset::split_holdout, --seed).
         splits.train = splits.train.split_holdout(a.holdout, g.seed).0;
     }
-    let mut zcfg = ZooConfig::new(splits.train.shape().to_vec(), splits.train.classes());
-    if let Some(w) = a.width {
-        zcfg.width = w;
-    }
-    let mut model = zoo::build_on(&a.arch, &zcfg, g.seed, &super::device())?;
-    model.meta.normalization = Some(splits.normalization.clone());
+    let mut model = match (&a.model, &a.arch) {
+        (Some(path), _) => {
+            let hint = ModelHint {
+                seed: g.seed,
+                ..Default::default()
+            };
+            let model = Model::open(path, &hint, &super::device())?;
+            super::eval::check_shape(&model, &splits)?;
+            model
+        }
+        (None, Some(arch)) => {
+            let mut zcfg = ZooConfig::new(splits.train.shape().to_vec(), splits.train.classes());
+            if let Some(w) = a.width {
+                zcfg.width = w;
+            }
+            zoo::build_on(arch, &zcfg, g.seed, &super::device())?
+        }
+        (None, None) => {
+            return Err(mpq::Error::config("train", "give --arch or --model").into());
+        }
+    };
+    // A model that carries its input normalisation (saved by mpq) keeps it; others take the
+    // data's.
+    let norm = model.normalization_or(&splits.normalization);
+    model.meta.normalization = Some(norm.clone());
     output::status(
         g.quiet,
         &format!(
             "training {} on {} ({} train / {} test samples, {} parameters)",
-            a.arch,
+            model.meta.arch,
             splits.name,
             splits.train.len(),
             splits.test.len(),
@@ -90,7 +110,7 @@ pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(M
         &model.graph,
         &splits.train,
         Some(&splits.test),
-        &splits.normalization,
+        &norm,
         &cfg,
         &mut bars,
     )?;
@@ -117,7 +137,7 @@ pub(crate) fn train_and_save(g: &GlobalArgs, a: &TrainArgs) -> anyhow::Result<(M
         .unwrap_or((f64::NAN, f64::NAN));
     let train_seconds: f64 = report.epochs.iter().map(|e| e.seconds).sum();
     let summary = TrainJson {
-        arch: a.arch.clone(),
+        arch: model.meta.arch.clone(),
         data: splits.name.clone(),
         out: a.out.display().to_string(),
         epochs: report.epochs.len(),

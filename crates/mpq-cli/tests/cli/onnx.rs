@@ -179,3 +179,79 @@ fn truncated_or_foreign_onnx_exits_2() {
         &["cut.onnx"],
     );
 }
+
+#[test]
+fn train_continues_an_onnx_model() {
+    let dir = TempDir::new("onnx-train");
+    let model = fixture("lenet5.onnx");
+    let acc = |m: &str| {
+        let v = parse_json(
+            &expect_ok(
+                dir.path(),
+                &["eval", "--model", m, "--data", "mnist10k", "--json"],
+            ),
+            "eval",
+        );
+        v["accuracy"].as_f64().unwrap()
+    };
+    let before = acc(&model);
+    let run = parse_json(
+        &expect_ok(
+            dir.path(),
+            &[
+                "--quiet",
+                "train",
+                "--model",
+                &model,
+                "--data",
+                "mnist10k",
+                "--epochs",
+                "1",
+                "--out",
+                "tuned.safetensors",
+                "--json",
+            ],
+        ),
+        "train",
+    );
+    // The fixture was trained one epoch by PyTorch; one more epoch improves it, and the saved
+    // model (an imported graph, reloaded without its ONNX file) evaluates as training said.
+    let after = acc("tuned.safetensors");
+    assert!(after > before, "{before} -> {after}");
+    assert!(
+        (run["accuracy"].as_f64().unwrap() - after).abs() < 1e-9,
+        "{run}"
+    );
+    assert_eq!(run["epochs"], 1, "{run}");
+    expect_error(
+        &dir,
+        &[
+            "train",
+            "--model",
+            &model,
+            "--data",
+            "synthetic:3x32x32:10:64",
+            "--out",
+            "x.safetensors",
+        ],
+        2,
+        &["shape mismatch"],
+    );
+    assert!(!dir.join("x.safetensors").exists());
+    expect_error(
+        &dir,
+        &[
+            "train",
+            "--model",
+            &model,
+            "--arch",
+            "lenet5",
+            "--data",
+            "mnist10k",
+            "--out",
+            "x.safetensors",
+        ],
+        2,
+        &["--arch"],
+    );
+}
