@@ -169,6 +169,11 @@ impl Model {
         self.graph.params().num_trainable()
     }
 
+    /// The label smoothing the model was trained with, if `mpq train` recorded it.
+    pub fn training_label_smoothing(&self) -> Option<f64> {
+        self.meta.training.as_ref()?["config"]["label_smoothing"].as_f64()
+    }
+
     /// The normalisation to feed this model: its own, else `fallback` (the data set's).
     pub fn normalization_or(&self, fallback: &Normalization) -> Normalization {
         self.meta

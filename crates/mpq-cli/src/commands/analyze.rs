@@ -173,9 +173,10 @@ pub(crate) struct LimpqArgs {
     /// Weight decay.
     #[arg(long, default_value_t = 2.5e-5)]
     pub(crate) weight_decay: f64,
-    /// Label smoothing of the cross-entropy.
-    #[arg(long, default_value_t = 0.1)]
-    pub(crate) label_smoothing: f64,
+    /// Label smoothing of the cross-entropy [default: the model's own training label
+    /// smoothing where its metadata records it, else 0.1 as the paper].
+    #[arg(long)]
+    pub(crate) label_smoothing: Option<f64>,
     /// Skip the random mixed-precision pass of each step (|B| passes instead of |B|+1).
     #[arg(long)]
     pub(crate) no_mixed_pass: bool,
@@ -343,6 +344,15 @@ fn print_table(t: &SensitivityTable) -> anyhow::Result<()> {
 /// `--metric limpq`: the joint indicator training on the training split.
 fn run_limpq(g: &GlobalArgs, a: &AnalyzeArgs) -> anyhow::Result<()> {
     let l = &a.limpq;
+    let model = super::open_model(&a.model, g.seed)?;
+    // A smoothing the model was not trained with pushes every logit smaller; where no
+    // BatchNorm follows a searched layer, its steps scale its output and absorb that push
+    // (high-bit steps collapse to the clamp or jump tenfold) instead of learning the
+    // quantization trade-off. So the default is the model's own training loss.
+    let label_smoothing = l
+        .label_smoothing
+        .or_else(|| model.training_label_smoothing())
+        .unwrap_or(LimpqConfig::default().label_smoothing);
     let cfg = LimpqConfig {
         bits: l.limpq_bits.clone(),
         epochs: l.epochs,
@@ -351,13 +361,12 @@ fn run_limpq(g: &GlobalArgs, a: &AnalyzeArgs) -> anyhow::Result<()> {
         lr: l.lr,
         lr_min: l.lr_min,
         weight_decay: l.weight_decay,
-        label_smoothing: l.label_smoothing,
+        label_smoothing,
         mixed_pass: !l.no_mixed_pass,
         seed: g.seed,
         ..LimpqConfig::default()
     };
     cfg.validate()?;
-    let model = super::open_model(&a.model, g.seed)?;
     let splits = super::load_data(&a.data, g.seed)?;
     super::eval::check_shape(&model, &splits)?;
     let norm = model.normalization_or(&splits.normalization);

@@ -5,7 +5,11 @@
 use super::*;
 
 fn analyze(dir: &Path, out: &str, seed: &str) -> serde_json::Value {
-    let args = [
+    analyze_with(dir, out, seed, &[])
+}
+
+fn analyze_with(dir: &Path, out: &str, seed: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "analyze",
         "--model",
         "m.safetensors",
@@ -26,6 +30,7 @@ fn analyze(dir: &Path, out: &str, seed: &str) -> serde_json::Value {
         "--json",
         "--quiet",
     ];
+    args.extend_from_slice(extra);
     let stdout = expect_ok(dir, &args);
     parse_json(&stdout, "mpq analyze --metric limpq --json")
 }
@@ -56,6 +61,8 @@ fn limpq_indicators_search_and_finetune_end_to_end() {
         assert!(fc2["act"][k].as_f64().unwrap() > 0.0, "{fc2}");
     }
     let r = &t["limpq"];
+    // The model was trained without label smoothing, so the indicators are too.
+    assert_eq!(r["config"]["label_smoothing"], 0.0, "{r}");
     // 64 samples in batches of 32: 2 joint steps of |B| + 1 = 4 passes.
     assert_eq!(r["steps"], 2);
     assert_eq!(r["passes"], 8);
@@ -182,4 +189,40 @@ fn limpq_input_errors_exit_2() {
         2,
         &["9 is outside 2..8"],
     );
+}
+
+#[test]
+fn indicator_training_defaults_to_the_models_own_label_smoothing() {
+    let dir = TempDir::new("limpq-ls");
+    train_mlp(dir.path(), "m.safetensors", &["--label-smoothing", "0.2"]);
+    let ls = |t: &serde_json::Value| t["limpq"]["config"]["label_smoothing"].as_f64().unwrap();
+    assert_eq!(ls(&analyze(dir.path(), "a.json", "0")), 0.2);
+    let t = analyze_with(dir.path(), "b.json", "0", &["--label-smoothing", "0.1"]);
+    assert_eq!(ls(&t), 0.1);
+    // A model without a training record (a fresh zoo model) gets the paper's 0.1.
+    let args = [
+        "analyze",
+        "--model",
+        "zoo:mlp",
+        "--input",
+        "1x8x8",
+        "--classes",
+        "3",
+        "--data",
+        SYNTH,
+        "--metric",
+        "limpq",
+        "--epochs",
+        "1",
+        "--limpq-bits",
+        "3,2",
+        "--batch-size",
+        "32",
+        "--out",
+        "c.json",
+        "--json",
+        "--quiet",
+    ];
+    let t = parse_json(&expect_ok(dir.path(), &args), "analyze zoo:mlp");
+    assert_eq!(ls(&t), 0.1);
 }
