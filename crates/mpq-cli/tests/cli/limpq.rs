@@ -5,14 +5,20 @@
 use super::*;
 
 fn analyze(dir: &Path, out: &str, seed: &str) -> serde_json::Value {
-    analyze_with(dir, out, seed, &[])
+    analyze_with(dir, &["--model", "m.safetensors"], out, seed, &[])
 }
 
-fn analyze_with(dir: &Path, out: &str, seed: &str, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "analyze",
-        "--model",
-        "m.safetensors",
+/// `mpq analyze --metric limpq` on `model` (its `--model` flags) with `extra` flags.
+fn analyze_with(
+    dir: &Path,
+    model: &[&str],
+    out: &str,
+    seed: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["analyze"];
+    args.extend_from_slice(model);
+    args.extend_from_slice(&[
         "--data",
         SYNTH,
         "--metric",
@@ -29,7 +35,7 @@ fn analyze_with(dir: &Path, out: &str, seed: &str, extra: &[&str]) -> serde_json
         out,
         "--json",
         "--quiet",
-    ];
+    ]);
     args.extend_from_slice(extra);
     let stdout = expect_ok(dir, &args);
     parse_json(&stdout, "mpq analyze --metric limpq --json")
@@ -197,32 +203,16 @@ fn indicator_training_defaults_to_the_models_own_label_smoothing() {
     train_mlp(dir.path(), "m.safetensors", &["--label-smoothing", "0.2"]);
     let ls = |t: &serde_json::Value| t["limpq"]["config"]["label_smoothing"].as_f64().unwrap();
     assert_eq!(ls(&analyze(dir.path(), "a.json", "0")), 0.2);
-    let t = analyze_with(dir.path(), "b.json", "0", &["--label-smoothing", "0.1"]);
+    let mine = ["--model", "m.safetensors"];
+    let t = analyze_with(
+        dir.path(),
+        &mine,
+        "b.json",
+        "0",
+        &["--label-smoothing", "0.1"],
+    );
     assert_eq!(ls(&t), 0.1);
     // A model without a training record (a fresh zoo model) gets the paper's 0.1.
-    let args = [
-        "analyze",
-        "--model",
-        "zoo:mlp",
-        "--input",
-        "1x8x8",
-        "--classes",
-        "3",
-        "--data",
-        SYNTH,
-        "--metric",
-        "limpq",
-        "--epochs",
-        "1",
-        "--limpq-bits",
-        "3,2",
-        "--batch-size",
-        "32",
-        "--out",
-        "c.json",
-        "--json",
-        "--quiet",
-    ];
-    let t = parse_json(&expect_ok(dir.path(), &args), "analyze zoo:mlp");
-    assert_eq!(ls(&t), 0.1);
+    let zoo = ["--model", "zoo:mlp", "--input", "1x8x8", "--classes", "3"];
+    assert_eq!(ls(&analyze_with(dir.path(), &zoo, "c.json", "0", &[])), 0.1);
 }
