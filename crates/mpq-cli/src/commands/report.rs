@@ -1,4 +1,5 @@
-//! `mpq report --run DIR`: renders `DIR/report.html` from a run folder
+//! `mpq report --run DIR`: renders `DIR/report.html` (and each plot as `DIR/report-*.svg`)
+//! from a run folder
 //! ([`mpq::report::render`]) and says on stderr what the folder lacks.
 
 use crate::args::{GlobalArgs, ReportArgs};
@@ -26,6 +27,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &ReportArgs) -> anyhow::Result<()> {
     if g.json {
         return output::json(&serde_json::json!({
             "report": out.path.display().to_string(),
+            "plots": out.plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "missing": out.missing,
             "unreadable": out.unreadable,
             "results": out.rows,
@@ -33,8 +35,10 @@ pub(crate) fn run(g: &GlobalArgs, a: &ReportArgs) -> anyhow::Result<()> {
     }
     let plans = out.rows.iter().filter(|r| r.method != "fp32").count();
     output::line(&format!(
-        "report: {} ({plans} plan{})",
+        "report: {} ({plans} plan{}; {} plot{} also as report-*.svg)",
         out.path.display(),
-        if plans == 1 { "" } else { "s" }
+        if plans == 1 { "" } else { "s" },
+        out.plots.len(),
+        if out.plots.len() == 1 { "" } else { "s" }
     ))
 }

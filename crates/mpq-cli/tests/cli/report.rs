@@ -238,6 +238,19 @@ fn report_numbers_equal_the_run_files_and_gaps_are_listed() {
             .unwrap_or_else(|| panic!("no section {id}"));
         let body = &html[at..at + html[at..].find("</section>").unwrap()];
         assert!(!body.contains("not available"), "section {id} is empty");
+        if id != "settings" && id != "results" {
+            // Each plot is also a standalone SVG file, the same drawing as the inline one.
+            let svg = std::fs::read_to_string(run.join(format!("report-{id}.svg")))
+                .unwrap_or_else(|e| panic!("report-{id}.svg: {e}"));
+            assert!(
+                svg.starts_with("<svg") && svg.contains(r#"xmlns="http://www.w3.org/2000/svg""#),
+                "report-{id}.svg is not a standalone SVG"
+            );
+            assert!(
+                body.contains(&svg),
+                "report-{id}.svg differs from the inline plot"
+            );
+        }
     }
 
     // The machine-readable block.
@@ -353,6 +366,11 @@ fn report_numbers_equal_the_run_files_and_gaps_are_listed() {
     let cells = row_cells(&html, "ilp");
     check_cell(&cells, "accuracy_after", None, "ilp without summary");
     assert!(html.contains(r#"<section id="bitmap"><h2>"#) && html.contains("<svg"));
+    // Plots the run can no longer draw leave no stale file behind.
+    for id in ["sensitivity", "activations", "density"] {
+        assert!(!run.join(format!("report-{id}.svg")).exists(), "stale {id}");
+    }
+    assert!(run.join("report-bitmap.svg").is_file());
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! self-contained `DIR/report.html` with inline SVG plots and no scripts to run: the run's
 //! settings, the results table, per-layer weight and activation sensitivity, the Pareto
 //! frontier with every method's plan, the bit-map of every plan, the Hessian spectral density
-//! and the agent searches' learning curves. What the folder lacks is listed, not fatal.
+//! and the agent searches' learning curves. Each plot is also written as its own file,
+//! `DIR/report-<plot>.svg`. What the folder lacks is listed, not fatal.
 //!
 //! The results table's numbers are also in a `<script type="application/json"
 //! id="mpq-report-data">` block, for tests and scripts.
@@ -33,6 +34,8 @@ use crate::Result;
 pub struct ReportOutcome {
     /// The written report (`DIR/report.html`).
     pub path: PathBuf,
+    /// Each plot of the report also as its own file (`DIR/report-<plot>.svg`).
+    pub plots: Vec<PathBuf>,
     /// What the run folder lacks (relative paths, each with what it would have shown).
     pub missing: Vec<String>,
     /// Files that exist but could not be read (`path: reason`).
@@ -46,15 +49,54 @@ pub struct ReportOutcome {
 /// unreadable parts are listed in the report and in the outcome.
 pub fn render(dir: &Path) -> Result<ReportOutcome> {
     let run = RunFolder::load(dir)?;
-    let (html, rows) = report_html(&run)?;
+    let report = report_html(&run)?;
     let path = dir.join("report.html");
-    crate::io::write_atomic(&path, html.as_bytes())?;
+    let mut plots = Vec::new();
+    for id in PLOTS {
+        let file = dir.join(format!("report-{id}.svg"));
+        match report.plots.iter().find(|(p, _)| p == &id) {
+            Some((_, svg)) => {
+                crate::io::write_atomic(&file, svg.as_bytes())?;
+                plots.push(file);
+            }
+            // A plot this run cannot draw: no stale file from an earlier render.
+            None if file.is_file() => {
+                std::fs::remove_file(&file).map_err(|e| crate::Error::io(&file, e))?;
+            }
+            None => {}
+        }
+    }
+    crate::io::write_atomic(&path, report.html.as_bytes())?;
     Ok(ReportOutcome {
         path,
+        plots,
         missing: run.missing,
         unreadable: run.unreadable,
-        rows,
+        rows: report.rows,
     })
+}
+
+/// The report's plots, by section id (`DIR/report-<id>.svg`).
+pub const PLOTS: [&str; 7] = [
+    "sensitivity",
+    "activations",
+    "pareto",
+    "bitmap",
+    "density",
+    "haq-curve",
+    "cw-curve",
+];
+
+/// A rendered report: the HTML document, its results table and its plots (`(section id,
+/// SVG)`, each also inline in the HTML).
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The whole HTML document.
+    pub html: String,
+    /// The results table.
+    pub rows: Vec<ResultRow>,
+    /// The plots drawn.
+    pub plots: Vec<(&'static str, String)>,
 }
 
 const CSS: &str = r#"
@@ -206,9 +248,16 @@ fn curve_section(run: &RunFolder, method: &str, key: &str, title: &str) -> Optio
     )
 }
 
-/// The report as an HTML document, and its results table.
-pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
+/// The report as an HTML document, with its results table and plots.
+pub fn report_html(run: &RunFolder) -> Result<Report> {
     let rows = result_rows(run)?;
+    let mut plots: Vec<(&'static str, String)> = Vec::new();
+    let mut plot = |id: &'static str, svg: Option<String>| {
+        if let Some(svg) = &svg {
+            plots.push((id, svg.clone()));
+        }
+        svg
+    };
     let sens = run.sensitivity.as_ref();
     let mut html = String::new();
     let title = run.dir.file_name().map_or_else(
@@ -264,7 +313,7 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         "Weight sensitivity",
         "Per layer: HAWQ-V2's average Hessian trace per weight Tr(H)/n (Hutchinson, with its \
          standard error) and HAWQ's top Hessian eigenvalue. Higher means the layer needs more bits.",
-        sens.and_then(sensitivity_chart),
+        plot("sensitivity", sens.and_then(sensitivity_chart)),
         "sensitivity.json has no trace or eigenvalue",
     ));
     html.push_str(&section(
@@ -272,7 +321,7 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         "Activation sensitivity",
         "Per layer: the Hessian trace of the loss with respect to the layer's input \
          activation, per sample (HAWQ-V2 §2.6).",
-        sens.and_then(activation_chart),
+        plot("activations", sens.and_then(activation_chart)),
         "sensitivity.json has no activation traces (analyze --metric act-trace or all)",
     ));
     html.push_str("</div>");
@@ -294,7 +343,7 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         "Pareto frontier",
         "HAWQ-V2's exact frontier of Ω against size from plans/pareto.frontier.json, the uniform \
          plans on it (squares), and every method's plan at its Ω on the shared scale (dots).",
-        pareto_chart(run.frontier.as_ref(), &points),
+        plot("pareto", pareto_chart(run.frontier.as_ref(), &points)),
         "no frontier and no plan with Ω (needs model.safetensors and sensitivity.json)",
     ));
     html.push_str(r#"<div class="grid">"#);
@@ -303,7 +352,7 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         "Bit-widths per layer",
         "Each plan's weight (W) and input-activation (A) bits per layer. Striped cells are \
          per-channel weight widths (one stripe per output channel), labelled with their mean.",
-        bitmap_svg(&run.layer_names(), &run.methods),
+        plot("bitmap", bitmap_svg(&run.layer_names(), &run.methods)),
         "no plans",
     ));
     html.push_str(&section(
@@ -311,7 +360,7 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         "Hessian spectral density",
         "Eigenvalue density of the whole model's weight Hessian by stochastic Lanczos \
          quadrature (PyHessian). A few large outliers dominate the curvature.",
-        sens.and_then(density_chart),
+        plot("density", sens.and_then(density_chart)),
         "sensitivity.json has no density (analyze --metric density or all)",
     ));
     html.push_str("</div>");
@@ -321,7 +370,7 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         "HAQ learning curve",
         "Accuracy of each episode's plan on the reward split (held out of training), the best \
          so far, and the FP model's accuracy on the same split.",
-        curve_section(run, "haq", "haq", "HAQ"),
+        plot("haq-curve", curve_section(run, "haq", "haq", "HAQ")),
         "no plans/haq.json with a history",
     ));
     let has_cw = |m: &&run::MethodRun| m.raw.get("cw_hawq").is_some_and(|v| !v.is_null());
@@ -335,7 +384,7 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
             "cw-curve",
             "CW-HAWQ learning curve",
             "Accuracy of each episode's channel-wise plan on the reward split, and the best so far.",
-            curve_section(run, method, "cw_hawq", "CW-HAWQ"),
+            plot("cw-curve", curve_section(run, method, "cw_hawq", "CW-HAWQ")),
             "no history in the cw_hawq section",
         ));
     }
@@ -354,5 +403,5 @@ pub fn report_html(run: &RunFolder) -> Result<(String, Vec<ResultRow>)> {
         r#"</main><script type="application/json" id="mpq-report-data">{json}</script></body></html>"#
     );
     html.push('\n');
-    Ok((html, rows))
+    Ok(Report { html, rows, plots })
 }
