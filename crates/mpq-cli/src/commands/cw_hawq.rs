@@ -131,8 +131,9 @@ pub(crate) fn search(
     Ok(result?)
 }
 
-/// The `cw_hawq` section of the policy file.
-pub(crate) fn policy_section(r: &CwResult) -> serde_json::Value {
+/// The `cw_hawq` section of the policy file (`warmup`: the agent's random episodes;
+/// `curve`: the learning curve's file name).
+pub(crate) fn policy_section(r: &CwResult, warmup: usize, curve: &str) -> serde_json::Value {
     let best = r.episodes.get(r.best_episode);
     serde_json::json!({
         "fp_accuracy": r.fp_accuracy,
@@ -140,6 +141,8 @@ pub(crate) fn policy_section(r: &CwResult) -> serde_json::Value {
         "best_accuracy": best.map(|b| b.accuracy),
         "best_reward": best.map(|b| b.reward),
         "episodes": r.episodes.len(),
+        "warmup": warmup,
+        "curve": curve,
         "history": r.episodes,
     })
 }

@@ -39,7 +39,8 @@ enum Extra {
     Solver(search::IlpStats),
     Limpq(search::IlpStats, serde_json::Value),
     Haq(Box<mpq::search::haq::HaqResult>),
-    Cw(Box<mpq::search::CwResult>),
+    /// CW-HAWQ's result and its agent's warm-up episodes.
+    Cw(Box<mpq::search::CwResult>, usize),
 }
 
 pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
@@ -180,7 +181,7 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
                 (search::cw_ilp(&space, table, a.ratio_grid)?, Extra::None)
             } else {
                 let r = super::cw_hawq::search(g, a, &model, &space, table)?;
-                (r.plan.clone(), Extra::Cw(Box::new(r)))
+                (r.plan.clone(), Extra::Cw(Box::new(r), a.haq.warmup))
             }
         }
     };
@@ -210,9 +211,14 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
             svg.as_bytes().to_vec(),
         ));
     }
-    if let Extra::Haq(r) = &extra {
-        let svg = mpq::search::haq::curve::learning_curve_svg(&r.history, a.haq.warmup);
-        files.push((super::side_path(&a.out, "curve.svg"), svg.into_bytes()));
+    let agent = [(&policy.haq, "HAQ"), (&policy.cw_hawq, "CW-HAWQ")];
+    for (section, title) in agent {
+        if let Some(svg) = section
+            .as_ref()
+            .and_then(|sec| mpq::report::agent_curve(sec, title))
+        {
+            files.push((super::side_path(&a.out, "curve.svg"), svg.into_bytes()));
+        }
     }
     super::write_files_atomic(&files)?;
 
@@ -543,7 +549,13 @@ fn policy_file<'a>(plan: &'a QuantPlan, extra: &Extra, out: &Path) -> PolicyFile
     };
     match extra {
         Extra::None => {}
-        Extra::Cw(r) => file.cw_hawq = Some(super::cw_hawq::policy_section(r)),
+        Extra::Cw(r, warmup) => {
+            file.cw_hawq = Some(super::cw_hawq::policy_section(
+                r,
+                *warmup,
+                &name("curve.svg"),
+            ));
+        }
         Extra::Haq(r) => {
             let h = &r.history;
             let best = h.best_episode.and_then(|b| h.episodes.get(b));
@@ -689,7 +701,7 @@ fn print_human(
     output::line(&summary)?;
     match extra {
         Extra::None => {}
-        Extra::Cw(r) => {
+        Extra::Cw(r, _) => {
             if let Some(b) = r.episodes.get(r.best_episode) {
                 output::line(&format!(
                     "CW-HAWQ: best episode {} of {}: {:.2}% on the held-out split (FP {:.2}%), \

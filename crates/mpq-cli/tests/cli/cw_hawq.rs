@@ -120,12 +120,17 @@ fn cw_plans_meet_the_budget_follow_the_trace_order_and_repeat_with_the_seed() {
             }
         }
         if method == "cw-ilp" {
-            // Only the agent's policy has a history section (no `null` placeholder).
+            // Only the agent's policy has a history section (no `null` placeholder) and a
+            // learning curve.
             assert!(p.get("cw_hawq").is_none(), "{p}");
+            assert!(!dir.join("p.curve.svg").exists());
         }
         if method == "cw-hawq" {
             let h = &p["cw_hawq"];
             assert_eq!(h["episodes"], 6);
+            assert_eq!(h["curve"], "p.curve.svg");
+            let svg = std::fs::read_to_string(dir.join("p.curve.svg")).unwrap();
+            assert!(svg.contains("CW-HAWQ learning curve: 6 episodes"), "{svg}");
             assert_eq!(h["history"].as_array().unwrap().len(), 6);
             let again = search(dir.path(), method, "q.json", &extra);
             assert_eq!(again["layers"], p["layers"]);

@@ -222,7 +222,14 @@ fn episodes(section: &serde_json::Value) -> Vec<Episode> {
 
 fn curve_section(run: &RunFolder, method: &str, key: &str, title: &str) -> Option<String> {
     let m = run.methods.iter().find(|m| m.method == method)?;
-    let sec = m.raw.get(key).filter(|v| !v.is_null())?;
+    agent_curve(m.raw.get(key).filter(|v| !v.is_null())?, title)
+}
+
+/// The learning curve of an agent search (`mpq search --method haq|cw-hawq`, and the report)
+/// from its policy section (`haq` or `cw_hawq`: `history` with each episode's accuracy,
+/// `fp_accuracy`, the warm-up in `settings`): each episode's accuracy on the reward split,
+/// warm-up episodes in grey, the best so far and the FP accuracy. `None` without episodes.
+pub fn agent_curve(sec: &serde_json::Value, title: &str) -> Option<String> {
     let eps = episodes(sec);
     let fp = sec.get("fp_accuracy").and_then(|v| v.as_f64()).map(|f| {
         if eps.iter().any(|e| e.accuracy > 1.0) && f <= 1.0 {
@@ -234,6 +241,7 @@ fn curve_section(run: &RunFolder, method: &str, key: &str, title: &str) -> Optio
     let warmup = sec
         .pointer("/settings/config/ddpg/warmup_episodes")
         .or_else(|| sec.pointer("/settings/config/warmup"))
+        .or_else(|| sec.get("warmup"))
         .and_then(|v| v.as_u64())
         .unwrap_or(0) as usize;
     let best = eps
@@ -241,7 +249,10 @@ fn curve_section(run: &RunFolder, method: &str, key: &str, title: &str) -> Optio
         .map(|e| e.accuracy)
         .fold(f64::NEG_INFINITY, f64::max);
     learning_curve(
-        &format!("{title}: {} episodes, best {best:.2}%", eps.len()),
+        &format!(
+            "{title} learning curve: {} episodes, best {best:.2}%",
+            eps.len()
+        ),
         &eps,
         warmup,
         fp,
@@ -404,4 +415,34 @@ pub fn report_html(run: &RunFolder) -> Result<Report> {
     );
     html.push('\n');
     Ok(Report { html, rows, plots })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_curve_draws_every_episode_the_warmup_and_the_best_so_far() {
+        let history: Vec<_> = [0.5, 0.7, 0.6, 0.8, 0.75]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| serde_json::json!({"episode": i, "accuracy": a}))
+            .collect();
+        let sec = serde_json::json!({"fp_accuracy": 0.9, "warmup": 2, "history": history});
+        let svg = agent_curve(&sec, "HAQ").unwrap();
+        assert!(
+            svg.contains("HAQ learning curve: 5 episodes, best 80.00%"),
+            "{svg}"
+        );
+        // Fractions are drawn in percent: two grey warm-up dots, three agent dots.
+        assert_eq!(svg.matches(r##"r="3" fill="#b0b0b0""##).count(), 2);
+        assert_eq!(svg.matches(r##"r="3" fill="#1f77b4""##).count(), 3);
+        // The best-so-far line starts at the first episode and steps once per episode.
+        let at = svg.find(r#"<path d="M"#).unwrap();
+        let d = &svg[at..at + svg[at..].find("\" fill").unwrap()];
+        assert_eq!(d.matches(" H").count(), 4, "{d}");
+        assert!(svg.contains("FP accuracy") && svg.contains("warm-up episode"));
+        let empty = serde_json::json!({"fp_accuracy": 0.9, "history": []});
+        assert!(agent_curve(&empty, "HAQ").is_none());
+    }
 }

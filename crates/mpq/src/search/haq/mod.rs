@@ -6,7 +6,7 @@
 //!
 //! - [`state`]: the observation (§4.3);
 //! - [`env`]: the environment (§4.4–§4.6);
-//! - [`curve`]: the SVG learning curve;
+//! - the SVG learning curve is drawn from the policy's `haq` section by [`crate::report::agent_curve`];
 //! - this file: [`PlanEvaluator`] (the only door to the model), [`haq`] (the search loop of
 //!   §4.2 with the history and resume) and the code-versus-paper decisions of §4.13:
 //!
@@ -30,7 +30,6 @@
 //! 8. Hardware: the BitFusion and BISMO simulators of [`crate::cost`] or any per-layer CSV
 //!    table, since the reference ships one latency table and no energy model.
 
-pub mod curve;
 pub mod env;
 pub mod state;
 
