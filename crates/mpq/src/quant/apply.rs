@@ -15,7 +15,7 @@ use candle::Tensor;
 use super::kmeans::{Codebook, cluster_means, kmeans_1d, layer_seed};
 use super::lsq::LsqQuantizer;
 use super::observer::{Observer, RangeMethod};
-use super::params::{QuantParams, mse_symmetric_max};
+use super::params::{QuantParams, mse_symmetric_max, mse_symmetric_max_rows};
 use crate::data::{self, Dataset, LoaderConfig, Normalization};
 use crate::graph::{ForwardOptions, Graph, Hooks, Mode};
 use crate::plan::{Granularity, LayerPrecision, QuantPlan, QuantizerKind, WeightRange};
@@ -151,10 +151,7 @@ pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
             WeightRange::MaxAbs => flat.abs()?.max(1)?.to_vec1()?,
             WeightRange::Mse => {
                 let rows: Vec<Vec<f32>> = flat.to_dtype(candle::DType::F32)?.to_vec2()?;
-                rows.iter()
-                    .zip(bits)
-                    .map(|(r, &b)| mse_symmetric_max(r, b))
-                    .collect::<Result<_>>()?
+                mse_symmetric_max_rows(&rows, |c| bits[c])?
             }
         };
         return QuantParams::symmetric_channel_bits(&m, bits, 0);
@@ -189,9 +186,7 @@ pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
                 WeightRange::MaxAbs => flat.abs()?.max(1)?.to_vec1()?,
                 WeightRange::Mse => {
                     let rows: Vec<Vec<f32>> = flat.to_dtype(candle::DType::F32)?.to_vec2()?;
-                    rows.iter()
-                        .map(|r| mse_symmetric_max(r, p.w_bits))
-                        .collect::<Result<_>>()?
+                    mse_symmetric_max_rows(&rows, |_| p.w_bits)?
                 }
             };
             QuantParams::symmetric_per_channel(&m, p.w_bits, 0)

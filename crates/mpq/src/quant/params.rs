@@ -1,6 +1,7 @@
 //! Uniform quantization parameters: `q = clamp(round(x/s) + z, qmin, qmax)`,
 //! `x̂ = s·(q − z)` (spec §7.2.1).
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -234,22 +235,57 @@ pub fn mse_symmetric_max(x: &[f32], bits: u32) -> Result<f32> {
         return Ok(max_abs);
     }
     let (_, qmax) = quant_range(bits, true)?;
-    let mut best = (f64::INFINITY, max_abs);
-    for k in (1..=CLIP_GRID).rev() {
-        let m = max_abs * k as f32 / CLIP_GRID as f32;
-        let s = (m / qmax).max(MIN_SCALE);
-        let err: f64 = x
-            .iter()
+    let clip = |k: usize| max_abs * k as f32 / CLIP_GRID as f32;
+    let err = |k: usize| -> f64 {
+        let s = (clip(k) / qmax).max(MIN_SCALE);
+        x.iter()
             .map(|&v| {
-                let q = (v / s).round_ties_even().clamp(-qmax, qmax) * s;
+                // Clamping before rounding is the same for integer bounds.
+                let q = round_half_even_small((v / s).clamp(-qmax, qmax)) * s;
                 f64::from(q - v).powi(2)
             })
-            .sum();
-        if err < best.0 {
-            best = (err, m);
+            .sum()
+    };
+    // Each candidate's sum is sequential, so evaluating candidates in parallel (large
+    // tensors) gives the same errors and the same choice.
+    let errs: Vec<f64> = if x.len() >= MSE_PARALLEL_MIN {
+        (1..=CLIP_GRID).into_par_iter().map(err).collect()
+    } else {
+        (1..=CLIP_GRID).map(err).collect()
+    };
+    let mut best = (f64::INFINITY, max_abs);
+    for k in (1..=CLIP_GRID).rev() {
+        if errs[k - 1] < best.0 {
+            best = (errs[k - 1], clip(k));
         }
     }
     Ok(best.1)
+}
+
+/// `y.round_ties_even()` for `|y| < 2^22`, inline: adding and removing `1.5·2^23` leaves the
+/// sum in `[2^23, 2^24)`, where the float spacing is 1, so the addition itself rounds to the
+/// nearest integer, ties to even. (`round_ties_even` is a libm call without SSE4.1, and it
+/// was most of the time of QAT with MSE-clipped weights.)
+#[inline]
+fn round_half_even_small(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    debug_assert!(y.abs() < 4_194_304.0);
+    (y + MAGIC) - MAGIC
+}
+
+/// Tensors from this many values up search their MSE clip candidates in parallel.
+const MSE_PARALLEL_MIN: usize = 4096;
+
+/// [`mse_symmetric_max`] of each row (an output channel) at its width `bits(row)`, rows in
+/// parallel.
+pub(crate) fn mse_symmetric_max_rows(
+    rows: &[Vec<f32>],
+    bits: impl Fn(usize) -> u32 + Sync,
+) -> Result<Vec<f32>> {
+    rows.par_iter()
+        .enumerate()
+        .map(|(c, r)| mse_symmetric_max(r, bits(c)))
+        .collect()
 }
 
 /// Fake-quantizes `x` (quantize then dequantize) in place of a copy. `x` is laid out with
@@ -272,6 +308,26 @@ pub fn fake_quant_values(x: &[f32], p: &QuantParams) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_rounding_is_round_half_even() {
+        // Every tie and its neighbours from -300 to 300, and a spread of odd values.
+        let mut ys: Vec<f32> = (-600..=600).map(|k| k as f32 * 0.5).collect();
+        ys.extend(
+            ys.clone()
+                .iter()
+                .flat_map(|&y| [y.next_up(), y.next_down()]),
+        );
+        ys.extend((0..2000).map(|k| (k as f32 * 0.7373).sin() * 130.0));
+        ys.extend([4_194_303.5, -4_194_303.5, 2_097_152.5, 0.0, -0.0]);
+        for y in ys {
+            assert_eq!(
+                round_half_even_small(y).to_bits() & 0x7fff_ffff,
+                y.round_ties_even().to_bits() & 0x7fff_ffff,
+                "{y}"
+            );
+        }
+    }
 
     #[test]
     fn ranges_are_narrow_signed_and_full_unsigned() {
