@@ -310,6 +310,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mse_clip_equals_the_plain_sequential_search() {
+        // The plain search: candidates from the widest down, libm rounding before the clamp.
+        let reference = |x: &[f32], bits: u32| -> f32 {
+            let max_abs = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let qmax = (1u32 << (bits - 1)) as f32 - 1.0;
+            let mut best = (f64::INFINITY, max_abs);
+            for k in (1..=CLIP_GRID).rev() {
+                let m = max_abs * k as f32 / CLIP_GRID as f32;
+                let s = (m / qmax).max(MIN_SCALE);
+                let err: f64 = x
+                    .iter()
+                    .map(|&v| {
+                        let q = (v / s).round_ties_even().clamp(-qmax, qmax) * s;
+                        f64::from(q - v).powi(2)
+                    })
+                    .sum();
+                if err < best.0 {
+                    best = (err, m);
+                }
+            }
+            best.1
+        };
+        // Heavy-tailed values, small (sequential) and large (parallel candidates).
+        for n in [300, 20_000] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| {
+                    let u = ((i as f32 * 0.618_034).fract() - 0.5) * 2.0;
+                    u * u * u * 0.3
+                })
+                .collect();
+            for bits in [2, 3, 4, 8] {
+                let got = mse_symmetric_max(&x, bits).unwrap();
+                assert_eq!(
+                    got.to_bits(),
+                    reference(&x, bits).to_bits(),
+                    "n {n} bits {bits}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn inline_rounding_is_round_half_even() {
         // Every tie and its neighbours from -300 to 300, and a spread of odd values.
         let mut ys: Vec<f32> = (-600..=600).map(|k| k as f32 * 0.5).collect();
