@@ -8,6 +8,7 @@ mod trainer;
 
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
 pub use schedule::Schedule;
+pub(crate) use trainer::validate_loss_and_momentum;
 pub use trainer::{
     EpochStats, EvalStats, TrainConfig, TrainReport, cross_entropy, evaluate, train, train_with,
 };

@@ -58,6 +58,28 @@ impl Default for TrainConfig {
     }
 }
 
+/// The range checks every SGD-style training shares: momentum in [0, 1), a non-negative
+/// weight decay and label smoothing in [0, 1).
+pub(crate) fn validate_loss_and_momentum(
+    momentum: f64,
+    weight_decay: f64,
+    label_smoothing: f64,
+) -> Result<()> {
+    if !(0.0..1.0).contains(&momentum) {
+        return Err(Error::config("momentum", "must be in [0, 1)"));
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return Err(Error::config(
+            "weight-decay",
+            "must be a non-negative number",
+        ));
+    }
+    if !(0.0..1.0).contains(&label_smoothing) {
+        return Err(Error::config("label-smoothing", "must be in [0, 1)"));
+    }
+    Ok(())
+}
+
 impl TrainConfig {
     /// Checks ranges once, before any work.
     pub fn validate(&self) -> Result<()> {
@@ -70,19 +92,7 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return Err(Error::config("lr", "must be a non-negative number"));
         }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(Error::config("momentum", "must be in [0, 1)"));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::config(
-                "weight-decay",
-                "must be a non-negative number",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(Error::config("label-smoothing", "must be in [0, 1)"));
-        }
-        Ok(())
+        validate_loss_and_momentum(self.momentum, self.weight_decay, self.label_smoothing)
     }
 }
 

@@ -110,18 +110,11 @@ impl LimpqConfig {
                 return Err(Error::config(f, "must be a non-negative number"));
             }
         }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(Error::config("momentum", "must be in [0, 1)"));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::config(
-                "weight-decay",
-                "must be a non-negative number",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(Error::config("label-smoothing", "must be in [0, 1)"));
-        }
+        crate::train::validate_loss_and_momentum(
+            self.momentum,
+            self.weight_decay,
+            self.label_smoothing,
+        )?;
         if !(self.grad_clip.is_finite() && self.grad_clip > 0.0) {
             return Err(Error::config("grad-clip", "must be a positive number"));
         }
@@ -365,15 +358,20 @@ mod tests {
         crate::data::load("synthetic:3x8x8:4:64", &LoadOptions::default()).unwrap()
     }
 
-    fn trainer(graph: &Graph, bits: &[BitWidth]) -> JointTrainer {
+    /// The searched layers' names and weights.
+    fn searched_weights(graph: &Graph) -> Vec<(String, candle::Tensor)> {
         let (searched, _) = searched_layers(graph).unwrap();
-        let w: Vec<_> = searched
+        searched
             .iter()
             .map(|n| {
                 let v = graph.params().var(&format!("{n}.weight")).unwrap();
                 (n.clone(), v.as_tensor().clone())
             })
-            .collect();
+            .collect()
+    }
+
+    fn trainer(graph: &Graph, bits: &[BitWidth]) -> JointTrainer {
+        let w = searched_weights(graph);
         let hooks = IndicatorHooks::new(&w, bits).unwrap();
         let cfg = StepConfig {
             momentum: 0.9,
@@ -434,14 +432,7 @@ mod tests {
             }
         }
         // Without the mixed pass: |B| passes.
-        let (searched, _) = searched_layers(&graph).unwrap();
-        let w: Vec<_> = searched
-            .iter()
-            .map(|n| {
-                let v = graph.params().var(&format!("{n}.weight")).unwrap();
-                (n.clone(), v.as_tensor().clone())
-            })
-            .collect();
+        let w = searched_weights(&graph);
         let cfg = StepConfig {
             momentum: 0.9,
             weight_decay: 0.0,
