@@ -44,15 +44,11 @@ fn rayon_pool(n: usize) -> Result<(), String> {
     mpq::set_threads(n).map_err(|e| e.to_string())
 }
 
-/// 2 for bad input (any `mpq::Error` that is an input error, or a usage error raised by the
-/// CLI itself), 1 otherwise.
+/// 2 for bad input (any `mpq::Error` that is an input error), 1 otherwise.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<mpq::Error>() {
             return if e.is_input_error() { 2 } else { 1 };
-        }
-        if cause.downcast_ref::<args::UsageError>().is_some() {
-            return 2;
         }
     }
     1

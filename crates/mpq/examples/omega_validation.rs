@@ -16,15 +16,17 @@
 
 use std::path::PathBuf;
 
+use mpq::Versioned;
 use mpq::data::{self, Dataset, LoadOptions, Normalization};
 use mpq::graph::{Graph, LayerInfo, NoHooks};
 use mpq::model::{Model, ModelHint};
 use mpq::plan::{BitWidth, QuantPlan, WeightRange};
 use mpq::quant::{CalibrationConfig, PlanHooks, act_errors, prepare_graph, weight_errors};
 use mpq::search::{
-    Budget, Candidates, OmegaConfig, OmegaMetric, OmegaTable, SearchOptions, SearchSpace,
-    Sensitivities, hawq_v1, ilp, pareto,
+    Budget, Candidates, OmegaConfig, OmegaMetric, OmegaTable, SearchOptions, SearchSpace, hawq_v1,
+    ilp, pareto,
 };
+use mpq::sensitivity::SensitivityTable;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -194,7 +196,7 @@ fn main() -> mpq::Result<()> {
     };
     let w_cands: Vec<BitWidth> = vec![2, 3, 4, 5, 6, 8];
     let template = ranged(QuantPlan::uniform(&layers, 8, 8), a.weight_range);
-    let mut sens = Sensitivities::load(&a.sensitivity)?;
+    let mut sens = SensitivityTable::load(&a.sensitivity)?;
     for (name, row) in weight_errors(&model.graph, &template, &w_cands)? {
         for (b, e) in row {
             sens.set_weight_error(&name, b, e);
@@ -313,7 +315,7 @@ fn main() -> mpq::Result<()> {
         ("ilp".into(), ilp(&space)?.0),
     ];
     if layers.iter().all(|l| {
-        sens.row(&l.name)
+        sens.layer(&l.name)
             .is_some_and(|r| r.top_eigenvalue.is_some())
     }) {
         let eig = OmegaTable::new(

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use mpq::graph::{LayerInfo, LayerOp};
 use mpq::search::{
-    Budget, Candidates, OmegaConfig, OmegaTable, SearchOptions, SearchSpace, Sensitivities,
-    SensitivityRow, ilp, pareto,
+    Budget, Candidates, OmegaConfig, OmegaTable, SearchOptions, SearchSpace, ilp, pareto,
 };
+use mpq::sensitivity::{LayerSensitivity, SensitivityTable};
 use mpq::zoo::{self, ZooConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -85,7 +85,7 @@ fn resnet50() -> Vec<LayerInfo> {
     l
 }
 
-fn synthetic(layers: &[LayerInfo], seed: u64) -> Sensitivities {
+fn synthetic(layers: &[LayerInfo], seed: u64) -> SensitivityTable {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let rows = layers
         .iter()
@@ -99,9 +99,9 @@ fn synthetic(layers: &[LayerInfo], seed: u64) -> Sensitivities {
                     (b, n * step * step / 12.0 * rng.random_range(0.8..1.2))
                 })
                 .collect();
-            SensitivityRow {
+            LayerSensitivity {
                 name: l.name.clone(),
-                params: Some(l.params),
+                params: l.params,
                 trace: Some(scale * n),
                 top_eigenvalue: Some(scale * 10.0),
                 act_trace: Some(10f64.powf(rng.random_range(-1.0..1.0))),
@@ -110,7 +110,7 @@ fn synthetic(layers: &[LayerInfo], seed: u64) -> Sensitivities {
             }
         })
         .collect();
-    Sensitivities {
+    SensitivityTable {
         layers: rows,
         ..Default::default()
     }

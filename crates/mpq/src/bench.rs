@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Batch;
 use crate::graph::{ForwardOptions, Graph, Mode, NoHooks};
 use crate::progress::Progress;
+use crate::report::text::Table;
 use crate::sensitivity::{
     self, AnalyzeConfig, FdConfig, FdScheme, FiniteDiffHvp, HessianProblem, Hvp, Loss, Metric,
     Precision,
@@ -511,6 +512,95 @@ fn detected(flag: &str) -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn detected(_flag: &str) -> bool {
     false
+}
+
+impl Machine {
+    /// One line: cores, CPU, clock, SIMD flags, the kernels' instruction set and the peak.
+    pub fn describe(&self) -> String {
+        let flags = [
+            ("avx2", self.avx2),
+            ("fma", self.fma),
+            ("avx512f", self.avx512f),
+        ];
+        let flags: Vec<&str> = flags.iter().filter(|f| f.1).map(|f| f.0).collect();
+        let cpu = self.cpu_model.as_deref().unwrap_or("unknown CPU");
+        let mut s = format!("machine: {} cores, {cpu}", self.cores);
+        if let Some(mhz) = self.mhz {
+            s.push_str(&format!(" @ {mhz:.0} MHz"));
+        }
+        let flags = if flags.is_empty() {
+            "none".to_string()
+        } else {
+            flags.join(" ")
+        };
+        s.push_str(&format!(", flags: {flags}; kernels: {}", self.kernels_isa));
+        if let Some(p) = self.peak_gflops_per_s {
+            let f = self.flops_per_cycle;
+            s.push_str(&format!("; peak {p:.0} GFLOP/s ({f} FLOP/cycle/core)"));
+        }
+        s
+    }
+}
+
+impl BenchReport {
+    /// The Hessian workloads against one training step (forward+backward) of the same model,
+    /// when both ran: one HVP by central differences, and the products of the per-layer
+    /// traces.
+    pub fn ratio_lines(&self) -> Vec<String> {
+        let find = |name: &str| self.workloads.iter().find(|w| w.name == name);
+        let Some(step) = find("resnet20_fwd_bwd") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Some(h) = find("resnet20_hvp") {
+            out.push(format!(
+                "resnet20: one HVP (central differences, 2 gradients) = {:.2}x one \
+                 forward+backward",
+                h.median_s / step.median_s
+            ));
+        }
+        if let Some(t) = find("resnet20_layer_traces")
+            && let Some(n) = t.hvp_count.filter(|&n| n > 0)
+        {
+            let per = t.median_s / n as f64;
+            out.push(format!(
+                "resnet20: per-layer traces of all layers: {n} HVPs (one-sided, 1 gradient) in \
+                 {:.1} s, {per:.3} s each = {:.2}x one forward+backward",
+                t.median_s,
+                per / step.median_s
+            ));
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    /// The settings line, the table of workloads, and the ratio lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut t = Table::new("workload|batch|median s|min s|runs|HVPs|GFLOP|GFLOP/s|% peak");
+        let dash = || "-".to_string();
+        for w in &self.workloads {
+            let peak = self.machine.peak_gflops_per_s;
+            t.row(vec![
+                w.name.clone(),
+                w.batch.to_string(),
+                format!("{:.4}", w.median_s),
+                format!("{:.4}", w.min_s),
+                w.runs.to_string(),
+                w.hvp_count.map_or_else(dash, |n| n.to_string()),
+                format!("{:.2}", w.gflop),
+                format!("{:.1}", w.gflops_per_s),
+                peak.map_or_else(dash, |p| format!("{:.1}", 100.0 * w.gflops_per_s / p)),
+            ]);
+        }
+        let (th, ops, seed) = (self.threads, &self.ops, self.seed);
+        write!(f, "threads: {th}, ops: {ops}, seed {seed}\n\n{t}")?;
+        let ratios = self.ratio_lines();
+        if !ratios.is_empty() {
+            write!(f, "\n\n{}", ratios.join("\n"))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,20 @@ pub enum Error {
         /// The smallest value any plan reaches.
         min_value: String,
     },
+    /// Options that do not work together, or a missing option a choice needs (a usage
+    /// error; the message names the flags).
+    #[error("{0}")]
+    Usage(String),
+    /// An error with what was being attempted (for example the report of a failed
+    /// feasibility pre-flight), the cause underneath.
+    #[error("{context}")]
+    Context {
+        /// What was being attempted, or a report of it.
+        context: String,
+        /// The cause.
+        #[source]
+        source: Box<Error>,
+    },
     /// An ONNX model with operators (or operator settings) the importer does not convert;
     /// every offending node is listed.
     #[error("unsupported ONNX operators ({}): {}", items.len(), items.join(", "))]
@@ -109,6 +123,7 @@ impl Error {
     pub fn is_input_error(&self) -> bool {
         match self {
             Error::Candle(_) => false,
+            Error::Context { source, .. } => source.is_input_error(),
             Error::Io { err, .. } => matches!(
                 err.kind(),
                 std::io::ErrorKind::NotFound

@@ -22,18 +22,22 @@ pub mod export;
 pub mod graph;
 pub(crate) mod io;
 pub mod model;
+mod named;
 pub mod onnx;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod quant;
 pub mod report;
+pub mod run;
 pub mod search;
 pub mod sensitivity;
 pub mod train;
 pub mod zoo;
 
 pub use error::{Error, Result};
+pub use io::Versioned;
+pub use named::Named;
 pub use plan::QuantPlan;
 
 /// Sets the number of worker threads of the global pool (call once, before any work).

@@ -67,7 +67,7 @@ pub struct Model {
 
 /// Fallbacks for building a model whose file does not describe itself (a PyTorch
 /// `state_dict`) or a zoo reference (`--arch`, `--input`, `--classes`, `--width`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelHint {
     /// Architecture name.
     pub arch: Option<String>,

@@ -1,15 +1,15 @@
 //! The quantization plan: the shared contract between search, quantization, evaluation and
-//! export. A [`QuantPlan`] serialises to exactly the *Policy* JSON of `design/cli.md`
+//! export. A [`QuantPlan`] serialises to the plan part of the policy file
+//! ([`crate::search::Policy`], `docs/file-formats.md`)
 //! ("JSON results", `mpq search`), and carries the bit conventions of spec §0.3–§0.4
 //! (`b^w_l`, `b^a_l`; 32 bits = full precision).
 //!
 //! A model layer that has no entry in a plan is kept in full precision (FP32 weights and
 //! activations); see [`QuantPlan::precision`] and [`QuantPlan::bits`].
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{BTreeMap, HashSet};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::graph::LayerInfo;
 use crate::{Error, Result};
@@ -176,15 +176,78 @@ impl LayerPrecision {
     }
 }
 
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(serde_json::Map::new())
-}
-
 fn default_true() -> bool {
     true
 }
 
-/// A mixed-precision quantization plan (the Policy JSON of `design/cli.md`).
+/// The budgets, candidates, hardware, pins and ties a plan was searched under (the plan's
+/// `constraints` object). Every field is optional; the fields are in alphabetical order, the
+/// order earlier versions wrote them in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Constraints {
+    /// Candidate activation bit-widths.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "one_or_many"
+    )]
+    pub a_bits: Option<Vec<BitWidth>>,
+    /// Largest average weight bit-width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_bits: Option<f64>,
+    /// Smallest compression ratio versus FP32 weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<f64>,
+    /// The hardware model of the latency and energy budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<String>,
+    /// Largest giga bit-operations per sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bops_g: Option<f64>,
+    /// Largest energy in mJ on `hardware`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_energy_mj: Option<f64>,
+    /// Largest latency in ms on `hardware`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms: Option<f64>,
+    /// Largest weight storage in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size_mb: Option<f64>,
+    /// Pinned layers (`first`, `last` or a name) and their `[w_bits, a_bits]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pins: Option<BTreeMap<String, [BitWidth; 2]>>,
+    /// The weight quantizer, when not the default symmetric one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantizer: Option<QuantizerKind>,
+    /// Groups of layers that share bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ties: Option<Vec<Vec<String>>>,
+    /// Candidate weight bit-widths.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "one_or_many"
+    )]
+    pub w_bits: Option<Vec<BitWidth>>,
+}
+
+/// A bit-width list, or one bit-width (what uniform plans of earlier versions wrote).
+fn one_or_many<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<BitWidth>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(BitWidth),
+        Many(Vec<BitWidth>),
+    }
+    Ok(Option::<OneOrMany>::deserialize(d)?.map(|v| match v {
+        OneOrMany::One(b) => vec![b],
+        OneOrMany::Many(v) => v,
+    }))
+}
+
+/// A mixed-precision quantization plan (the plan part of a policy file).
 ///
 /// Layers of the model that are absent from [`QuantPlan::layers`] are kept in full
 /// precision (32-bit weights and activations).
@@ -192,9 +255,9 @@ fn default_true() -> bool {
 pub struct QuantPlan {
     /// The search method that produced the plan (`pareto`, `ilp`, `haq`, `uniform`, …).
     pub method: String,
-    /// The constraints the search ran under, as a JSON object (e.g. `{"avg_bits": 4}`).
-    #[serde(default = "empty_object")]
-    pub constraints: serde_json::Value,
+    /// The constraints the search ran under.
+    #[serde(default)]
+    pub constraints: Constraints,
     /// Search wall time in seconds.
     #[serde(default)]
     pub seconds: f64,
@@ -230,12 +293,13 @@ pub struct QuantPlan {
 impl QuantPlan {
     /// A plan with every layer of `layers` at `w_bits`/`a_bits` (method `uniform`).
     pub fn uniform(layers: &[LayerInfo], w_bits: BitWidth, a_bits: BitWidth) -> QuantPlan {
-        let mut constraints = serde_json::Map::new();
-        constraints.insert("w_bits".into(), w_bits.into());
-        constraints.insert("a_bits".into(), a_bits.into());
         QuantPlan {
             method: "uniform".into(),
-            constraints: serde_json::Value::Object(constraints),
+            constraints: Constraints {
+                w_bits: Some(vec![w_bits]),
+                a_bits: Some(vec![a_bits]),
+                ..Constraints::default()
+            },
             seconds: 0.0,
             layers: layers
                 .iter()
@@ -270,13 +334,10 @@ impl QuantPlan {
     /// listed twice; a bit-width outside `2..=8` and `32`; `channel_w_bits` whose length is
     /// not the layer's output channels, that mixes `32` with quantized widths, or that is
     /// combined with per-tensor granularity or a non-symmetric quantizer; the `mse` weight
-    /// range with a non-symmetric quantizer or with `channel_w_bits`; `kmeans_iters` of 0; a
-    /// `constraints` value that is not an object; negative or non-finite `seconds`.
+    /// range with a non-symmetric quantizer or with `channel_w_bits`; `kmeans_iters` of 0;
+    /// negative or non-finite `seconds`.
     /// Model layers missing from the plan are allowed (full precision).
     pub fn validate(&self, layers: &[LayerInfo]) -> Result<()> {
-        if !self.constraints.is_object() {
-            return Err(Error::config("constraints", "must be a JSON object"));
-        }
         if !self.seconds.is_finite() || self.seconds < 0.0 {
             return Err(Error::config(
                 "seconds",
@@ -370,19 +431,6 @@ impl QuantPlan {
         }
         Ok(())
     }
-
-    /// Reads a plan from a Policy JSON file. Bad JSON is [`Error::CorruptFile`].
-    pub fn load(path: impl AsRef<Path>) -> Result<QuantPlan> {
-        let path = path.as_ref();
-        let bytes = crate::io::read(path)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(path, format!("not a valid policy JSON: {e}")))
-    }
-
-    /// Writes the plan as pretty Policy JSON, atomically.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::io::write_json(path.as_ref(), self)
-    }
 }
 
 #[cfg(test)]
@@ -397,17 +445,13 @@ mod tests {
         vec![info(0, "fc1", 4, 8), info(1, "fc2", 2, 4)]
     }
 
-    fn tmp(name: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("mpq-plan-{}-{name}", std::process::id()))
-    }
-
     #[test]
     fn uniform_covers_every_layer() {
         let p = QuantPlan::uniform(&model(), 4, 8);
         assert_eq!(p.method, "uniform");
         assert_eq!(p.layers.len(), 2);
         assert_eq!(p.bits("fc2"), (4, 8));
-        assert_eq!(p.constraints["w_bits"], 4);
+        assert_eq!(p.constraints.w_bits, Some(vec![4]));
         assert!(p.fold_bn);
         p.validate(&model()).unwrap();
     }
@@ -422,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn json_round_trip_file() {
+    fn json_round_trip() {
         let mut p = QuantPlan::uniform(&model(), 4, 8);
         p.layers[0].channel_w_bits = Some(vec![2, 4, 8, 32]);
         p.layers[1].quantizer = QuantizerKind::Lsq;
@@ -430,10 +474,7 @@ mod tests {
         p.size_bytes = Some(12);
         p.omega = Some(0.5);
         p.finetune_order = Some(vec!["fc2".into(), "fc1".into()]);
-        let path = tmp("rt.json");
-        p.save(&path).unwrap();
-        let back = QuantPlan::load(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
+        let back: QuantPlan = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
         assert_eq!(back, p);
     }
 
@@ -486,7 +527,7 @@ mod tests {
         p.validate(&model()).unwrap();
 
         let minimal: QuantPlan = serde_json::from_str(r#"{"method":"x","layers":[]}"#).unwrap();
-        assert_eq!(minimal.constraints, serde_json::json!({}));
+        assert_eq!(minimal.constraints, Constraints::default());
         assert_eq!(minimal.seconds, 0.0);
     }
 
@@ -527,18 +568,6 @@ mod tests {
             p.validate(&model()).is_err(),
             "k-means has no per-channel widths"
         );
-    }
-
-    #[test]
-    fn bad_json_is_corrupt_file() {
-        let path = tmp("bad.json");
-        std::fs::write(&path, b"{ not json").unwrap();
-        let err = QuantPlan::load(&path).unwrap_err();
-        std::fs::remove_file(&path).unwrap();
-        assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
-        assert!(err.is_input_error());
-        let err = QuantPlan::load(tmp("does-not-exist.json")).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err}");
     }
 
     #[test]
@@ -607,11 +636,14 @@ mod tests {
     }
 
     #[test]
-    fn constraints_must_be_object() {
+    fn constraints_accept_one_bit_width_and_keep_alphabetical_order() {
+        let c: Constraints =
+            serde_json::from_str(r#"{"w_bits": 4, "a_bits": [8, 4], "avg_bits": 3}"#).unwrap();
+        assert_eq!(c.w_bits, Some(vec![4]));
+        assert_eq!(c.a_bits, Some(vec![8, 4]));
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(text, r#"{"a_bits":[8,4],"avg_bits":3.0,"w_bits":[4]}"#);
         let mut p = QuantPlan::uniform(&model(), 4, 4);
-        p.constraints = serde_json::json!([1, 2]);
-        assert!(p.validate(&model()).is_err());
-        p.constraints = serde_json::json!({});
         p.seconds = -1.0;
         assert!(p.validate(&model()).is_err());
     }

@@ -1,5 +1,5 @@
 //! Progress reporting without printing: long-running library calls report through this
-//! trait and the CLI draws the bars.
+//! trait (bars, and status lines as notes) and the CLI draws them.
 
 /// Receives progress of a long computation.
 pub trait Progress {
@@ -17,6 +17,11 @@ pub trait Progress {
     }
     /// The current stage ended.
     fn finish(&mut self) {}
+    /// A status line worth showing a person (a stage's settings, a resumed state, a
+    /// pre-flight report); front ends print it or drop it.
+    fn note(&mut self, line: &str) {
+        let _ = line;
+    }
 }
 
 /// Progress that goes nowhere.

@@ -1,12 +1,14 @@
-//! `mpq report --run DIR`: renders `DIR/report.html` (and each plot as `DIR/report-*.svg`)
-//! from a run folder
-//! ([`mpq::report::render`]) and says on stderr what the folder lacks.
+//! `mpq report --run DIR`: renders `DIR/report.html` (and each plot as
+//! `DIR/report-<plot>.svg`) and says on stderr what the folder lacks.
 
-use crate::args::{GlobalArgs, ReportArgs};
+use mpq::pipeline::ReportRequest;
+
+use crate::args::GlobalArgs;
+use crate::args::runs::ReportArgs;
 use crate::output;
 
 pub(crate) fn run(g: &GlobalArgs, a: &ReportArgs) -> anyhow::Result<()> {
-    let out = mpq::report::render(&a.run)?;
+    let out = mpq::pipeline::report(&ReportRequest { run: a.run.clone() })?;
     let mut gaps: Vec<String> = out
         .missing
         .iter()
@@ -34,11 +36,12 @@ pub(crate) fn run(g: &GlobalArgs, a: &ReportArgs) -> anyhow::Result<()> {
         }));
     }
     let plans = out.rows.iter().filter(|r| r.method != "fp32").count();
+    let s = |n: usize| if n == 1 { "" } else { "s" };
     output::line(&format!(
         "report: {} ({plans} plan{}; {} plot{} also as report-*.svg)",
         out.path.display(),
-        if plans == 1 { "" } else { "s" },
+        s(plans),
         out.plots.len(),
-        if out.plots.len() == 1 { "" } else { "s" }
+        s(out.plots.len())
     ))
 }

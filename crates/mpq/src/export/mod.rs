@@ -91,7 +91,7 @@ pub struct PackedActivation {
 }
 
 /// Sizes of a written packed file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ExportStats {
     /// Bytes on disk (header included).
     pub file_bytes: u64,

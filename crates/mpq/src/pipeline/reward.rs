@@ -3,26 +3,23 @@
 //! activation ranges, optionally fine-tune for a few steps, and measure the accuracy on a
 //! split held out of the training data (the test split stays untouched by the search).
 
-use serde::Serialize;
-
 use crate::data::{Dataset, Normalization};
 use crate::graph::NoHooks;
 use crate::model::Model;
 use crate::progress::NoProgress;
 use crate::quant::{CalibrationConfig, PlanHooks, prepare_graph};
-use crate::search::haq::PlanEvaluator;
+use crate::search::haq::{EvaluatorSettings, PlanEvaluator};
 use crate::train::{self, Schedule, TrainConfig};
 use crate::{Error, QuantPlan, Result};
 
 /// Settings of [`RewardEvaluator`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct RewardConfig {
     /// Training samples held out to score plans (the reference: 10,000 ImageNet images).
     pub val_samples: usize,
     /// Seed of the hold-out split and of the fine-tuning subset.
     pub seed: u64,
     /// Activation calibration (on the rest of the training data).
-    #[serde(skip)]
     pub calibration: CalibrationConfig,
     /// SGD steps of fine-tuning under the plan before scoring (0: post-training only).
     pub finetune_steps: usize,
@@ -105,19 +102,18 @@ impl<'m> RewardEvaluator<'m> {
     }
 
     /// The settings, as recorded in the search history.
-    pub fn settings(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.cfg).unwrap_or(serde_json::Value::Null);
-        if let serde_json::Value::Object(m) = &mut v {
-            m.insert(
-                "calibration_samples".into(),
-                self.cfg.calibration.samples.into(),
-            );
-            m.insert(
-                "calibration_method".into(),
-                format!("{:?}", self.cfg.calibration.method).into(),
-            );
+    pub fn settings(&self) -> EvaluatorSettings {
+        let c = &self.cfg;
+        EvaluatorSettings {
+            calibration_method: format!("{:?}", c.calibration.method),
+            calibration_samples: c.calibration.samples,
+            eval_batch_size: c.eval_batch_size,
+            finetune_batch_size: c.finetune_batch_size,
+            finetune_lr: c.finetune_lr,
+            finetune_steps: c.finetune_steps,
+            seed: c.seed,
+            val_samples: c.val_samples,
         }
-        v
     }
 
     /// Plans scored so far.

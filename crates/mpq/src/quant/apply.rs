@@ -109,7 +109,7 @@ pub struct PlanHooks {
 }
 
 /// Settings of activation calibration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CalibrationConfig {
     /// Samples of the calibration set used (its first ones, in file order).
     pub samples: usize,

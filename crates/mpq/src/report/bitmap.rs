@@ -77,8 +77,8 @@ pub fn bitmap_svg(layers: &[String], methods: &[MethodRun]) -> Option<String> {
         );
         for (j, name) in layers.iter().enumerate() {
             let x = label_w + cell_w * j as f64;
-            let p = m.plan.precision(name);
-            let (w, a) = m.plan.bits(name);
+            let p = m.policy.plan.precision(name);
+            let (w, a) = m.policy.plan.bits(name);
             // Weights: stripes per channel, or one cell.
             match p
                 .and_then(|p| p.channel_w_bits.as_ref())

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::svg::{Frame, LegendAt, Mark, Plot, Scale, esc, palette};
-use crate::search::MB;
+use crate::search::{FrontierFile, MB};
 use crate::sensitivity::SensitivityTable;
 
 const EIGEN: &str = "#ff7f0e";
@@ -263,46 +263,21 @@ pub struct PlanPoint {
     pub omega: f64,
 }
 
-fn num(v: &serde_json::Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(serde_json::Value::as_f64)
-}
-
-/// HAWQ-V2's Pareto frontier (Ω against average weight bits or size) from
-/// `pareto.frontier.json`, the uniform plans as hollow squares and each method's plan as a
-/// coloured dot; `None` with nothing to plot.
-pub fn pareto_chart(frontier: Option<&serde_json::Value>, plans: &[PlanPoint]) -> Option<String> {
-    let by_bits = frontier
-        .and_then(|f| f.get("axis"))
-        .is_none_or(|a| a.as_str() == Some("weight_bits"));
-    let params = frontier.and_then(|f| num(f, "params")).unwrap_or(1.0);
-    let x_of_bits = |size_bits: f64| {
-        if by_bits {
-            size_bits / params.max(1.0)
-        } else {
-            (size_bits / 8.0).ceil() / MB
-        }
-    };
+/// HAWQ-V2's Pareto frontier (Ω against average weight bits or size) from the frontier
+/// file, the uniform plans as hollow squares and each method's plan as a coloured dot; `None`
+/// with nothing to plot.
+pub fn pareto_chart(frontier: Option<&FrontierFile>, plans: &[PlanPoint]) -> Option<String> {
+    let by_bits = frontier.is_none_or(|f| f.axis == "weight_bits");
     let points: Vec<(f64, f64)> = frontier
-        .and_then(|f| f.get("points"))
-        .and_then(|p| p.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| Some((x_of_bits(num(p, "size_bits")?), num(p, "omega")?)))
-                .collect()
+        .map(|f| {
+            let pts = f.points.iter();
+            pts.map(|p| (FrontierFile::x(p), p.omega)).collect()
         })
         .unwrap_or_default();
     let uniform: Vec<(String, f64, f64)> = frontier
-        .and_then(|f| f.get("uniform"))
-        .and_then(|p| p.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|u| {
-                    Some((
-                        format!("W{}", num(u, "w_bits")?),
-                        x_of_bits(num(u, "size_bits")?),
-                        num(u, "omega")?,
-                    ))
-                })
+        .map(|f| {
+            let u = f.uniform.iter();
+            u.map(|u| (format!("W{}", u.w_bits), f.uniform_x(u), u.omega))
                 .collect()
         })
         .unwrap_or_default();

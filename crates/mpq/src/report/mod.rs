@@ -13,14 +13,15 @@ mod charts;
 mod results;
 mod run;
 pub mod svg;
+pub mod text;
 
 pub use bitmap::{bitmap_svg, bits_colour};
 pub use charts::{
     Episode, PlanPoint, activation_chart, density_chart, learning_curve, pareto_chart,
     sensitivity_chart,
 };
-pub use results::{HARDWARE, ResultRow, plan_omega, result_rows, results_html, si, sig4};
-pub use run::{FpStats, METHOD_ORDER, MethodRun, QuantizedSummary, RunFolder, method_rank};
+pub use results::{HARDWARE, report_rows, result_rows, results_html, si, sig4};
+pub use run::{METHOD_ORDER, MethodRun, RunFolder, method_rank};
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ use std::path::{Path, PathBuf};
 use svg::esc;
 
 use crate::Result;
+use crate::run::ResultRow;
+use crate::search::{AgentEpisode, AgentSection};
 
 /// What [`render`] wrote and what the run lacked.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,22 +158,22 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>)
 
 fn settings_html(run: &RunFolder) -> Option<String> {
     let mut rows: Vec<(String, String)> = Vec::new();
-    if let Some(s) = &run.settings {
-        flatten("", &serde_json::Value::Object(s.clone()), &mut rows);
+    if let Some(v) = run
+        .settings
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok())
+    {
+        flatten("", &v, &mut rows);
     }
     if let Some(fp) = &run.fp {
         rows.push((
             "FP32 test accuracy".into(),
             format!("{:.2}%", 100.0 * fp.accuracy),
         ));
-        if let Some(l) = fp.loss {
-            rows.push(("FP32 test loss".into(), format!("{l:.4}")));
-        }
-        if let Some(n) = fp.samples {
-            rows.push(("test samples".into(), n.to_string()));
-        }
+        rows.push(("FP32 test loss".into(), format!("{:.4}", fp.loss)));
+        rows.push(("test samples".into(), fp.samples.to_string()));
     }
-    if let Some(l) = &run.layers {
+    if let Some(l) = run.layers() {
         let params: usize = l.iter().map(|l| l.params).sum();
         rows.push((
             "quantizable layers".into(),
@@ -188,62 +191,20 @@ fn settings_html(run: &RunFolder) -> Option<String> {
     Some(s)
 }
 
-/// Episodes of an agent section (`haq` or `cw_hawq`) of a policy: accuracy in percent.
-fn episodes(section: &serde_json::Value) -> Vec<Episode> {
-    let hist = section
-        .get("history")
-        .and_then(|h| h.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let accs: Vec<(f64, f64)> = hist
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| {
-            let ep = e
-                .get("episode")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(i as f64);
-            Some((ep, e.get("accuracy")?.as_f64()?))
-        })
-        .filter(|p| p.1.is_finite())
-        .collect();
-    let scale = if accs.iter().all(|a| a.1 <= 1.0) {
-        100.0
-    } else {
-        1.0
-    };
-    accs.into_iter()
-        .map(|(episode, a)| Episode {
-            episode,
-            accuracy: a * scale,
-        })
-        .collect()
-}
-
-fn curve_section(run: &RunFolder, method: &str, key: &str, title: &str) -> Option<String> {
-    let m = run.methods.iter().find(|m| m.method == method)?;
-    agent_curve(m.raw.get(key).filter(|v| !v.is_null())?, title)
-}
-
 /// The learning curve of an agent search (`mpq search --method haq|cw-hawq`, and the report)
-/// from its policy section (`haq` or `cw_hawq`: `history` with each episode's accuracy,
-/// `fp_accuracy`, the warm-up in `settings`): each episode's accuracy on the reward split,
-/// warm-up episodes in grey, the best so far and the FP accuracy. `None` without episodes.
-pub fn agent_curve(sec: &serde_json::Value, title: &str) -> Option<String> {
-    let eps = episodes(sec);
-    let fp = sec.get("fp_accuracy").and_then(|v| v.as_f64()).map(|f| {
-        if eps.iter().any(|e| e.accuracy > 1.0) && f <= 1.0 {
-            100.0 * f
-        } else {
-            f
-        }
-    });
-    let warmup = sec
-        .pointer("/settings/config/ddpg/warmup_episodes")
-        .or_else(|| sec.pointer("/settings/config/warmup"))
-        .or_else(|| sec.get("warmup"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0) as usize;
+/// from its policy section: each episode's accuracy on the reward split, warm-up episodes in
+/// grey, the best so far and the FP accuracy. `None` without episodes.
+pub fn agent_curve<E: AgentEpisode>(sec: &AgentSection<E>, title: &str) -> Option<String> {
+    let eps: Vec<Episode> = sec
+        .accuracies()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, a)| a.is_finite())
+        .map(|(i, accuracy)| Episode {
+            episode: i as f64,
+            accuracy,
+        })
+        .collect();
     let best = eps
         .iter()
         .map(|e| e.accuracy)
@@ -254,14 +215,14 @@ pub fn agent_curve(sec: &serde_json::Value, title: &str) -> Option<String> {
             eps.len()
         ),
         &eps,
-        warmup,
-        fp,
+        sec.warmup_episodes(),
+        Some(sec.fp_accuracy),
     )
 }
 
 /// The report as an HTML document, with its results table and plots.
 pub fn report_html(run: &RunFolder) -> Result<Report> {
-    let rows = result_rows(run)?;
+    let rows = report_rows(run)?;
     let mut plots: Vec<(&'static str, String)> = Vec::new();
     let mut plot = |id: &'static str, svg: Option<String>| {
         if let Some(svg) = &svg {
@@ -310,7 +271,7 @@ pub fn report_html(run: &RunFolder) -> Result<Report> {
         "Results",
         &format!(
             "One row per plan in plans/. Size, average bits and BOPs from the policy; latency and \
-             energy simulated on {HARDWARE} (batch 1) from the model's layer table; Ω recomputed \
+             energy simulated on {HARDWARE} (batch 1) from the model's layer table; Ω computed \
              for every plan with the plan's own quantizer so methods compare on one scale; \
              accuracy from quantized/<method>/summary.json, before and after fine-tuning \
              (best after fine-tuning in green); search time is the policy's seconds."
@@ -355,7 +316,7 @@ pub fn report_html(run: &RunFolder) -> Result<Report> {
         "HAWQ-V2's exact frontier of Ω against size from plans/pareto.frontier.json, the uniform \
          plans on it (squares), and every method's plan at its Ω on the shared scale (dots).",
         plot("pareto", pareto_chart(run.frontier.as_ref(), &points)),
-        "no frontier and no plan with Ω (needs model.safetensors and sensitivity.json)",
+        "no frontier and no plan with Ω (needs summary.json computed with sensitivity.json)",
     ));
     html.push_str(r#"<div class="grid">"#);
     html.push_str(&section(
@@ -376,26 +337,21 @@ pub fn report_html(run: &RunFolder) -> Result<Report> {
     ));
     html.push_str("</div>");
     html.push_str(r#"<div class="grid">"#);
+    let haq = run.methods.iter().find_map(|m| m.policy.haq.as_ref());
     html.push_str(&section(
         "haq-curve",
         "HAQ learning curve",
         "Accuracy of each episode's plan on the reward split (held out of training), the best \
          so far, and the FP model's accuracy on the same split.",
-        plot("haq-curve", curve_section(run, "haq", "haq", "HAQ")),
+        plot("haq-curve", haq.and_then(|s| agent_curve(s, "HAQ"))),
         "no plans/haq.json with a history",
     ));
-    let has_cw = |m: &&run::MethodRun| m.raw.get("cw_hawq").is_some_and(|v| !v.is_null());
-    if run.methods.iter().any(|m| has_cw(&m)) {
-        let method = run
-            .methods
-            .iter()
-            .find(has_cw)
-            .map_or("cw-hawq", |m| m.method.as_str());
+    if let Some(cw) = run.methods.iter().find_map(|m| m.policy.cw_hawq.as_ref()) {
         html.push_str(&section(
             "cw-curve",
             "CW-HAWQ learning curve",
             "Accuracy of each episode's channel-wise plan on the reward split, and the best so far.",
-            plot("cw-curve", curve_section(run, method, "cw_hawq", "CW-HAWQ")),
+            plot("cw-curve", agent_curve(cw, "CW-HAWQ")),
             "no history in the cw_hawq section",
         ));
     }
@@ -403,7 +359,7 @@ pub fn report_html(run: &RunFolder) -> Result<Report> {
     let data = serde_json::json!({
         "run": run.dir.display().to_string(),
         "hardware": HARDWARE,
-        "fp": run.fp.map(|f| serde_json::json!({"accuracy": f.accuracy, "loss": f.loss, "samples": f.samples})),
+        "fp": run.fp,
         "results": rows,
         "missing": run.missing,
         "unreadable": run.unreadable,
@@ -423,18 +379,39 @@ mod tests {
 
     #[test]
     fn agent_curve_draws_every_episode_the_warmup_and_the_best_so_far() {
-        let history: Vec<_> = [0.5, 0.7, 0.6, 0.8, 0.75]
+        let history: Vec<_> = [50.0, 70.0, 60.0, 80.0, 75.0]
             .iter()
             .enumerate()
-            .map(|(i, a)| serde_json::json!({"episode": i, "accuracy": a}))
+            .map(|(i, &accuracy)| crate::search::cw_hawq::CwEpisode {
+                episode: i,
+                counts: vec![],
+                repaired: false,
+                avg_w_bits: 3.0,
+                accuracy,
+                reward: 0.0,
+            })
             .collect();
-        let sec = serde_json::json!({"fp_accuracy": 0.9, "warmup": 2, "history": history});
+        let mut sec = AgentSection {
+            fp_accuracy: 90.0,
+            best_episode: Some(3),
+            best_accuracy: Some(80.0),
+            best_reward: Some(0.0),
+            episodes: 5,
+            steps_per_episode: None,
+            evaluations_seconds: None,
+            resumed_episodes: None,
+            state: None,
+            warmup: Some(2),
+            curve: "p.curve.svg".into(),
+            settings: None,
+            history,
+        };
         let svg = agent_curve(&sec, "HAQ").unwrap();
         assert!(
             svg.contains("HAQ learning curve: 5 episodes, best 80.00%"),
             "{svg}"
         );
-        // Fractions are drawn in percent: two grey warm-up dots, three agent dots.
+        // Two grey warm-up dots, three agent dots.
         assert_eq!(svg.matches(r##"r="3" fill="#b0b0b0""##).count(), 2);
         assert_eq!(svg.matches(r##"r="3" fill="#1f77b4""##).count(), 3);
         // The best-so-far line starts at the first episode and steps once per episode.
@@ -442,7 +419,7 @@ mod tests {
         let d = &svg[at..at + svg[at..].find("\" fill").unwrap()];
         assert_eq!(d.matches(" H").count(), 4, "{d}");
         assert!(svg.contains("FP accuracy") && svg.contains("warm-up episode"));
-        let empty = serde_json::json!({"fp_accuracy": 0.9, "history": []});
-        assert!(agent_curve(&empty, "HAQ").is_none());
+        sec.history.clear();
+        assert!(agent_curve(&sec, "HAQ").is_none());
     }
 }

@@ -1,154 +1,106 @@
 //! The results table of a report: per method its size, average bits, BOPs, simulated
-//! BitFusion latency and energy, accuracy before and after fine-tuning, search time and Ω
-//! (HAWQ-V2's `Σ Tr(H_i)/n_i · ‖Q(W_i) − W_i‖²` plus the activation term, recomputed for every
-//! plan from the model and `sensitivity.json` so all methods share one scale).
-//! Every number is taken from the run's JSON files or computed by the library's cost models,
-//! and is written to the HTML both visibly and in `data-value` attributes.
+//! BitFusion latency and energy, accuracy before and after fine-tuning, search time and Ω on
+//! one shared scale (HAWQ-V2's `Σ Tr(H_i)/n_i · ‖Q(W_i) − W_i‖²` plus the activation term,
+//! computed with the model by the pipeline and stored in the run's `summary.json`).
+//! Every number is taken from the run's files or computed by the library's cost models, and
+//! is written to the HTML both visibly and in `data-value` attributes.
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
-
 use super::run::{MethodRun, RunFolder};
 use super::svg::esc;
-use crate::cost::HardwareModel;
+use crate::cost::{CostTable, HardwareModel};
 use crate::graph::LayerInfo;
-use crate::model::Model;
 use crate::plan::FULL_PRECISION;
-use crate::search::{OmegaConfig, OmegaTable, Sensitivities};
+use crate::run::ResultRow;
 use crate::{QuantPlan, Result};
 
 /// The hardware model behind the latency and energy columns.
 pub const HARDWARE: &str = "bitfusion";
 
-/// One row of the results table (`None`: not available in this run).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ResultRow {
-    /// The method (`fp32` for the reference row).
-    pub method: String,
-    /// Weight storage with scales (bytes): the policy's `size_bytes`, else the summary's.
-    pub size_bytes: Option<f64>,
-    /// Parameter-weighted mean weight bits.
-    pub avg_w_bits: Option<f64>,
-    /// Bit operations per sample.
-    pub bops: Option<f64>,
-    /// Simulated latency on BitFusion (ms, batch 1).
-    pub latency_ms: Option<f64>,
-    /// Simulated energy on BitFusion (mJ).
-    pub energy_mj: Option<f64>,
-    /// Test accuracy after calibration, before fine-tuning (fraction).
-    pub accuracy_before: Option<f64>,
-    /// Test accuracy after fine-tuning (fraction).
-    pub accuracy_after: Option<f64>,
-    /// Search wall time (the policy's `seconds`).
-    pub search_seconds: Option<f64>,
-    /// Ω of the plan on the shared scale (see the module docs).
-    pub omega: Option<f64>,
-}
-
-/// Ω of `plan`: per layer `s_i · ‖Q(W_i) − W_i‖²` with the plan's own quantizer (per-channel
-/// widths, k-means codebooks) and `s_i = max(Tr(H_i)/n_i, 0)`, plus `Ω^a_i` at its activation
-/// width. `None` when a layer lacks a trace.
-pub fn plan_omega(
-    model: &Model,
-    layers: &[LayerInfo],
-    sens: &Sensitivities,
-    plan: &QuantPlan,
-) -> Result<Option<f64>> {
-    let table = OmegaTable::new(layers, sens, OmegaConfig::default())?;
-    let mut total = 0.0;
-    for (i, l) in layers.iter().enumerate() {
-        let Some(row) = sens.row(&l.name) else {
-            continue;
-        };
-        let Some(p) = plan.precision(&l.name) else {
-            continue; // full precision: no error
-        };
-        let n = l.params.max(1) as f64;
-        let Some(s) = row.trace_per_param.or(row.trace.map(|t| t / n)) else {
-            return Ok(None);
-        };
-        if !p.weights_full_precision() {
-            let w = model
-                .graph
-                .params()
-                .var(&format!("{}.weight", l.name))?
-                .as_tensor();
-            total += s.max(0.0) * crate::quant::weight_error(w, p)?;
-        }
-        if p.a_bits < FULL_PRECISION {
-            total += table.act_term(i, p.a_bits)?;
-        }
-    }
-    Ok(Some(total))
-}
-
-fn method_row(run: &RunFolder, m: &MethodRun, hw: Option<&HardwareModel>) -> Result<ResultRow> {
+fn method_row(
+    m: &MethodRun,
+    layers: Option<&[LayerInfo]>,
+    hw: &HardwareModel,
+    omega: Option<f64>,
+) -> Result<ResultRow> {
     let s = m.summary.as_ref();
-    let sim = match (hw, &run.layers) {
-        (Some(hw), Some(layers)) => Some(hw.table(layers, &m.plan)?),
-        _ => None,
-    };
-    let omega = match (&run.model, &run.layers, &run.sensitivities) {
-        (Some(model), Some(layers), Some(sens)) => {
-            plan_omega(model, layers, sens, &m.plan).unwrap_or(None)
-        }
-        _ => None,
-    };
+    let plan = &m.policy.plan;
+    let sim = layers.map(|l| hw.table(l, plan)).transpose()?;
     Ok(ResultRow {
         method: m.method.clone(),
-        size_bytes: m
-            .plan
+        size_bytes: plan
             .size_bytes
-            .or(s.and_then(|s| s.size_bytes))
+            .or(s.map(|s| s.size_bytes))
             .map(|b| b as f64),
-        avg_w_bits: m.plan.avg_w_bits.or(s.and_then(|s| s.avg_w_bits)),
-        bops: m.plan.bops.or(s.and_then(|s| s.bops)),
+        avg_w_bits: plan.avg_w_bits.or(s.map(|s| s.avg_w_bits)),
+        bops: plan.bops.or(s.map(|s| s.bops)),
         latency_ms: sim.as_ref().map(|t| t.latency_ms),
         energy_mj: sim.as_ref().and_then(|t| t.energy_mj),
         accuracy_before: s.map(|s| s.before_finetune.accuracy),
         accuracy_after: s.map(|s| s.after_finetune.accuracy),
-        search_seconds: Some(m.plan.seconds),
+        search_seconds: Some(plan.seconds),
         omega,
+        file_bytes: s.map(|s| s.export.file_bytes),
     })
 }
 
-/// The FP32 reference row and one row per method.
-pub fn result_rows(run: &RunFolder) -> Result<Vec<ResultRow>> {
+/// The FP32 reference row and one row per method. `layers` (the model's) prices the FP32
+/// model and the plans' latency and energy; `omega` gives a plan's Ω on the shared scale.
+pub fn result_rows(
+    run: &RunFolder,
+    layers: Option<&[LayerInfo]>,
+    omega: impl Fn(&MethodRun) -> Option<f64>,
+) -> Result<Vec<ResultRow>> {
     let hw = HardwareModel::from_reference(HARDWARE)?;
-    let hw = run.layers.as_ref().map(|_| &hw);
     let mut rows = Vec::new();
-    if run.fp.is_some() || run.layers.is_some() {
-        let fp_plan = run
-            .layers
-            .as_ref()
-            .map(|l| QuantPlan::uniform(l, FULL_PRECISION, FULL_PRECISION));
-        let cost = match (&run.layers, &fp_plan) {
-            (Some(l), Some(p)) => Some(crate::cost::CostTable::new(l, p)?),
-            _ => None,
-        };
-        let sim = match (hw, &run.layers, &fp_plan) {
-            (Some(hw), Some(l), Some(p)) => Some(hw.table(l, p)?),
-            _ => None,
-        };
-        let acc = run.fp.map(|f| f.accuracy);
+    let fp_acc = run
+        .fp
+        .map(|f| f.accuracy)
+        .or(run.summary.as_ref().map(|s| s.fp32.accuracy));
+    if fp_acc.is_some() || layers.is_some() {
+        let fp = layers
+            .map(|l| {
+                let plan = QuantPlan::uniform(l, FULL_PRECISION, FULL_PRECISION);
+                Ok::<_, crate::Error>((CostTable::new(l, &plan)?, hw.table(l, &plan)?))
+            })
+            .transpose()?;
         rows.push(ResultRow {
             method: "fp32".into(),
-            size_bytes: cost.as_ref().map(|c| c.size_bytes as f64),
-            avg_w_bits: cost.as_ref().map(|c| c.avg_w_bits),
-            bops: cost.as_ref().map(|c| c.bops),
-            latency_ms: sim.as_ref().map(|t| t.latency_ms),
-            energy_mj: sim.as_ref().and_then(|t| t.energy_mj),
-            accuracy_before: acc,
-            accuracy_after: acc,
+            size_bytes: fp.as_ref().map(|c| c.0.size_bytes as f64),
+            avg_w_bits: fp.as_ref().map(|c| c.0.avg_w_bits),
+            bops: fp.as_ref().map(|c| c.0.bops),
+            latency_ms: fp.as_ref().map(|c| c.1.latency_ms),
+            energy_mj: fp.as_ref().and_then(|c| c.1.energy_mj),
+            accuracy_before: fp_acc,
+            accuracy_after: fp_acc,
             search_seconds: None,
             omega: None,
+            file_bytes: None,
         });
     }
     for m in &run.methods {
-        rows.push(method_row(run, m, hw)?);
+        rows.push(method_row(m, layers, &hw, omega(m))?);
     }
     Ok(rows)
+}
+
+/// The rows the report shows: priced on the layers of `summary.json`, with Ω from its row
+/// for the same method when that row describes the same plan (same size, bits and BOPs).
+pub fn report_rows(run: &RunFolder) -> Result<Vec<ResultRow>> {
+    result_rows(run, run.layers(), |m| {
+        let row = run
+            .summary
+            .as_ref()?
+            .results
+            .iter()
+            .find(|r| r.method == m.method)?;
+        let p = &m.policy.plan;
+        let same = row.size_bytes == p.size_bytes.map(|b| b as f64)
+            && row.avg_w_bits == p.avg_w_bits
+            && row.bops == p.bops;
+        if same { row.omega } else { None }
+    })
 }
 
 /// A number with an SI suffix (`15.9 k`, `10.91 M`, `1.2 G`), four significant digits.
@@ -259,6 +211,7 @@ mod tests {
             accuracy_after: Some(0.95),
             search_seconds: Some(0.01),
             omega: None,
+            file_bytes: None,
         };
         let html = results_html(&[row]);
         assert!(html.contains(r#"data-key="size_bytes" data-value="15854">15.85 k<"#));

@@ -7,16 +7,14 @@
 //! is LSQ with one step per tensor, for the final fine-tuning (spec §5.7).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Instant;
-
-use serde::Deserialize;
 
 use super::ilp::{IlpStats, ilp};
 use super::space::{Pin, SearchSpace};
 use crate::cost::CostTable;
 use crate::graph::LayerInfo;
 use crate::plan::{BitWidth, Granularity, QuantPlan, QuantizerKind};
+use crate::sensitivity::SensitivityTable;
 use crate::sensitivity::learned::LayerIndicators;
 use crate::{Error, Result};
 
@@ -25,18 +23,6 @@ pub const DEFAULT_ALPHA: f64 = 2.0;
 
 /// Bits of the layers LIMPQ leaves out of the search.
 pub const FIXED_BITS: BitWidth = 8;
-
-#[derive(Deserialize)]
-struct Row {
-    name: String,
-    #[serde(default)]
-    limpq: Option<LayerIndicators>,
-}
-
-#[derive(Deserialize)]
-struct File {
-    layers: Vec<Row>,
-}
 
 /// The indicators of a LIMPQ sensitivity JSON (rows without a `limpq` object are the layers
 /// that were not searched).
@@ -47,17 +33,15 @@ pub struct Indicators {
 }
 
 impl Indicators {
-    /// Parses a sensitivity JSON written by `mpq analyze --metric limpq`; `source` names it in
-    /// errors. The bans are recomputed from the learned values (so a hand-edited file is
-    /// cleaned the same way).
-    pub fn parse(text: &str, source: &str) -> Result<Indicators> {
-        let f: File = serde_json::from_str(text)
-            .map_err(|e| Error::corrupt(source, format!("not a sensitivity JSON: {e}")))?;
+    /// The indicators of a sensitivity table written by `mpq analyze --metric limpq`;
+    /// `source` names it in errors. The bans are recomputed from the learned values (so a
+    /// hand-edited file is cleaned the same way).
+    pub fn from_table(table: &SensitivityTable, source: &str) -> Result<Indicators> {
         let mut layers = Vec::new();
         let mut unsearched = Vec::new();
-        for r in f.layers {
-            match r.limpq {
-                Some(mut ind) => {
+        for r in &table.layers {
+            match &r.limpq {
+                Some(ind) => {
                     let bad = ind
                         .weight
                         .values()
@@ -72,10 +56,11 @@ impl Indicators {
                             ),
                         ));
                     }
+                    let mut ind = ind.clone();
                     ind.clean();
-                    layers.push((r.name, ind));
+                    layers.push((r.name.clone(), ind));
                 }
-                None => unsearched.push(r.name),
+                None => unsearched.push(r.name.clone()),
             }
         }
         if layers.is_empty() {
@@ -101,14 +86,6 @@ impl Indicators {
             layers,
             unsearched: Vec::new(),
         }
-    }
-
-    /// Reads a sensitivity JSON file.
-    pub fn load(path: impl AsRef<Path>) -> Result<Indicators> {
-        let path = path.as_ref();
-        let bytes = crate::io::read(path)?;
-        let text = String::from_utf8_lossy(&bytes);
-        Self::parse(&text, &path.display().to_string())
     }
 
     /// The indicators of `layer`.
@@ -214,6 +191,12 @@ pub fn limpq(space: &SearchSpace) -> Result<(QuantPlan, IlpStats)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::Versioned;
+
+    /// Indicators of a sensitivity JSON text.
+    fn parse(text: &str) -> Result<Indicators> {
+        Indicators::from_table(&SensitivityTable::parse(text.as_bytes(), "t")?, "t")
+    }
     use crate::search::{Budget, Candidates, SearchOptions};
 
     fn layer(i: usize, name: &str, params: usize, macs: u64) -> LayerInfo {
@@ -246,7 +229,7 @@ mod tests {
     #[test]
     fn limpq_matches_brute_force_and_fixes_the_ends() {
         let (layers, json) = table();
-        let ind = Indicators::parse(&json, "t").unwrap();
+        let ind = parse(&json).unwrap();
         // c's 2-bit weight step (0.10) is below its 3-bit one (0.30): 2-bit weights banned.
         assert_eq!(ind.layer("c").unwrap().banned_w_bits, vec![2]);
         let cands = Candidates {
@@ -325,7 +308,7 @@ mod tests {
     #[test]
     fn untrained_candidates_and_bad_files_are_input_errors() {
         let (layers, json) = table();
-        let ind = Indicators::parse(&json, "t").unwrap();
+        let ind = parse(&json).unwrap();
         let cands = Candidates {
             w_bits: vec![2, 8],
             a_bits: vec![4],
@@ -338,8 +321,8 @@ mod tests {
         let e = set_limpq_omega(&mut space, &ind, 2.0).unwrap_err();
         assert!(e.to_string().contains("8 bits"), "{e}");
         assert_eq!(ind.candidates(), (vec![2, 3, 4], vec![2, 3, 4]));
-        assert!(Indicators::parse(r#"{"layers": [{"name": "x"}]}"#, "t").is_err());
+        assert!(parse(r#"{"layers": [{"name": "x"}]}"#).is_err());
         let neg = json.replace("0.30,", "-0.30,");
-        assert!(Indicators::parse(&neg, "t").is_err());
+        assert!(parse(&neg).is_err());
     }
 }

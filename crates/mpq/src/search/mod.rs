@@ -3,11 +3,10 @@
 //! (seeded, uniform among the plans of the candidate grid that meet the budget).
 //! Sensitivity-driven methods build on this: [`hawq_v1`] (HAWQ), [`pareto`] (HAWQ-V2's exact
 //! frontier), [`ilp`] (HAWQ-V3), all over a shared [`SearchSpace`] whose Ω comes from a
-//! [`Sensitivities`] table ([`OmegaTable`]), and [`limpq`] (LIMPQ: learned indicators as Ω,
+//! [`crate::sensitivity::SensitivityTable`] ([`OmegaTable`]), and [`limpq`] (LIMPQ: learned indicators as Ω,
 //! the same solver).
 
 pub mod cw_hawq;
-mod frontier_svg;
 pub mod haq;
 mod hawq_v1;
 mod ilp;
@@ -16,21 +15,22 @@ mod lp;
 pub mod mckp;
 mod omega;
 mod pareto;
+mod policy;
 pub mod rl;
-mod sensitivity;
 mod space;
 mod surrogate;
 
 pub use cw_hawq::{ChannelRow, ChannelTable, CwConfig, CwResult, cw_hawq, cw_ilp};
-pub use frontier_svg::frontier_svg;
 pub use hawq_v1::hawq_v1;
 pub use ilp::{IlpStats, ilp};
 pub use omega::{OmegaConfig, OmegaMetric, OmegaTable, act_noise_proxy};
 pub use pareto::{
-    Frontier, FrontierPoint, ParetoResult, UniformPoint, brute_force_frontier, pareto,
-    pareto_frontier,
+    Frontier, FrontierFile, FrontierPoint, FrontierRow, ParetoResult, UniformPoint,
+    brute_force_frontier, pareto, pareto_frontier,
 };
-pub use sensitivity::{Sensitivities, SensitivityRow};
+pub use policy::{
+    AgentEpisode, AgentSection, FrontierRef, LayerRow, LimpqSection, Policy, SolverStats,
+};
 pub use space::{
     BudgetKind, BudgetStatus, Choice, Constraint, Feasibility, Group, Pin, SearchOptions,
     SearchSpace,
@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cost::CostTable;
 use crate::graph::LayerInfo;
-use crate::plan::{BitWidth, LayerPrecision, QuantPlan, is_valid_bits};
+use crate::plan::{BitWidth, Constraints, LayerPrecision, QuantPlan, is_valid_bits};
 use crate::{Error, Result};
 
 /// Bytes in the "MB" of `--max-size-mb` (2^20, the LIMPQ convention).
@@ -91,16 +91,17 @@ impl Budget {
         v
     }
 
-    /// The budget as the plan's `constraints` object.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self)
-            .map(|v| match v {
-                serde_json::Value::Object(m) => {
-                    serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect())
-                }
-                other => other,
-            })
-            .unwrap_or_default()
+    /// The budget as (part of) a plan's constraints.
+    pub fn to_constraints(&self) -> Constraints {
+        Constraints {
+            avg_bits: self.avg_bits,
+            max_size_mb: self.max_size_mb,
+            compression: self.compression,
+            max_bops_g: self.max_bops_g,
+            max_latency_ms: self.max_latency_ms,
+            max_energy_mj: self.max_energy_mj,
+            ..Constraints::default()
+        }
     }
 }
 
@@ -166,7 +167,7 @@ fn finish(
 ) -> Result<QuantPlan> {
     let cost = CostTable::new(layers, &plan)?;
     cost.fill_plan(&mut plan);
-    plan.constraints = budget.to_json();
+    plan.constraints = budget.to_constraints();
     plan.seconds = start.elapsed().as_secs_f64();
     Ok(plan)
 }

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::sensitivity::Sensitivities;
 use crate::graph::LayerInfo;
 use crate::plan::{BitWidth, FULL_PRECISION, QuantPlan};
+use crate::sensitivity::SensitivityTable;
 use crate::{Error, Result};
 
 /// Which curvature scales the weight error.
@@ -82,7 +82,11 @@ impl OmegaTable {
     /// layer, a `params` that differs from the model, or a row without the metric's
     /// curvature is an input error; model layers without a row have no Ω (they must be
     /// pinned, see [`super::SearchSpace::set_omega`]).
-    pub fn new(layers: &[LayerInfo], sens: &Sensitivities, cfg: OmegaConfig) -> Result<OmegaTable> {
+    pub fn new(
+        layers: &[LayerInfo],
+        sens: &SensitivityTable,
+        cfg: OmegaConfig,
+    ) -> Result<OmegaTable> {
         if !(cfg.act_weight.is_finite() && cfg.act_weight >= 0.0) {
             return Err(Error::config("act-weight", "must be a non-negative number"));
         }
@@ -98,14 +102,14 @@ impl OmegaTable {
         let rows = layers
             .iter()
             .map(|l| {
-                let Some(r) = sens.row(&l.name) else {
+                let Some(r) = sens.layer(&l.name) else {
                     return Ok(None);
                 };
-                if let Some(p) = r.params.filter(|&p| p != l.params) {
+                if r.params != 0 && r.params != l.params {
                     return Err(Error::ShapeMismatch {
                         name: format!("sensitivity row {}", l.name),
                         expected: format!("{} weight elements (the model's)", l.params),
-                        got: format!("{p}"),
+                        got: format!("{}", r.params),
                     });
                 }
                 let n = l.params.max(1) as f64;
@@ -126,7 +130,12 @@ impl OmegaTable {
                         ),
                     ));
                 };
-                let act_elems = r.act_elems.unwrap_or(l.input_elems).max(1);
+                let act_elems = if r.act_elems > 0 {
+                    r.act_elems
+                } else {
+                    l.input_elems
+                };
+                let act_elems = act_elems.max(1);
                 Ok(Some(OmegaRow {
                     name: l.name.clone(),
                     weight_scale: s.max(0.0),
@@ -231,6 +240,7 @@ impl OmegaTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::Versioned;
 
     fn table(act_trace: Option<f64>, metric: OmegaMetric) -> (Vec<LayerInfo>, OmegaTable) {
         let layers = vec![
@@ -243,7 +253,7 @@ mod tests {
                 "act_error": {{"8": 0.5}} }}]}}"#,
             act_trace.map_or("null".to_string(), |t| t.to_string())
         );
-        let s = Sensitivities::parse(&text, "s").unwrap();
+        let s = SensitivityTable::parse(text.as_bytes(), "s").unwrap();
         let cfg = OmegaConfig {
             metric,
             act_weight: 1.0,
@@ -284,13 +294,17 @@ mod tests {
     fn mismatched_rows_are_input_errors() {
         let layers = vec![LayerInfo::linear(0, "fc1", 4, 8)];
         let cfg = OmegaConfig::default();
-        let s = Sensitivities::parse(r#"{"layers": [{"name": "fc9", "trace": 1}]}"#, "s").unwrap();
+        let s = SensitivityTable::parse(
+            r#"{"layers": [{"name": "fc9", "trace": 1}]}"#.as_bytes(),
+            "s",
+        )
+        .unwrap();
         assert!(matches!(
             OmegaTable::new(&layers, &s, cfg),
             Err(Error::UnknownLayer { .. })
         ));
-        let s = Sensitivities::parse(
-            r#"{"layers": [{"name": "fc1", "params": 3, "trace": 1}]}"#,
+        let s = SensitivityTable::parse(
+            r#"{"layers": [{"name": "fc1", "params": 3, "trace": 1}]}"#.as_bytes(),
             "s",
         )
         .unwrap();
@@ -298,7 +312,11 @@ mod tests {
             OmegaTable::new(&layers, &s, cfg),
             Err(Error::ShapeMismatch { .. })
         ));
-        let s = Sensitivities::parse(r#"{"layers": [{"name": "fc1", "trace": 1}]}"#, "s").unwrap();
+        let s = SensitivityTable::parse(
+            r#"{"layers": [{"name": "fc1", "trace": 1}]}"#.as_bytes(),
+            "s",
+        )
+        .unwrap();
         let eig = OmegaConfig {
             metric: OmegaMetric::Eigen,
             act_weight: 1.0,

@@ -12,12 +12,12 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::MB;
-use super::frontier_svg::frontier_svg;
 use super::space::{BudgetKind, SearchSpace};
-use crate::plan::{BitWidth, QuantPlan};
+use crate::io::Versioned;
+use crate::plan::{BitWidth, Constraints, QuantPlan};
 use crate::{Error, Result};
 
 /// One frontier point.
@@ -153,15 +153,15 @@ pub fn brute_force_frontier(groups: &[Vec<(u64, f64)>]) -> Vec<FrontierPoint> {
     out
 }
 
-/// A uniform plan's place in the `(size, Ω)` plane.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A uniform plan's place in the `(size, Ω)` plane (fields alphabetical, as written).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UniformPoint {
-    /// Weight bits of every searched layer.
-    pub w_bits: BitWidth,
-    /// Summed size cost (bits).
-    pub size_bits: u64,
     /// Summed Ω.
     pub omega: f64,
+    /// Summed size cost (bits).
+    pub size_bits: u64,
+    /// Weight bits of every searched layer.
+    pub w_bits: BitWidth,
 }
 
 /// What [`pareto`] found: the plan, the whole frontier and the uniform plans.
@@ -204,15 +204,12 @@ impl ParetoResult {
         }
     }
 
-    /// The frontier as JSON: every point (size, average bits or MiB, Ω, per-layer weight
-    /// bits as `"8,4,…"`), the chosen index and the uniform plans.
-    pub fn to_json(&self, space: &SearchSpace) -> serde_json::Value {
-        let x_key = if self.axis == "weight_bits" {
-            "avg_w_bits"
-        } else {
-            "size_mb"
-        };
-        let points: Vec<serde_json::Value> = self
+    /// The frontier file: every point (size, average bits or MiB, Ω, per-layer weight bits
+    /// as `"8,4,…"`), the chosen index and the uniform plans; `model` and `policy` name where
+    /// it came from and went.
+    pub fn to_file(&self, space: &SearchSpace, model: &str, policy: &str) -> FrontierFile {
+        let weight_axis = self.axis == "weight_bits";
+        let points = self
             .frontier
             .points
             .iter()
@@ -223,50 +220,92 @@ impl ParetoResult {
                     .iter()
                     .map(|b| b.to_string())
                     .collect();
-                serde_json::json!({
-                    "size_bits": p.size_bits,
-                    x_key: self.x_of(p.size_bits),
-                    "omega": p.omega,
-                    "w_bits": bits.join(","),
-                })
+                let x = self.x_of(p.size_bits);
+                FrontierRow {
+                    avg_w_bits: weight_axis.then_some(x),
+                    omega: p.omega,
+                    size_bits: p.size_bits,
+                    size_mb: (!weight_axis).then_some(x),
+                    w_bits: bits.join(","),
+                }
             })
             .collect();
-        serde_json::json!({
-            "axis": self.axis,
-            "params": self.params,
-            "points": points,
-            "chosen": self.chosen,
-            "uniform": self.uniform,
-        })
+        FrontierFile {
+            axis: self.axis.to_string(),
+            chosen: self.chosen,
+            constraints: space.plan_constraints(),
+            model: model.to_string(),
+            params: self.params,
+            points,
+            policy: policy.to_string(),
+            uniform: self.uniform.clone(),
+        }
+    }
+}
+
+/// The frontier file (`mpq.frontier`, `OUT.frontier.json` of `mpq search --method pareto`;
+/// fields in alphabetical order, as earlier versions wrote them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrontierFile {
+    /// `weight_bits` (x is the average weight bits) or `size_bits` (x is MiB, scales
+    /// included).
+    pub axis: String,
+    /// Index of the chosen point.
+    pub chosen: usize,
+    /// The plan's constraints.
+    #[serde(default)]
+    pub constraints: Constraints,
+    /// The model searched.
+    #[serde(default)]
+    pub model: String,
+    /// `Σ n` over the searched layers.
+    pub params: u64,
+    /// The frontier, size ascending.
+    pub points: Vec<FrontierRow>,
+    /// The policy file written with it.
+    #[serde(default)]
+    pub policy: String,
+    /// The uniform plans.
+    pub uniform: Vec<UniformPoint>,
+}
+
+impl FrontierFile {
+    /// The x value of a point (average bits or MiB).
+    pub fn x(row: &FrontierRow) -> f64 {
+        row.avg_w_bits.or(row.size_mb).unwrap_or(f64::NAN)
     }
 
-    /// An SVG plot of the frontier with the chosen point and the uniform plans marked.
-    pub fn svg(&self) -> String {
-        let pts: Vec<(f64, f64)> = self
-            .frontier
-            .points
-            .iter()
-            .map(|p| (self.x_of(p.size_bits), p.omega))
-            .collect();
-        let c = self.frontier.points[self.chosen];
-        let marks: Vec<(String, f64, f64)> = self
-            .uniform
-            .iter()
-            .map(|u| (format!("W{}", u.w_bits), self.x_of(u.size_bits), u.omega))
-            .collect();
-        let x_label = if self.axis == "weight_bits" {
-            "average weight bits"
+    /// The x value of a uniform plan, on the frontier's axis.
+    pub fn uniform_x(&self, u: &UniformPoint) -> f64 {
+        if self.axis == "weight_bits" {
+            u.size_bits as f64 / self.params.max(1) as f64
         } else {
-            "model size (MiB, scales included)"
-        };
-        frontier_svg(
-            &pts,
-            (self.x_of(c.size_bits), c.omega),
-            &marks,
-            x_label,
-            "Ω (sum of Tr(H)/n · ‖ΔW‖²)",
-        )
+            (u.size_bits as f64 / 8.0).ceil() / MB
+        }
     }
+}
+
+impl Versioned for FrontierFile {
+    const FORMAT: &'static str = "mpq.frontier";
+    const VERSION: u32 = 1;
+    const WHAT: &'static str = "a Pareto frontier";
+}
+
+/// One frontier point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrontierRow {
+    /// Average weight bits (on the `weight_bits` axis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_w_bits: Option<f64>,
+    /// Summed Ω.
+    pub omega: f64,
+    /// Summed size cost (bits).
+    pub size_bits: u64,
+    /// MiB, scales included (on the `size_bits` axis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_mb: Option<f64>,
+    /// Weight bits per model layer, comma separated.
+    pub w_bits: String,
 }
 
 /// HAWQ-V2's search: the exact frontier and its best point under the budgets. Needs Ω

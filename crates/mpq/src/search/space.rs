@@ -15,7 +15,7 @@ use super::{Budget, Candidates, MB};
 use crate::cost::{CostTable, HardwareModel, overhead_bits};
 use crate::graph::LayerInfo;
 use crate::plan::{
-    BitWidth, FULL_PRECISION, LayerPrecision, QuantPlan, QuantizerKind, is_valid_bits,
+    BitWidth, Constraints, FULL_PRECISION, LayerPrecision, QuantPlan, QuantizerKind, is_valid_bits,
 };
 use crate::{Error, Result};
 
@@ -81,6 +81,42 @@ pub struct Pin {
 }
 
 impl Pin {
+    /// The index in `layers` of the pinned layer (`first`, `last` or a name).
+    pub fn layer_index(&self, layers: &[LayerInfo]) -> Result<usize> {
+        layer_index(&self.layer, layers)
+    }
+
+    /// Parses the pins of `--pin NAME=W[/A]` (each entry) and `--pin-first-last W[/A]`.
+    pub fn parse_all(specs: &[String], first_last: Option<&str>) -> Result<Vec<Pin>> {
+        let mut pins = specs
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Pin::parse(s))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(bits) = first_last {
+            for end in ["first", "last"] {
+                pins.push(Pin::parse(&format!("{end}={bits}")).map_err(|_| {
+                    Error::config(
+                        "pin-first-last",
+                        format!("expected W or W/A bits (2..8 or 32), got {bits:?}"),
+                    )
+                })?);
+            }
+        }
+        Ok(pins)
+    }
+
+    /// Parses `W/A` bits (e.g. `3/4`); `flag` names the option in errors.
+    pub fn parse_bits(spec: &str, flag: &str) -> Result<(BitWidth, BitWidth)> {
+        let p = Pin::parse(&format!("x={spec}")).map_err(|_| {
+            Error::config(
+                flag,
+                format!("expected W/A bits (2..8 or 32), e.g. 3/4, got {spec:?}"),
+            )
+        })?;
+        Ok((p.w_bits, p.a_bits))
+    }
+
     /// Parses `NAME=W` (weights and activations at `W`) or `NAME=W:A` (or `W/A`).
     pub fn parse(spec: &str) -> Result<Pin> {
         let bad = || Error::config("pin", format!("expected NAME=W or NAME=W:A, got {spec:?}"));
@@ -186,6 +222,20 @@ impl Budget {
     }
 }
 
+/// The index of `name` in `layers`: `first`, `last`, or a layer name.
+fn layer_index(name: &str, layers: &[LayerInfo]) -> Result<usize> {
+    match name {
+        "first" if !layers.is_empty() => Ok(0),
+        "last" if !layers.is_empty() => Ok(layers.len() - 1),
+        _ => layers
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| Error::UnknownLayer {
+                name: name.to_string(),
+            }),
+    }
+}
+
 fn union_find_root(parent: &mut [usize], i: usize) -> usize {
     let mut r = i;
     while parent[r] != r {
@@ -212,18 +262,7 @@ impl<'a> SearchSpace<'a> {
             return Err(Error::config("model", "has no quantizable layers"));
         }
         let constraints = constraints_of(layers, budget, hw)?;
-        let index =
-            |name: &str| -> Result<usize> {
-                match name {
-                    "first" => Ok(0),
-                    "last" => Ok(layers.len() - 1),
-                    _ => layers.iter().position(|l| l.name == name).ok_or_else(|| {
-                        Error::UnknownLayer {
-                            name: name.to_string(),
-                        }
-                    }),
-                }
-            };
+        let index = |name: &str| layer_index(name, layers);
         let mut pin: Vec<Option<(BitWidth, BitWidth)>> = vec![None; layers.len()];
         for p in &opts.pins {
             let i = index(&p.layer)?;
@@ -560,37 +599,31 @@ impl<'a> SearchSpace<'a> {
                 min_value: "unknown (report this as a bug)".into(),
             });
         }
-        plan.constraints = self.constraints_json();
+        plan.constraints = self.plan_constraints();
         plan.seconds = start.elapsed().as_secs_f64();
         Ok(plan)
     }
 
-    /// The budgets, candidates, hardware, pins and ties as the JSON object plans carry.
-    pub fn constraints_json(&self) -> serde_json::Value {
-        let mut v = self.budget.to_json();
-        if let serde_json::Value::Object(m) = &mut v {
-            m.insert("w_bits".into(), serde_json::json!(self.cands.w_bits));
-            m.insert("a_bits".into(), serde_json::json!(self.cands.a_bits));
-            if let Some(hw) = self.hw {
-                m.insert("hardware".into(), hw.name().into());
-            }
-            if !self.opts.pins.is_empty() {
-                let pins: serde_json::Map<String, serde_json::Value> = self
-                    .opts
-                    .pins
-                    .iter()
-                    .map(|p| (p.layer.clone(), serde_json::json!([p.w_bits, p.a_bits])))
-                    .collect();
-                m.insert("pins".into(), pins.into());
-            }
-            if !self.opts.ties.is_empty() {
-                m.insert("ties".into(), serde_json::json!(self.opts.ties));
-            }
-            if self.opts.quantizer != QuantizerKind::default() {
-                m.insert("quantizer".into(), serde_json::json!(self.opts.quantizer));
-            }
+    /// The budgets, candidates, hardware, pins and ties, as plans record them.
+    pub fn plan_constraints(&self) -> Constraints {
+        let mut c = self.budget.to_constraints();
+        c.w_bits = Some(self.cands.w_bits.clone());
+        c.a_bits = Some(self.cands.a_bits.clone());
+        c.hardware = self.hw.map(|hw| hw.name().to_string());
+        if !self.opts.pins.is_empty() {
+            let pins = self.opts.pins.iter();
+            c.pins = Some(
+                pins.map(|p| (p.layer.clone(), [p.w_bits, p.a_bits]))
+                    .collect(),
+            );
         }
-        v
+        if !self.opts.ties.is_empty() {
+            c.ties = Some(self.opts.ties.clone());
+        }
+        if self.opts.quantizer != QuantizerKind::default() {
+            c.quantizer = Some(self.opts.quantizer);
+        }
+        c
     }
 
     /// The largest uniform plan (weights, then activations) that meets every budget;
@@ -837,6 +870,50 @@ impl Feasibility {
                 min_value: format!("{:.6}", b.best),
             }),
         }
+    }
+}
+
+impl Feasibility {
+    /// The report of an infeasible request: each budget's best value and whether it can be
+    /// met, the layers pins and ties leave without a choice, and the smallest candidates.
+    pub fn infeasible_report(&self, pinned: bool) -> String {
+        let mut s = String::from("the request is infeasible (feasibility pre-flight):");
+        for b in &self.budgets {
+            let word = if b.relation == ">=" {
+                "largest"
+            } else {
+                "smallest"
+            };
+            let status = if b.feasible { "ok" } else { "CANNOT BE MET" };
+            s.push_str(&format!(
+                "\n  {} {} {}: {word} feasible value {:.6} ({status})",
+                b.budget, b.relation, b.limit, b.best
+            ));
+        }
+        if !self.empty_layers.is_empty() {
+            s.push_str(&format!(
+                "\n  layers with no allowed candidate (pins and ties conflict): {}",
+                self.empty_layers.join(", ")
+            ));
+        }
+        let fixed = if pinned {
+            ", with the pins and ties given"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "\n  (smallest candidates: w-bits {}, a-bits {}{fixed})",
+            self.w_min, self.a_min
+        ));
+        s
+    }
+
+    /// [`Feasibility::check`] with [`Feasibility::infeasible_report`] as the error's context.
+    pub fn check_with_report(&self, pinned: bool) -> Result<()> {
+        self.check().map_err(|e| Error::Context {
+            context: self.infeasible_report(pinned),
+            source: Box::new(e),
+        })
     }
 }
 

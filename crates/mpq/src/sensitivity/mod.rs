@@ -34,6 +34,7 @@ mod density;
 mod forward;
 mod hessian;
 mod hvp;
+mod indicators;
 pub mod learned;
 mod linalg;
 mod problem;
@@ -64,12 +65,13 @@ use crate::{Error, Result};
 use channel::weight_channels;
 
 /// What `mpq analyze --metric` computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Metric {
     /// Top eigenvalue per layer, and the top-k of the whole analysed Hessian.
     Eigen,
     /// Hessian trace per layer.
+    #[default]
     Trace,
     /// Activation Hessian trace per layer input.
     ActTrace,
@@ -119,6 +121,15 @@ pub enum Estimator {
     /// Basis vectors: the exact diagonal block (and its exact top eigenvalue) for layers of at
     /// most [`AnalyzeConfig::exact_max_params`] weights (activations: elements per sample).
     Exact,
+}
+
+impl Estimator {
+    /// Why Hutch++ is not offered as a per-layer trace estimator (`--estimator hutchpp`).
+    pub const HUTCHPP_REFUSAL: &'static str = "hutchpp is not offered: its low-rank sketch \
+        needs Hessian-vector products restricted to one layer, so per-layer traces of L layers \
+        would cost L sketches, while hutchinson's shared probes give every layer every product \
+        (one product updates all layers; see docs/benchmarks.md, \"Hessian\"); use hutchinson, \
+        or exact for small layers";
 }
 
 /// Settings of [`analyze`].

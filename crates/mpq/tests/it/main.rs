@@ -1,6 +1,7 @@
 //! Integration tests of the `mpq` library: one binary (style guide §8.6).
 
 mod export;
+mod files;
 mod graph;
 mod onnx;
 mod sensitivity;

@@ -25,11 +25,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::mckp::{self, Item, Mckp};
-use super::sensitivity::Sensitivities;
 use super::space::{BudgetKind, SearchSpace};
 use crate::cost::{CostTable, overhead_bits};
 use crate::graph::LayerInfo;
 use crate::plan::{BitWidth, FULL_PRECISION, LayerPrecision, QuantPlan};
+use crate::sensitivity::SensitivityTable;
 use crate::{Error, Result};
 
 /// One layer's channel data: output-channel traces and per-channel quantization errors.
@@ -54,13 +54,14 @@ impl ChannelTable {
     /// Lengths must match each layer's output channels.
     pub fn new(
         layers: &[LayerInfo],
-        sens: &Sensitivities,
+        sens: &SensitivityTable,
         errors: &BTreeMap<String, BTreeMap<BitWidth, Vec<f64>>>,
     ) -> Result<ChannelTable> {
         let rows = layers
             .iter()
             .map(|l| {
-                let Some(traces) = sens.row(&l.name).and_then(|r| r.channel_traces.clone()) else {
+                let Some(traces) = sens.layer(&l.name).and_then(|r| r.channel_traces.clone())
+                else {
                     return Ok(None);
                 };
                 let err = errors.get(&l.name).cloned().unwrap_or_default();
@@ -330,7 +331,7 @@ impl<'s, 'a> CwSetup<'s, 'a> {
                 min_value: "unknown (report this as a bug)".into(),
             });
         }
-        plan.constraints = self.space.constraints_json();
+        plan.constraints = self.space.plan_constraints();
         plan.seconds = start.elapsed().as_secs_f64();
         Ok(plan)
     }

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SearchSpace;
 use super::rl::{DdpgAgent, DdpgConfig, train_agent};
-use std::path::Path;
+use crate::io::Versioned;
 
 use crate::plan::{QuantPlan, WeightRange};
 use crate::{Error, Result};
@@ -75,7 +75,29 @@ pub struct HaqConfig {
     pub reward_scale: f64,
     /// The evaluator's settings (reward split, fine-tune steps, …), recorded so that
     /// `--resume` refuses a state saved under different ones.
-    pub evaluator: serde_json::Value,
+    pub evaluator: EvaluatorSettings,
+}
+
+/// How plans are scored (the reward evaluator's settings; fields in alphabetical order, as
+/// earlier versions wrote them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvaluatorSettings {
+    /// How activation ranges are calibrated (`MinMax`, `Percentile(99.99)`, `Mse`).
+    pub calibration_method: String,
+    /// Training samples that calibrate activation ranges.
+    pub calibration_samples: usize,
+    /// Samples per evaluation batch.
+    pub eval_batch_size: usize,
+    /// Samples per fine-tuning step.
+    pub finetune_batch_size: usize,
+    /// Fine-tuning learning rate.
+    pub finetune_lr: f64,
+    /// SGD steps of fine-tuning before scoring (0: post-training only).
+    pub finetune_steps: usize,
+    /// Seed of the hold-out split and the fine-tuning subset.
+    pub seed: u64,
+    /// Training samples held out to score plans.
+    pub val_samples: usize,
 }
 
 impl Default for HaqConfig {
@@ -86,7 +108,7 @@ impl Default for HaqConfig {
             flags: FlagStyle::Clean,
             weight_range: WeightRange::MaxAbs,
             reward_scale: 0.1,
-            evaluator: serde_json::Value::Null,
+            evaluator: EvaluatorSettings::default(),
         }
     }
 }
@@ -99,7 +121,7 @@ pub struct HaqSettings {
     /// Layer names of the model.
     pub layers: Vec<String>,
     /// The constraints and candidates of the search space.
-    pub constraints: serde_json::Value,
+    pub constraints: crate::plan::Constraints,
 }
 
 /// The full record of a search: what `--resume` reads and the output JSON carries.
@@ -117,19 +139,10 @@ pub struct HaqHistory {
     pub episodes: Vec<HaqEpisode>,
 }
 
-impl HaqHistory {
-    /// Writes the history as JSON (atomically: a crash leaves the previous state).
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::io::write_json(path.as_ref(), self)
-    }
-
-    /// Reads a history written by [`HaqHistory::save`].
-    pub fn load(path: impl AsRef<Path>) -> Result<HaqHistory> {
-        let path = path.as_ref();
-        let bytes = crate::io::read(path)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(path, format!("not a HAQ search state: {e}")))
-    }
+impl Versioned for HaqHistory {
+    const FORMAT: &'static str = "mpq.haq-state";
+    const VERSION: u32 = 1;
+    const WHAT: &'static str = "a HAQ search state";
 }
 
 /// The result of [`haq`].
@@ -152,7 +165,7 @@ fn settings(space: &SearchSpace<'_>, cfg: &HaqConfig) -> HaqSettings {
             ..cfg.clone()
         },
         layers: space.layers().iter().map(|l| l.name.clone()).collect(),
-        constraints: space.constraints_json(),
+        constraints: space.plan_constraints(),
     }
 }
 

@@ -9,17 +9,16 @@
 //! after training: only the indicators are kept.
 
 mod hooks;
-mod indicators;
 mod joint;
 mod switchable_bn;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
+pub use super::indicators::{
+    BANNED_INDICATOR, LayerIndicators, LimpqConfig, LimpqReport, non_monotone,
+};
 pub use hooks::{IndicatorHooks, STEP_RANGE};
-pub use indicators::{BANNED_INDICATOR, LayerIndicators, non_monotone};
 pub use joint::{JointTrainer, StepConfig, StepStats};
 pub use switchable_bn::SwitchableBn;
 
@@ -30,129 +29,6 @@ use crate::graph::Graph;
 use crate::plan::BitWidth;
 use crate::progress::Progress;
 use crate::{Error, Result};
-
-/// Settings of the joint indicator training (defaults: spec §5.4's ResNet-18 recipe with the
-/// batch scaled to small data sets).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LimpqConfig {
-    /// Candidate bit-widths in pass order (the paper: 6, 5, 4, 3, 2).
-    pub bits: Vec<BitWidth>,
-    /// Passes over the (fraction of the) training set.
-    pub epochs: usize,
-    /// Fraction of the training set used (a seeded subset; the paper's README: about half
-    /// is enough).
-    pub data_fraction: f64,
-    /// Samples per step.
-    pub batch_size: usize,
-    /// Base learning rate of the cosine schedule.
-    pub lr: f64,
-    /// Final learning rate of the cosine schedule.
-    pub lr_min: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Label smoothing.
-    pub label_smoothing: f64,
-    /// Gradient value clip.
-    pub grad_clip: f64,
-    /// Whether each step adds the random mixed pass.
-    pub mixed_pass: bool,
-    /// Seed of the subset, shuffling, and the per-step reseeding.
-    pub seed: u64,
-}
-
-impl Default for LimpqConfig {
-    fn default() -> Self {
-        LimpqConfig {
-            bits: vec![6, 5, 4, 3, 2],
-            epochs: 3,
-            data_fraction: 1.0,
-            batch_size: 64,
-            lr: 0.01,
-            lr_min: 1e-5,
-            momentum: 0.9,
-            weight_decay: 2.5e-5,
-            label_smoothing: 0.1,
-            grad_clip: 1.0,
-            mixed_pass: true,
-            seed: 0,
-        }
-    }
-}
-
-impl LimpqConfig {
-    /// Checks ranges once, before any work.
-    pub fn validate(&self) -> Result<()> {
-        if self.bits.len() < 2 {
-            return Err(Error::config("bits", "LIMPQ needs at least two candidates"));
-        }
-        if let Some(b) = self.bits.iter().find(|b| !(2..=8).contains(*b)) {
-            return Err(Error::config("bits", format!("{b} is outside 2..8")));
-        }
-        let mut sorted = self.bits.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != self.bits.len() {
-            return Err(Error::config("bits", "candidates must be distinct"));
-        }
-        if self.epochs == 0 {
-            return Err(Error::config("epochs", "must be at least 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(Error::config("batch-size", "must be at least 1"));
-        }
-        if !(self.data_fraction > 0.0 && self.data_fraction <= 1.0) {
-            return Err(Error::config("data-fraction", "must be in (0, 1]"));
-        }
-        for (f, v) in [("lr", self.lr), ("lr-min", self.lr_min)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::config(f, "must be a non-negative number"));
-            }
-        }
-        crate::train::validate_loss_and_momentum(
-            self.momentum,
-            self.weight_decay,
-            self.label_smoothing,
-        )?;
-        if !(self.grad_clip.is_finite() && self.grad_clip > 0.0) {
-            return Err(Error::config("grad-clip", "must be a positive number"));
-        }
-        Ok(())
-    }
-
-    /// The cosine rate at `step` of `total` (no warm-up), from `lr` down to `lr_min`.
-    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
-        let t = step as f64 / total.max(1) as f64;
-        self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-    }
-}
-
-/// The run-level part of a LIMPQ sensitivity table (`limpq` in the JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LimpqReport {
-    /// The settings.
-    pub config: LimpqConfig,
-    /// Layers searched (the others are fixed at 8 bits by the search).
-    pub searched: Vec<String>,
-    /// Layers left out of the search (first and last).
-    pub fixed: Vec<String>,
-    /// Batch norms with one copy per candidate.
-    pub switchable_bn: Vec<String>,
-    /// Joint steps taken.
-    pub steps: usize,
-    /// Forward/backward passes (`steps · (|B| + 1)`).
-    pub passes: usize,
-    /// Samples of the training subset.
-    pub samples: usize,
-    /// Mean loss of each epoch's passes.
-    pub epoch_losses: Vec<f64>,
-    /// Fraction of (layer, weight|activation) indicator series that grow monotonically as
-    /// bits shrink (nothing banned).
-    pub monotone_fraction: f64,
-    /// Every ban of the cleaning, `layer: reason`.
-    pub bans: Vec<String>,
-}
 
 /// The searched layers of `graph`: every quantizable layer but the first and the last.
 pub fn searched_layers(graph: &Graph) -> Result<(Vec<String>, Vec<String>)> {

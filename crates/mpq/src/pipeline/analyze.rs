@@ -1,0 +1,134 @@
+//! `mpq analyze`: the sensitivity file of a model: top eigenvalues (HAWQ), traces (HAWQ-V2,
+//! Hutchinson as in PyHessian), activation and channel traces (HAWQ-V2, CW-HAWQ), spectral
+//! densities (SLQ), or LIMPQ's learned indicators (one joint training run). Methods in
+//! `docs/algorithms.md` §1–§3 and §5.
+
+use std::path::PathBuf;
+
+use super::{ModelSource, open_with_data};
+use crate::Result;
+use crate::io::Versioned;
+use crate::progress::Progress;
+use crate::sensitivity::learned::{self, LimpqConfig};
+use crate::sensitivity::{self, AnalyzeConfig, SampleConfig, SensitivityTable};
+
+/// Which split of the data the Hessian analysis samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Split {
+    /// The training split.
+    #[default]
+    Train,
+    /// The test split.
+    Test,
+}
+
+/// What to compute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Analysis {
+    /// Hessian metrics on `sample` batches of `split`; a density is also drawn to `svg`
+    /// (default: the output with `.svg`).
+    Hessian {
+        /// Metrics, estimators and their settings.
+        config: AnalyzeConfig,
+        /// Which samples.
+        sample: SampleConfig,
+        /// Of which split.
+        split: Split,
+        /// Where the density plot goes.
+        svg: Option<PathBuf>,
+    },
+    /// LIMPQ's indicator training on the training split; `label_smoothing` `None` takes the
+    /// model's own (from its training record), else the paper's 0.1.
+    Limpq {
+        /// The training settings (its `label_smoothing` is replaced as above).
+        config: LimpqConfig,
+        /// An explicit label smoothing.
+        label_smoothing: Option<f64>,
+    },
+}
+
+/// `mpq analyze`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalyzeRequest {
+    /// The model.
+    pub model: ModelSource,
+    /// Data reference.
+    pub data: String,
+    /// What to compute.
+    pub analysis: Analysis,
+    /// Seed of the data splits (the analysis configs carry their own).
+    pub seed: u64,
+    /// The sensitivity file to write.
+    pub out: PathBuf,
+}
+
+/// What `mpq analyze` computed and wrote.
+#[derive(Debug, Clone)]
+pub struct AnalyzeOutcome {
+    /// The sensitivity table (written to the request's `out`).
+    pub table: SensitivityTable,
+    /// The density plot, when one was drawn.
+    pub density_svg: Option<PathBuf>,
+}
+
+/// Runs the analysis of `req` and writes its sensitivity file.
+pub fn analyze(req: &AnalyzeRequest, progress: &mut dyn Progress) -> Result<AnalyzeOutcome> {
+    match &req.analysis {
+        Analysis::Hessian {
+            config,
+            sample,
+            split,
+            svg,
+        } => {
+            config.validate()?;
+            let (model, splits) = open_with_data(&req.model, &req.data, req.seed)?;
+            let norm = model.normalization_or(&splits.normalization);
+            let (ds, name) = match split {
+                Split::Train => (&splits.train, "train"),
+                Split::Test => (&splits.test, "test"),
+            };
+            let batches = sensitivity::analysis_batches(ds, &norm, sample, model.graph.device())?;
+            let mut table = sensitivity::analyze(&model.graph, batches, config, progress)?;
+            table.model = req.model.reference.clone();
+            table.data = Some(req.data.clone());
+            table.split = Some(name.into());
+            table.save(&req.out)?;
+            let density_svg = match crate::report::density_chart(&table) {
+                Some(plot) => {
+                    let path = svg.clone().unwrap_or_else(|| req.out.with_extension("svg"));
+                    crate::io::write_atomic(&path, plot.as_bytes())?;
+                    Some(path)
+                }
+                None => None,
+            };
+            Ok(AnalyzeOutcome { table, density_svg })
+        }
+        Analysis::Limpq {
+            config,
+            label_smoothing,
+        } => {
+            let (model, splits) = open_with_data(&req.model, &req.data, req.seed)?;
+            // A smoothing the model was not trained with pushes every logit smaller; where
+            // no BatchNorm follows a searched layer, its steps scale its output and absorb
+            // that push (high-bit steps collapse to the clamp or jump tenfold) instead of
+            // learning the quantization trade-off. So the default is the model's own loss.
+            let cfg = LimpqConfig {
+                label_smoothing: label_smoothing
+                    .or_else(|| model.training_label_smoothing())
+                    .unwrap_or(LimpqConfig::default().label_smoothing),
+                ..config.clone()
+            };
+            cfg.validate()?;
+            let norm = model.normalization_or(&splits.normalization);
+            let mut table =
+                learned::train_indicators(&model.graph, &splits.train, &norm, &cfg, progress)?;
+            table.model = req.model.reference.clone();
+            table.data = Some(req.data.clone());
+            table.save(&req.out)?;
+            Ok(AnalyzeOutcome {
+                table,
+                density_svg: None,
+            })
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Applying a plan end to end (what `mpq quantize` runs): fold BatchNorm when the plan says
+//! so, calibrate activation ranges, measure post-training-quantization accuracy, optionally
+//! fine-tune under the plan (QAT with the straight-through or LSQ quantizers), export the
+//! packed model, then load the written file back and check that it reproduces the
+//! simulation bit for bit (HAWQ-V3, Yao et al., ICML 2021: the simulated and the deployed
+//! integer model must agree). `reward.rs` scores plans for HAQ's search the same way, on a
+//! split held out of the training data.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle::Tensor;
+
+use super::ModelSource;
+use crate::cost::CostTable;
+use crate::data::{DataSplits, Normalization};
+use crate::export;
+use crate::graph::{Hooks, NoHooks};
+use crate::io::Versioned;
+use crate::model::{Model, ModelHint};
+use crate::plan::{QuantizerKind, WeightRange};
+use crate::progress::Progress;
+use crate::quant::{CalibrationConfig, PlanHooks, prepare_graph};
+use crate::run::QuantizeSummary;
+use crate::search::Policy;
+use crate::train::{self, EvalStats, Schedule, TrainConfig};
+use crate::{Error, QuantPlan, Result};
+
+/// The quantizer that `mpq quantize --quantizer` puts on every layer of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizerChoice {
+    /// Symmetric max-abs scales.
+    Symmetric,
+    /// Symmetric scales from the clip that minimises `‖Q(W) − W‖²`.
+    SymmetricMse,
+    /// Asymmetric min/max with zero points.
+    Asymmetric,
+    /// Learned step sizes (LSQ).
+    Lsq,
+    /// HAQ's k-means codebook.
+    Kmeans,
+}
+
+impl QuantizerChoice {
+    /// The plan's quantizer and weight range.
+    pub fn kind(self) -> (QuantizerKind, WeightRange) {
+        match self {
+            QuantizerChoice::Symmetric => (QuantizerKind::Symmetric, WeightRange::MaxAbs),
+            QuantizerChoice::SymmetricMse => (QuantizerKind::Symmetric, WeightRange::Mse),
+            QuantizerChoice::Asymmetric => (QuantizerKind::Asymmetric, WeightRange::MaxAbs),
+            QuantizerChoice::Lsq => (QuantizerKind::Lsq, WeightRange::MaxAbs),
+            QuantizerChoice::Kmeans => (QuantizerKind::KMeans, WeightRange::MaxAbs),
+        }
+    }
+}
+
+/// Quantization-aware fine-tuning under the plan (SGD, cosine schedule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinetuneOptions {
+    /// Epochs (0: post-training quantization only).
+    pub epochs: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Weight decay.
+    pub weight_decay: f64,
+}
+
+impl Default for FinetuneOptions {
+    fn default() -> Self {
+        FinetuneOptions {
+            epochs: 0,
+            lr: 0.01,
+            batch_size: 64,
+            weight_decay: 5e-4,
+        }
+    }
+}
+
+/// `mpq quantize`: apply a policy file to a model and export it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeRequest {
+    /// The float model.
+    pub model: ModelSource,
+    /// The policy file.
+    pub policy: PathBuf,
+    /// Data: the training split calibrates and fine-tunes, the test split measures.
+    pub data: String,
+    /// Fine-tuning.
+    pub finetune: FinetuneOptions,
+    /// A quantizer for every layer instead of the policy's.
+    pub quantizer: Option<QuantizerChoice>,
+    /// Keep BatchNorm separate (overrides the policy).
+    pub no_fold_bn: bool,
+    /// Activation calibration.
+    pub calibration: CalibrationConfig,
+    /// Seed of the data splits and the fine-tuning.
+    pub seed: u64,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+/// Opens the model, policy and data of `req`, applies the overrides, and runs
+/// [`quantize_model`]: `out/model.safetensors`, `model.onnx`, `plan.json`, `summary.json`.
+/// A written model that does not reproduce the simulation is an error.
+pub fn quantize(req: &QuantizeRequest, progress: &mut dyn Progress) -> Result<QuantizeSummary> {
+    if req.out.is_file() {
+        return Err(Error::config(
+            "out",
+            format!("{} is a file, not a folder", req.out.display()),
+        ));
+    }
+    let model = req.model.open()?;
+    let mut plan = Policy::load(&req.policy)?.plan;
+    if let Some(q) = req.quantizer {
+        let (kind, range) = q.kind();
+        for l in &mut plan.layers {
+            l.quantizer = kind;
+            l.weight_range = range;
+        }
+    }
+    if req.no_fold_bn {
+        plan.fold_bn = false;
+    }
+    plan.validate(&model.graph.layer_infos()?)?;
+    let splits = super::load_data(&req.data, req.seed)?;
+    super::check_shape(&model, &splits)?;
+    let f = &req.finetune;
+    let finetune = (f.epochs > 0).then(|| TrainConfig {
+        epochs: f.epochs,
+        batch_size: f.batch_size,
+        lr: f.lr,
+        weight_decay: f.weight_decay,
+        schedule: Schedule::Cosine,
+        seed: req.seed,
+        ..TrainConfig::default()
+    });
+    if let Some(tc) = &finetune {
+        tc.validate()?;
+    }
+    let cfg = QuantizeConfig {
+        calibration: req.calibration.clone(),
+        finetune,
+        eval_batch_size: 256,
+    };
+    progress.note(&format!(
+        "quantizing {} with {} ({} layers in the policy)",
+        model.meta.arch,
+        req.policy.display(),
+        plan.layers.len()
+    ));
+    let s = quantize_model(&model, &plan, &splits, &cfg, &req.out, progress)?;
+    if !s.roundtrip_bit_identical {
+        return Err(Error::config(
+            "export",
+            format!(
+                "internal error: the written model does not reproduce the simulation (see {})",
+                req.out.join("summary.json").display()
+            ),
+        ));
+    }
+    Ok(s)
+}
+
+/// Settings of [`quantize_model`].
+#[derive(Debug, Clone)]
+pub struct QuantizeConfig {
+    /// Activation calibration.
+    pub calibration: CalibrationConfig,
+    /// Fine-tuning under the plan; `None` for post-training quantization only.
+    pub finetune: Option<TrainConfig>,
+    /// Samples per evaluation batch.
+    pub eval_batch_size: usize,
+}
+
+fn eval(
+    graph: &crate::graph::Graph,
+    splits: &DataSplits,
+    norm: &Normalization,
+    cfg: &QuantizeConfig,
+    hooks: &mut dyn Hooks,
+) -> Result<EvalStats> {
+    train::evaluate(graph, &splits.test, norm, cfg.eval_batch_size, hooks)
+}
+
+/// Quantizes `model` under `plan` on `splits` and writes `out_dir/model.safetensors`,
+/// `out_dir/model.onnx`, `out_dir/plan.json` and `out_dir/summary.json`.
+pub fn quantize_model(
+    model: &Model,
+    plan: &QuantPlan,
+    splits: &DataSplits,
+    cfg: &QuantizeConfig,
+    out_dir: &Path,
+    progress: &mut dyn Progress,
+) -> Result<QuantizeSummary> {
+    let start = Instant::now();
+    if model.quantized.is_some() {
+        return Err(Error::config("model", "the model is already quantized"));
+    }
+    let layers = model.graph.layer_infos()?;
+    plan.validate(&layers)?;
+    let cost = CostTable::new(&layers, plan)?;
+    let fp_cost = CostTable::new(&layers, &QuantPlan::uniform(&[], 32, 32))?;
+    let norm = model.normalization_or(&splits.normalization);
+    let fp32 = eval(&model.graph, splits, &norm, cfg, &mut NoHooks)?;
+
+    let graph = prepare_graph(&model.graph, plan)?;
+    let stored_bytes = CostTable::new(&graph.layer_infos()?, plan)?.stored_bytes;
+    let mut hooks = PlanHooks::calibrate(&graph, plan, &splits.train, &norm, &cfg.calibration)?;
+    let before = eval(&graph, splits, &norm, cfg, &mut hooks)?;
+    let (after, epochs, ft_seconds) = match &cfg.finetune {
+        Some(tc) if tc.epochs > 0 => {
+            let report =
+                train::train_with(&graph, &splits.train, None, &norm, tc, &mut hooks, progress)?;
+            let after = eval(&graph, splits, &norm, cfg, &mut hooks)?;
+            (after, tc.epochs, report.seconds)
+        }
+        _ => (before, 0, 0.0),
+    };
+
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let model_path = out_dir.join("model.safetensors");
+    let stats = export::save_packed(&model_path, &model.meta, &graph, &hooks)?;
+    let onnx_path = out_dir.join("model.onnx");
+    let onnx_bytes = crate::onnx::export_qdq(&onnx_path, &graph, &mut hooks, Some(&norm))?;
+    let reloaded_model = Model::load(&model_path, &ModelHint::default(), graph.device())?;
+    let mut reloaded_hooks = reloaded_model
+        .quantized
+        .clone()
+        .ok_or_else(|| Error::corrupt(&model_path, "written without quantization metadata"))?;
+    let reloaded = eval(
+        &reloaded_model.graph,
+        splits,
+        &norm,
+        cfg,
+        &mut reloaded_hooks,
+    )?;
+    let identical = same_weights(&graph, &mut hooks, &reloaded_model)?
+        && reloaded == after
+        && same_logits(
+            &graph,
+            &mut hooks,
+            &reloaded_model,
+            &mut reloaded_hooks,
+            splits,
+            &norm,
+        )?;
+
+    let mut plan_out = plan.clone();
+    cost.fill_plan(&mut plan_out);
+    Policy::new(plan_out).save(out_dir.join("plan.json"))?;
+    let summary = QuantizeSummary {
+        arch: model.meta.arch.clone(),
+        method: plan.method.clone(),
+        fold_bn: plan.fold_bn,
+        fp32,
+        before_finetune: before,
+        after_finetune: after,
+        reloaded,
+        roundtrip_bit_identical: identical,
+        finetune_epochs: epochs,
+        finetune_seconds: ft_seconds,
+        size_bytes: cost.size_bytes,
+        size_bytes_weights_only: cost.size_bytes_weights_only,
+        fp32_size_bytes: fp_cost.size_bytes,
+        stored_bytes,
+        avg_w_bits: cost.avg_w_bits,
+        compression: cost.compression,
+        bops: cost.bops,
+        export: stats,
+        model_path,
+        onnx_path,
+        onnx_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    summary.save(out_dir.join("summary.json"))?;
+    Ok(summary)
+}
+
+/// Whether every parameter of the reloaded model equals what the simulation computes with:
+/// the hooked (fake-quantized) weights of quantized layers, the raw values otherwise.
+pub fn same_weights(
+    graph: &crate::graph::Graph,
+    hooks: &mut PlanHooks,
+    reloaded: &Model,
+) -> Result<bool> {
+    for p in graph.params().iter() {
+        let sim = match p.name.strip_suffix(".weight") {
+            Some(layer) => hooks.weight(layer, p.var.as_tensor())?,
+            None => p.var.as_tensor().clone(),
+        };
+        let Some(r) = reloaded.graph.params().get(&p.name) else {
+            return Ok(false);
+        };
+        if !bit_equal(&sim, r.as_tensor())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn same_logits(
+    graph: &crate::graph::Graph,
+    hooks: &mut PlanHooks,
+    reloaded: &Model,
+    reloaded_hooks: &mut PlanHooks,
+    splits: &DataSplits,
+    norm: &Normalization,
+) -> Result<bool> {
+    let n = splits.test.len().min(256);
+    let idx: Vec<usize> = (0..n).collect();
+    let x = crate::data::to_tensor(&splits.test, &idx, norm, graph.device())?;
+    let mode = crate::graph::Mode::Eval;
+    let a = graph.forward_with(&x, &mut crate::graph::ForwardOptions::new(mode, hooks))?;
+    let b = reloaded.graph.forward_with(
+        &x,
+        &mut crate::graph::ForwardOptions::new(mode, reloaded_hooks),
+    )?;
+    bit_equal(&a, &b)
+}
+
+/// Whether two tensors have the same shape and the same `f32` bit patterns.
+pub fn bit_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
+    if a.dims() != b.dims() || a.dtype() != b.dtype() {
+        return Ok(false);
+    }
+    if a.dtype() != candle::DType::F32 {
+        let (a, b) = (
+            a.flatten_all()?.to_dtype(candle::DType::F64)?,
+            b.flatten_all()?.to_dtype(candle::DType::F64)?,
+        );
+        return Ok(a.to_vec1::<f64>()? == b.to_vec1::<f64>()?);
+    }
+    let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+    let b: Vec<f32> = b.flatten_all()?.to_vec1()?;
+    Ok(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()))
+}

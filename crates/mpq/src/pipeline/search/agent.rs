@@ -1,0 +1,256 @@
+//! Running a search method on a prepared space: the table-driven methods directly, and the
+//! agent searches (HAQ, Wang et al. CVPR 2019; CW-HAWQ's ratio agent) with their reward
+//! evaluator on a split held out of the training data, progress per episode, and HAQ's
+//! search state saved after every episode (`OUT.haq-state.json`, `--resume`).
+
+use std::path::PathBuf;
+
+use super::inputs::{Sensitivity, Tables};
+use super::{AgentOptions, HaqOptions, Method, SearchRequest};
+use crate::io::Versioned;
+use crate::model::Model;
+use crate::pipeline::{RewardConfig, RewardEvaluator, check_shape, load_data, side_path};
+use crate::plan::QuantPlan;
+use crate::progress::Progress;
+use crate::quant::CalibrationConfig;
+use crate::search::cw_hawq::{self, CwConfig, CwResult};
+use crate::search::haq::{self, HaqConfig, HaqHistory, HaqResult};
+use crate::search::rl::DdpgConfig;
+use crate::search::{self, FrontierFile, IlpStats, SearchSpace};
+use crate::{Error, Result};
+
+/// What a method produced besides the plan.
+pub(super) enum Extra {
+    None,
+    Pareto(Box<FrontierFile>),
+    Solver(IlpStats),
+    Limpq(IlpStats),
+    Haq(Box<HaqResult>),
+    Cw(Box<CwResult>),
+}
+
+/// A method's plan and its record.
+pub(super) struct Found {
+    pub(super) plan: QuantPlan,
+    pub(super) extra: Extra,
+}
+
+/// Runs the request's method on `space`.
+pub(super) fn run_method(
+    req: &SearchRequest,
+    model: &Model,
+    space: &SearchSpace<'_>,
+    tables: &Tables,
+    sens: &Sensitivity,
+    progress: &mut dyn Progress,
+) -> Result<Found> {
+    let missing = |what: &str| Error::Usage(format!("--method {} needs {what}", req.method.name()));
+    let found = |plan, extra| Ok(Found { plan, extra });
+    match &req.method {
+        Method::Uniform => found(space.uniform()?, Extra::None),
+        Method::Random { max_tries } => found(space.random(req.seed, *max_tries)?, Extra::None),
+        Method::HawqV1 => {
+            let o = tables
+                .omega
+                .as_ref()
+                .ok_or_else(|| missing("--sensitivity"))?;
+            found(search::hawq_v1(space, o)?, Extra::None)
+        }
+        Method::Pareto => {
+            let r = search::pareto(space)?;
+            let policy = req.out.as_ref().map(|p| p.display().to_string());
+            let file = r.to_file(space, &req.model.reference, &policy.unwrap_or_default());
+            found(r.plan, Extra::Pareto(Box::new(file)))
+        }
+        Method::Ilp => {
+            let (plan, stats) = search::ilp(space)?;
+            found(plan, Extra::Solver(stats))
+        }
+        Method::Limpq { .. } => {
+            sens.indicators().ok_or_else(|| missing("--sensitivity"))?;
+            let (plan, stats) = search::limpq::limpq(space)?;
+            found(plan, Extra::Limpq(stats))
+        }
+        Method::CwIlp { ratio_grid } => {
+            let t = tables
+                .channels
+                .as_ref()
+                .ok_or_else(|| missing("--sensitivity"))?;
+            found(search::cw_ilp(space, t, *ratio_grid)?, Extra::None)
+        }
+        Method::Haq(h) => {
+            let r = run_haq(req, h, model, space, progress)?;
+            found(r.plan.clone(), Extra::Haq(Box::new(r)))
+        }
+        Method::CwHawq(a) => {
+            let t = tables
+                .channels
+                .as_ref()
+                .ok_or_else(|| missing("--sensitivity"))?;
+            cw_hawq::validate(space, t)?;
+            let mut evaluator = evaluator(req, a, model)?;
+            let searched = searched_layers(space);
+            let steps = searched * space.candidates().w_bits.len().saturating_sub(1);
+            let cfg = CwConfig {
+                ddpg: ddpg_config(req.seed, a, searched),
+                episodes: a.episodes,
+                reward_scale: a.reward_scale,
+            };
+            cfg.ddpg.validate()?;
+            progress.note(&format!(
+                "CW-HAWQ: {} episodes, {steps} ratio decisions each, scoring on {} held-out \
+                 training samples{}",
+                a.episodes,
+                a.val_samples,
+                finetune_note(a)
+            ));
+            progress.start("cw-hawq episodes", a.episodes as u64);
+            let r = cw_hawq::cw_hawq(space, t, &mut evaluator, &cfg, |e, best| {
+                progress.inc(1);
+                progress.message(&format!(
+                    "best {best:.2}%, last {:.2}% at {:.2} avg bits",
+                    e.accuracy, e.avg_w_bits
+                ));
+                Ok(())
+            });
+            progress.finish();
+            let r = r?;
+            found(r.plan.clone(), Extra::Cw(Box::new(r)))
+        }
+    }
+}
+
+fn finetune_note(a: &AgentOptions) -> String {
+    if a.finetune_steps > 0 {
+        format!(" after {} fine-tuning steps", a.finetune_steps)
+    } else {
+        String::new()
+    }
+}
+
+/// Groups with a choice to make.
+fn searched_layers(space: &SearchSpace<'_>) -> usize {
+    let groups = space.groups().iter();
+    groups.filter(|g| g.choices.len() > 1).count()
+}
+
+/// The reward evaluator: the agent's data set's training split, divided into a held-out
+/// scoring split and a calibration / fine-tuning part.
+fn evaluator<'m>(
+    req: &SearchRequest,
+    a: &AgentOptions,
+    model: &'m Model,
+) -> Result<RewardEvaluator<'m>> {
+    let splits = load_data(&a.data, req.seed)?;
+    check_shape(model, &splits)?;
+    let norm = model.normalization_or(&splits.normalization);
+    let cfg = RewardConfig {
+        val_samples: a.val_samples,
+        seed: req.seed,
+        calibration: CalibrationConfig {
+            samples: a.calib_samples,
+            ..CalibrationConfig::default()
+        },
+        finetune_steps: a.finetune_steps,
+        finetune_batch_size: a.finetune_batch_size,
+        finetune_lr: a.finetune_lr,
+        ..RewardConfig::default()
+    };
+    RewardEvaluator::new(model, &splits.train, &norm, cfg)
+}
+
+/// The DDPG agent's settings; the replay memory defaults to 128 transitions per searched
+/// layer.
+fn ddpg_config(seed: u64, a: &AgentOptions, searched: usize) -> DdpgConfig {
+    DdpgConfig {
+        hidden1: a.hidden1,
+        hidden2: a.hidden2,
+        actor_lr: a.actor_lr,
+        critic_lr: a.critic_lr,
+        tau: a.tau,
+        gamma: a.discount,
+        batch_size: a.rl_batch_size,
+        replay_capacity: a.replay_size.unwrap_or(128 * searched.max(1)),
+        warmup_episodes: a.warmup,
+        sigma0: a.sigma,
+        sigma_decay: a.sigma_decay,
+        baseline_rate: a.baseline_rate,
+        updates_per_step: a.updates_per_step,
+        seed,
+        ..DdpgConfig::default()
+    }
+}
+
+/// HAQ's resumable state next to the policy.
+pub(super) fn state_path(req: &SearchRequest) -> Option<PathBuf> {
+    req.out.as_ref().map(|o| side_path(o, "haq-state.json"))
+}
+
+fn run_haq(
+    req: &SearchRequest,
+    h: &HaqOptions,
+    model: &Model,
+    space: &SearchSpace<'_>,
+    progress: &mut dyn Progress,
+) -> Result<HaqResult> {
+    let a = &h.agent;
+    let mut evaluator = evaluator(req, a, model)?;
+    let searched = searched_layers(space).max(1);
+    let cands = space.candidates();
+    let decisions =
+        searched * (usize::from(cands.w_bits.len() > 1) + usize::from(cands.a_bits.len() > 1));
+    let cfg = HaqConfig {
+        ddpg: ddpg_config(req.seed, a, searched),
+        episodes: a.episodes,
+        flags: h.state_flags,
+        weight_range: req.weight_range,
+        reward_scale: a.reward_scale,
+        evaluator: evaluator.settings(),
+    };
+    cfg.ddpg.validate()?;
+    let state = state_path(req);
+    let resume = match (&state, req.resume) {
+        (Some(path), true) if path.exists() => {
+            let saved = HaqHistory::load(path)?;
+            progress.note(&format!(
+                "resuming from {} ({} episodes saved)",
+                path.display(),
+                saved.episodes.len()
+            ));
+            Some(saved)
+        }
+        (Some(path), true) => {
+            progress.note(&format!(
+                "no saved search at {}: starting afresh",
+                path.display()
+            ));
+            None
+        }
+        _ => None,
+    };
+    progress.note(&format!(
+        "HAQ: {} episodes, {decisions} decisions each, scoring on {} held-out training \
+         samples{}",
+        a.episodes,
+        a.val_samples,
+        finetune_note(a)
+    ));
+    progress.start("haq episodes", a.episodes as u64);
+    let result = haq::haq(space, &mut evaluator, &cfg, resume.as_ref(), |e, hist| {
+        progress.inc(1);
+        let best = hist
+            .best_episode
+            .and_then(|b| hist.episodes.get(b))
+            .map_or(f64::NAN, |b| b.accuracy);
+        progress.message(&format!(
+            "best {best:.2}% (FP {:.2}%), reward {:.3}",
+            hist.fp_accuracy, e.best_reward
+        ));
+        match &state {
+            Some(path) => hist.save(path),
+            None => Ok(()),
+        }
+    });
+    progress.finish();
+    result
+}

@@ -1,0 +1,233 @@
+//! The end of a search: the policy with its method's record, the per-layer table a front end
+//! shows (bits, Ω, LIMPQ importance, simulated latency and energy), and the files: the
+//! policy first (if its path cannot be written, nothing is), then its side files
+//! (`OUT.frontier.json` and `.svg` for `pareto`, `OUT.curve.svg` for the agents), all
+//! written atomically together.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::agent::{Extra, Found, state_path};
+use super::inputs::{Sensitivity, Tables};
+use super::{Method, SearchRequest};
+use crate::Result;
+use crate::cost::{HardwareModel, HwTable};
+use crate::graph::LayerInfo;
+use crate::io::{Versioned, write_files_atomic};
+use crate::pipeline::side_path;
+use crate::plan::{LayerPrecision, QuantPlan};
+use crate::report::{PlanPoint, agent_curve, pareto_chart};
+use crate::search::limpq::Indicators;
+use crate::search::{
+    AgentSection, Feasibility, FrontierFile, FrontierRef, LayerRow, LimpqSection, Policy,
+    SolverStats,
+};
+
+/// What `mpq search` found and wrote.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    /// The policy: the plan and the method's record.
+    pub policy: Policy,
+    /// The feasibility pre-flight.
+    pub feasibility: Feasibility,
+    /// One row per model layer.
+    pub rows: Vec<LayerRow>,
+    /// The plan on the request's hardware model.
+    pub hardware: Option<HwTable>,
+    /// HAWQ-V2's frontier (`pareto`).
+    pub frontier: Option<FrontierFile>,
+    /// HAQ's search state, when written.
+    pub state: Option<PathBuf>,
+    /// Every file written, the policy first.
+    pub written: Vec<PathBuf>,
+}
+
+/// Channels per width of a per-channel layer, highest first (`8:3 4:10 2:7`).
+fn channel_summary(p: &LayerPrecision) -> Option<String> {
+    let mut n: BTreeMap<u32, usize> = BTreeMap::new();
+    for &b in p.channel_w_bits.as_ref()? {
+        *n.entry(b).or_default() += 1;
+    }
+    let parts: Vec<String> = n.iter().rev().map(|(b, c)| format!("{b}:{c}")).collect();
+    Some(parts.join(" "))
+}
+
+/// LIMPQ's record: α, the cleaning's bans, and any banned width the plan uses anyway.
+fn limpq_section(ind: &Indicators, plan: &QuantPlan, alpha: f64) -> LimpqSection {
+    let bans = ind
+        .layers()
+        .flat_map(|(n, l)| l.bans.iter().map(move |b| format!("{n}: {b}")))
+        .collect();
+    let banned_choices_used = ind
+        .layers()
+        .filter_map(|(n, l)| {
+            let (w, a) = plan.bits(n);
+            (l.banned_w_bits.contains(&w) || l.banned_a_bits.contains(&a))
+                .then(|| format!("{n}: W{w}A{a}"))
+        })
+        .collect();
+    LimpqSection {
+        alpha,
+        bans,
+        banned_choices_used,
+    }
+}
+
+/// The policy, rows and files of a finished search.
+pub(super) fn finish(
+    req: &SearchRequest,
+    layers: &[LayerInfo],
+    hw: Option<&HardwareModel>,
+    feasibility: Feasibility,
+    tables: &Tables,
+    sens: &Sensitivity,
+    found: Found,
+) -> Result<SearchOutcome> {
+    let mut plan = found.plan;
+    if !matches!(req.method, Method::Limpq { .. }) {
+        for l in &mut plan.layers {
+            l.weight_range = req.weight_range;
+        }
+    }
+    let hardware = hw.map(|h| h.table(layers, &plan)).transpose()?;
+    let alpha = match req.method {
+        Method::Limpq { alpha } => alpha,
+        _ => 0.0,
+    };
+    let mut rows = Vec::with_capacity(layers.len());
+    for (i, l) in layers.iter().enumerate() {
+        let (w, a) = plan.bits(&l.name);
+        let omega = match &tables.omega {
+            Some(o) if o.has_row(i) => Some(o.omega(i, w, a)?),
+            _ => None,
+        };
+        let importance = match sens.indicators() {
+            Some(ind) => ind.cost(&l.name, w, a, alpha)?,
+            None => None,
+        };
+        let sim = hardware.as_ref().map(|h| &h.layers[i]);
+        rows.push(LayerRow {
+            name: l.name.clone(),
+            params: l.params,
+            w_bits: w,
+            a_bits: a,
+            channels: plan.precision(&l.name).and_then(channel_summary),
+            omega,
+            importance,
+            latency_ms: sim.map(|r| r.latency_ms),
+            energy_mj: sim.and_then(|r| r.energy_mj),
+        });
+    }
+    let name = |suffix: &str| {
+        let path = req.out.as_ref().map(|o| side_path(o, suffix));
+        let file = path.as_ref().and_then(|p| p.file_name());
+        file.map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut policy = Policy::new(plan);
+    let mut frontier = None;
+    match found.extra {
+        Extra::None => {}
+        Extra::Pareto(file) => {
+            policy.frontier = Some(FrontierRef {
+                points: file.points.len(),
+                chosen: file.chosen,
+                json: name("frontier.json"),
+                svg: name("frontier.svg"),
+            });
+            frontier = Some(*file);
+        }
+        Extra::Solver(s) => policy.solver = Some(SolverStats::from(&s)),
+        Extra::Limpq(s) => {
+            policy.solver = Some(SolverStats::from(&s));
+            if let Some(ind) = sens.indicators() {
+                policy.limpq = Some(limpq_section(ind, &policy.plan, alpha));
+            }
+        }
+        Extra::Haq(r) => {
+            let h = r.history;
+            let best = h.best_episode.and_then(|b| h.episodes.get(b));
+            policy.haq = Some(AgentSection {
+                fp_accuracy: h.fp_accuracy,
+                best_episode: h.best_episode,
+                best_accuracy: best.map(|b| b.accuracy),
+                best_reward: best.map(|b| b.reward),
+                episodes: h.episodes.len(),
+                steps_per_episode: Some(h.steps_per_episode),
+                evaluations_seconds: Some(r.eval_seconds),
+                resumed_episodes: Some(r.resumed_episodes),
+                state: Some(name("haq-state.json")),
+                warmup: None,
+                curve: name("curve.svg"),
+                settings: Some(h.settings),
+                history: h.episodes,
+            });
+        }
+        Extra::Cw(r) => {
+            let best = r.episodes.get(r.best_episode);
+            let warmup = req.method.agent().map_or(0, |a| a.warmup);
+            policy.cw_hawq = Some(AgentSection {
+                fp_accuracy: r.fp_accuracy,
+                best_episode: Some(r.best_episode),
+                best_accuracy: best.map(|b| b.accuracy),
+                best_reward: best.map(|b| b.reward),
+                episodes: r.episodes.len(),
+                steps_per_episode: None,
+                evaluations_seconds: None,
+                resumed_episodes: None,
+                state: None,
+                warmup: Some(warmup),
+                curve: name("curve.svg"),
+                settings: None,
+                history: r.episodes,
+            });
+        }
+    }
+    let written = match &req.out {
+        Some(out) => write(out, &policy, frontier.as_ref())?,
+        None => Vec::new(),
+    };
+    Ok(SearchOutcome {
+        state: matches!(req.method, Method::Haq(_))
+            .then(|| state_path(req))
+            .flatten(),
+        policy,
+        feasibility,
+        rows,
+        hardware,
+        frontier,
+        written,
+    })
+}
+
+/// Writes the policy and its side files atomically; returns their paths.
+fn write(
+    out: &std::path::Path,
+    policy: &Policy,
+    frontier: Option<&FrontierFile>,
+) -> Result<Vec<PathBuf>> {
+    let mut files = vec![(out.to_path_buf(), policy.to_bytes()?)];
+    if let Some(f) = frontier {
+        files.push((side_path(out, "frontier.json"), f.to_bytes()?));
+        let p = &policy.plan;
+        let chosen = PlanPoint {
+            method: "pareto (chosen)".into(),
+            avg_w_bits: p.avg_w_bits.unwrap_or(f64::NAN),
+            size_bytes: p.size_bytes.unwrap_or(0) as f64,
+            omega: p.omega.unwrap_or(f64::NAN),
+        };
+        if let Some(svg) = pareto_chart(Some(f), &[chosen]) {
+            files.push((side_path(out, "frontier.svg"), svg.into_bytes()));
+        }
+    }
+    let curve = match (&policy.haq, &policy.cw_hawq) {
+        (Some(h), _) => agent_curve(h, "HAQ"),
+        (None, Some(c)) => agent_curve(c, "CW-HAWQ"),
+        _ => None,
+    };
+    if let Some(svg) = curve {
+        files.push((side_path(out, "curve.svg"), svg.into_bytes()));
+    }
+    write_files_atomic(&files)?;
+    Ok(files.into_iter().map(|(p, _)| p).collect())
+}
