@@ -2,10 +2,7 @@
 //! 2019; as PyHessian's `density`, Yao et al. 2020): Lanczos with full re-orthogonalisation
 //! from a Rademacher start gives a tridiagonal `T`; its eigenvalues are quadrature nodes and the
 //! squared first components of its eigenvectors their weights. Also the smoothed density curve
-//! (PyHessian's `density_generate`) and a hand-written SVG plot of it.
-
-use std::fmt::Write as _;
-use std::path::Path;
+//! (PyHessian's `density_generate`); `crate::report` draws it.
 
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -168,97 +165,6 @@ pub fn slq(
     Ok(Density { dim, runs })
 }
 
-/// An SVG plot (log-scale density against eigenvalue) of `density`, hand-written: axes, tick
-/// labels, the curve, a title. Densities below 1e-8 are drawn at the floor.
-pub fn density_svg(density: &Density, title: &str) -> String {
-    let (grid, dens) = density.curve(1000, 1e-5);
-    let (w, h, ml, mr, mt, mb) = (640.0, 420.0, 70.0, 20.0, 40.0, 50.0);
-    let (pw, ph) = (w - ml - mr, h - mt - mb);
-    let (x0, x1) = (grid[0], grid[grid.len() - 1]);
-    let floor = 1e-8f64;
-    let top = dens.iter().copied().fold(floor, f64::max);
-    let (y0, y1) = (floor.log10(), top.log10().ceil().max(floor.log10() + 1.0));
-    let sx = |x: f64| ml + (x - x0) / (x1 - x0).max(1e-300) * pw;
-    let sy = |d: f64| mt + ph - (d.max(floor).log10() - y0) / (y1 - y0) * ph;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="14">{}</text>"#,
-        w / 2.0,
-        crate::report::svg::esc(title)
-    );
-    let _ = writeln!(
-        s,
-        r##"<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
-    );
-    for k in 0..=5 {
-        let x = x0 + (x1 - x0) * k as f64 / 5.0;
-        let px = sx(x);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{px:.1}" y1="{:.1}" x2="{px:.1}" y2="{:.1}" stroke="#333"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            mt + ph,
-            mt + ph + 5.0,
-            mt + ph + 20.0,
-            short(x)
-        );
-    }
-    let mut e = y0.floor() as i32;
-    while (e as f64) <= y1 {
-        let py = sy(10f64.powi(e));
-        let _ = writeln!(
-            s,
-            r##"<line x1="{:.1}" y1="{py:.1}" x2="{ml}" y2="{py:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="end">1e{e}</text>"##,
-            ml - 5.0,
-            ml - 8.0,
-            py + 4.0
-        );
-        e += 2;
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">eigenvalue</text>"#,
-        ml + pw / 2.0,
-        h - 10.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">density (log)</text>"#,
-        mt + ph / 2.0,
-        mt + ph / 2.0
-    );
-    let pts: Vec<String> = grid
-        .iter()
-        .zip(&dens)
-        .map(|(&x, &d)| format!("{:.1},{:.1}", sx(x), sy(d)))
-        .collect();
-    let _ = writeln!(
-        s,
-        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{}"/>"##,
-        pts.join(" ")
-    );
-    s.push_str("</svg>\n");
-    s
-}
-
-/// Writes [`density_svg`] to `path` atomically.
-pub fn write_density_svg(path: &Path, density: &Density, title: &str) -> Result<()> {
-    crate::io::write_atomic(path, density_svg(density, title).as_bytes())
-}
-
-fn short(x: f64) -> String {
-    if x == 0.0 || (1e-2..1e4).contains(&x.abs()) {
-        format!("{x:.3}")
-    } else {
-        format!("{x:.2e}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -299,9 +205,5 @@ mod tests {
         let (grid, dens) = d.curve(500, 1e-5);
         let integral: f64 = dens.iter().sum::<f64>() * (grid[1] - grid[0]);
         assert!((integral - 1.0).abs() < 1e-9);
-        let svg = density_svg(&d, "test <model>");
-        assert!(
-            svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("&lt;model&gt;")
-        );
     }
 }

@@ -50,7 +50,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use activation::{ActivationHvp, activation_traces, exact_activation_trace};
-pub use density::{Density, DensityConfig, Quadrature, density_svg, slq, write_density_svg};
+pub use density::{Density, DensityConfig, Quadrature, slq};
 pub use hessian::{
     EigenEstimate, PowerConfig, TraceConfig, TraceEstimate, exact_block, exact_estimates,
     hutchinson_traces, power_iteration, top_eigenvalues,
