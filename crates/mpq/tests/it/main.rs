@@ -3,6 +3,7 @@
 mod export;
 mod files;
 mod graph;
+mod layering;
 mod onnx;
 mod sensitivity;
 mod train;
