@@ -1,9 +1,24 @@
 //! mpq: mixed-precision quantization of neural networks.
 //!
-//! One engine for HAWQ, HAWQ-V2, CW-HAWQ, HAQ and LIMPQ: a model is an introspectable
-//! [`graph::Graph`] that runs forward and backward on candle, with hooks on every quantizable
-//! layer's weight and input activation. Data flows
-//! model + data → sensitivity → search → [`QuantPlan`](crate) → quantize/fine-tune → export.
+//! One engine for HAWQ, HAWQ-V2/V3, CW-HAWQ, HAQ and LIMPQ (`docs/algorithms.md`): a model is
+//! an introspectable [`graph::Graph`] that runs forward and backward on candle, with hooks on
+//! every quantizable layer's weight and input activation. Data flows
+//! model + data → sensitivity → search → [`QuantPlan`] → quantize/fine-tune → export → report.
+//!
+//! # Entry points
+//!
+//! - [`pipeline`]: the workflow, one typed request and outcome per stage (what the `mpq`
+//!   command line runs): [`pipeline::train()`], [`pipeline::analyze`], [`pipeline::search`],
+//!   [`pipeline::quantize()`], [`pipeline::eval`], [`pipeline::hw`], [`pipeline::report`] and
+//!   [`pipeline::run_all`]. `examples/pipeline.rs` runs train → analyze → search → quantize →
+//!   report in about 40 lines.
+//! - The file formats, each one type implementing [`Versioned`] (`load`, `save`):
+//!   [`sensitivity::SensitivityTable`], [`search::Policy`], [`search::FrontierFile`],
+//!   [`search::haq::HaqHistory`], [`run::QuantizeSummary`], [`run::RunSettings`],
+//!   [`run::RunSummary`] (`docs/file-formats.md`).
+//! - The building blocks: [`zoo`] and [`onnx`] build models, [`data`] loads data sets,
+//!   [`sensitivity`] measures curvature, [`search`] finds plans on plain tables, [`cost`] prices
+//!   them, [`quant`] applies them, [`train`] fine-tunes, [`export`] packs, [`report`] renders.
 //!
 //! ```
 //! use mpq::zoo::{self, ZooConfig};
@@ -49,9 +64,4 @@ pub fn set_threads(n: usize) -> Result<()> {
         .num_threads(n)
         .build_global()
         .map_err(|e| Error::config("threads", e.to_string()))
-}
-
-/// Writes `value` as pretty JSON to `path` atomically (no half-written file on failure).
-pub fn io_write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> Result<()> {
-    io::write_json(path, value)
 }

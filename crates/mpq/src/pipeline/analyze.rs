@@ -10,7 +10,7 @@ use crate::Result;
 use crate::io::Versioned;
 use crate::progress::Progress;
 use crate::sensitivity::learned::{self, LimpqConfig};
-use crate::sensitivity::{self, AnalyzeConfig, SampleConfig, SensitivityTable};
+use crate::sensitivity::{self, AnalyzeConfig, Metric, SampleConfig, SensitivityTable};
 
 /// Which split of the data the Hessian analysis samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +45,36 @@ pub enum Analysis {
         /// An explicit label smoothing.
         label_smoothing: Option<f64>,
     },
+}
+
+impl Analysis {
+    /// `metric` with its defaults on one batch of 128 training samples.
+    pub fn hessian(metric: Metric) -> Analysis {
+        Analysis::Hessian {
+            config: AnalyzeConfig::new(metric),
+            sample: SampleConfig::default(),
+            split: Split::Train,
+            svg: None,
+        }
+    }
+}
+
+impl AnalyzeRequest {
+    /// Analyses `model` on `data` into the sensitivity file `out`, splits seeded with 0.
+    pub fn new(
+        model: ModelSource,
+        data: impl Into<String>,
+        analysis: Analysis,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        AnalyzeRequest {
+            model,
+            data: data.into(),
+            analysis,
+            seed: 0,
+            out: out.into(),
+        }
+    }
 }
 
 /// `mpq analyze`.

@@ -101,6 +101,29 @@ pub struct QuantizeRequest {
     pub out: PathBuf,
 }
 
+impl QuantizeRequest {
+    /// Applies `policy` to `model` into the folder `out`: calibration on `data`, no
+    /// fine-tuning, the policy's quantizers, seed 0.
+    pub fn new(
+        model: ModelSource,
+        policy: impl Into<PathBuf>,
+        data: impl Into<String>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        QuantizeRequest {
+            model,
+            policy: policy.into(),
+            data: data.into(),
+            finetune: FinetuneOptions::default(),
+            quantizer: None,
+            no_fold_bn: false,
+            calibration: CalibrationConfig::default(),
+            seed: 0,
+            out: out.into(),
+        }
+    }
+}
+
 /// Opens the model, policy and data of `req`, applies the overrides, and runs
 /// [`quantize_model`]: `out/model.safetensors`, `model.onnx`, `plan.json`, `summary.json`.
 /// A written model that does not reproduce the simulation is an error.

@@ -27,6 +27,29 @@ pub enum TrainFrom {
     Model(ModelSource),
 }
 
+impl TrainFrom {
+    /// A fresh zoo architecture at its default width.
+    pub fn arch(name: impl Into<String>) -> TrainFrom {
+        TrainFrom::Arch {
+            name: name.into(),
+            width: None,
+        }
+    }
+}
+
+impl TrainRequest {
+    /// Trains `from` on `data` with the default recipe into `out`, nothing held out.
+    pub fn new(from: TrainFrom, data: impl Into<String>, out: impl Into<PathBuf>) -> Self {
+        TrainRequest {
+            from,
+            data: data.into(),
+            config: TrainConfig::default(),
+            holdout: 0,
+            out: out.into(),
+        }
+    }
+}
+
 /// `mpq train`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainRequest {
