@@ -21,6 +21,8 @@ mod error;
 pub mod export;
 pub mod graph;
 pub(crate) mod io;
+mod loader;
+pub mod meta;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
