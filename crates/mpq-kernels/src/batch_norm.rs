@@ -12,7 +12,8 @@ use candle::{Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use crate::uninit::filled;
+use crate::channel_affine;
+use crate::uninit::filled_planes;
 use std::sync::{Arc, Mutex};
 
 /// `(n, c, plane)` view of an `[n, c, ...]` tensor.
@@ -452,26 +453,17 @@ fn affine(
     coef: impl Fn(usize) -> (f32, f32, f32) + Sync,
 ) -> Vec<f32> {
     let coefs: Vec<(f32, f32, f32)> = (0..c).map(coef).collect();
-    if p == 0 {
-        return Vec::new();
-    }
-    let min_len = (16384 / p).max(1);
-    // SAFETY: the planes cover the output and `affine1`/`affine2` write every element of
-    // theirs (`u` and `v` hold `n·c·p` values).
+    // SAFETY: `affine2` and `affine` write every element of their plane (`u` and `v` hold
+    // `n·c·p` values).
     unsafe {
-        filled(n * c * p, |out| {
-            out.par_chunks_mut(p)
-                .enumerate()
-                .with_min_len(min_len)
-                .for_each(|(i, o)| {
-                    let (a, b, k) = coefs[i % c];
-                    let us = &u[i * p..(i + 1) * p];
-                    match v {
-                        Some(v) => affine2(o, us, &v[i * p..(i + 1) * p], a, b, k),
-                        None if relu => affine1_relu(o, us, a, k),
-                        None => affine1(o, us, a, k),
-                    }
-                })
+        filled_planes(n * c * p, p, |i, o| {
+            let (a, b, k) = coefs[i % c];
+            let us = &u[i * p..(i + 1) * p];
+            match v {
+                Some(v) => affine2(o, us, &v[i * p..(i + 1) * p], a, b, k),
+                None if relu => channel_affine::affine::<true>(o, us, a, k),
+                None => channel_affine::affine::<false>(o, us, a, k),
+            }
         })
     }
 }
@@ -486,32 +478,5 @@ fn affine2_impl(o: &mut [MaybeUninit<f32>], u: &[f32], v: &[f32], a: f32, b: f32
     assert!(u.len() >= o.len() && v.len() >= o.len());
     for ((o, &uu), &vv) in o.iter_mut().zip(u).zip(v) {
         o.write(a * uu + b * vv + k);
-    }
-}
-
-multiversion! {
-    /// `o = a·u + k` elementwise.
-    fn affine1(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) = affine1_impl;
-}
-
-#[inline(always)]
-fn affine1_impl(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) {
-    assert!(u.len() >= o.len());
-    for (o, &uu) in o.iter_mut().zip(u) {
-        o.write(a * uu + k);
-    }
-}
-
-multiversion! {
-    /// `o = max(a·u + k, 0)` elementwise.
-    fn affine1_relu(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) = affine1_relu_impl;
-}
-
-#[inline(always)]
-fn affine1_relu_impl(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) {
-    assert!(u.len() >= o.len());
-    for (o, &uu) in o.iter_mut().zip(u) {
-        let v = a * uu + k;
-        o.write(if v > 0.0 { v } else { 0.0 });
     }
 }
