@@ -32,3 +32,10 @@ pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
+
+/// Reads a whole UTF-8 text file; `what` names its kind in the error for other bytes (`a
+/// lookup table` gives "a lookup table must be UTF-8 text").
+pub(crate) fn read_text(path: &Path, what: &str) -> Result<String> {
+    String::from_utf8(read(path)?)
+        .map_err(|_| Error::corrupt(path, format!("{what} must be UTF-8 text")))
+}

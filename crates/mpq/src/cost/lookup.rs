@@ -138,9 +138,7 @@ impl LookupTable {
     /// Reads a CSV file.
     pub fn load(path: impl AsRef<Path>) -> Result<LookupTable> {
         let path = path.as_ref();
-        let bytes = crate::io::read(path)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Error::corrupt(path, "a lookup table must be UTF-8 text"))?;
+        let text = crate::io::read_text(path, "a lookup table")?;
         LookupTable::parse(&text, &path.display().to_string())
     }
 
