@@ -155,16 +155,7 @@ pub fn unpack_codebook(bytes: &[u8], meta: &PackedWeight, codebook: &[f32]) -> R
         })?;
         out.push(*v);
     }
-    if r.bytes_read() != bytes.len() {
-        return Err(Error::config(
-            "codes",
-            format!(
-                "{} bytes of codes, expected {}",
-                bytes.len(),
-                r.bytes_read()
-            ),
-        ));
-    }
+    all_read(&r, bytes)?;
     Ok(out)
 }
 
@@ -191,6 +182,12 @@ pub fn unpack_weight(bytes: &[u8], meta: &PackedWeight, q: &QuantParams) -> Resu
         }
         out.push(q.dequant(code, c));
     }
+    all_read(&r, bytes)?;
+    Ok(out)
+}
+
+/// Checks that unpacking consumed every byte of the packed codes.
+fn all_read(r: &BitReader<'_>, bytes: &[u8]) -> Result<()> {
     if r.bytes_read() != bytes.len() {
         return Err(Error::config(
             "codes",
@@ -201,7 +198,7 @@ pub fn unpack_weight(bytes: &[u8], meta: &PackedWeight, q: &QuantParams) -> Resu
             ),
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn f32_tensor(v: &[f32]) -> Result<Tensor> {
