@@ -11,22 +11,21 @@ use crate::{Error, Result};
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
 
-static MNIST10K_TRAIN_IMAGES: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/train-images-idx3-ubyte.gz"
-));
-static MNIST10K_TRAIN_LABELS: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/train-labels-idx1-ubyte.gz"
-));
-static MNIST10K_TEST_IMAGES: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/test-images-idx3-ubyte.gz"
-));
-static MNIST10K_TEST_LABELS: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/test-labels-idx1-ubyte.gz"
-));
+/// The gzipped IDX file `NAME` of the bundled subset (`data/mnist10k/NAME` in the repository).
+macro_rules! mnist10k {
+    ($name:literal) => {
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/mnist10k/",
+            $name
+        ))
+    };
+}
+
+static MNIST10K_TRAIN_IMAGES: &[u8] = mnist10k!("train-images-idx3-ubyte.gz");
+static MNIST10K_TRAIN_LABELS: &[u8] = mnist10k!("train-labels-idx1-ubyte.gz");
+static MNIST10K_TEST_IMAGES: &[u8] = mnist10k!("test-images-idx3-ubyte.gz");
+static MNIST10K_TEST_LABELS: &[u8] = mnist10k!("test-labels-idx1-ubyte.gz");
 
 /// Class names of MNIST: the digits "0" to "9".
 pub(super) fn mnist_class_names() -> Vec<String> {
@@ -240,14 +239,7 @@ mod tests {
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "mpq-data-idx-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::data::test_dir("idx", tag)
     }
 
     fn corrupt_reason(r: Result<impl std::fmt::Debug>) -> String {
