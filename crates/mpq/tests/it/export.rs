@@ -104,6 +104,17 @@ fn lenet() -> (Model, DataSplits) {
     (m, s)
 }
 
+fn resnet8() -> (Model, DataSplits) {
+    let s = splits("3x16x16");
+    let m = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
+    (m, s)
+}
+
+/// The plan with every layer of `model` at `w_bits` / `a_bits`.
+fn uniform(model: &Model, w_bits: u32, a_bits: u32) -> QuantPlan {
+    QuantPlan::uniform(&model.graph.layer_infos().unwrap(), w_bits, a_bits)
+}
+
 #[test]
 fn lenet_mixed_plans_round_trip_bit_identically() {
     let (model, s) = lenet();
@@ -148,10 +159,9 @@ fn lenet_mixed_plans_round_trip_bit_identically() {
 
 #[test]
 fn resnet_per_channel_plan_round_trips_with_folded_batchnorm() {
-    let rs = splits("3x16x16");
-    let resnet = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
+    let (resnet, rs) = resnet8();
     let layers = resnet.graph.layer_infos().unwrap();
-    let mut plan = QuantPlan::uniform(&layers, 8, 8);
+    let mut plan = uniform(&resnet, 8, 8);
     for (k, l) in plan.layers.iter_mut().enumerate() {
         let n = layers[k].out_channels;
         l.channel_w_bits = Some((0..n).map(|c| [8, 4, 3, 2][(c + k) % 4]).collect());
@@ -163,8 +173,7 @@ fn resnet_per_channel_plan_round_trips_with_folded_batchnorm() {
 #[test]
 fn lsq_plans_round_trip_after_training_the_steps() {
     let (model, s) = lenet();
-    let layers = model.graph.layer_infos().unwrap();
-    let mut plan = QuantPlan::uniform(&layers, 2, 4);
+    let mut plan = uniform(&model, 2, 4);
     for l in &mut plan.layers {
         l.quantizer = QuantizerKind::Lsq;
     }
@@ -175,11 +184,10 @@ fn lsq_plans_round_trip_after_training_the_steps() {
 #[test]
 fn kmeans_plans_round_trip_bit_identically() {
     let (model, s) = lenet();
-    let layers = model.graph.layer_infos().unwrap();
     // HAQ's k-means on the middle layers (conv1 at 8 bits has fewer weights, 150, than
     // 256 clusters), uniform at the ends, one k-means layer with FP32 activations and the
     // search's 3 iterations.
-    let mut plan = QuantPlan::uniform(&layers, 4, 8);
+    let mut plan = uniform(&model, 4, 8);
     plan.method = "haq".into();
     for (i, bits) in [(0, 8), (1, 3), (2, 2), (3, 5)] {
         plan.layers[i].quantizer = QuantizerKind::KMeans;
@@ -191,9 +199,8 @@ fn kmeans_plans_round_trip_bit_identically() {
     // Fine-tuning moves the shared centroids; the file still reproduces the simulation.
     round_trip(&model, &plan, &s, true, "lenet-kmeans-qat");
     // The packed file of a ResNet, with its folded BatchNorms.
-    let rs = splits("3x16x16");
-    let resnet = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
-    let mut plan = QuantPlan::uniform(&resnet.graph.layer_infos().unwrap(), 4, 8);
+    let (resnet, rs) = resnet8();
+    let mut plan = uniform(&resnet, 4, 8);
     for l in plan.layers.iter_mut().skip(1) {
         l.quantizer = QuantizerKind::KMeans;
     }
@@ -203,7 +210,7 @@ fn kmeans_plans_round_trip_bit_identically() {
 #[test]
 fn kmeans_fine_tuning_keeps_the_clusters_shared() {
     let (model, s) = lenet();
-    let mut plan = QuantPlan::uniform(&model.graph.layer_infos().unwrap(), 2, 8);
+    let mut plan = uniform(&model, 2, 8);
     for l in &mut plan.layers {
         l.quantizer = QuantizerKind::KMeans;
     }
@@ -260,10 +267,8 @@ fn kmeans_fine_tuning_keeps_the_clusters_shared() {
 
 #[test]
 fn resnet_round_trips_with_and_without_folded_batch_norm() {
-    let s = splits("3x16x16");
-    let model = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
-    let layers = model.graph.layer_infos().unwrap();
-    let mut plan = QuantPlan::uniform(&layers, 4, 8);
+    let (model, s) = resnet8();
+    let mut plan = uniform(&model, 4, 8);
     round_trip(&model, &plan, &s, false, "resnet8-folded");
     plan.fold_bn = false;
     round_trip(&model, &plan, &s, true, "resnet8-bn");
@@ -327,7 +332,7 @@ fn per_channel_widths_simulate_exactly() {
 #[test]
 fn corrupt_packed_files_are_input_errors() {
     let (model, s) = lenet();
-    let plan = QuantPlan::uniform(&model.graph.layer_infos().unwrap(), 4, 8);
+    let plan = uniform(&model, 4, 8);
     let graph = prepare_graph(&model.graph, &plan).unwrap();
     let hooks = PlanHooks::calibrate(
         &graph,
