@@ -33,9 +33,15 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
-/// Reads a whole UTF-8 text file; `what` names its kind in the error for other bytes (`a
-/// lookup table` gives "a lookup table must be UTF-8 text").
-pub(crate) fn read_text(path: &Path, what: &str) -> Result<String> {
-    String::from_utf8(read(path)?)
-        .map_err(|_| Error::corrupt(path, format!("{what} must be UTF-8 text")))
+/// Reads the UTF-8 text file at `path` and parses it with `parse(text, source)`, `source`
+/// being the path as it names the file in errors; `what` names the kind of file in the
+/// error for other bytes (`a lookup table` gives "a lookup table must be UTF-8 text").
+pub(crate) fn parse_file<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce(&str, &str) -> Result<T>,
+) -> Result<T> {
+    let text = String::from_utf8(read(path)?)
+        .map_err(|_| Error::corrupt(path, format!("{what} must be UTF-8 text")))?;
+    parse(&text, &path.display().to_string())
 }

@@ -103,9 +103,7 @@ impl HardwareSpec {
 
     /// Reads a TOML spec file.
     pub fn load(path: impl AsRef<Path>) -> Result<HardwareSpec> {
-        let path = path.as_ref();
-        let text = crate::io::read_text(path, "a hardware spec")?;
-        HardwareSpec::parse(&text, &path.display().to_string())
+        crate::io::parse_file(path.as_ref(), "a hardware spec", HardwareSpec::parse)
     }
 
     /// The spec as TOML text.

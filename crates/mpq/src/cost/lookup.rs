@@ -137,9 +137,7 @@ impl LookupTable {
 
     /// Reads a CSV file.
     pub fn load(path: impl AsRef<Path>) -> Result<LookupTable> {
-        let path = path.as_ref();
-        let text = crate::io::read_text(path, "a lookup table")?;
-        LookupTable::parse(&text, &path.display().to_string())
+        crate::io::parse_file(path.as_ref(), "a lookup table", LookupTable::parse)
     }
 
     /// The table as CSV with a header row (numbers in Rust's shortest round-trip form, so

@@ -35,18 +35,14 @@ pub(super) fn mnist_class_names() -> Vec<String> {
 /// The bundled MNIST subset: 8,000 train and 2,000 test images.
 pub(super) fn load_mnist10k() -> Result<(Dataset, Dataset)> {
     let dir = Path::new("<bundled mnist10k>");
-    let train = mnist_pair(
-        MNIST10K_TRAIN_IMAGES,
-        &dir.join("train-images-idx3-ubyte.gz"),
-        MNIST10K_TRAIN_LABELS,
-        &dir.join("train-labels-idx1-ubyte.gz"),
-    )?;
-    let test = mnist_pair(
-        MNIST10K_TEST_IMAGES,
-        &dir.join("test-images-idx3-ubyte.gz"),
-        MNIST10K_TEST_LABELS,
-        &dir.join("test-labels-idx1-ubyte.gz"),
-    )?;
+    // `split` names the files in errors, as in a `mnist:DIR` folder.
+    let split = |split: &str, images: &[u8], labels: &[u8]| {
+        let images_path = dir.join(format!("{split}-images-idx3-ubyte.gz"));
+        let labels_path = dir.join(format!("{split}-labels-idx1-ubyte.gz"));
+        mnist_pair(images, &images_path, labels, &labels_path)
+    };
+    let train = split("train", MNIST10K_TRAIN_IMAGES, MNIST10K_TRAIN_LABELS)?;
+    let test = split("test", MNIST10K_TEST_IMAGES, MNIST10K_TEST_LABELS)?;
     Ok((train, test))
 }
 

@@ -115,6 +115,15 @@ fn uniform(model: &Model, w_bits: u32, a_bits: u32) -> QuantPlan {
     QuantPlan::uniform(&model.graph.layer_infos().unwrap(), w_bits, a_bits)
 }
 
+/// [`uniform`] with every layer's quantizer set to `q`.
+fn uniform_with(model: &Model, w_bits: u32, a_bits: u32, q: QuantizerKind) -> QuantPlan {
+    let mut plan = uniform(model, w_bits, a_bits);
+    for l in &mut plan.layers {
+        l.quantizer = q;
+    }
+    plan
+}
+
 #[test]
 fn lenet_mixed_plans_round_trip_bit_identically() {
     let (model, s) = lenet();
@@ -173,10 +182,7 @@ fn resnet_per_channel_plan_round_trips_with_folded_batchnorm() {
 #[test]
 fn lsq_plans_round_trip_after_training_the_steps() {
     let (model, s) = lenet();
-    let mut plan = uniform(&model, 2, 4);
-    for l in &mut plan.layers {
-        l.quantizer = QuantizerKind::Lsq;
-    }
+    let mut plan = uniform_with(&model, 2, 4, QuantizerKind::Lsq);
     plan.layers[1].granularity = Granularity::PerTensor;
     round_trip(&model, &plan, &s, true, "lenet-lsq");
 }
@@ -210,10 +216,7 @@ fn kmeans_plans_round_trip_bit_identically() {
 #[test]
 fn kmeans_fine_tuning_keeps_the_clusters_shared() {
     let (model, s) = lenet();
-    let mut plan = uniform(&model, 2, 8);
-    for l in &mut plan.layers {
-        l.quantizer = QuantizerKind::KMeans;
-    }
+    let plan = uniform_with(&model, 2, 8, QuantizerKind::KMeans);
     let graph = prepare_graph(&model.graph, &plan).unwrap();
     let cfg = CalibrationConfig {
         samples: 64,

@@ -129,21 +129,24 @@ fn shapes(model: &Model) -> HashMap<String, Vec<usize>> {
         .collect()
 }
 
-fn assert_keys(model: &Model, expected: &[(&str, &[usize])]) {
-    let shapes = shapes(model);
+/// Builds `arch` for 224x224 ImageNet and checks that its parameters include `expected`
+/// (name and shape); returns the model.
+fn assert_keys(arch: &str, expected: &[(&str, &[usize])]) -> Model {
+    let model = zoo::build(arch, &ZooConfig::new([3, 224, 224], 1000), 0).unwrap();
+    let shapes = shapes(&model);
     for (name, shape) in expected {
         let got = shapes
             .get(*name)
             .unwrap_or_else(|| panic!("missing state_dict key {name}"));
         assert_eq!(got.as_slice(), *shape, "{name}");
     }
+    model
 }
 
 #[test]
 fn resnet18_parameter_names_match_torchvision_state_dict() {
-    let model = zoo::build("resnet18", &ZooConfig::new([3, 224, 224], 1000), 0).unwrap();
-    assert_keys(
-        &model,
+    let model = assert_keys(
+        "resnet18",
         &[
             ("conv1.weight", &[64, 3, 7, 7]),
             ("bn1.weight", &[64]),
@@ -176,9 +179,8 @@ fn resnet18_parameter_names_match_torchvision_state_dict() {
 
 #[test]
 fn mobilenetv2_parameter_names_match_torchvision_state_dict() {
-    let model = zoo::build("mobilenetv2", &ZooConfig::new([3, 224, 224], 1000), 0).unwrap();
-    assert_keys(
-        &model,
+    let model = assert_keys(
+        "mobilenetv2",
         &[
             ("features.0.0.weight", &[32, 3, 3, 3]),
             ("features.0.1.weight", &[32]),
