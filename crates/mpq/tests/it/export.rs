@@ -5,9 +5,9 @@
 use candle::Device;
 use mpq::QuantPlan;
 use mpq::cost::CostTable;
-use mpq::data::{self, DataSplits};
+use mpq::data::{self, DataSplits, Dataset, Normalization};
 use mpq::export;
-use mpq::graph::{ForwardOptions, Mode};
+use mpq::graph::{ForwardOptions, Graph, Mode};
 use mpq::model::{Model, ModelHint};
 use mpq::pipeline::{bit_equal, same_weights};
 use mpq::plan::{Granularity, QuantizerKind};
@@ -21,6 +21,18 @@ fn splits(shape: &str) -> DataSplits {
     data::load(&format!("synthetic:{shape}:10:96"), &Default::default()).unwrap()
 }
 
+/// One epoch of quantization-aware training of `graph` under `hooks` (batch 32, rate `lr`).
+fn one_epoch(graph: &Graph, train: &Dataset, norm: &Normalization, lr: f64, hooks: &mut PlanHooks) {
+    let tc = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        lr,
+        ..TrainConfig::default()
+    };
+    let progress = &mut mpq::progress::NoProgress;
+    train_with(graph, train, None, norm, &tc, hooks, progress).unwrap();
+}
+
 /// Quantizes `model` under `plan` (optionally a few QAT steps), exports, reloads and checks
 /// weights, logits and sizes.
 fn round_trip(model: &Model, plan: &QuantPlan, splits: &DataSplits, qat: bool, tag: &str) {
@@ -32,22 +44,7 @@ fn round_trip(model: &Model, plan: &QuantPlan, splits: &DataSplits, qat: bool, t
     };
     let mut hooks = PlanHooks::calibrate(&graph, plan, &splits.train, &norm, &cfg).unwrap();
     if qat {
-        let tc = TrainConfig {
-            epochs: 1,
-            batch_size: 32,
-            lr: 0.01,
-            ..TrainConfig::default()
-        };
-        train_with(
-            &graph,
-            &splits.train,
-            None,
-            &norm,
-            &tc,
-            &mut hooks,
-            &mut mpq::progress::NoProgress,
-        )
-        .unwrap();
+        one_epoch(&graph, &splits.train, &norm, 0.01, &mut hooks);
     }
     let dir = temp_dir(tag);
     let path = dir.join("model.safetensors");
@@ -232,22 +229,7 @@ fn kmeans_fine_tuning_keeps_the_clusters_shared() {
             .unwrap()
     };
     let before = hooks.weight_codebook("fc1", &w(&graph)).unwrap().unwrap();
-    let tc = TrainConfig {
-        epochs: 1,
-        batch_size: 32,
-        lr: 0.05,
-        ..TrainConfig::default()
-    };
-    train_with(
-        &graph,
-        &s.train,
-        None,
-        &s.normalization,
-        &tc,
-        &mut hooks,
-        &mut mpq::progress::NoProgress,
-    )
-    .unwrap();
+    one_epoch(&graph, &s.train, &s.normalization, 0.05, &mut hooks);
     let after = hooks.weight_codebook("fc1", &w(&graph)).unwrap().unwrap();
     // Same assignment, moved centroids, at most 4 distinct values in the used weight.
     assert_eq!(after.codes, before.codes);
