@@ -12,15 +12,10 @@
 # training samples that score CW-HAWQ's plans held out (`mpq train --holdout`), so the reward
 # is measured on images the model has not seen. Needs target/release/mpq.
 set -euo pipefail
-MPQ=${MPQ:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/mpq}
 DIR=${1:-runs/cw-lenet}
 EPISODES=${2:-300}
 shift $(( $# > 2 ? 2 : $# ))
-mkdir -p "$DIR"
-cd "$DIR"
-ARCH=${ARCH:-lenet5}
-EPOCHS=${EPOCHS:-10}
-MODEL=$ARCH.safetensors
+. "$(dirname "$0")/../workdir.sh"
 COMMON="--avg-bits 3 --a-bits 8 --weight-range mse"
 if [ ! -f "$MODEL" ]; then
   "$MPQ" train --arch "$ARCH" --data mnist10k --epochs "$EPOCHS" --holdout 2000 \

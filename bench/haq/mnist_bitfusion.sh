@@ -11,17 +11,12 @@
 # Needs target/release/mpq (cargo build --release). Prints a table; every JSON stays in
 # WORKDIR.
 set -euo pipefail
-MPQ=${MPQ:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/mpq}
 DIR=${1:-runs/haq-lenet}
 EPISODES=${2:-300}
 shift $(( $# > 2 ? 2 : $# ))
-mkdir -p "$DIR"
-cd "$DIR"
+. "$(dirname "$0")/../workdir.sh"
 BITS="--w-bits 2,3,4,5,6,7,8 --a-bits 2,3,4,5,6,7,8"
 
-ARCH=${ARCH:-lenet5}
-EPOCHS=${EPOCHS:-10}
-MODEL=$ARCH.safetensors
 if [ ! -f "$MODEL" ]; then
   "$MPQ" train --arch "$ARCH" --data mnist10k --epochs "$EPOCHS" --out "$MODEL" --quiet
 fi

@@ -11,18 +11,13 @@
 # (0) are environment knobs. Needs target/release/mpq (cargo build --release). Prints a table; every
 # JSON stays in WORKDIR.
 set -euo pipefail
-MPQ=${MPQ:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/mpq}
 DIR=${1:-runs/limpq-lenet}
 shift $(( $# > 1 ? 1 : $# ))
-mkdir -p "$DIR"
-cd "$DIR"
-ARCH=${ARCH:-lenet5}
-EPOCHS=${EPOCHS:-10}
+. "$(dirname "$0")/../workdir.sh"
 LIMPQ_EPOCHS=${LIMPQ_EPOCHS:-2}
 FT_EPOCHS=${FT_EPOCHS:-2}
 FT_LR=${FT_LR:-0.01}
 SEED=${SEED:-0}
-MODEL=$ARCH.safetensors
 if [ ! -f "$MODEL" ]; then
   "$MPQ" train --arch "$ARCH" --data mnist10k --epochs "$EPOCHS" --out "$MODEL" --quiet
 fi

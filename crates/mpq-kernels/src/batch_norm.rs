@@ -4,14 +4,16 @@
 //! (biased variance); eval mode with given running statistics. Each direction is one
 //! statistics pass plus one fused elementwise pass, parallel over channels / planes.
 
+use crate::op::{Arg, CpuOp, Grad, Op};
 use crate::reference;
 use crate::simd::multiversion;
-use crate::storage::{fast_path, slice_f32, with_f32};
-use candle::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use crate::storage::{fast_path, with_f32};
+use candle::{Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use crate::uninit::filled;
+use crate::channel_affine;
+use crate::uninit::filled_planes;
 use std::sync::{Arc, Mutex};
 
 /// `(n, c, plane)` view of an `[n, c, ...]` tensor.
@@ -81,7 +83,7 @@ fn bn_train(
     };
     let y = x
         .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, Op(op))?;
     let (mean, var) = stats
         .lock()
         .expect("batch-norm stats lock should not be poisoned")
@@ -114,7 +116,7 @@ pub fn batch_norm_train_grads(
     let (mean, var) = (mean.to_vec1::<f32>()?, var.to_vec1::<f32>()?);
     let istd = inv_std(&var, eps);
     match bn_grads(x, gamma, dy, &mean, &istd, true)? {
-        (Some(dx), Some(dg), Some(db)) => Ok((dx, dg, db)),
+        [Some(dx), Some(dg), Some(db)] => Ok((dx, dg, db)),
         _ => candle::bail!("batch_norm_train_grads: missing gradient"),
     }
 }
@@ -178,7 +180,7 @@ fn bn_eval(
         relu,
     };
     x.contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, Op(op))
 }
 
 /// Train-mode op; the forward pass leaves `(mean, var)` in `stats` for the caller and `bwd`.
@@ -208,43 +210,29 @@ fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
 
 /// `y = x · scale[c] + shift[c]` for the affine map built from statistics and γ, β.
 fn normalize(
-    x: (&CpuStorage, &Layout),
-    gamma: (&CpuStorage, &Layout),
-    beta: (&CpuStorage, &Layout),
+    [x, gamma, beta]: [Arg<'_>; 3],
     mean: &[f32],
     istd: &[f32],
     relu: bool,
-) -> Result<(CpuStorage, Shape)> {
-    let (n, c, p) = ncp(x.1.dims())?;
-    let (xs, gs, bs) = (
-        slice_f32(x.0, x.1)?,
-        slice_f32(gamma.0, gamma.1)?,
-        slice_f32(beta.0, beta.1)?,
-    );
+) -> Result<(Vec<f32>, Shape)> {
+    let (n, c, p) = ncp(x.dims())?;
+    let (xs, gs, bs) = (x.f32()?, gamma.f32()?, beta.f32()?);
     let scale: Vec<f32> = (0..c).map(|i| gs[i] * istd[i]).collect();
     let shift: Vec<f32> = (0..c).map(|i| bs[i] - mean[i] * scale[i]).collect();
     let y = affine(xs, None, n, c, p, relu, |ch| (scale[ch], 0.0, shift[ch]));
-    Ok((CpuStorage::F32(y), x.1.shape().clone()))
+    Ok((y, x.shape()))
 }
 
-impl CustomOp3 for BnTrainOp {
+impl CpuOp<3> for BnTrainOp {
     fn name(&self) -> &'static str {
         "mpq-batch-norm-train"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, p) = ncp(l1.dims())?;
-        let (mean, var) = batch_stats(slice_f32(s1, l1)?, n, c, p);
+    fn forward(&self, args: [Arg<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (n, c, p) = ncp(args[0].dims())?;
+        let (mean, var) = batch_stats(args[0].f32()?, n, c, p);
         let istd = inv_std(&var, self.eps);
-        let out = normalize((s1, l1), (s2, l2), (s3, l3), &mean, &istd, self.relu)?;
+        let out = normalize(args, &mean, &istd, self.relu)?;
         *self
             .stats
             .lock()
@@ -252,15 +240,9 @@ impl CustomOp3 for BnTrainOp {
         Ok(out)
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
-        res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = &relu_masked(self.relu, res, dy)?;
+    fn backward(&self, g: Grad<'_, 3>) -> Result<[Option<Tensor>; 3]> {
+        let [x, gamma, _] = g.args;
+        let dy = &relu_masked(self.relu, g.res, g.dy)?;
         let (mean, var) = self
             .stats
             .lock()
@@ -272,33 +254,19 @@ impl CustomOp3 for BnTrainOp {
     }
 }
 
-impl CustomOp3 for BnEvalOp {
+impl CpuOp<3> for BnEvalOp {
     fn name(&self) -> &'static str {
         "mpq-batch-norm-eval"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn forward(&self, args: [Arg<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
         let istd = inv_std(&self.var, self.eps);
-        normalize((s1, l1), (s2, l2), (s3, l3), &self.mean, &istd, self.relu)
+        normalize(args, &self.mean, &istd, self.relu)
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = &relu_masked(self.relu, res, dy)?;
+    fn backward(&self, g: Grad<'_, 3>) -> Result<[Option<Tensor>; 3]> {
+        let [x, gamma, beta] = g.args;
+        let dy = &relu_masked(self.relu, g.res, g.dy)?;
         let istd = inv_std(&self.var, self.eps);
         if !gamma.track_op() && !beta.track_op() {
             // Frozen affine parameters (the Hessian executor): `dx = γ·istd·dy` alone, without
@@ -310,11 +278,11 @@ impl CustomOp3 for BnEvalOp {
                     (gs[ch] * istd[ch], 0.0, 0.0)
                 }))
             })?;
-            return Ok((
+            return Ok([
                 Some(Tensor::from_vec(dx, x.dims(), x.device())?),
                 None,
                 None,
-            ));
+            ]);
         }
         bn_grads(x, gamma, dy, &self.mean, &istd, false)
     }
@@ -342,7 +310,7 @@ fn bn_grads(
     mean: &[f32],
     istd: &[f32],
     train: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+) -> Result<[Option<Tensor>; 3]> {
     let (n, c, p) = ncp(x.dims())?;
     let m = (n * p) as f32;
     let gs: Vec<f32> = gamma.to_vec1()?;
@@ -363,11 +331,11 @@ fn bn_grads(
         })
     })?;
     let dev = x.device();
-    Ok((
+    Ok([
         Some(Tensor::from_vec(dx, x.dims(), dev)?),
         Some(Tensor::from_vec(dgamma, gamma.dims(), dev)?),
         Some(Tensor::from_vec(dbeta, gamma.dims(), dev)?),
-    ))
+    ])
 }
 
 /// Per-channel mean and biased variance, accumulated in `f64` around a per-channel shift
@@ -485,26 +453,17 @@ fn affine(
     coef: impl Fn(usize) -> (f32, f32, f32) + Sync,
 ) -> Vec<f32> {
     let coefs: Vec<(f32, f32, f32)> = (0..c).map(coef).collect();
-    if p == 0 {
-        return Vec::new();
-    }
-    let min_len = (16384 / p).max(1);
-    // SAFETY: the planes cover the output and `affine1`/`affine2` write every element of
-    // theirs (`u` and `v` hold `n·c·p` values).
+    // SAFETY: `affine2` and `affine` write every element of their plane (`u` and `v` hold
+    // `n·c·p` values).
     unsafe {
-        filled(n * c * p, |out| {
-            out.par_chunks_mut(p)
-                .enumerate()
-                .with_min_len(min_len)
-                .for_each(|(i, o)| {
-                    let (a, b, k) = coefs[i % c];
-                    let us = &u[i * p..(i + 1) * p];
-                    match v {
-                        Some(v) => affine2(o, us, &v[i * p..(i + 1) * p], a, b, k),
-                        None if relu => affine1_relu(o, us, a, k),
-                        None => affine1(o, us, a, k),
-                    }
-                })
+        filled_planes(n * c * p, p, |i, o| {
+            let (a, b, k) = coefs[i % c];
+            let us = &u[i * p..(i + 1) * p];
+            match v {
+                Some(v) => affine2(o, us, &v[i * p..(i + 1) * p], a, b, k),
+                None if relu => channel_affine::affine::<true>(o, us, a, k),
+                None => channel_affine::affine::<false>(o, us, a, k),
+            }
         })
     }
 }
@@ -519,32 +478,5 @@ fn affine2_impl(o: &mut [MaybeUninit<f32>], u: &[f32], v: &[f32], a: f32, b: f32
     assert!(u.len() >= o.len() && v.len() >= o.len());
     for ((o, &uu), &vv) in o.iter_mut().zip(u).zip(v) {
         o.write(a * uu + b * vv + k);
-    }
-}
-
-multiversion! {
-    /// `o = a·u + k` elementwise.
-    fn affine1(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) = affine1_impl;
-}
-
-#[inline(always)]
-fn affine1_impl(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) {
-    assert!(u.len() >= o.len());
-    for (o, &uu) in o.iter_mut().zip(u) {
-        o.write(a * uu + k);
-    }
-}
-
-multiversion! {
-    /// `o = max(a·u + k, 0)` elementwise.
-    fn affine1_relu(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) = affine1_relu_impl;
-}
-
-#[inline(always)]
-fn affine1_relu_impl(o: &mut [MaybeUninit<f32>], u: &[f32], a: f32, k: f32) {
-    assert!(u.len() >= o.len());
-    for (o, &uu) in o.iter_mut().zip(u) {
-        let v = a * uu + k;
-        o.write(if v > 0.0 { v } else { 0.0 });
     }
 }

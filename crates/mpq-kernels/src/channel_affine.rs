@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 use candle::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 
-use crate::uninit::filled;
+use crate::uninit::{filled, filled_planes};
 
 /// Runs `f` on the contiguous `u8` data of the CPU tensor `t`.
 fn with_u8<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
@@ -61,26 +61,17 @@ pub fn channel_affine(
     let c = dims[1];
     let p: usize = dims[2..].iter().product();
     let run = |xs: &[f32], m: Option<&[u8]>| -> Vec<f32> {
-        if p == 0 {
-            return Vec::new();
-        }
-        let min_len = (16384 / p).max(1);
-        // SAFETY: the planes cover the output and each call writes every element of its plane
-        // (`xs` and `m` hold `n·c·p` values).
+        // SAFETY: each call writes every element of its plane (`xs` and `m` hold `n·c·p`
+        // values).
         unsafe {
-            filled(xs.len(), |out| {
-                out.par_chunks_mut(p)
-                    .enumerate()
-                    .with_min_len(min_len)
-                    .for_each(|(i, o)| {
-                        let ch = i % c;
-                        let k = shift.get(ch).copied().unwrap_or(0.0);
-                        let xs = &xs[i * p..(i + 1) * p];
-                        match m {
-                            Some(m) => affine_mask(o, xs, &m[i * p..(i + 1) * p], scale[ch], k),
-                            None => affine(o, xs, scale[ch], k),
-                        }
-                    })
+            filled_planes(xs.len(), p, |i, o| {
+                let ch = i % c;
+                let k = shift.get(ch).copied().unwrap_or(0.0);
+                let xs = &xs[i * p..(i + 1) * p];
+                match m {
+                    Some(m) => affine_mask(o, xs, &m[i * p..(i + 1) * p], scale[ch], k),
+                    None => affine::<false>(o, xs, scale[ch], k),
+                }
             })
         }
     };
@@ -138,8 +129,8 @@ fn sum_pass(
                             let (a, b) = (&av[r.clone()], &bv[r.clone()]);
                             match m {
                                 Some(m) => add_mask(y, a, b, &m[r]),
-                                None if relu => add_relu_pass(y, a, b),
-                                None => add(y, a, b),
+                                None if relu => add::<true>(y, a, b),
+                                None => add::<false>(y, a, b),
                             }
                         })
                     })
@@ -259,14 +250,17 @@ fn affine_mask_impl(o: &mut [MaybeUninit<f32>], x: &[f32], m: &[u8], a: f32, k: 
 }
 
 crate::simd::multiversion! {
-    fn affine(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, k: f32) = affine_impl;
+    /// `o = a·x + k` elementwise, clipped at 0 when `RELU` (an eval-mode batch norm, or its
+    /// input gradient, and the ReLU after it).
+    pub(crate) fn affine<const RELU: bool>(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, k: f32) = affine_impl;
 }
 
 #[inline(always)]
-fn affine_impl(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, k: f32) {
+fn affine_impl<const RELU: bool>(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, k: f32) {
     assert!(x.len() >= o.len());
     for (o, &x) in o.iter_mut().zip(x) {
-        o.write(a * x + k);
+        let v = a * x + k;
+        o.write(if !RELU || v > 0.0 { v } else { 0.0 });
     }
 }
 
@@ -283,26 +277,15 @@ fn add_mask_impl(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], m: &[u8]) {
 }
 
 crate::simd::multiversion! {
-    fn add_relu_pass(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) = add_relu_impl;
+    /// `o = a + b` elementwise, `max(a + b, 0)` when `RELU`.
+    fn add<const RELU: bool>(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) = add_impl;
 }
 
 #[inline(always)]
-fn add_relu_impl(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
+fn add_impl<const RELU: bool>(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
     assert!(a.len() >= o.len() && b.len() >= o.len());
     for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-        o.write((a + b).max(0.0));
-    }
-}
-
-crate::simd::multiversion! {
-    fn add(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) = add_impl;
-}
-
-#[inline(always)]
-fn add_impl(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
-    assert!(a.len() >= o.len() && b.len() >= o.len());
-    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-        o.write(a + b);
+        o.write(if RELU { (a + b).max(0.0) } else { a + b });
     }
 }
 

@@ -5,10 +5,11 @@
 //! GEMM (`conv_gemm`), depthwise convs as direct loops (`depthwise`). The backward pass calls the same fast kernels for the
 //! input, weight and bias gradients (those gradients are not themselves differentiable).
 
+use crate::op::{Arg, CpuOp, Grad, Op};
 use crate::params::{Conv2dParams, ConvGeom};
-use crate::storage::{fast_path, slice_f32, with_f32};
+use crate::storage::{fast_path, with_f32};
 use crate::{conv_gemm, depthwise, reference};
-use candle::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use candle::{CpuStorage, Result, Shape, Tensor, bail};
 
 /// 2-D convolution of `x` with `w` (plus `bias`), differentiable in all three.
 ///
@@ -32,8 +33,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams) -
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match bias {
-        None => x.apply_op2(&w, Conv2dOp { p: *p }),
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, Conv2dOp { p: *p }),
+        None => x.apply_op2(&w, Op(Conv2dOp { p: *p })),
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, Op(Conv2dOp { p: *p })),
     }
 }
 
@@ -49,27 +50,22 @@ fn fallback(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams) -> 
     }
 }
 
-/// The conv custom op: `CustomOp2(x, w)` without bias, `CustomOp3(x, w, bias)` with it.
+/// The conv custom op: `CpuOp<2>` on `(x, w)` without bias, `CpuOp<3>` on `(x, w, bias)`.
 struct Conv2dOp {
     p: Conv2dParams,
 }
 
 impl Conv2dOp {
-    fn fwd(
-        &self,
-        x: (&CpuStorage, &Layout),
-        w: (&CpuStorage, &Layout),
-        b: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = ConvGeom::from_dims(x.1.dims(), w.1.dims(), &self.p)?;
-        let (xs, ws) = (slice_f32(x.0, x.1)?, slice_f32(w.0, w.1)?);
-        let bs = b.map(|(s, l)| slice_f32(s, l)).transpose()?;
+    fn fwd(&self, x: Arg<'_>, w: Arg<'_>, b: Option<Arg<'_>>) -> Result<(Vec<f32>, Shape)> {
+        let g = ConvGeom::from_dims(x.dims(), w.dims(), &self.p)?;
+        let (xs, ws) = (x.f32()?, w.f32()?);
+        let bs = b.map(Arg::f32).transpose()?;
         let y = if g.is_depthwise() {
             depthwise::forward(xs, ws, bs, &g)
         } else {
             conv_gemm::forward(xs, ws, bs, None, &g)
         };
-        Ok((CpuStorage::F32(y), g.out_dims().into()))
+        Ok((y, g.out_dims().into()))
     }
 
     /// Gradients for `x` (skipped when `x` is not tracked), `w` (skipped when neither `w`
@@ -195,58 +191,34 @@ fn with_opt_u8<R>(t: Option<&Tensor>, f: impl FnOnce(Option<&[u8]>) -> Result<R>
     }
 }
 
-impl CustomOp2 for Conv2dOp {
+impl CpuOp<2> for Conv2dOp {
     fn name(&self) -> &'static str {
         "mpq-conv2d"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), None)
+    fn forward(&self, [x, w]: [Arg<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        self.fwd(x, w, None)
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.grads(x, w, dy, false)?;
-        Ok((gx, gw))
+    fn backward(&self, g: Grad<'_, 2>) -> Result<[Option<Tensor>; 2]> {
+        let [x, w] = g.args;
+        let (gx, gw, _) = self.grads(x, w, g.dy, false)?;
+        Ok([gx, gw])
     }
 }
 
-impl CustomOp3 for Conv2dOp {
+impl CpuOp<3> for Conv2dOp {
     fn name(&self) -> &'static str {
         "mpq-conv2d-bias"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    fn forward(&self, [x, w, b]: [Arg<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
+        self.fwd(x, w, Some(b))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, w, dy, true)
+    fn backward(&self, g: Grad<'_, 3>) -> Result<[Option<Tensor>; 3]> {
+        let [x, w, _] = g.args;
+        let (gx, gw, gb) = self.grads(x, w, g.dy, true)?;
+        Ok([gx, gw, gb])
     }
 }

@@ -13,10 +13,10 @@
 //! The `f32` CPU path is a rayon loop; other devices and dtypes use [`fake_quant_slow`]'s
 //! composition of candle ops with the same gradient built from a detached surrogate.
 
-use candle::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle::{DType, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::storage::slice_f32;
+use crate::op::{Arg, CpuOp, Grad, Op, apply2_no_bwd, same_len};
 
 /// Elements per rayon task in the per-tensor loops.
 const BLOCK: usize = 8192;
@@ -92,13 +92,13 @@ struct FakeQuant(Params);
 
 struct FakeQuantBackward(Params);
 
-impl CustomOp1 for FakeQuant {
+impl CpuOp<1> for FakeQuant {
     fn name(&self) -> &'static str {
         "mpq-fake-quant"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s, l)?;
+    fn forward(&self, [x]: [Arg<'_>; 1]) -> candle::Result<(Vec<f32>, Shape)> {
+        let (shape, x) = (x.shape(), x.f32()?);
         let p = &self.0;
         let mut out = vec![0f32; x.len()];
         let block = p.block();
@@ -113,43 +113,27 @@ impl CustomOp1 for FakeQuant {
                     *o = (q - z) * s;
                 }
             });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((out, shape))
     }
 
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle::Result<Option<Tensor>> {
-        let g = arg
-            .contiguous()?
-            .apply_op2_no_bwd(&grad_res.contiguous()?, &FakeQuantBackward(self.0.clone()))?;
-        Ok(Some(g))
+    fn backward(&self, g: Grad<'_, 1>) -> candle::Result<[Option<Tensor>; 1]> {
+        let [arg] = g.args;
+        Ok([Some(apply2_no_bwd(
+            arg,
+            g.dy,
+            FakeQuantBackward(self.0.clone()),
+        )?)])
     }
 }
 
-impl CustomOp2 for FakeQuantBackward {
+impl CpuOp<2> for FakeQuantBackward {
     fn name(&self) -> &'static str {
         "mpq-fake-quant-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle::Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1)?;
-        let g = slice_f32(s2, l2)?;
-        if x.len() != g.len() {
-            candle::bail!(
-                "fake_quant backward: gradient has {} elements, input {}",
-                g.len(),
-                x.len()
-            )
-        }
+    fn forward(&self, [x, g]: [Arg<'_>; 2]) -> candle::Result<(Vec<f32>, Shape)> {
+        let (shape, x, g) = (x.shape(), x.f32()?, g.f32()?);
+        same_len("fake_quant", x, g)?;
         let p = &self.0;
         let mut out = vec![0f32; x.len()];
         let block = p.block();
@@ -164,7 +148,7 @@ impl CustomOp2 for FakeQuantBackward {
                     *o = if q >= p.qmin && q <= p.qmax { g } else { 0.0 };
                 }
             });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, shape))
     }
 }
 
@@ -250,7 +234,7 @@ pub fn fake_quant(
         channels,
         inner,
     };
-    x.contiguous()?.apply_op1(FakeQuant(p))
+    x.contiguous()?.apply_op1(Op(FakeQuant(p)))
 }
 
 /// Reference fake quantization from plain candle ops (any device and float dtype), same

@@ -23,6 +23,25 @@ pub(crate) fn valid_range(out: usize, stride: usize, off: isize, len: usize) -> 
     (lo, (hi.max(lo as isize)) as usize)
 }
 
+/// For each kernel tap `(ki, kj)` in weight order: the offsets `offh`, `offw` of its input
+/// row and column from the output's (`tap·dilation − padding`) and the output rows
+/// `ylo..yhi` and columns `xlo..xhi` whose input lies inside the image. A macro, so the body
+/// is compiled inside each `multiversion!` loop (a closure would keep baseline code).
+macro_rules! for_each_tap {
+    ($g:expr, |$offh:ident, ($ylo:ident, $yhi:ident), $offw:ident, ($xlo:ident, $xhi:ident)| $body:block) => {{
+        let g: &ConvGeom = $g;
+        for ki in 0..g.kh {
+            let $offh = (ki * g.p.dilation[0]) as isize - g.p.padding[0] as isize;
+            let ($ylo, $yhi) = valid_range(g.oh, g.p.stride[0], $offh, g.h);
+            for kj in 0..g.kw {
+                let $offw = (kj * g.p.dilation[1]) as isize - g.p.padding[1] as isize;
+                let ($xlo, $xhi) = valid_range(g.ow, g.p.stride[1], $offw, g.w);
+                $body
+            }
+        }
+    }};
+}
+
 multiversion! {
     /// Fills `col` (`k x ohw`) from the `cg` input planes in `x` (`cg x h x w`).
     pub(crate) fn im2col(x: &[f32], col: &mut [f32], g: &ConvGeom) = im2col_impl;
@@ -30,45 +49,36 @@ multiversion! {
 
 #[inline(always)]
 fn im2col_impl(x: &[f32], col: &mut [f32], g: &ConvGeom) {
-    let (oh, ow, hw) = (g.oh, g.ow, g.hw());
-    let [sh, sw] = g.p.stride;
-    let [dh, dw] = g.p.dilation;
-    let [ph, pw] = g.p.padding;
+    let (ow, hw, [sh, sw]) = (g.ow, g.hw(), g.p.stride);
     let mut rows = col.chunks_exact_mut(g.ohw());
     for c in 0..g.cg() {
         let plane = &x[c * hw..(c + 1) * hw];
-        for ki in 0..g.kh {
-            let offh = (ki * dh) as isize - ph as isize;
-            let (ylo, yhi) = valid_range(oh, sh, offh, g.h);
-            for kj in 0..g.kw {
-                let row = rows.next().expect("col should have k rows");
-                let offw = (kj * dw) as isize - pw as isize;
-                let (xlo, xhi) = valid_range(ow, sw, offw, g.w);
-                zero(&mut row[..ylo * ow]);
-                zero(&mut row[yhi * ow..]);
-                for y in ylo..yhi {
-                    let out = &mut row[y * ow..(y + 1) * ow];
-                    let iy = (y * sh) as isize + offh;
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    zero(&mut out[..xlo]);
-                    zero(&mut out[xhi..]);
-                    if xlo < xhi {
-                        let start = (xlo * sw) as isize + offw;
-                        let start = start as usize;
-                        if sw == 1 {
-                            // A plain loop: rows are short, so a memcpy call would dominate.
-                            for (o, s) in out[xlo..xhi].iter_mut().zip(&src[start..]) {
-                                *o = *s;
-                            }
-                        } else {
-                            for (i, o) in out[xlo..xhi].iter_mut().enumerate() {
-                                *o = src[start + i * sw];
-                            }
+        for_each_tap!(g, |offh, (ylo, yhi), offw, (xlo, xhi)| {
+            let row = rows.next().expect("col should have k rows");
+            zero(&mut row[..ylo * ow]);
+            zero(&mut row[yhi * ow..]);
+            for y in ylo..yhi {
+                let out = &mut row[y * ow..(y + 1) * ow];
+                let iy = (y * sh) as isize + offh;
+                let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                zero(&mut out[..xlo]);
+                zero(&mut out[xhi..]);
+                if xlo < xhi {
+                    let start = (xlo * sw) as isize + offw;
+                    let start = start as usize;
+                    if sw == 1 {
+                        // A plain loop: rows are short, so a memcpy call would dominate.
+                        for (o, s) in out[xlo..xhi].iter_mut().zip(&src[start..]) {
+                            *o = *s;
+                        }
+                    } else {
+                        for (i, o) in out[xlo..xhi].iter_mut().enumerate() {
+                            *o = src[start + i * sw];
                         }
                     }
                 }
             }
-        }
+        });
     }
 }
 
@@ -87,40 +97,31 @@ multiversion! {
 
 #[inline(always)]
 fn col2im_impl(col: &[f32], dx: &mut [f32], g: &ConvGeom) {
-    let (oh, ow, hw) = (g.oh, g.ow, g.hw());
-    let [sh, sw] = g.p.stride;
-    let [dh, dw] = g.p.dilation;
-    let [ph, pw] = g.p.padding;
+    let (ow, hw, [sh, sw]) = (g.ow, g.hw(), g.p.stride);
     let mut rows = col.chunks_exact(g.ohw());
     for c in 0..g.cg() {
         let plane = &mut dx[c * hw..(c + 1) * hw];
-        for ki in 0..g.kh {
-            let offh = (ki * dh) as isize - ph as isize;
-            let (ylo, yhi) = valid_range(oh, sh, offh, g.h);
-            for kj in 0..g.kw {
-                let row = rows.next().expect("col should have k rows");
-                let offw = (kj * dw) as isize - pw as isize;
-                let (xlo, xhi) = valid_range(ow, sw, offw, g.w);
-                if xlo >= xhi {
-                    continue;
-                }
-                for y in ylo..yhi {
-                    let src = &row[y * ow + xlo..y * ow + xhi];
-                    let iy = ((y * sh) as isize + offh) as usize;
-                    let start = ((xlo * sw) as isize + offw) as usize;
-                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    if sw == 1 {
-                        for (d, s) in dst[start..start + src.len()].iter_mut().zip(src) {
-                            *d += s;
-                        }
-                    } else {
-                        for (i, s) in src.iter().enumerate() {
-                            dst[start + i * sw] += s;
-                        }
+        for_each_tap!(g, |offh, (ylo, yhi), offw, (xlo, xhi)| {
+            let row = rows.next().expect("col should have k rows");
+            if xlo >= xhi {
+                continue;
+            }
+            for y in ylo..yhi {
+                let src = &row[y * ow + xlo..y * ow + xhi];
+                let iy = ((y * sh) as isize + offh) as usize;
+                let start = ((xlo * sw) as isize + offw) as usize;
+                let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                if sw == 1 {
+                    for (d, s) in dst[start..start + src.len()].iter_mut().zip(src) {
+                        *d += s;
+                    }
+                } else {
+                    for (i, s) in src.iter().enumerate() {
+                        dst[start + i * sw] += s;
                     }
                 }
             }
-        }
+        });
     }
 }
 

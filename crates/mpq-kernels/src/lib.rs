@@ -32,6 +32,7 @@ mod depthwise_avx512;
 mod direct;
 mod direct_gw;
 mod im2col;
+mod op;
 mod params;
 mod polyphase;
 pub mod reference;

@@ -13,10 +13,10 @@
 //! a composition of candle ops with the same values and gradients.
 
 use crate::fake_quant::{clamp_like_candle, round_half_even};
-use candle::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle::{DType, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::storage::slice_f32;
+use crate::op::{Arg, CpuOp, Grad, Op, apply3_no_bwd, same_len};
 
 /// Elements per rayon task for per-tensor steps.
 const BLOCK: usize = 8192;
@@ -73,7 +73,7 @@ impl Lsq {
     /// result has the same bits as the uniform quantizer `s·(clamp(round(x/s) + z) − z)`
     /// with `z = 0` that export uses (not just the same value).
     #[inline]
-    fn forward(&self, x: f32, s: f32) -> f32 {
+    fn quantize(&self, x: f32, s: f32) -> f32 {
         (clamp_like_candle(x / s, -self.qn, self.qp).round_ties_even() + 0.0) * s
     }
 
@@ -101,20 +101,13 @@ fn inner_len(n: usize, steps: usize) -> candle::Result<usize> {
     Ok(n / steps)
 }
 
-impl CustomOp2 for Lsq {
+impl CpuOp<2> for Lsq {
     fn name(&self) -> &'static str {
         "mpq-lsq"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle::Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1)?;
-        let step = slice_f32(s2, l2)?;
+    fn forward(&self, [x, step]: [Arg<'_>; 2]) -> candle::Result<(Vec<f32>, Shape)> {
+        let (shape, x, step) = (x.shape(), x.f32()?, step.f32()?);
         let inner = inner_len(x.len(), step.len())?;
         let block = Self::block(step.len(), inner);
         let mut out = vec![0f32; x.len()];
@@ -125,57 +118,32 @@ impl CustomOp2 for Lsq {
             .for_each(|(j, (o, xs))| {
                 let s = step[j * block / inner.max(1)];
                 for (o, &x) in o.iter_mut().zip(xs) {
-                    *o = self.forward(x, s);
+                    *o = self.quantize(x, s);
                 }
             });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, shape))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        step: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, g: Grad<'_, 2>) -> candle::Result<[Option<Tensor>; 2]> {
+        let [x, step] = g.args;
         let n = x.elem_count();
         let c = step.elem_count();
-        let both = x.contiguous()?.apply_op3_no_bwd(
-            &step.contiguous()?,
-            &grad_res.contiguous()?,
-            &LsqBackward(*self),
-        )?;
+        let both = apply3_no_bwd(x, step, g.dy, LsqBackward(*self))?;
         let gx = both.narrow(0, 0, n)?.reshape(x.shape())?;
         let gs = both.narrow(0, n, c)?.reshape(step.shape())?;
-        Ok((Some(gx), Some(gs)))
+        Ok([Some(gx), Some(gs)])
     }
 }
 
-impl CustomOp3 for LsqBackward {
+impl CpuOp<3> for LsqBackward {
     fn name(&self) -> &'static str {
         "mpq-lsq-backward"
     }
 
     /// Returns `grad_x` (flattened) followed by `grad_step`, as one `[N + C]` buffer.
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle::Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1)?;
-        let step = slice_f32(s2, l2)?;
-        let g = slice_f32(s3, l3)?;
-        if x.len() != g.len() {
-            candle::bail!(
-                "lsq backward: gradient has {} elements, input {}",
-                g.len(),
-                x.len()
-            )
-        }
+    fn forward(&self, [x, step, g]: [Arg<'_>; 3]) -> candle::Result<(Vec<f32>, Shape)> {
+        let (x, step, g) = (x.f32()?, step.f32()?, g.f32()?);
+        same_len("lsq", x, g)?;
         let (n, c) = (x.len(), step.len());
         let inner = inner_len(n, c)?;
         let block = Lsq::block(c, inner);
@@ -206,7 +174,7 @@ impl CustomOp3 for LsqBackward {
         for (o, s) in gs.iter_mut().zip(sums) {
             *o = (f64::from(self.0.grad_scale) * s) as f32;
         }
-        Ok((CpuStorage::F32(out), Shape::from(n + c)))
+        Ok((out, Shape::from(n + c)))
     }
 }
 
@@ -245,7 +213,7 @@ pub fn lsq(x: &Tensor, step: &Tensor, qn: f32, qp: f32, grad_scale: f32) -> cand
         return lsq_slow(x, step, qn, qp, grad_scale);
     }
     x.contiguous()?
-        .apply_op2(&step.contiguous()?, Lsq { qn, qp, grad_scale })
+        .apply_op2(&step.contiguous()?, Op(Lsq { qn, qp, grad_scale }))
 }
 
 /// Reference LSQ from plain candle ops (any device and float dtype; `step` is converted to

@@ -3,10 +3,10 @@
 //! Semantics follow PyTorch `nn.MaxPool2d` (padding acts as -inf) and `nn.AvgPool2d`
 //! (`count_include_pad=True`, floor mode).
 
-use candle::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle::{Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::storage::slice_f32;
+use crate::op::{Arg, CpuOp, Grad, Op, apply2_no_bwd};
 
 /// Window of a pooling: kernel, stride and padding per spatial dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +44,8 @@ struct PoolBackward {
     kind: Kind,
 }
 
-fn dims4(layout: &Layout) -> candle::Result<(usize, usize, usize, usize)> {
-    layout.shape().dims4()
+fn dims4(a: Arg<'_>) -> candle::Result<(usize, usize, usize, usize)> {
+    a.layout.shape().dims4()
 }
 
 /// Visits the window of output `(oy, ox)`: calls `f(iy, ix)` for every in-bounds input pixel.
@@ -75,7 +75,7 @@ fn window(
     }
 }
 
-impl CustomOp1 for Pool {
+impl CpuOp<1> for Pool {
     fn name(&self) -> &'static str {
         match self.kind {
             Kind::Max => "mpq-max-pool2d",
@@ -83,9 +83,9 @@ impl CustomOp1 for Pool {
         }
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = dims4(l)?;
-        let x = slice_f32(s, l)?;
+    fn forward(&self, [x]: [Arg<'_>; 1]) -> candle::Result<(Vec<f32>, Shape)> {
+        let (n, c, h, w) = dims4(x)?;
+        let x = x.f32()?;
         let Some((oh, ow)) = self.p.out_hw(h, w) else {
             candle::bail!("pooling window larger than the padded input {h}x{w}")
         };
@@ -114,42 +114,28 @@ impl CustomOp1 for Pool {
                     }
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+        Ok((out, Shape::from((n, c, oh, ow))))
     }
 
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle::Result<Option<Tensor>> {
-        let g = arg.contiguous()?.apply_op2_no_bwd(
-            &grad_res.contiguous()?,
-            &PoolBackward {
-                p: self.p,
-                kind: self.kind,
-            },
-        )?;
-        Ok(Some(g))
+    fn backward(&self, g: Grad<'_, 1>) -> candle::Result<[Option<Tensor>; 1]> {
+        let [arg] = g.args;
+        let back = PoolBackward {
+            p: self.p,
+            kind: self.kind,
+        };
+        Ok([Some(apply2_no_bwd(arg, g.dy, back)?)])
     }
 }
 
-impl CustomOp2 for PoolBackward {
+impl CpuOp<2> for PoolBackward {
     fn name(&self) -> &'static str {
         "mpq-pool2d-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = dims4(l1)?;
-        let (_, _, oh, ow) = dims4(l2)?;
-        let x = slice_f32(s1, l1)?;
-        let g = slice_f32(s2, l2)?;
+    fn forward(&self, [x, g]: [Arg<'_>; 2]) -> candle::Result<(Vec<f32>, Shape)> {
+        let (n, c, h, w) = dims4(x)?;
+        let (_, _, oh, ow) = dims4(g)?;
+        let (x, g) = (x.f32()?, g.f32()?);
         let area = (self.p.kernel[0] * self.p.kernel[1]) as f32;
         let mut out = vec![0f32; n * c * h * w];
         out.par_chunks_mut(h * w)
@@ -181,7 +167,7 @@ impl CustomOp2 for PoolBackward {
                     }
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+        Ok((out, Shape::from((n, c, h, w))))
     }
 }
 
@@ -192,7 +178,7 @@ fn pool(x: &Tensor, p: &PoolParams, kind: Kind) -> candle::Result<Tensor> {
     if !x.device().is_cpu() || x.dtype() != candle::DType::F32 {
         return pool_fallback(x, p, kind);
     }
-    x.contiguous()?.apply_op1(Pool { p: *p, kind })
+    x.contiguous()?.apply_op1(Op(Pool { p: *p, kind }))
 }
 
 /// Non-CPU devices: candle's pooling (padding emulated; backward only when kernel == stride).

@@ -11,9 +11,10 @@
 
 use std::mem::MaybeUninit;
 
-use crate::storage::{fast_path, slice_f32};
+use crate::op::{Arg, CpuOp, Grad, Op, apply2_no_bwd};
+use crate::storage::fast_path;
 use crate::uninit::filled;
-use candle::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per rayon task.
@@ -25,7 +26,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !fast_path(&[x]) {
         return x.relu();
     }
-    x.contiguous()?.apply_op1(Relu { hi: f32::INFINITY })
+    x.contiguous()?.apply_op1(Op(Relu { hi: f32::INFINITY }))
 }
 
 /// `min(max(x, 0), 6)`, differentiable (gradient 1 where `0 < y < 6`, 0 elsewhere). Falls
@@ -34,7 +35,7 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     if !fast_path(&[x]) {
         return x.relu()?.minimum(6f64);
     }
-    x.contiguous()?.apply_op1(Relu { hi: 6.0 })
+    x.contiguous()?.apply_op1(Op(Relu { hi: 6.0 }))
 }
 
 /// `clamp(x, 0, hi)`.
@@ -46,13 +47,13 @@ struct ReluBackward {
     hi: f32,
 }
 
-impl CustomOp1 for Relu {
+impl CpuOp<1> for Relu {
     fn name(&self) -> &'static str {
         "mpq-relu"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s, l)?;
+    fn forward(&self, [x]: [Arg<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
+        let (shape, x) = (x.shape(), x.f32()?);
         // SAFETY: the chunks cover `y` and `forward` writes every element of its chunk.
         let y = unsafe {
             filled(x.len(), |y| {
@@ -61,30 +62,25 @@ impl CustomOp1 for Relu {
                     .for_each(|(y, x)| forward(x, y, self.hi))
             })
         };
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((y, shape))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let g = res
-            .contiguous()?
-            .apply_op2_no_bwd(&grad_res.contiguous()?, &ReluBackward { hi: self.hi })?;
-        Ok(Some(g))
+    fn backward(&self, g: Grad<'_, 1>) -> Result<[Option<Tensor>; 1]> {
+        Ok([Some(apply2_no_bwd(
+            g.res,
+            g.dy,
+            ReluBackward { hi: self.hi },
+        )?)])
     }
 }
 
-impl CustomOp2 for ReluBackward {
+impl CpuOp<2> for ReluBackward {
     fn name(&self) -> &'static str {
         "mpq-relu-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (y, dy) = (slice_f32(s1, l1)?, slice_f32(s2, l2)?);
+    fn forward(&self, [y, dy]: [Arg<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        let (shape, y, dy) = (y.shape(), y.f32()?, dy.f32()?);
         if y.len() != dy.len() {
             candle::bail!(
                 "relu backward: {} outputs but {} gradients",
@@ -100,7 +96,7 @@ impl CustomOp2 for ReluBackward {
                     .for_each(|(dx, (y, dy))| backward(y, dy, dx, self.hi))
             })
         };
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((dx, shape))
     }
 }
 
@@ -144,13 +140,12 @@ pub fn masked(z: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let zero = Tensor::zeros((), z.dtype(), z.device())?.broadcast_as(z.shape())?;
         return mask.where_cond(z, &zero);
     }
-    z.contiguous()?.apply_op2(&mask.contiguous()?, Masked)
+    z.contiguous()?.apply_op2(&mask.contiguous()?, Op(Masked))
 }
 
 /// ReLU's backward from its output: `dy` where `y > 0`, else 0 (not differentiable).
 pub(crate) fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    y.contiguous()?
-        .apply_op2_no_bwd(&dy.contiguous()?, &ReluBackward { hi: f32::INFINITY })
+    apply2_no_bwd(y, dy, ReluBackward { hi: f32::INFINITY })
 }
 
 /// The input gradient of [`relu`] (`hi = ∞`) or [`relu6`] (`hi = 6`) from its output `y`:
@@ -159,29 +154,18 @@ pub fn relu_grad(y: &Tensor, dy: &Tensor, hi: f32) -> Result<Tensor> {
     if !fast_path(&[y, dy]) {
         candle::bail!("relu_grad: expected f32 CPU tensors");
     }
-    y.contiguous()?
-        .apply_op2_no_bwd(&dy.contiguous()?, &ReluBackward { hi })
+    apply2_no_bwd(y, dy, ReluBackward { hi })
 }
 
 struct Masked;
 
-impl CustomOp2 for Masked {
+impl CpuOp<2> for Masked {
     fn name(&self) -> &'static str {
         "mpq-masked"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let z = slice_f32(s1, l1)?;
-        let m = match (s2, l2.contiguous_offsets()) {
-            (CpuStorage::U8(m), Some((a, b))) => &m[a..b],
-            _ => candle::bail!("masked: expected a contiguous u8 mask"),
-        };
+    fn forward(&self, [z, m]: [Arg<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        let (shape, z, m) = (z.shape(), z.f32()?, m.u8("masked")?);
         if z.len() != m.len() {
             candle::bail!("masked: {} values but {} mask entries", z.len(), m.len());
         }
@@ -194,20 +178,12 @@ impl CustomOp2 for Masked {
                     .for_each(|(y, (z, m))| apply_mask(z, m, y))
             })
         };
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, shape))
     }
 
-    fn bwd(
-        &self,
-        _z: &Tensor,
-        mask: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad_res
-            .contiguous()?
-            .apply_op2_no_bwd(&mask.contiguous()?, &Masked)?;
-        Ok((Some(g), None))
+    fn backward(&self, g: Grad<'_, 2>) -> Result<[Option<Tensor>; 2]> {
+        let [_, mask] = g.args;
+        Ok([Some(apply2_no_bwd(g.dy, mask, Masked)?), None])
     }
 }
 

@@ -74,30 +74,33 @@ fn detected() -> Isa {
 /// `$imp` is inlined into one `#[target_feature]` wrapper per instruction set, so its loops
 /// are vectorized for that set; it must not hide its hot loop inside a closure (closures are
 /// separate functions and would keep baseline code).
+///
+/// One `const` generic parameter (`fn name<const C: T>(…)`) is passed on to `$imp::<C>`, so
+/// variants of a loop that differ in a compile-time switch share one body.
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $imp:path;) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident $(<const $c:ident : $ct:ty>)? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $imp:ident;) => {
         $(#[$m])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name $(<const $c: $ct>)? ($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
-                    $imp($($arg),*)
+                unsafe fn v4 $(<const $c: $ct>)? ($($arg: $ty),*) $(-> $ret)? {
+                    $imp $(::<$c>)? ($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
-                    $imp($($arg),*)
+                unsafe fn v3 $(<const $c: $ct>)? ($($arg: $ty),*) $(-> $ret)? {
+                    $imp $(::<$c>)? ($($arg),*)
                 }
                 match $crate::simd::isa() {
                     // SAFETY: `isa()` reports Avx512 only after runtime detection of avx512f,
                     // avx2 and fma.
-                    $crate::simd::Isa::Avx512 => return unsafe { v4($($arg),*) },
+                    $crate::simd::Isa::Avx512 => return unsafe { v4 $(::<$c>)? ($($arg),*) },
                     // SAFETY: `isa()` reports Avx2 only after runtime detection of avx2, fma.
-                    $crate::simd::Isa::Avx2 => return unsafe { v3($($arg),*) },
+                    $crate::simd::Isa::Avx2 => return unsafe { v3 $(::<$c>)? ($($arg),*) },
                     $crate::simd::Isa::Scalar => {}
                 }
             }
-            $imp($($arg),*)
+            $imp $(::<$c>)? ($($arg),*)
         }
     };
 }

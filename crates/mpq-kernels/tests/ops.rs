@@ -315,25 +315,14 @@ fn check_fd(
 fn conv2d_grads_match_finite_differences() -> Result<()> {
     let mut rng = Rng(0x5eed_0006);
     let cases = [
-        ConvCase {
-            bias: true,
-            ..ConvCase::new(2, 3, 5, 2, 3, 2, 1, 1)
-        },
-        ConvCase {
-            bias: true,
-            ..ConvCase::new(2, 3, 5, 3, 3, 1, 1, 3)
-        },
-        ConvCase {
-            bias: true,
-            ..ConvCase::new(1, 2, 4, 3, 1, 1, 0, 1)
-        },
+        ConvCase::new(2, 3, 5, 2, 3, 2, 1, 1),
+        ConvCase::new(2, 3, 5, 3, 3, 1, 1, 3),
+        ConvCase::new(1, 2, 4, 3, 1, 1, 0, 1),
         // Dense 3x3 at stride 1 (the direct kernels' runs across rows).
-        ConvCase {
-            bias: true,
-            ..ConvCase::new(2, 3, 5, 4, 3, 1, 1, 1)
-        },
+        ConvCase::new(2, 3, 5, 4, 3, 1, 1, 1),
     ];
-    for case in cases {
+    // Every case with a bias.
+    for case in cases.map(|c| ConvCase { bias: true, ..c }) {
         let cg = case.c / case.p.groups;
         let ins = [
             rng.tensor(&[case.n, case.c, case.h, case.w])?,

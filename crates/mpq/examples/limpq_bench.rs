@@ -15,6 +15,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+mod common;
+use common::median;
+
 use mpq::plan::QuantizerKind;
 use mpq::search::limpq::{Indicators, limpq, set_limpq_omega};
 use mpq::search::{Budget, Candidates, SearchOptions, SearchSpace};
@@ -23,19 +26,8 @@ use mpq::zoo::{self, ZooConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn main() -> mpq::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let reps: usize = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(101);
+    let reps: usize = common::flag("--reps").unwrap_or(101);
     let bits: Vec<u32> = vec![2, 3, 4, 5, 6];
     let r18 = zoo::build("resnet18", &ZooConfig::default_for("resnet18"), 0)?
         .graph
@@ -95,45 +87,20 @@ fn main() -> mpq::Result<()> {
         "| budgets | median ms (solve) | median ms (space + Ω + solve) | nodes |\n| --- | --- | --- | --- |"
     );
     let mut all = Vec::new();
-    for (label, budget) in [
-        (
-            "BitOps W3A4",
-            Budget {
-                max_bops_g: Some(bops(12.0)),
-                ..Default::default()
-            },
-        ),
-        (
-            "BitOps W4A4",
-            Budget {
-                max_bops_g: Some(bops(16.0)),
-                ..Default::default()
-            },
-        ),
-        (
-            "BitOps W3A3",
-            Budget {
-                max_bops_g: Some(bops(9.0)),
-                ..Default::default()
-            },
-        ),
-        (
-            "BitOps W3A4 + CR 10",
-            Budget {
-                max_bops_g: Some(bops(12.0)),
-                compression: Some(10.0),
-                ..Default::default()
-            },
-        ),
-        (
-            "BitOps W4A4 + avg 3.5 bits",
-            Budget {
-                max_bops_g: Some(bops(16.0)),
-                avg_bits: Some(3.5),
-                ..Default::default()
-            },
-        ),
+    // (label, BitOps budget as w·a bits of the searched layers, compression, average bits)
+    for (label, wa, compression, avg_bits) in [
+        ("BitOps W3A4", 12.0, None, None),
+        ("BitOps W4A4", 16.0, None, None),
+        ("BitOps W3A3", 9.0, None, None),
+        ("BitOps W3A4 + CR 10", 12.0, Some(10.0), None),
+        ("BitOps W4A4 + avg 3.5 bits", 16.0, None, Some(3.5)),
     ] {
+        let budget = Budget {
+            max_bops_g: Some(bops(wa)),
+            compression,
+            avg_bits,
+            ..Default::default()
+        };
         let (mut solve, mut total, mut nodes) = (Vec::new(), Vec::new(), 0);
         for _ in 0..reps {
             let t0 = Instant::now();

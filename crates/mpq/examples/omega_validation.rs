@@ -229,17 +229,12 @@ fn main() -> mpq::Result<()> {
     let table = OmegaTable::new(&layers, &sens, OmegaConfig::default())?;
     println!("| layer | bits | Ω_i(b) | Δloss, this layer alone (others FP32) |");
     println!("| --- | --- | --- | --- |");
+    let fp32_acts = vec![32; layers.len()];
     for (i, l) in layers.iter().enumerate() {
         for b in [2, 3, 4] {
             let mut w = vec![32; layers.len()];
             w[i] = b;
-            let plan = plan_of(
-                &layers,
-                &w,
-                &vec![32; layers.len()],
-                "single",
-                a.weight_range,
-            );
+            let plan = plan_of(&layers, &w, &fp32_acts, "single", a.weight_range);
             let (_, loss) = ptq(&ctx, &plan)?;
             println!(
                 "| {} | {b} | {:.3e} | {:.3e} |",
@@ -361,15 +356,10 @@ fn main() -> mpq::Result<()> {
             .collect::<Vec<_>>(),
     );
     let (mut accs, mut losses) = (Vec::new(), Vec::new());
+    let int8_acts = vec![8; layers.len()];
     for _ in 0..a.baseline_plans {
         let w = draw(&mut rng, &layers, &w_cands, searched - 0.1, searched);
-        let plan = plan_of(
-            &layers,
-            &w,
-            &vec![8; layers.len()],
-            "random",
-            a.weight_range,
-        );
+        let plan = plan_of(&layers, &w, &int8_acts, "random", a.weight_range);
         let (acc, loss) = ptq(&ctx, &plan)?;
         accs.push(acc);
         losses.push(loss);

@@ -13,6 +13,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+mod common;
+use common::median;
+
 use mpq::graph::{LayerInfo, LayerOp};
 use mpq::search::{
     Budget, Candidates, OmegaConfig, OmegaTable, SearchOptions, SearchSpace, ilp, pareto,
@@ -21,11 +24,6 @@ use mpq::sensitivity::{LayerSensitivity, SensitivityTable};
 use mpq::zoo::{self, ZooConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 fn conv(name: String, cin: usize, cout: usize, k: usize, in_hw: usize, stride: usize) -> LayerInfo {
     let out = in_hw / stride;
@@ -118,12 +116,7 @@ fn synthetic(layers: &[LayerInfo], seed: u64) -> SensitivityTable {
 
 fn main() -> mpq::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let reps: usize = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(51);
+    let reps: usize = common::flag("--reps").unwrap_or(51);
     let bits = vec![2, 3, 4, 5, 6, 8];
     let r18 = zoo::build("resnet18", &ZooConfig::default_for("resnet18"), 0)?
         .graph

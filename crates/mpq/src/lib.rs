@@ -36,6 +36,8 @@ mod error;
 pub mod export;
 pub mod graph;
 pub(crate) mod io;
+mod loader;
+pub mod meta;
 pub mod model;
 mod named;
 pub mod onnx;

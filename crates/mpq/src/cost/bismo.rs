@@ -19,24 +19,20 @@ pub fn matrix_dims(layer: &LayerInfo) -> (u64, u64, u64, u64) {
         }
         _ => {
             // weight [out, in/groups, kh, kw]; input [C, H, W]; output [out, OH, OW].
-            let k: u64 = layer
-                .weight_shape
-                .iter()
-                .skip(1)
-                .map(|&d| d as u64)
-                .product();
+            let k = product_after_first(&layer.weight_shape);
             let in_per_group = layer.weight_shape.get(1).copied().unwrap_or(1).max(1) as u64;
             let cin = layer.input_shape.first().copied().unwrap_or(1) as u64;
             let groups = (cin / in_per_group).max(1);
-            let n: u64 = layer
-                .output_shape
-                .iter()
-                .skip(1)
-                .map(|&d| d as u64)
-                .product();
+            let n = product_after_first(&layer.output_shape);
             (groups, out / groups, n.max(1), k.max(1))
         }
     }
+}
+
+/// The product of every dimension but the first (`[out, in/groups, kh, kw]` gives a filter's
+/// size, `[out, OH, OW]` the positions per channel).
+fn product_after_first(dims: &[usize]) -> u64 {
+    dims.iter().skip(1).map(|&d| d as u64).product()
 }
 
 /// Cycles of `layer` for `batch` images on a `dm × dn × dk` array at `w_bits × a_bits`.

@@ -103,11 +103,7 @@ impl HardwareSpec {
 
     /// Reads a TOML spec file.
     pub fn load(path: impl AsRef<Path>) -> Result<HardwareSpec> {
-        let path = path.as_ref();
-        let bytes = crate::io::read(path)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Error::corrupt(path, "a hardware spec must be UTF-8 text"))?;
-        HardwareSpec::parse(&text, &path.display().to_string())
+        crate::io::parse_file(path.as_ref(), "a hardware spec", HardwareSpec::parse)
     }
 
     /// The spec as TOML text.
@@ -117,30 +113,23 @@ impl HardwareSpec {
 
     /// Checks that every rate, size and energy is positive and finite.
     pub fn validate(&self) -> Result<()> {
-        let positive = |field: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(Error::config(
+        // Rates must be positive, energies may be 0.
+        let fields = [
+            ("clock_mhz", self.clock_mhz, true),
+            ("bandwidth_gb_s", self.bandwidth_gb_s, true),
+            ("pj_per_mac_bit", self.pj_per_mac_bit, false),
+            ("pj_per_byte", self.pj_per_byte, false),
+        ];
+        for (field, v, positive) in fields {
+            let ok = v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };
+            if !ok {
+                let what = if positive { "positive" } else { "non-negative" };
+                return Err(Error::config(
                     format!("hardware.{field}"),
-                    format!("must be a positive number, got {v}"),
-                ))
+                    format!("must be a {what} number, got {v}"),
+                ));
             }
-        };
-        positive("clock_mhz", self.clock_mhz)?;
-        positive("bandwidth_gb_s", self.bandwidth_gb_s)?;
-        let non_negative = |field: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(Error::config(
-                    format!("hardware.{field}"),
-                    format!("must be a non-negative number, got {v}"),
-                ))
-            }
-        };
-        non_negative("pj_per_mac_bit", self.pj_per_mac_bit)?;
-        non_negative("pj_per_byte", self.pj_per_byte)?;
+        }
         let counts: Vec<(&str, usize)> = match &self.array {
             ArraySpec::Bitfusion {
                 rows,

@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::simulator::HardwareModel;
-use crate::graph::LayerInfo;
 use crate::plan::BitWidth;
 use crate::{Error, Result};
 
@@ -139,11 +137,7 @@ impl LookupTable {
 
     /// Reads a CSV file.
     pub fn load(path: impl AsRef<Path>) -> Result<LookupTable> {
-        let path = path.as_ref();
-        let bytes = crate::io::read(path)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Error::corrupt(path, "a lookup table must be UTF-8 text"))?;
-        LookupTable::parse(&text, &path.display().to_string())
+        crate::io::parse_file(path.as_ref(), "a lookup table", LookupTable::parse)
     }
 
     /// The table as CSV with a header row (numbers in Rust's shortest round-trip form, so
@@ -156,24 +150,5 @@ impl LookupTable {
             let _ = writeln!(s, "{layer},{w},{a},{lat},{en}");
         }
         s
-    }
-
-    /// Every `layers × w_bits × a_bits` entry of `model`.
-    pub fn from_model(
-        model: &HardwareModel,
-        layers: &[LayerInfo],
-        w_bits: &[BitWidth],
-        a_bits: &[BitWidth],
-    ) -> Result<LookupTable> {
-        let mut t = LookupTable::new(model.name());
-        for l in layers {
-            for &w in w_bits {
-                for &a in a_bits {
-                    let r = model.layer(l, w, a)?;
-                    t.insert(&l.name, w, a, r.latency_ms, r.energy_mj);
-                }
-            }
-        }
-        Ok(t)
     }
 }

@@ -245,6 +245,14 @@ mod tests {
         p
     }
 
+    /// Per-layer `(weight bits, overhead bits)` of a cost table.
+    fn layer_bits(t: &CostTable) -> (Vec<u64>, Vec<u64>) {
+        t.layers
+            .iter()
+            .map(|r| (r.weight_bits, r.overhead_bits))
+            .unzip()
+    }
+
     fn lp(name: &str, w: u32, a: u32) -> LayerPrecision {
         LayerPrecision::new(name, w, a)
     }
@@ -269,10 +277,13 @@ mod tests {
             lp("fc3", 8, 8),
         ]);
         let t = CostTable::new(&lenet(), &p).unwrap();
-        let wb: Vec<u64> = t.layers.iter().map(|r| r.weight_bits).collect();
-        assert_eq!(wb, [1_200, 9_600, 61_440, 40_320, 6_720]);
-        let ob: Vec<u64> = t.layers.iter().map(|r| r.overhead_bits).collect();
-        assert_eq!(ob, [192, 512, 3_840, 2_688, 320]);
+        assert_eq!(
+            layer_bits(&t),
+            (
+                vec![1_200, 9_600, 61_440, 40_320, 6_720],
+                vec![192, 512, 3_840, 2_688, 320]
+            )
+        );
         let bops: Vec<f64> = t.layers.iter().map(|r| r.bops).collect();
         assert_eq!(
             bops,
@@ -312,10 +323,13 @@ mod tests {
         // fc2 explicitly FP32, fc3 absent from the plan (FP32 too).
         let p = plan(vec![conv1, conv2, fc1, lp("fc2", 32, 32)]);
         let t = CostTable::new(&lenet(), &p).unwrap();
-        let wb: Vec<u64> = t.layers.iter().map(|r| r.weight_bits).collect();
-        assert_eq!(wb, [750, 9_600, 61_440, 322_560, 26_880]);
-        let ob: Vec<u64> = t.layers.iter().map(|r| r.overhead_bits).collect();
-        assert_eq!(ob, [32, 1_024, 3_840, 0, 0]);
+        assert_eq!(
+            layer_bits(&t),
+            (
+                vec![750, 9_600, 61_440, 322_560, 26_880],
+                vec![32, 1_024, 3_840, 0, 0]
+            )
+        );
         assert_eq!(t.layers[4].w_bits, 32.0);
         assert_eq!(t.layers[4].a_bits, 32.0);
         assert_eq!(t.weight_bits, 421_230);
@@ -341,11 +355,14 @@ mod tests {
         let t = CostTable::new(&lenet(), &p).unwrap();
         assert!((t.layers[0].w_bits - 28.0 / 6.0).abs() < 1e-12);
         assert_eq!(t.layers[1].w_bits, 78.0 / 16.0);
-        let wb: Vec<u64> = t.layers.iter().map(|r| r.weight_bits).collect();
-        assert_eq!(wb, [700, 11_700, 122_880, 40_320, 3_360]);
-        let ob: Vec<u64> = t.layers.iter().map(|r| r.overhead_bits).collect();
         // Per-channel scales (32 bits each); fc2 also has 84 zero points.
-        assert_eq!(ob, [192, 512, 3_840, 5_376, 320]);
+        assert_eq!(
+            layer_bits(&t),
+            (
+                vec![700, 11_700, 122_880, 40_320, 3_360],
+                vec![192, 512, 3_840, 5_376, 320]
+            )
+        );
         // conv1: 14_400 MACs/channel · 28 · 8; conv2: 9_600 · 78 · 8.
         assert_eq!(t.layers[0].bops, 3_225_600.0);
         assert_eq!(t.layers[1].bops, 5_990_400.0);

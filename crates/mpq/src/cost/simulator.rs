@@ -96,6 +96,29 @@ pub enum HardwareModel {
     Lookup(LookupTable),
 }
 
+/// Tables written from a model (here rather than in `lookup`, which the simulator reads, so
+/// that the two modules do not import each other).
+impl LookupTable {
+    /// Every `layers × w_bits × a_bits` entry of `model`.
+    pub fn from_model(
+        model: &HardwareModel,
+        layers: &[LayerInfo],
+        w_bits: &[BitWidth],
+        a_bits: &[BitWidth],
+    ) -> Result<LookupTable> {
+        let mut t = LookupTable::new(model.name());
+        for l in layers {
+            for &w in w_bits {
+                for &a in a_bits {
+                    let r = model.layer(l, w, a)?;
+                    t.insert(&l.name, w, a, r.latency_ms, r.energy_mj);
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
 /// The bits a hardware model sees for one layer under a plan: the widest weight channel, and
 /// 32/32 for a layer absent from the plan.
 pub fn hw_bits(p: Option<&LayerPrecision>) -> (BitWidth, BitWidth) {

@@ -11,22 +11,21 @@ use crate::{Error, Result};
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
 
-static MNIST10K_TRAIN_IMAGES: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/train-images-idx3-ubyte.gz"
-));
-static MNIST10K_TRAIN_LABELS: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/train-labels-idx1-ubyte.gz"
-));
-static MNIST10K_TEST_IMAGES: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/test-images-idx3-ubyte.gz"
-));
-static MNIST10K_TEST_LABELS: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/mnist10k/test-labels-idx1-ubyte.gz"
-));
+/// The gzipped IDX file `NAME` of the bundled subset (`data/mnist10k/NAME` in the repository).
+macro_rules! mnist10k {
+    ($name:literal) => {
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/mnist10k/",
+            $name
+        ))
+    };
+}
+
+static MNIST10K_TRAIN_IMAGES: &[u8] = mnist10k!("train-images-idx3-ubyte.gz");
+static MNIST10K_TRAIN_LABELS: &[u8] = mnist10k!("train-labels-idx1-ubyte.gz");
+static MNIST10K_TEST_IMAGES: &[u8] = mnist10k!("test-images-idx3-ubyte.gz");
+static MNIST10K_TEST_LABELS: &[u8] = mnist10k!("test-labels-idx1-ubyte.gz");
 
 /// Class names of MNIST: the digits "0" to "9".
 pub(super) fn mnist_class_names() -> Vec<String> {
@@ -36,18 +35,14 @@ pub(super) fn mnist_class_names() -> Vec<String> {
 /// The bundled MNIST subset: 8,000 train and 2,000 test images.
 pub(super) fn load_mnist10k() -> Result<(Dataset, Dataset)> {
     let dir = Path::new("<bundled mnist10k>");
-    let train = mnist_pair(
-        MNIST10K_TRAIN_IMAGES,
-        &dir.join("train-images-idx3-ubyte.gz"),
-        MNIST10K_TRAIN_LABELS,
-        &dir.join("train-labels-idx1-ubyte.gz"),
-    )?;
-    let test = mnist_pair(
-        MNIST10K_TEST_IMAGES,
-        &dir.join("test-images-idx3-ubyte.gz"),
-        MNIST10K_TEST_LABELS,
-        &dir.join("test-labels-idx1-ubyte.gz"),
-    )?;
+    // `split` names the files in errors, as in a `mnist:DIR` folder.
+    let split = |split: &str, images: &[u8], labels: &[u8]| {
+        let images_path = dir.join(format!("{split}-images-idx3-ubyte.gz"));
+        let labels_path = dir.join(format!("{split}-labels-idx1-ubyte.gz"));
+        mnist_pair(images, &images_path, labels, &labels_path)
+    };
+    let train = split("train", MNIST10K_TRAIN_IMAGES, MNIST10K_TRAIN_LABELS)?;
+    let test = split("test", MNIST10K_TEST_IMAGES, MNIST10K_TEST_LABELS)?;
     Ok((train, test))
 }
 
@@ -240,14 +235,7 @@ mod tests {
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "mpq-data-idx-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::data::test_dir("idx", tag)
     }
 
     fn corrupt_reason(r: Result<impl std::fmt::Debug>) -> String {

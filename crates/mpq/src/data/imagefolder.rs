@@ -145,14 +145,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "mpq-data-imagefolder-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::data::test_dir("imagefolder", tag)
     }
 
     fn write_png(path: &Path, w: u32, h: u32, rgb: [u8; 3]) {

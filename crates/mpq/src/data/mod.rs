@@ -242,6 +242,20 @@ fn check_labels(labels: &[u32], classes: usize, path: &std::path::Path) -> Resul
     }
 }
 
+/// A fresh, empty folder for one data-format test (`mpq-data-{format}-{tag}-…` in the
+/// system temp folder, unique per process and thread).
+#[cfg(test)]
+fn test_dir(format: &str, tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "mpq-data-{format}-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

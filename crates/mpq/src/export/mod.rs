@@ -29,66 +29,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::graph::{Graph, ParamKind};
-use crate::model::{META_KEY, ModelMeta};
+use crate::meta::{META_KEY, ModelMeta};
 use crate::quant::{Codebook, PlanHooks, QuantParams};
-use crate::{Error, QuantPlan, Result};
+use crate::{Error, Result};
 use pack::{BitReader, BitWriter};
+
+pub use crate::meta::{PackedActivation, PackedMeta, PackedWeight};
 
 /// Version of the packed layout described in the module docs.
 pub const FORMAT: u32 = 1;
-
-/// What a packed file says about its quantized tensors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PackedMeta {
-    /// Layout version ([`FORMAT`]).
-    pub format: u32,
-    /// The plan the model was quantized with.
-    pub plan: QuantPlan,
-    /// Packed weights, by layer name.
-    pub weights: BTreeMap<String, PackedWeight>,
-    /// Quantized input activations, by layer name.
-    pub activations: BTreeMap<String, PackedActivation>,
-}
-
-/// One packed weight tensor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PackedWeight {
-    /// Shape of the dequantized weight.
-    pub shape: Vec<usize>,
-    /// Code width (the widest channel's with `channel_bits`).
-    pub bits: u32,
-    /// Per-channel widths (symmetric codes), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel_bits: Option<Vec<u32>>,
-    /// Smallest and largest code (of the widest channel).
-    pub qmin: f32,
-    /// Largest code.
-    pub qmax: f32,
-    /// Number of scales (1: per tensor).
-    pub channels: usize,
-    /// Whether a zero-point tensor is stored.
-    pub zero_point: bool,
-    /// Bytes of the packed codes.
-    pub code_bytes: u64,
-    /// Entries of the `f32` codebook of a k-means layer (`2^bits`); the codes are then
-    /// centroid indices, and there are no scales.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub codebook: Option<usize>,
-}
-
-/// One quantized input activation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PackedActivation {
-    /// Code width.
-    pub bits: u32,
-    /// Smallest code.
-    pub qmin: f32,
-    /// Largest code.
-    pub qmax: f32,
-}
 
 /// Sizes of a written packed file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -203,16 +155,7 @@ pub fn unpack_codebook(bytes: &[u8], meta: &PackedWeight, codebook: &[f32]) -> R
         })?;
         out.push(*v);
     }
-    if r.bytes_read() != bytes.len() {
-        return Err(Error::config(
-            "codes",
-            format!(
-                "{} bytes of codes, expected {}",
-                bytes.len(),
-                r.bytes_read()
-            ),
-        ));
-    }
+    all_read(&r, bytes)?;
     Ok(out)
 }
 
@@ -239,6 +182,12 @@ pub fn unpack_weight(bytes: &[u8], meta: &PackedWeight, q: &QuantParams) -> Resu
         }
         out.push(q.dequant(code, c));
     }
+    all_read(&r, bytes)?;
+    Ok(out)
+}
+
+/// Checks that unpacking consumed every byte of the packed codes.
+fn all_read(r: &BitReader<'_>, bytes: &[u8]) -> Result<()> {
     if r.bytes_read() != bytes.len() {
         return Err(Error::config(
             "codes",
@@ -249,7 +198,7 @@ pub fn unpack_weight(bytes: &[u8], meta: &PackedWeight, q: &QuantParams) -> Resu
             ),
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn f32_tensor(v: &[f32]) -> Result<Tensor> {

@@ -30,30 +30,33 @@ use crate::{Error, QuantPlan, Result};
 /// The opset of exported models (int4/uint4 exist from 21; codes use int8/uint8 carriers).
 pub const QDQ_OPSET: i64 = 21;
 
-fn attr_int(name: &str, v: i64) -> AttributeProto {
+/// An attribute `name` of type `kind` with no value set; the callers fill in theirs.
+fn attr(name: &str, kind: i32) -> AttributeProto {
     AttributeProto {
         name: name.into(),
-        r#type: attr_type::INT,
-        i: v,
+        r#type: kind,
         ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        i: v,
+        ..attr(name, attr_type::INT)
     }
 }
 
 fn attr_float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
-        name: name.into(),
-        r#type: attr_type::FLOAT,
         f: v,
-        ..Default::default()
+        ..attr(name, attr_type::FLOAT)
     }
 }
 
 fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
     AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INTS,
         ints: v.iter().map(|&x| x as i64).collect(),
-        ..Default::default()
+        ..attr(name, attr_type::INTS)
     }
 }
 

@@ -15,8 +15,8 @@ use std::path::Path;
 use candle::Device;
 use prost::Message;
 
-use crate::model::{Model, ModelMeta};
-use crate::zoo::ZooConfig;
+use crate::meta::{ModelMeta, ZooConfig};
+use crate::model::Model;
 use crate::{Error, Result};
 
 pub use export::{QDQ_OPSET, export_qdq, qdq_model};

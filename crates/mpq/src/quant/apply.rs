@@ -129,6 +129,25 @@ impl Default for CalibrationConfig {
     }
 }
 
+/// Refuses `p` unless its quantizer is symmetric per channel, the one per-channel bit-widths
+/// need: an input error on `field`, "layer L: `needs` the symmetric per-channel quantizer".
+pub(super) fn require_symmetric_per_channel(
+    p: &LayerPrecision,
+    field: &str,
+    needs: &str,
+) -> Result<()> {
+    if p.quantizer != QuantizerKind::Symmetric || p.granularity != Granularity::PerChannel {
+        return Err(Error::config(
+            field,
+            format!(
+                "layer {}: {needs} the symmetric per-channel quantizer",
+                p.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Quantization parameters of a weight tensor `[out, ...]` under `p` (`bits < 32`):
 /// symmetric max-abs (per channel, with optional per-channel widths, or per tensor) or
 /// asymmetric min/max (per channel or per tensor). LSQ layers get theirs from their learned
@@ -138,15 +157,7 @@ pub fn weight_params(w: &Tensor, p: &LayerPrecision) -> Result<QuantParams> {
     let out = w.dim(0)?;
     let flat = w.detach().reshape((out, w.elem_count() / out.max(1)))?;
     if let Some(bits) = &p.channel_w_bits {
-        if p.quantizer != QuantizerKind::Symmetric || p.granularity != Granularity::PerChannel {
-            return Err(Error::config(
-                "policy",
-                format!(
-                    "layer {}: channel_w_bits needs the symmetric per-channel quantizer",
-                    p.name
-                ),
-            ));
-        }
+        require_symmetric_per_channel(p, "policy", "channel_w_bits needs")?;
         let m: Vec<f32> = match p.weight_range {
             WeightRange::MaxAbs => flat.abs()?.max(1)?.to_vec1()?,
             WeightRange::Mse => {

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use candle::{DType, Tensor};
 
 use super::apply::{
-    CalibrationConfig, PlanHooks, calibration_pass, fake_quant_tensor, prepare_graph, weight_params,
+    CalibrationConfig, PlanHooks, calibration_pass, fake_quant_tensor, prepare_graph,
+    require_symmetric_per_channel, weight_params,
 };
 use super::kmeans::{kmeans_1d, layer_seed};
 use super::lsq::LsqQuantizer;
@@ -63,15 +64,7 @@ pub fn channel_weight_errors(w: &Tensor, p: &LayerPrecision) -> Result<Vec<f64>>
     if p.w_bits >= FULL_PRECISION {
         return Ok(vec![0.0; channels]);
     }
-    if p.quantizer != QuantizerKind::Symmetric || p.granularity != Granularity::PerChannel {
-        return Err(Error::config(
-            "quantizer",
-            format!(
-                "layer {}: channel errors need the symmetric per-channel quantizer",
-                p.name
-            ),
-        ));
-    }
+    require_symmetric_per_channel(p, "quantizer", "channel errors need")?;
     let p = LayerPrecision {
         channel_w_bits: None,
         ..p.clone()

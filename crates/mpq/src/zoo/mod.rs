@@ -8,11 +8,13 @@ mod resnet;
 mod vgg;
 
 use candle::Device;
-use serde::{Deserialize, Serialize};
 
 use crate::graph::Graph;
-use crate::model::{Model, ModelMeta};
+use crate::meta::ModelMeta;
+use crate::model::Model;
 use crate::{Error, Result};
+
+pub use crate::meta::ZooConfig;
 
 /// Every architecture name the zoo knows.
 pub const ARCHS: &[&str] = &[
@@ -26,43 +28,6 @@ pub const ARCHS: &[&str] = &[
     "mobilenetv2",
     "vgg11-small",
 ];
-
-/// What a zoo architecture is built for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ZooConfig {
-    /// Per-sample input shape `[C, H, W]`.
-    pub input_shape: Vec<usize>,
-    /// Number of classes.
-    pub classes: usize,
-    /// Width multiplier (MobileNetV2; 1.0 elsewhere).
-    #[serde(default = "one")]
-    pub width: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-impl ZooConfig {
-    /// Input shape and class count, width 1.
-    pub fn new(input_shape: impl Into<Vec<usize>>, classes: usize) -> Self {
-        ZooConfig {
-            input_shape: input_shape.into(),
-            classes,
-            width: 1.0,
-        }
-    }
-
-    /// The usual input shape and class count of `arch` (MNIST for `mlp`/`lenet5`, CIFAR-10
-    /// for the CIFAR ResNets and VGG, ImageNet for `resnet18` and `mobilenetv2`).
-    pub fn default_for(arch: &str) -> Self {
-        match arch {
-            "mlp" | "lenet5" => ZooConfig::new([1, 28, 28], 10),
-            "resnet18" | "mobilenetv2" => ZooConfig::new([3, 224, 224], 1000),
-            _ => ZooConfig::new([3, 32, 32], 10),
-        }
-    }
-}
 
 fn check_arch(arch: &str) -> Result<()> {
     if ARCHS.contains(&arch) {

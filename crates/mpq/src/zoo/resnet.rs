@@ -46,27 +46,34 @@ fn basic_block(
 
 /// CIFAR ResNet with `n` blocks per stage (depth 6n+2).
 pub(super) fn cifar_resnet(n: usize, cfg: &ZooConfig, seed: u64, device: &Device) -> Result<Graph> {
-    let mut b = GraphBuilder::new(&cfg.input_shape, device, seed);
-    b.conv_init(ConvInit::KaimingNormalFanOut);
     let c = cfg.input_shape[0];
-    let x = b.conv2d("conv1", b.input(), Conv2dSpec::new(c, 16, 3, 1, 1, false))?;
-    let x = b.batch_norm("bn1", x)?;
-    let x = b.relu(x)?;
+    let (mut b, x) = stem(cfg, seed, device, Conv2dSpec::new(c, 16, 3, 1, 1, false))?;
     let x = stages(&mut b, x, 16, &[16, 32, 64], n)?;
     classifier(b, x, cfg.classes)
 }
 
 /// torchvision `resnet18`: 7x7/2 stem, 3x3/2 max-pool, four stages of two BasicBlocks.
 pub(super) fn resnet18(cfg: &ZooConfig, seed: u64, device: &Device) -> Result<Graph> {
-    let mut b = GraphBuilder::new(&cfg.input_shape, device, seed);
-    b.conv_init(ConvInit::KaimingNormalFanOut);
     let c = cfg.input_shape[0];
-    let x = b.conv2d("conv1", b.input(), Conv2dSpec::new(c, 64, 7, 2, 3, false))?;
-    let x = b.batch_norm("bn1", x)?;
-    let x = b.relu(x)?;
+    let (mut b, x) = stem(cfg, seed, device, Conv2dSpec::new(c, 64, 7, 2, 3, false))?;
     let x = b.max_pool(x, PoolSpec::new(3, 2, 1))?;
     let x = stages(&mut b, x, 64, &[64, 128, 256, 512], 2)?;
     classifier(b, x, cfg.classes)
+}
+
+/// A builder with Kaiming fan-out conv init and the stem `conv1` (`spec`), `bn1`, ReLU.
+fn stem(
+    cfg: &ZooConfig,
+    seed: u64,
+    device: &Device,
+    spec: Conv2dSpec,
+) -> Result<(GraphBuilder, NodeId)> {
+    let mut b = GraphBuilder::new(&cfg.input_shape, device, seed);
+    b.conv_init(ConvInit::KaimingNormalFanOut);
+    let x = b.conv2d("conv1", b.input(), spec)?;
+    let x = b.batch_norm("bn1", x)?;
+    let x = b.relu(x)?;
+    Ok((b, x))
 }
 
 /// Stages `layer1..` of `blocks` BasicBlocks each; every stage after the first halves the

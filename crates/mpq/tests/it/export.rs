@@ -5,9 +5,9 @@
 use candle::Device;
 use mpq::QuantPlan;
 use mpq::cost::CostTable;
-use mpq::data::{self, DataSplits};
+use mpq::data::{self, DataSplits, Dataset, Normalization};
 use mpq::export;
-use mpq::graph::{ForwardOptions, Mode};
+use mpq::graph::{ForwardOptions, Graph, Mode};
 use mpq::model::{Model, ModelHint};
 use mpq::pipeline::{bit_equal, same_weights};
 use mpq::plan::{Granularity, QuantizerKind};
@@ -21,6 +21,18 @@ fn splits(shape: &str) -> DataSplits {
     data::load(&format!("synthetic:{shape}:10:96"), &Default::default()).unwrap()
 }
 
+/// One epoch of quantization-aware training of `graph` under `hooks` (batch 32, rate `lr`).
+fn one_epoch(graph: &Graph, train: &Dataset, norm: &Normalization, lr: f64, hooks: &mut PlanHooks) {
+    let tc = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        lr,
+        ..TrainConfig::default()
+    };
+    let progress = &mut mpq::progress::NoProgress;
+    train_with(graph, train, None, norm, &tc, hooks, progress).unwrap();
+}
+
 /// Quantizes `model` under `plan` (optionally a few QAT steps), exports, reloads and checks
 /// weights, logits and sizes.
 fn round_trip(model: &Model, plan: &QuantPlan, splits: &DataSplits, qat: bool, tag: &str) {
@@ -32,22 +44,7 @@ fn round_trip(model: &Model, plan: &QuantPlan, splits: &DataSplits, qat: bool, t
     };
     let mut hooks = PlanHooks::calibrate(&graph, plan, &splits.train, &norm, &cfg).unwrap();
     if qat {
-        let tc = TrainConfig {
-            epochs: 1,
-            batch_size: 32,
-            lr: 0.01,
-            ..TrainConfig::default()
-        };
-        train_with(
-            &graph,
-            &splits.train,
-            None,
-            &norm,
-            &tc,
-            &mut hooks,
-            &mut mpq::progress::NoProgress,
-        )
-        .unwrap();
+        one_epoch(&graph, &splits.train, &norm, 0.01, &mut hooks);
     }
     let dir = temp_dir(tag);
     let path = dir.join("model.safetensors");
@@ -104,6 +101,26 @@ fn lenet() -> (Model, DataSplits) {
     (m, s)
 }
 
+fn resnet8() -> (Model, DataSplits) {
+    let s = splits("3x16x16");
+    let m = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
+    (m, s)
+}
+
+/// The plan with every layer of `model` at `w_bits` / `a_bits`.
+fn uniform(model: &Model, w_bits: u32, a_bits: u32) -> QuantPlan {
+    QuantPlan::uniform(&model.graph.layer_infos().unwrap(), w_bits, a_bits)
+}
+
+/// [`uniform`] with every layer's quantizer set to `q`.
+fn uniform_with(model: &Model, w_bits: u32, a_bits: u32, q: QuantizerKind) -> QuantPlan {
+    let mut plan = uniform(model, w_bits, a_bits);
+    for l in &mut plan.layers {
+        l.quantizer = q;
+    }
+    plan
+}
+
 #[test]
 fn lenet_mixed_plans_round_trip_bit_identically() {
     let (model, s) = lenet();
@@ -148,10 +165,9 @@ fn lenet_mixed_plans_round_trip_bit_identically() {
 
 #[test]
 fn resnet_per_channel_plan_round_trips_with_folded_batchnorm() {
-    let rs = splits("3x16x16");
-    let resnet = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
+    let (resnet, rs) = resnet8();
     let layers = resnet.graph.layer_infos().unwrap();
-    let mut plan = QuantPlan::uniform(&layers, 8, 8);
+    let mut plan = uniform(&resnet, 8, 8);
     for (k, l) in plan.layers.iter_mut().enumerate() {
         let n = layers[k].out_channels;
         l.channel_w_bits = Some((0..n).map(|c| [8, 4, 3, 2][(c + k) % 4]).collect());
@@ -163,11 +179,7 @@ fn resnet_per_channel_plan_round_trips_with_folded_batchnorm() {
 #[test]
 fn lsq_plans_round_trip_after_training_the_steps() {
     let (model, s) = lenet();
-    let layers = model.graph.layer_infos().unwrap();
-    let mut plan = QuantPlan::uniform(&layers, 2, 4);
-    for l in &mut plan.layers {
-        l.quantizer = QuantizerKind::Lsq;
-    }
+    let mut plan = uniform_with(&model, 2, 4, QuantizerKind::Lsq);
     plan.layers[1].granularity = Granularity::PerTensor;
     round_trip(&model, &plan, &s, true, "lenet-lsq");
 }
@@ -175,11 +187,10 @@ fn lsq_plans_round_trip_after_training_the_steps() {
 #[test]
 fn kmeans_plans_round_trip_bit_identically() {
     let (model, s) = lenet();
-    let layers = model.graph.layer_infos().unwrap();
     // HAQ's k-means on the middle layers (conv1 at 8 bits has fewer weights, 150, than
     // 256 clusters), uniform at the ends, one k-means layer with FP32 activations and the
     // search's 3 iterations.
-    let mut plan = QuantPlan::uniform(&layers, 4, 8);
+    let mut plan = uniform(&model, 4, 8);
     plan.method = "haq".into();
     for (i, bits) in [(0, 8), (1, 3), (2, 2), (3, 5)] {
         plan.layers[i].quantizer = QuantizerKind::KMeans;
@@ -191,9 +202,8 @@ fn kmeans_plans_round_trip_bit_identically() {
     // Fine-tuning moves the shared centroids; the file still reproduces the simulation.
     round_trip(&model, &plan, &s, true, "lenet-kmeans-qat");
     // The packed file of a ResNet, with its folded BatchNorms.
-    let rs = splits("3x16x16");
-    let resnet = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
-    let mut plan = QuantPlan::uniform(&resnet.graph.layer_infos().unwrap(), 4, 8);
+    let (resnet, rs) = resnet8();
+    let mut plan = uniform(&resnet, 4, 8);
     for l in plan.layers.iter_mut().skip(1) {
         l.quantizer = QuantizerKind::KMeans;
     }
@@ -203,10 +213,7 @@ fn kmeans_plans_round_trip_bit_identically() {
 #[test]
 fn kmeans_fine_tuning_keeps_the_clusters_shared() {
     let (model, s) = lenet();
-    let mut plan = QuantPlan::uniform(&model.graph.layer_infos().unwrap(), 2, 8);
-    for l in &mut plan.layers {
-        l.quantizer = QuantizerKind::KMeans;
-    }
+    let plan = uniform_with(&model, 2, 8, QuantizerKind::KMeans);
     let graph = prepare_graph(&model.graph, &plan).unwrap();
     let cfg = CalibrationConfig {
         samples: 64,
@@ -222,22 +229,7 @@ fn kmeans_fine_tuning_keeps_the_clusters_shared() {
             .unwrap()
     };
     let before = hooks.weight_codebook("fc1", &w(&graph)).unwrap().unwrap();
-    let tc = TrainConfig {
-        epochs: 1,
-        batch_size: 32,
-        lr: 0.05,
-        ..TrainConfig::default()
-    };
-    train_with(
-        &graph,
-        &s.train,
-        None,
-        &s.normalization,
-        &tc,
-        &mut hooks,
-        &mut mpq::progress::NoProgress,
-    )
-    .unwrap();
+    one_epoch(&graph, &s.train, &s.normalization, 0.05, &mut hooks);
     let after = hooks.weight_codebook("fc1", &w(&graph)).unwrap().unwrap();
     // Same assignment, moved centroids, at most 4 distinct values in the used weight.
     assert_eq!(after.codes, before.codes);
@@ -260,10 +252,8 @@ fn kmeans_fine_tuning_keeps_the_clusters_shared() {
 
 #[test]
 fn resnet_round_trips_with_and_without_folded_batch_norm() {
-    let s = splits("3x16x16");
-    let model = zoo::build("resnet8", &ZooConfig::new([3, 16, 16], 10), 2).unwrap();
-    let layers = model.graph.layer_infos().unwrap();
-    let mut plan = QuantPlan::uniform(&layers, 4, 8);
+    let (model, s) = resnet8();
+    let mut plan = uniform(&model, 4, 8);
     round_trip(&model, &plan, &s, false, "resnet8-folded");
     plan.fold_bn = false;
     round_trip(&model, &plan, &s, true, "resnet8-bn");
@@ -327,7 +317,7 @@ fn per_channel_widths_simulate_exactly() {
 #[test]
 fn corrupt_packed_files_are_input_errors() {
     let (model, s) = lenet();
-    let plan = QuantPlan::uniform(&model.graph.layer_infos().unwrap(), 4, 8);
+    let plan = uniform(&model, 4, 8);
     let graph = prepare_graph(&model.graph, &plan).unwrap();
     let hooks = PlanHooks::calibrate(
         &graph,

@@ -489,14 +489,20 @@ fn check_pool(p: PoolSpec, x_shape: [usize; 4], max: bool, seed: u64) {
     });
 }
 
+/// Max pooling 3x3/2 pad 1 and 2x2/2; average pooling 3x3/2 pad 1 (counting the padding),
+/// 2x2/2 and 3x3/1 pad 1.
 #[test]
-fn max_pool_3x3_stride2_pad1_matches_reference_and_finite_differences() {
-    check_pool(PoolSpec::new(3, 2, 1), [2, 3, 7, 6], true, 41);
-}
-
-#[test]
-fn max_pool_2x2_stride2_matches_reference_and_finite_differences() {
-    check_pool(PoolSpec::new(2, 2, 0), [2, 2, 6, 5], true, 42);
+fn pooling_matches_reference_and_finite_differences() {
+    // (window, input shape, max (else average), seed)
+    for (p, x_shape, max, seed) in [
+        (PoolSpec::new(3, 2, 1), [2, 3, 7, 6], true, 41),
+        (PoolSpec::new(2, 2, 0), [2, 2, 6, 5], true, 42),
+        (PoolSpec::new(3, 2, 1), [2, 3, 7, 6], false, 44),
+        (PoolSpec::new(2, 2, 0), [2, 2, 6, 4], false, 45),
+        (PoolSpec::new(3, 1, 1), [1, 2, 4, 5], false, 46),
+    ] {
+        check_pool(p, x_shape, max, seed);
+    }
 }
 
 #[test]
@@ -509,21 +515,6 @@ fn max_pool_of_all_negative_input_ignores_padding() {
     let out = to_f64(&g.forward(&tensor(&x0, &x_shape), Mode::Eval).unwrap());
     assert!(out.iter().all(|&v| v < 0.0), "{out:?}");
     assert_close(&out, &pool_ref(&x0, x_shape, &p, true), 0.0, 0.0);
-}
-
-#[test]
-fn avg_pool_3x3_stride2_pad1_counts_padding_and_matches_finite_differences() {
-    check_pool(PoolSpec::new(3, 2, 1), [2, 3, 7, 6], false, 44);
-}
-
-#[test]
-fn avg_pool_2x2_stride2_matches_reference_and_finite_differences() {
-    check_pool(PoolSpec::new(2, 2, 0), [2, 2, 6, 4], false, 45);
-}
-
-#[test]
-fn avg_pool_3x3_stride1_pad1_matches_reference_and_finite_differences() {
-    check_pool(PoolSpec::new(3, 1, 1), [1, 2, 4, 5], false, 46);
 }
 
 #[test]

@@ -129,21 +129,24 @@ fn shapes(model: &Model) -> HashMap<String, Vec<usize>> {
         .collect()
 }
 
-fn assert_keys(model: &Model, expected: &[(&str, &[usize])]) {
-    let shapes = shapes(model);
+/// Builds `arch` for 224x224 ImageNet and checks that its parameters include `expected`
+/// (name and shape); returns the model.
+fn assert_keys(arch: &str, expected: &[(&str, &[usize])]) -> Model {
+    let model = zoo::build(arch, &ZooConfig::new([3, 224, 224], 1000), 0).unwrap();
+    let shapes = shapes(&model);
     for (name, shape) in expected {
         let got = shapes
             .get(*name)
             .unwrap_or_else(|| panic!("missing state_dict key {name}"));
         assert_eq!(got.as_slice(), *shape, "{name}");
     }
+    model
 }
 
 #[test]
 fn resnet18_parameter_names_match_torchvision_state_dict() {
-    let model = zoo::build("resnet18", &ZooConfig::new([3, 224, 224], 1000), 0).unwrap();
-    assert_keys(
-        &model,
+    let model = assert_keys(
+        "resnet18",
         &[
             ("conv1.weight", &[64, 3, 7, 7]),
             ("bn1.weight", &[64]),
@@ -176,9 +179,8 @@ fn resnet18_parameter_names_match_torchvision_state_dict() {
 
 #[test]
 fn mobilenetv2_parameter_names_match_torchvision_state_dict() {
-    let model = zoo::build("mobilenetv2", &ZooConfig::new([3, 224, 224], 1000), 0).unwrap();
-    assert_keys(
-        &model,
+    let model = assert_keys(
+        "mobilenetv2",
         &[
             ("features.0.0.weight", &[32, 3, 3, 3]),
             ("features.0.1.weight", &[32]),
@@ -239,6 +241,11 @@ fn save(tensors: &HashMap<String, Tensor>, path: &Path) {
     candle::safetensors::save(tensors, path).unwrap();
 }
 
+/// The error of loading `path` with `hint` on the CPU (the load must fail).
+fn load_err(path: &Path, hint: &ModelHint) -> Error {
+    Model::load(path, hint, &Device::Cpu).expect_err("the load should fail")
+}
+
 fn check_pytorch_checkpoint(arch: &str, shape: [usize; 3], victim: &str) {
     let dir = temp_dir(arch);
     // Weights from seed 7; the loader builds from seed 0, so matching values come from the file.
@@ -268,16 +275,12 @@ fn check_pytorch_checkpoint(arch: &str, shape: [usize; 3], victim: &str) {
     missing.remove(victim).unwrap();
     let path = dir.join("missing.safetensors");
     save(&missing, &path);
-    match Model::load(&path, &hint, &Device::Cpu) {
-        Err(e @ Error::MissingTensor { .. }) => {
-            let Error::MissingTensor { name, .. } = &e else {
-                unreachable!()
-            };
-            assert_eq!(name, victim);
-            assert!(e.is_input_error());
-        }
-        other => panic!("expected MissingTensor, got {other:?}"),
-    }
+    let e = load_err(&path, &hint);
+    assert!(
+        matches!(&e, Error::MissingTensor { name, .. } if name == victim),
+        "{e:?}"
+    );
+    assert!(e.is_input_error());
 
     let mut extra = sd.clone();
     extra.insert(
@@ -286,10 +289,11 @@ fn check_pytorch_checkpoint(arch: &str, shape: [usize; 3], victim: &str) {
     );
     let path = dir.join("extra.safetensors");
     save(&extra, &path);
-    match Model::load(&path, &hint, &Device::Cpu) {
-        Err(Error::UnexpectedTensor { name, .. }) => assert_eq!(name, "head.weight"),
-        other => panic!("expected UnexpectedTensor, got {other:?}"),
-    }
+    let e = load_err(&path, &hint);
+    assert!(
+        matches!(&e, Error::UnexpectedTensor { name, .. } if name == "head.weight"),
+        "{e:?}"
+    );
 
     let mut misshaped = sd.clone();
     let dims = sd[victim].dims().to_vec();
@@ -301,16 +305,18 @@ fn check_pytorch_checkpoint(arch: &str, shape: [usize; 3], victim: &str) {
     );
     let path = dir.join("misshaped.safetensors");
     save(&misshaped, &path);
-    match Model::load(&path, &hint, &Device::Cpu) {
-        Err(Error::ShapeMismatch { name, .. }) => assert!(name.contains(victim), "{name}"),
-        other => panic!("expected ShapeMismatch, got {other:?}"),
-    }
+    let e = load_err(&path, &hint);
+    assert!(
+        matches!(&e, Error::ShapeMismatch { name, .. } if name.contains(victim)),
+        "{e:?}"
+    );
 
     // Without --arch a file lacking mpq metadata cannot be interpreted.
-    match Model::load(&good, &ModelHint::default(), &Device::Cpu) {
-        Err(e @ Error::InvalidConfig { .. }) => assert!(e.is_input_error()),
-        other => panic!("expected InvalidConfig, got {other:?}"),
-    }
+    let e = load_err(&good, &ModelHint::default());
+    assert!(
+        matches!(e, Error::InvalidConfig { .. }) && e.is_input_error(),
+        "{e:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -334,10 +340,9 @@ fn truncated_safetensors_file_is_a_corrupt_file_error() {
     for keep in [bytes.len() / 2, bytes.len() - 1, 20, 4] {
         let cut = dir.join(format!("cut{keep}.safetensors"));
         std::fs::write(&cut, &bytes[..keep]).unwrap();
-        match Model::load(&cut, &ModelHint::default(), &Device::Cpu) {
-            Err(e @ Error::CorruptFile { .. }) => assert!(e.is_input_error()),
-            other => panic!("{keep} bytes: expected CorruptFile, got {other:?}"),
-        }
+        let e = load_err(&cut, &ModelHint::default());
+        let ok = matches!(e, Error::CorruptFile { .. }) && e.is_input_error();
+        assert!(ok, "{keep} bytes: {e:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -345,7 +350,7 @@ fn truncated_safetensors_file_is_a_corrupt_file_error() {
 #[test]
 fn missing_model_file_is_an_io_input_error() {
     let path = temp_dir("missing").join("does-not-exist.safetensors");
-    let err = Model::load(&path, &hint("resnet18", [3, 32, 32]), &Device::Cpu).unwrap_err();
+    let err = load_err(&path, &hint("resnet18", [3, 32, 32]));
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
     assert!(err.is_input_error());
     assert!(err.to_string().contains("does-not-exist"), "{err}");
