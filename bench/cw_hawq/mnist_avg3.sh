@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# CW-HAWQ (Qian et al. 2020, spec §3) on the bundled mnist10k, issue 8 acceptance run: an average
+# CW-HAWQ (Qian et al. 2020, docs/algorithms.md §3) on the bundled mnist10k, issue 8 acceptance run: an average
 # of 3 weight bits (8-bit activations, MSE weight clip), the CW-HAWQ plan (DDPG over channel
 # ratios) against the layer-wise HAWQ-V2 `pareto` plan, the deterministic channel-wise baseline
 # `cw-ilp` and uniform W3, each after post-training quantization and after the same short
-# fine-tune (1 epoch of QAT), on the test split. Two candidate sets: {2,4,8} (the spec's
-# example, CW-HAWQ's default) and {2,3,4,5,6,8}.
+# fine-tune (1 epoch of QAT), on the test split. Two candidate sets: {2,4,8} (CW-HAWQ's
+# default, the example of docs/algorithms.md §3.3) and {2,3,4,5,6,8}.
 #
 #   bench/cw_hawq/mnist_avg3.sh [WORKDIR] [EPISODES] [EXTRA CW-HAWQ FLAGS...]
 #

@@ -1,4 +1,4 @@
-//! Times LIMPQ's one-shot integer program (Tang et al. ECCV 2022, spec §5.6) on ResNet-18 layer
+//! Times LIMPQ's one-shot integer program (Tang et al. ECCV 2022, docs/algorithms.md §5.6) on ResNet-18 layer
 //! shapes: 19 searched layers (16 body convs and 3 downsample convs; conv1 and fc pinned at
 //! 8 bits), 5 candidate bits {2..6} for weights and for activations (25 choices a layer, 475
 //! binaries), under BitOps, BitOps + compression-ratio, and average-bit budgets. Indicators

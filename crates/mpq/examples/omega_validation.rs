@@ -1,4 +1,4 @@
-//! Does HAWQ-V2's Ω (Dong et al. NeurIPS 2020, spec §2.4–§2.6) predict what quantization costs?
+//! Does HAWQ-V2's Ω (Dong et al. NeurIPS 2020, docs/algorithms.md §2.4–§2.6) predict what quantization costs?
 //! With real sensitivities from `mpq analyze` on a trained model: (1) over random plans of
 //! (nearly) equal average weight bits, the Spearman correlation between a plan's total Ω and its
 //! measured post-training loss increase on the test split; (2) the `pareto`, `ilp` and
@@ -202,7 +202,7 @@ fn main() -> mpq::Result<()> {
             sens.set_weight_error(&name, b, e);
         }
     }
-    // E‖Q_b(a) − a‖² with each width's calibrated range (spec §2.6), on the calibration samples.
+    // E‖Q_b(a) − a‖² with each width's calibrated range (docs/algorithms.md §2.6), on the calibration samples.
     let act = act_errors(
         &model.graph,
         &template,

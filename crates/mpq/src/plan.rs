@@ -1,7 +1,7 @@
 //! The quantization plan: the shared contract between search, quantization, evaluation and
 //! export. A [`QuantPlan`] serialises to the plan part of the policy file
 //! ([`crate::search::Policy`], `docs/file-formats.md`)
-//! ("JSON results", `mpq search`), and carries the bit conventions of spec §0.3–§0.4
+//! ("JSON results", `mpq search`), and carries the bit conventions of docs/algorithms.md §0.3–§0.4
 //! (`b^w_l`, `b^a_l`; 32 bits = full precision).
 //!
 //! A model layer that has no entry in a plan is kept in full precision (FP32 weights and
@@ -27,11 +27,11 @@ pub const MIN_BITS: BitWidth = 2;
 /// The largest quantized bit-width a plan may use.
 pub const MAX_BITS: BitWidth = 8;
 
-/// Lloyd iterations of the k-means weight quantizer during HAQ's search (spec §4.9:
+/// Lloyd iterations of the k-means weight quantizer during HAQ's search (docs/algorithms.md §4.9:
 /// `max_iter = 3`, cheap).
 pub const KMEANS_SEARCH_ITERS: u32 = 3;
 
-/// Lloyd iterations of the k-means weight quantizer for the final model (spec §4.9:
+/// Lloyd iterations of the k-means weight quantizer for the final model (docs/algorithms.md §4.9:
 /// `max_iter = 50`); the default when a plan does not say ([`LayerPrecision::kmeans_iters`]).
 pub const KMEANS_FINETUNE_ITERS: u32 = 50;
 
@@ -51,7 +51,7 @@ pub enum Granularity {
     PerChannel,
 }
 
-/// Which quantizer maps values to integers (spec §7.2).
+/// Which quantizer maps values to integers (docs/algorithms.md §7.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuantizerKind {
@@ -60,9 +60,9 @@ pub enum QuantizerKind {
     Symmetric,
     /// Asymmetric uniform quantizer (scale and zero point).
     Asymmetric,
-    /// Learned step size quantization (LSQ, spec §5.2): a learned scale, no zero point.
+    /// Learned step size quantization (LSQ, docs/algorithms.md §5.2): a learned scale, no zero point.
     Lsq,
-    /// HAQ's model-size quantizer (spec §4.9): 1-D k-means with `2^b` clusters over the
+    /// HAQ's model-size quantizer (docs/algorithms.md §4.9): 1-D k-means with `2^b` clusters over the
     /// whole weight tensor, weights replaced by their cluster's centroid (a codebook of `f32`
     /// values and `b`-bit indices). Weights only: the layer's activations, if quantized, use
     /// the uniform calibrated quantizer; `granularity` does not apply (one codebook per
@@ -84,7 +84,7 @@ impl QuantizerKind {
     }
 }
 
-/// How a weight quantizer chooses its range (spec §7.2.2, applied to weights).
+/// How a weight quantizer chooses its range (docs/algorithms.md §7.2.2, applied to weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightRange {
@@ -114,7 +114,7 @@ pub struct LayerPrecision {
     pub w_bits: BitWidth,
     /// Input activation bit-width (`2..=8`, or `32` for full precision).
     pub a_bits: BitWidth,
-    /// Per-output-channel weight bit-widths (CW-HAWQ, spec §3); `None`: all channels use
+    /// Per-output-channel weight bit-widths (CW-HAWQ, docs/algorithms.md §3); `None`: all channels use
     /// `w_bits`. Its length must equal the layer's output channels.
     #[serde(default)]
     pub channel_w_bits: Option<Vec<BitWidth>>,
@@ -284,7 +284,7 @@ pub struct QuantPlan {
     /// Simulated energy in millijoules, when a hardware model was used.
     #[serde(default)]
     pub energy_mj: Option<f64>,
-    /// Block-wise fine-tuning order (HAWQ, spec §1.5): layer or block names, most sensitive
+    /// Block-wise fine-tuning order (HAWQ, docs/algorithms.md §1.5): layer or block names, most sensitive
     /// first. Not checked against the model's layers, since it may name blocks.
     #[serde(default)]
     pub finetune_order: Option<Vec<String>>,

@@ -1,4 +1,4 @@
-//! `mpq search --method cw-hawq | cw-ilp` (CW-HAWQ, Qian et al. 2020, spec §3): per-channel
+//! `mpq search --method cw-hawq | cw-ilp` (CW-HAWQ, Qian et al. 2020, docs/algorithms.md §3): per-channel
 //! plans that meet the budget and follow the channel trace order, the same seed gives the same
 //! plan and history, the plan goes through `mpq quantize` (QAT, packed export) bit-exactly,
 //! and wrong inputs exit 2 before any episode.

@@ -1,5 +1,5 @@
 //! End-to-end tests of the `mpq` binary: exit codes, error messages and the files a command
-//! leaves behind (see `shared/design/cli.md`). Every test runs the built binary in its own
+//! leaves behind (see `docs/cli.md`). Every test runs the built binary in its own
 //! temporary folder.
 
 use std::collections::BTreeSet;

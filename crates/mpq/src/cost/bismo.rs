@@ -1,6 +1,6 @@
 //! BISMO-style bit-serial matrix-multiplication overlay (Umuroglu, Rasnayake, Själander,
 //! "BISMO: A Scalable Bit-Serial Matrix Multiplication Overlay for Reconfigurable Computing",
-//! FPL 2018; HAQ's latency model, spec §4.8). A layer is a matrix product `M×K · K×N`
+//! FPL 2018; HAQ's latency model, docs/algorithms.md §4.8). A layer is a matrix product `M×K · K×N`
 //! (`M` output channels per group, `K` reduction length, `N` output pixels times batch); each
 //! cycle a `dm × dn` array of `dk`-bit AND-popcount units does one binary tile, and a
 //! `w × a`-bit product takes `w·a` binary products, so

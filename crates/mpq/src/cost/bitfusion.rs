@@ -1,6 +1,6 @@
 //! BitFusion-style spatially fused accelerator (Sharma et al., "Bit Fusion: Bit-Level
 //! Dynamically Composable Architecture for Accelerating Deep Neural Networks", ISCA 2018; the
-//! HAQ energy model, spec §4.8). Operands are padded to 2, 4 or 8 bits (16 and 32 by temporal
+//! HAQ energy model, docs/algorithms.md §4.8). Operands are padded to 2, 4 or 8 bits (16 and 32 by temporal
 //! fusion); a `w × a` MAC occupies `(pad(w)/2)·(pad(a)/2)` 2-bit BitBricks, so a Fusion Unit
 //! of 16 bricks does 1 MAC per cycle at 8/8, 4 at 4/4 and 16 at 2/2.
 

@@ -1,4 +1,4 @@
-//! Bit-operation accounting (spec §0.4 "BitOps / BOPs", §7.5 "BOPs"):
+//! Bit-operation accounting (docs/algorithms.md §0.4 "BitOps / BOPs", §7.5 "BOPs"):
 //! `BOPs = Σ_l MAC_l · b^w_l · b^a_l` per sample. An FP32 layer counts as 32×32. With
 //! channel-wise weight widths each output channel does `MAC_l / out_channels` MACs, so
 //! `BOPs_l = Σ_c MAC_l / C_out · b_c · b^a_l = MAC_l · mean(b_c) · b^a_l` (the §7.5 closed
@@ -27,7 +27,7 @@ pub fn layer_bops(layer: &LayerInfo, precision: Option<&LayerPrecision>) -> f64 
     }
 }
 
-/// Bit operations per sample, `MAC·b_w·b_a` (spec §0.4).
+/// Bit operations per sample, `MAC·b_w·b_a` (docs/algorithms.md §0.4).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BitOps;
 

@@ -1,5 +1,5 @@
 //! Hardware specifications of the analytic accelerator simulators, loaded from TOML (HAQ, Wang
-//! et al. CVPR 2019, spec §4.8: BitFusion, Sharma et al. ISCA 2018; BISMO, Umuroglu et al.
+//! et al. CVPR 2019, docs/algorithms.md §4.8: BitFusion, Sharma et al. ISCA 2018; BISMO, Umuroglu et al.
 //! FPL 2018). The built-in specs are the files of the repository's `hardware/` folder, compiled
 //! in; `docs/cost-models.md` gives the formulas and where each default comes from.
 

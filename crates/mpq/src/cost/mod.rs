@@ -1,5 +1,5 @@
 //! Tensor-free cost accounting over a model's [`LayerInfo`] table and a [`QuantPlan`]
-//! (spec §0.4 "Cost conventions shared by all methods", §7.5 "Cost models").
+//! (docs/algorithms.md §0.4 "Cost conventions shared by all methods", §7.5 "Cost models").
 //!
 //! Conventions, shared by every method:
 //! - sizes count weight elements only; biases and BatchNorm parameters are excluded (§0.4);
@@ -60,7 +60,7 @@ pub trait CostModel {
     }
 
     /// Total cost with every layer at `w_bits`/`a_bits` (reference budgets such as HAQ's
-    /// `ratio × cost(all at reference bits)`, spec §7.5).
+    /// `ratio × cost(all at reference bits)`, docs/algorithms.md §7.5).
     fn uniform_cost(&self, layers: &[LayerInfo], w_bits: f64, a_bits: f64) -> f64 {
         layers
             .iter()
@@ -103,7 +103,7 @@ pub struct CostTable {
     pub overhead_bits: u64,
     /// Model size in bytes including metadata: `ceil((weight_bits + overhead_bits) / 8)`.
     pub size_bytes: u64,
-    /// Model size in bytes of the weights alone, `ceil(Σ n·b / 8)` (spec §0.4 convention).
+    /// Model size in bytes of the weights alone, `ceil(Σ n·b / 8)` (docs/algorithms.md §0.4 convention).
     pub size_bytes_weights_only: u64,
     /// Parameter-weighted mean weight bit-width `Σ n·b / Σ n` (0 for a model without weights).
     pub avg_w_bits: f64,
@@ -120,7 +120,7 @@ pub struct CostTable {
     /// Bytes of this plan's packed export ([`crate::export`]) without the safetensors header:
     /// per layer its codes rounded up to whole bytes (or `4·n` in FP32), its scales and zero
     /// points, its FP32 biases, and 8 bytes (scale and zero point) per quantized input
-    /// activation. Unlike `size_bytes` (spec §0.4, biases excluded) this is what the file
+    /// activation. Unlike `size_bytes` (docs/algorithms.md §0.4, biases excluded) this is what the file
     /// holds; unfolded BatchNorm parameters are not layer rows and are not counted.
     pub stored_bytes: u64,
 }
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn kmeans_layers_count_their_codebook() {
-        // HAQ's k-means: n·b weight bits (spec §4.9) plus a codebook of 2^b f32 centroids.
+        // HAQ's k-means: n·b weight bits (docs/algorithms.md §4.9) plus a codebook of 2^b f32 centroids.
         let mut fc1 = lp("fc1", 3, 32);
         fc1.quantizer = QuantizerKind::KMeans;
         fc1.granularity = Granularity::PerTensor;

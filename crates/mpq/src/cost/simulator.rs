@@ -1,5 +1,5 @@
 //! Per-layer latency and energy of a plan on an accelerator (HAQ, Wang et al. CVPR 2019;
-//! spec §4.8, §7.5): the analytic BitFusion and BISMO models with a roofline memory term, or
+//! docs/algorithms.md §4.8, §7.5): the analytic BitFusion and BISMO models with a roofline memory term, or
 //! a user's lookup table. Analytic layers take `latency = max(compute, memory)`, where memory
 //! moves the weights (`n·w/8` bytes, once per batch) and every image's input and output
 //! activations (`m·a/8` and `out·output_bits/8` bytes) at the spec's bandwidth; energy is

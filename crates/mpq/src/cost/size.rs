@@ -1,10 +1,10 @@
-//! Model size accounting (spec §0.4 "Model size", §7.5 "Size"): `Size = Σ_l n_l · b^w_l`
+//! Model size accounting (docs/algorithms.md §0.4 "Model size", §7.5 "Size"): `Size = Σ_l n_l · b^w_l`
 //! bits, with channel-wise widths summed per output channel, plus optional quantizer
 //! metadata (scales and zero points, or a k-means codebook) reported separately as overhead.
-//! HAQ's own accounting ignores the codebook (spec §4.9); `Σ n·b` here is that number.
+//! HAQ's own accounting ignores the codebook (docs/algorithms.md §4.9); `Σ n·b` here is that number.
 //!
 //! Conventions: `n_l` counts weight elements only; biases and BatchNorm parameters are
-//! excluded, as in every method's code (spec §0.4). Every quantizable layer is counted,
+//! excluded, as in every method's code (docs/algorithms.md §0.4). Every quantizable layer is counted,
 //! the first and last included. Activation quantizer scales are not part of the size.
 
 use super::CostModel;
@@ -59,7 +59,7 @@ pub fn overhead_bits(layer: &LayerInfo, precision: Option<&LayerPrecision>) -> u
     scales * per_scale
 }
 
-/// Weight storage in bits, `n·b_w` (spec §0.4; no quantizer metadata).
+/// Weight storage in bits, `n·b_w` (docs/algorithms.md §0.4; no quantizer metadata).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ModelSize;
 

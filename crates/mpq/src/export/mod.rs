@@ -9,7 +9,7 @@
 //!   plan has `channel_w_bits`;
 //! - `L.weight.scale`: `F32 [C]` (per channel) or `[1]`; `L.weight.zero_point`: `F32`, same
 //!   shape, only for quantizers with a zero point;
-//! - for k-means layers (HAQ, spec §4.9) instead: `L.weight.codes` holds each element's
+//! - for k-means layers (HAQ, docs/algorithms.md §4.9) instead: `L.weight.codes` holds each element's
 //!   centroid index at `b` bits, and `L.weight.codebook` is `F32 [2^b]`, the centroids
 //!   ascending (padded with the last one when the layer has fewer distinct weights);
 //! - `L.input.scale` / `L.input.zero_point`: `F32 [1]`, the input-activation quantizer of

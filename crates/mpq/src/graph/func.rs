@@ -121,7 +121,7 @@ fn hard_sigmoid(x: &Tensor, alpha: f64, beta: f64) -> Result<Tensor> {
 /// Applies `op` to a batch.
 ///
 /// # Shapes
-/// Inputs `[N, ...]` (per-sample shapes as [`infer_func_shape`] accepts) → `[N, ...]`.
+/// Inputs `[N, ...]` (per-sample shapes as `infer_func_shape` accepts) → `[N, ...]`.
 pub fn eval_func(op: &FuncOp, xs: &[&Tensor]) -> Result<Tensor> {
     let x = *xs
         .first()

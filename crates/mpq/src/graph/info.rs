@@ -1,5 +1,5 @@
 //! Static shape inference and the [`LayerInfo`] table (shapes, parameters, MACs per sample)
-//! that every cost model reads. MACs follow the usual convention (spec §0.3):
+//! that every cost model reads. MACs follow the usual convention (docs/algorithms.md §0.3):
 //! conv `Cin·Cout·kh·kw·OH·OW/groups`, linear `in·out`.
 
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 //! `mpq` command line, a library user, the comparison harness). Each stage opens its inputs
 //! from references (`zoo:NAME`, a file, `mnist10k`), checks option combinations, runs the
 //! library, writes its outputs atomically, and reports progress and status lines through
-//! [`Progress`]; nothing here prints.
+//! [`Progress`](crate::progress::Progress); nothing here prints.
 //!
 //! | stage | request | outcome | writes |
 //! | --- | --- | --- | --- |

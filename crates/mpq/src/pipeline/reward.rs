@@ -1,4 +1,4 @@
-//! HAQ's reward evaluation (Wang et al., CVPR 2019, spec §4.6), the tensor side of
+//! HAQ's reward evaluation (Wang et al., CVPR 2019, docs/algorithms.md §4.6), the tensor side of
 //! [`crate::search::haq::PlanEvaluator`]: quantize the model under a plan, calibrate the
 //! activation ranges, optionally fine-tune for a few steps, and measure the accuracy on a
 //! split held out of the training data (the test split stays untouched by the search).

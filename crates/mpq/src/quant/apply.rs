@@ -2,7 +2,7 @@
 //! weight is fake-quantized (symmetric scales from the max-abs or the MSE-optimal clip, per
 //! output channel or per tensor, or asymmetric min/max) and its input activation is fake-quantized with a range calibrated on
 //! sample batches (unsigned when the activation is non-negative, as after ReLU).
-//! Rounding is half to even, the same as export. K-means layers (HAQ, spec §4.9) are
+//! Rounding is half to even, the same as export. K-means layers (HAQ, docs/algorithms.md §4.9) are
 //! clustered once at calibration; each forward pass then uses the per-cluster means of the
 //! current weights over that fixed assignment (centroid sharing), with a straight-through
 //! gradient.

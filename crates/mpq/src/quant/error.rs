@@ -1,10 +1,10 @@
 //! Weight quantization error `‖Q_b(W_i) − W_i‖²` per layer and bit-width: the second factor of
-//! HAWQ-V2's `Ω_i = Tr(H_i)/n_i · ‖Q(W_i) − W_i‖²` (Dong et al. NeurIPS 2020, spec §2.4) and of
-//! HAWQ's fine-tuning order (spec §1.5). Computed with the plan's own weight quantizer on the
+//! HAWQ-V2's `Ω_i = Tr(H_i)/n_i · ‖Q(W_i) − W_i‖²` (Dong et al. NeurIPS 2020, docs/algorithms.md §2.4) and of
+//! HAWQ's fine-tuning order (docs/algorithms.md §1.5). Computed with the plan's own weight quantizer on the
 //! unfolded weights, whose Hessian `mpq analyze` measures: the default symmetric per-channel
 //! quantizer commutes with BatchNorm folding (folding scales each output channel, and so its
 //! max-abs scale, by one factor), so this is the folded quantizer's error mapped back. The table goes into the sensitivity JSON's `weight_error` and search stays
-//! tensor-free. The activation counterpart `E_x ‖Q_b(a_i(x)) − a_i(x)‖²` (spec §2.6) uses each
+//! tensor-free. The activation counterpart `E_x ‖Q_b(a_i(x)) − a_i(x)‖²` (docs/algorithms.md §2.6) uses each
 //! bit-width's calibrated activation range, measured on full-precision activations.
 
 use std::collections::BTreeMap;
@@ -55,7 +55,7 @@ pub fn weight_error(w: &Tensor, p: &LayerPrecision) -> Result<f64> {
 }
 
 /// `‖Q(W_c) − W_c‖²` per output channel `c` of one weight tensor under `p` at its `w_bits`
-/// (CW-HAWQ's channel errors, spec §3.3): the symmetric per-channel quantizer restricted to
+/// (CW-HAWQ's channel errors, docs/algorithms.md §3.3): the symmetric per-channel quantizer restricted to
 /// each channel, so the errors sum to [`weight_error`]. Other quantizers are refused, since
 /// per-channel bit-widths need the symmetric per-channel one.
 pub fn channel_weight_errors(w: &Tensor, p: &LayerPrecision) -> Result<Vec<f64>> {

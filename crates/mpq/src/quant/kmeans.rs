@@ -1,5 +1,5 @@
 //! 1-D k-means weight clustering, the model-size quantizer of HAQ (Wang, Liu, Lin, Lin, Han,
-//! "HAQ: Hardware-Aware Automated Quantization with Mixed Precision", CVPR 2019; spec §4.9):
+//! "HAQ: Hardware-Aware Automated Quantization with Mixed Precision", CVPR 2019; docs/algorithms.md §4.9):
 //! `2^b` clusters over a layer's flattened weights, k-means++ seeding (`n_init = 1`), Lloyd
 //! iterations up to `max_iter`, each weight replaced by its cluster's centroid.
 //!
@@ -286,7 +286,7 @@ fn last_positive(d2: &[f64], range: std::ops::Range<usize>) -> usize {
 
 /// Per-cluster means of `values` over `codes`, summed in input order in `f64` and rounded to
 /// `f32` (`-0.0` becomes `0.0`); a cluster without members keeps `fallback[j]`. This is both
-/// the k-means update and HAQ's centroid sharing (spec §4.9: every member weight is set to
+/// the k-means update and HAQ's centroid sharing (docs/algorithms.md §4.9: every member weight is set to
 /// the mean of the members' values).
 ///
 /// # Panics

@@ -1,4 +1,4 @@
-//! Quantizers (spec §7.2): uniform symmetric/asymmetric quantization parameters, per tensor or
+//! Quantizers (docs/algorithms.md §7.2): uniform symmetric/asymmetric quantization parameters, per tensor or
 //! per output channel, activation-range calibration observers (min-max, percentile,
 //! MSE-optimal clipping), and plan application through the executor hooks. The rounding rule
 //! everywhere is round half to even, so simulation and export agree bit for bit.

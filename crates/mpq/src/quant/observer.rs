@@ -1,4 +1,4 @@
-//! Activation-range calibration (spec §7.2.2): an [`Observer`] sees every calibration batch
+//! Activation-range calibration (docs/algorithms.md §7.2.2): an [`Observer`] sees every calibration batch
 //! of one tensor and proposes a clipping range by min-max, a percentile, or the clip that
 //! minimises the mean squared quantization error.
 

@@ -1,5 +1,5 @@
 //! Uniform quantization parameters: `q = clamp(round(x/s) + z, qmin, qmax)`,
-//! `x̂ = s·(q − z)` (spec §7.2.1).
+//! `x̂ = s·(q − z)` (docs/algorithms.md §7.2.1).
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -162,7 +162,7 @@ impl QuantParams {
         })
     }
 
-    /// LSQ parameters (spec §5.2): learned step(s) `s`, zero point 0 and the full range
+    /// LSQ parameters (docs/algorithms.md §5.2): learned step(s) `s`, zero point 0 and the full range
     /// `[−Qn, Qp]`. LSQ's `round(clamp(x/s, −Qn, Qp))·s` equals this uniform quantizer's
     /// `s·(clamp(round(x/s), −Qn, Qp) − 0)` bit for bit (the bounds are integers), which is
     /// how LSQ-trained layers are exported.

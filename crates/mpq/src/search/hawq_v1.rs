@@ -1,9 +1,9 @@
-//! HAWQ (Dong et al., ICCV 2019; spec §1.4–§1.5): layers ordered by `S_i = λ_i / n_i`
+//! HAWQ (Dong et al., ICCV 2019; docs/algorithms.md §1.4–§1.5): layers ordered by `S_i = λ_i / n_i`
 //! (top Hessian eigenvalue per parameter), bits non-increasing along that order, and the plan
 //! with the largest size that meets every budget (ties broken by the least Ω); then the
 //! block-wise fine-tuning order, layers by descending `λ_i · ‖Q_{b_i}(W_i) − W_i‖²`.
 //!
-//! The monotone sequences are enumerated depth first (the spec's toolkit default, NNCF-style),
+//! The monotone sequences are enumerated depth first (the toolkit default of docs/algorithms.md §7.6, NNCF-style),
 //! pruned by the smallest cost the remaining layers can add and by the largest size they can
 //! still reach. Activation bits are uniform over the searched layers: the largest candidate
 //! that admits a plan. Pinned layers keep their pins.

@@ -1,10 +1,10 @@
 //! LIMPQ's one-shot integer program (Tang et al., "Mixed-Precision Neural Network
-//! Quantization via Learned Layer-wise Importance", ECCV 2022; spec §5.6): per searched layer
+//! Quantization via Learned Layer-wise Importance", ECCV 2022; docs/algorithms.md §5.6): per searched layer
 //! one `(w_bits, a_bits)` minimising `Σ_l I^a_{l,a} + α·I^w_{l,w}` (the learned, cleaned
 //! indicators of [`crate::sensitivity::learned`]) under BitOps, compression-ratio, size and
 //! average-bit budgets, solved exactly by the shared multiple-choice knapsack ([`super::ilp`]).
 //! The layers without indicators (first and last) are pinned at 8 bits; the plan's quantizer
-//! is LSQ with one step per tensor, for the final fine-tuning (spec §5.7).
+//! is LSQ with one step per tensor, for the final fine-tuning (docs/algorithms.md §5.7).
 
 use std::collections::BTreeSet;
 use std::time::Instant;

@@ -1,5 +1,5 @@
 //! A small dense two-phase primal simplex (Dantzig's rule, Bland's rule after degenerate
-//! stalls) for the LP relaxation of the multiple-choice knapsack (spec §7.6: "an exact B&B
+//! stalls) for the LP relaxation of the multiple-choice knapsack (docs/algorithms.md §7.6: "an exact B&B
 //! with LP or Lagrangian bounds"). Its row duals are the exact Lagrange multipliers of the
 //! budgets; the problems are tiny (tens of rows, hundreds to a few thousand columns).
 

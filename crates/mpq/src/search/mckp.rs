@@ -1,6 +1,6 @@
 //! Exact multiple-choice knapsack with several budgets: pick one item per group, minimising
 //! the summed value under `Σ cost_k ≤ limit_k` for every budget `k`. This is the integer
-//! program of HAWQ-V3 (Yao et al. ICML 2021) and LIMPQ (Tang et al. ECCV 2022), spec §2.7,
+//! program of HAWQ-V3 (Yao et al. ICML 2021) and LIMPQ (Tang et al. ECCV 2022), docs/algorithms.md §2.7,
 //! §5.6 and §7.6 ("with ≤ 2000 binaries an exact B&B with LP or Lagrangian bounds is fast").
 //!
 //! The solver is a depth-first branch and bound: dominated items are dropped, a greedy

@@ -1,4 +1,4 @@
-//! The cost of quantization error, Ω (HAWQ-V2, Dong et al. NeurIPS 2020, spec §2.4–§2.6;
+//! The cost of quantization error, Ω (HAWQ-V2, Dong et al. NeurIPS 2020, docs/algorithms.md §2.4–§2.6;
 //! HAWQ, Dong et al. ICCV 2019, §1.4–§1.5):
 //!
 //! - weights: `Ω^w_i(b) = s_i · ‖Q_b(W_i) − W_i‖²` with `s_i = Tr(H_i)/n_i` (trace metric) or
@@ -214,7 +214,7 @@ impl OmegaTable {
         r.eigenvalue.map(|e| e / params.max(1) as f64)
     }
 
-    /// HAWQ's fine-tuning weight `λ_i · ‖Q_b(W_i) − W_i‖²` (spec §1.5), or the trace-based
+    /// HAWQ's fine-tuning weight `λ_i · ‖Q_b(W_i) − W_i‖²` (docs/algorithms.md §1.5), or the trace-based
     /// `s_i · n_i · ‖ΔW‖²` when the row has no eigenvalue.
     pub fn finetune_weight(&self, i: usize, params: usize, bits: BitWidth) -> Result<f64> {
         let r = self.row(i)?;

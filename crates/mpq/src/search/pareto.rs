@@ -1,10 +1,10 @@
-//! HAWQ-V2's Pareto-frontier bit selection (Dong et al., NeurIPS 2020; spec §2.5): the exact
+//! HAWQ-V2's Pareto-frontier bit selection (Dong et al., NeurIPS 2020; docs/algorithms.md §2.5): the exact
 //! `(size, Ω)` frontier of the multiple-choice knapsack, by dynamic programming over layers
 //! with the state kept as the frontier itself (no enumeration, no size buckets): after each
 //! layer, every partial point shifted by every choice is merged in size order and only points
 //! whose Ω is strictly below every smaller-or-equal-size point survive. A partial point
 //! dominated in both size and Ω can never complete into a frontier point, so the result is
-//! exactly `{(s, F[s]) : F[s] < min_{s'<s} F[s']}` of the spec's DP.
+//! exactly `{(s, F[s]) : F[s] < min_{s'<s} F[s']}` of the DP of docs/algorithms.md §2.5.
 //!
 //! The search picks the frontier point with the largest size under the size budget (the
 //! smallest Ω under it) that also meets every other budget. Activation bits do not change

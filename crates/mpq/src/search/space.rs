@@ -1,7 +1,7 @@
 //! The search space every method shares: per layer the allowed `(w_bits, a_bits)` choices
 //! (candidates, pinned layers, tied layers that share bits as in HAWQ-V3's residual
-//! downsample ties, spec §2.7), each choice's Ω and its cost under every budget as a linear
-//! constraint (spec §0.4, §5.6, §7.6), and the feasibility pre-flight: the smallest achievable
+//! downsample ties, docs/algorithms.md §2.7), each choice's Ω and its cost under every budget as a linear
+//! constraint (docs/algorithms.md §0.4, §5.6, §7.6), and the feasibility pre-flight: the smallest achievable
 //! value of each budget, which budgets bind, and layers left with no allowed choice.
 
 use std::fmt;

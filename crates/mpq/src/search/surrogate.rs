@@ -1,4 +1,4 @@
-//! Node bounds for the multiple-choice knapsack branch and bound (spec §7.6): the LP bound of
+//! Node bounds for the multiple-choice knapsack branch and bound (docs/algorithms.md §7.6): the LP bound of
 //! a *surrogate* relaxation, where the budgets are combined into one constraint
 //! `Σ μ·c' ≤ μ·r` for a fixed direction `μ ≥ 0`. The LP of a one-constraint multiple-choice
 //! knapsack is solved greedily on each group's lower convex hull (Sinha & Zoltners 1979), so

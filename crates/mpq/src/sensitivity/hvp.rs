@@ -19,7 +19,7 @@
 //! `Hv ≈ (g(w + εv) − g(w − εv)) / 2ε` (central) or `(g(w + εv) − g(w)) / ε` (one-sided, with
 //! `g(w)` computed once per batch and reused). The step makes the perturbation `δ` *relative to
 //! the weights of the layers it touches*: `ε‖v‖ = δ‖w_S‖`, with `S` the layers where `v` is
-//! non-zero (the spec's `ε = δ(1+‖w‖)/‖v‖` without the absolute `1`, which would dominate for
+//! non-zero (docs/algorithms.md §1.3: `ε = δ(1+‖w‖)/‖v‖` without the absolute `1`, which would dominate for
 //! small layers). Relative is the right unit because both error terms are relative: rounding
 //! the f32 gradients costs `~u‖g‖/(ε‖Hv‖)` (grows as `δ` shrinks), truncating the quotient
 //! `~δ²` (central) or `~δ` (one-sided). A basis vector thus moves its one weight by `δ‖w_i‖`,

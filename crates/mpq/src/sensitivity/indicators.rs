@@ -1,5 +1,5 @@
 //! LIMPQ's importance indicators as plain data (Tang et al., "Mixed-Precision Neural Network
-//! Quantization via Learned Layer-wise Importance", ECCV 2022; spec §5.3, §5.5): per layer the
+//! Quantization via Learned Layer-wise Importance", ECCV 2022; docs/algorithms.md §5.3, §5.5): per layer the
 //! learned LSQ step of every candidate bit-width, for weights and for the input activation,
 //! and the "wired point" cleaning that bans a lower bit-width whose step is smaller than the
 //! next higher one's; and the settings and run record of the joint indicator training that
@@ -35,9 +35,9 @@ pub struct LayerIndicators {
 }
 
 /// The lower bit-widths whose indicator breaks monotonicity, with the reason, following
-/// spec §5.5: for each candidate `b` but the smallest, the next lower candidate `b'` is banned
+/// docs/algorithms.md §5.5: for each candidate `b` but the smallest, the next lower candidate `b'` is banned
 /// when `I[b'] < I[b]` (a step should grow as bits shrink). The comparison is on the learned
-/// values, so one ban does not cascade to every width below it (the spec's example bans the
+/// values, so one ban does not cascade to every width below it (docs/algorithms.md §5.5: its example bans the
 /// single 5-bit entry); with non-consecutive candidates `b'` is the next lower candidate.
 pub fn non_monotone(ind: &BTreeMap<BitWidth, f64>, what: &str) -> Vec<(BitWidth, String)> {
     let bits: Vec<BitWidth> = ind.keys().copied().collect();
@@ -59,7 +59,7 @@ pub fn non_monotone(ind: &BTreeMap<BitWidth, f64>, what: &str) -> Vec<(BitWidth,
 }
 
 impl LayerIndicators {
-    /// Indicators from learned steps, with the cleaning of spec §5.5 recorded.
+    /// Indicators from learned steps, with the cleaning of docs/algorithms.md §5.5 recorded.
     pub fn new(weight: BTreeMap<BitWidth, f64>, act: BTreeMap<BitWidth, f64>) -> Self {
         let mut l = LayerIndicators {
             weight,
@@ -105,7 +105,7 @@ fn cleaned(map: &BTreeMap<BitWidth, f64>, banned: &[BitWidth], bits: BitWidth) -
     })
 }
 
-/// Settings of the joint indicator training (defaults: spec §5.4's ResNet-18 recipe with the
+/// Settings of the joint indicator training (defaults: docs/algorithms.md §5.4's ResNet-18 recipe with the
 /// batch scaled to small data sets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LimpqConfig {
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn cleaning_bans_exactly_the_non_monotone_lower_bits() {
-        // Weights: 6 → 5 breaks (0.0043 < 0.0114, the spec's layer4.2.conv3 case), 3 → 2
+        // Weights: 6 → 5 breaks (0.0043 < 0.0114, the layer4.2.conv3 case of docs/algorithms.md §5.5), 3 → 2
         // breaks; 5 → 4 → 3 are fine. Activations: monotone.
         let w = map(&[(2, 0.05), (3, 0.06), (4, 0.02), (5, 0.0043), (6, 0.0114)]);
         let a = map(&[(2, 0.44), (3, 0.3), (4, 0.2), (5, 0.12), (6, 0.096)]);

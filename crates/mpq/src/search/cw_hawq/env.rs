@@ -1,11 +1,11 @@
-//! CW-HAWQ (Qian et al., arXiv 2008.08284, 2020; spec §3.3 step 4): the DDPG ratio
+//! CW-HAWQ (Qian et al., arXiv 2008.08284, 2020; docs/algorithms.md §3.3 step 4): the DDPG ratio
 //! environment. HAQ's agent ([`crate::search::rl`]) has a one-dimensional action in `[0, 1]`,
 //! so a layer's ratio vector over `K` candidate widths (descending) is `K − 1` scalar steps:
 //! step `k` gives the fraction of the channels *still unassigned* that get width `b_k`
 //! (`n_k = round(a·remaining)`); the lowest width takes the rest. The first step is thus the
 //! fraction at the highest bits, the second the fraction of the rest at the middle bits, …
 //!
-//! Budget repair (HAQ's "sequentially decrease", spec §4.5, at channel granularity): while
+//! Budget repair (HAQ's "sequentially decrease", docs/algorithms.md §4.5, at channel granularity): while
 //! the plan breaks a budget, walk the searched layers from last to first and move
 //! `C/`[`REPAIR_PARTS`] of each layer's `C` channels (on average), one at a time, from its most
 //! expensive non-empty width to the next lower one (the least sensitive channels of that

@@ -1,6 +1,6 @@
 //! CW-HAWQ: Channel-wise Hessian Aware trace-Weighted Quantization (Qian, Li, Crews,
 //! "Channel-wise Hessian Aware trace-Weighted Quantization of Neural Networks", 2020, arXiv
-//! 2008.08284; spec §3, reconstructed). Per layer, output channels are ordered by their
+//! 2008.08284; docs/algorithms.md §3, reconstructed). Per layer, output channels are ordered by their
 //! Hessian trace per element; a layer's decision is only the *ratio* of channels at each
 //! candidate weight bit-width, and the highest bits go to the highest-trace channels.
 //!
@@ -9,7 +9,7 @@
 //!   of a count vector under the search space's budgets, the plan of a count vector per layer,
 //!   and the deterministic baseline [`cw_ilp`] (a grid of ratio vectors per layer as the
 //!   choices of the exact multiple-choice knapsack);
-//! - [`env`]: the DDPG ratio environment and the search loop [`cw_hawq`].
+//! - [`env`](mod@env): the DDPG ratio environment and the search loop [`cw_hawq`].
 //!
 //! Decisions: activation bits are not searched (the candidate set must hold one value);
 //! tied layers and latency/energy budgets are not supported (per-channel widths have no

@@ -1,4 +1,4 @@
-//! HAQ (Wang et al., CVPR 2019): the quantization environment (spec §4.2–§4.6). An episode
+//! HAQ (Wang et al., CVPR 2019): the quantization environment (docs/algorithms.md §4.2–§4.6). An episode
 //! walks the searched layers; per layer the agent proposes the weight bits, then the
 //! activation bits (linear mode; a candidate set with one value has no step). When the walk
 //! ends, the proposal is repaired into the budget by "sequentially decreasing bit-widths"
@@ -293,7 +293,7 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
         for l in &mut plan.layers {
             l.weight_range = self.weight_range;
             if l.quantizer == QuantizerKind::KMeans {
-                // Cheap clustering while searching (spec §4.9: `max_iter = 3`); the final
+                // Cheap clustering while searching (docs/algorithms.md §4.9: `max_iter = 3`); the final
                 // plan leaves the fine-tune's default.
                 l.kmeans_iters = Some(KMEANS_SEARCH_ITERS);
             }

@@ -1,11 +1,11 @@
 //! HAQ: Hardware-Aware Automated Quantization with Mixed Precision (Wang, Liu, Lin, Lin,
-//! Han, CVPR 2019), spec §4. A DDPG agent ([`crate::search::rl`]) walks the layers, proposes
+//! Han, CVPR 2019), docs/algorithms.md §4. A DDPG agent ([`crate::search::rl`]) walks the layers, proposes
 //! weight and activation bits, the proposal is repaired into the budget of the hardware
 //! simulator (latency, energy) or of the model size, and the agent is rewarded by the
 //! accuracy of the quantized model.
 //!
 //! - [`state`]: the observation (§4.3);
-//! - [`env`]: the environment (§4.4–§4.6);
+//! - [`env`](mod@env): the environment (§4.4–§4.6);
 //! - the SVG learning curve is drawn from the policy's `haq` section by [`crate::report::agent_curve`];
 //! - this file: [`PlanEvaluator`] (the only door to the model), [`haq`] (the search loop of
 //!   §4.2 with the history and resume) and the code-versus-paper decisions of §4.13:
@@ -62,7 +62,7 @@ pub trait PlanEvaluator {
 /// ([`crate::search::SearchOptions::quantizer`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HaqConfig {
-    /// The agent and its training loop (spec §4.7).
+    /// The agent and its training loop (docs/algorithms.md §4.7).
     pub ddpg: DdpgConfig,
     /// Episodes to run (the reference: 600).
     pub episodes: usize,

@@ -1,4 +1,4 @@
-//! HAQ (Wang et al., CVPR 2019): the observation of the agent, spec §4.3. Each searched layer
+//! HAQ (Wang et al., CVPR 2019): the observation of the agent, docs/algorithms.md §4.3. Each searched layer
 //! is described by the reference code's ten features (`_build_state_embedding`), min-max
 //! normalised per feature over the layers; the last two features (the previous action and the
 //! weight/activation flag) are written as the episode walks the layers.
@@ -12,7 +12,7 @@ pub const STATIC_FEATURES: usize = 8;
 /// Length of an observation.
 pub const STATE_DIM: usize = STATIC_FEATURES + 2;
 
-/// Which value the weight/activation flag takes on each step (spec §4.3, §4.13 item 4).
+/// Which value the weight/activation flag takes on each step (docs/algorithms.md §4.3, §4.13 item 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagStyle {

@@ -1,6 +1,6 @@
 //! HAQ (Wang et al., CVPR 2019): the mapping from the agent's continuous action to a
-//! bit-width (spec §4.4) and the budget repair that "sequentially decreases bit-widths" until
-//! the policy meets its resource target (spec §4.5, the reference code's
+//! bit-width (docs/algorithms.md §4.4) and the budget repair that "sequentially decreases bit-widths" until
+//! the policy meets its resource target (docs/algorithms.md §4.5, the reference code's
 //! `_final_action_wall` for the linear (weight, activation) environment and its weights-only
 //! counterpart of the k-means environment).
 //!

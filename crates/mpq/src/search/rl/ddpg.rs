@@ -1,5 +1,5 @@
 //! HAQ (Wang et al., CVPR 2019): the DDPG agent that proposes one bit-width action per step
-//! (spec §4.7); the episode loop that trains it is [`super::train`].
+//! (docs/algorithms.md §4.7); the episode loop that trains it is [`super::train`].
 //!
 //! - Actor `Linear(S,h1)–ReLU–Linear(h1,h2)–ReLU–Linear(h2,1)–Sigmoid`; critic
 //!   `ReLU(Ls(S,h1)(s) + La(1,h1)(a))–Linear(h1,h2)–ReLU–Linear(h2,1)`; PyTorch's default
@@ -25,7 +25,7 @@ use super::replay::{ReplayBuffer, Transition};
 use crate::{Error, Result};
 
 /// Every hyper-parameter of the agent and its training loop; the defaults are the reference
-/// code's (spec §4.7).
+/// code's (docs/algorithms.md §4.7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DdpgConfig {

@@ -2,7 +2,7 @@
 //! Quantization with Mixed Precision", CVPR 2019), as plain building blocks.
 //!
 //! - [`DdpgAgent`] / [`DdpgConfig`] ([`ddpg`]): actor, critic, their target nets, Adam, soft
-//!   updates, the moving reward baseline and truncated-normal exploration (spec §4.7);
+//!   updates, the moving reward baseline and truncated-normal exploration (docs/algorithms.md §4.7);
 //! - [`ReplayBuffer`] ([`replay`]): the ring replay memory;
 //! - [`TruncNormal`] ([`noise`]): exploration noise on `[0, 1]` and its decay schedule;
 //! - [`action_to_bits`], [`repair_linear`], [`repair_weights`] ([`bits`]): the action → bit
@@ -93,7 +93,7 @@ pub fn train<E: Environment>(
     train_agent(&mut agent, env, episodes, on_episode)
 }
 
-/// Runs `episodes` more episodes of HAQ's loop (spec §4.2): act until `done`, give every
+/// Runs `episodes` more episodes of HAQ's loop (docs/algorithms.md §4.2): act until `done`, give every
 /// transition the final reward, store them, and after the warm-up run `updates_per_step`
 /// updates per transition at the episode's end. Tracks the best reward and its actions and
 /// calls `on_episode` with the environment after each episode (an error from it stops the

@@ -1,7 +1,7 @@
 //! HAQ (Wang et al., CVPR 2019) exploration: after the warm-up the agent's action is drawn
 //! from a normal distribution around the actor's output, truncated to `[0, 1]` (the reference
 //! uses scipy's `truncnorm`), with a standard deviation that decays by a constant factor per
-//! episode (spec §4.7: `σ_e = 0.5 · 0.99^(episode − warmup)`).
+//! episode (docs/algorithms.md §4.7: `σ_e = 0.5 · 0.99^(episode − warmup)`).
 
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};

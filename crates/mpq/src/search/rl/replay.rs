@@ -1,6 +1,6 @@
 //! HAQ (Wang et al., CVPR 2019) replay memory: a fixed-capacity ring buffer of transitions
 //! that overwrites the oldest entry when full, sampled uniformly (without replacement when it
-//! holds at least a batch; spec §4.7).
+//! holds at least a batch; docs/algorithms.md §4.7).
 //!
 //! The reference (keras-rl `SequentialMemory`, window 1) stores `(s, a, r, done)` and reads
 //! the successor state from the next entry, appending a dummy entry after each episode. Here

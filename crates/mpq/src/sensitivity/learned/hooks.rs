@@ -1,4 +1,4 @@
-//! LIMPQ's indicator quantizers (Tang et al. ECCV 2022, spec §5.2): LSQ (Esser et al. 2020)
+//! LIMPQ's indicator quantizers (Tang et al. ECCV 2022, docs/algorithms.md §5.2): LSQ (Esser et al. 2020)
 //! holding one learnable step per candidate bit-width for the weight and the input activation
 //! of every searched layer. A forward pass quantizes each searched layer at the bits the
 //! current configuration gives it, with that width's step clamped to `[1e-5, 1]`.

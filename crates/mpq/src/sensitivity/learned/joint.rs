@@ -1,4 +1,4 @@
-//! LIMPQ's joint ("one-time") indicator training step (Tang et al. ECCV 2022, spec §5.4): on
+//! LIMPQ's joint ("one-time") indicator training step (Tang et al. ECCV 2022, docs/algorithms.md §5.4): on
 //! one batch, one forward/backward pass per candidate bit-width with every searched layer at
 //! that width, plus one pass under a random mixed configuration; the gradients accumulate,
 //! every element is clipped to `[−1, 1]`, variables whose gradient is all zero are skipped,

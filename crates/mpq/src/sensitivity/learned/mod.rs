@@ -1,5 +1,5 @@
 //! LIMPQ: learned layer-wise importance indicators (Tang et al., "Mixed-Precision Neural
-//! Network Quantization via Learned Layer-wise Importance", ECCV 2022; spec §5.2–§5.5). One
+//! Network Quantization via Learned Layer-wise Importance", ECCV 2022; docs/algorithms.md §5.2–§5.5). One
 //! joint training run learns, for every searched layer, an LSQ step per candidate bit-width
 //! for its weights and its input activation; those steps are the indicators the one-shot ILP
 //! of [`crate::search::limpq`] minimises.
@@ -51,7 +51,7 @@ pub fn searched_layers(graph: &Graph) -> Result<(Vec<String>, Vec<String>)> {
     Ok((q[1..q.len() - 1].to_vec(), fixed))
 }
 
-/// Trains the indicators of `graph` on `train` (spec §5.4) and returns them as a sensitivity
+/// Trains the indicators of `graph` on `train` (docs/algorithms.md §5.4) and returns them as a sensitivity
 /// table (metric `limpq`, one row per quantizable layer, `limpq` set on the searched ones).
 /// The graph's weights are restored afterwards.
 pub fn train_indicators(

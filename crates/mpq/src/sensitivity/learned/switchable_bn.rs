@@ -1,4 +1,4 @@
-//! Switchable batch norm (LIMPQ, Tang et al. ECCV 2022, spec §5.2, after the code's
+//! Switchable batch norm (LIMPQ, Tang et al. ECCV 2022, docs/algorithms.md §5.2, after the code's
 //! `SwithableBatchNorm`): every batch norm right after a searched convolution keeps one copy
 //! of its affine parameters and running statistics per candidate bit-width, and a pass uses
 //! the copy of the bits its convolution runs at.
