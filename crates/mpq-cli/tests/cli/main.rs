@@ -1004,6 +1004,71 @@ fn search_infeasible_or_contradictory_budgets_exit_2() {
     assert!(!dir.join("p.json").exists());
 }
 
+/// Files of a newer format version, or of another format, are refused with one line and exit
+/// 2 (`docs/file-formats.md`); a file without a version (an older mpq's) is read.
+#[test]
+fn newer_or_foreign_file_formats_exit_2() {
+    let dir = TempDir::new("formats");
+    let d = dir.path();
+    let policy = |extra: &str| {
+        format!(
+            r#"{{{extra}"method": "uniform", "layers": [{{"name": "fc1", "w_bits": 4, "a_bits": 8}}]}}"#
+        )
+    };
+    std::fs::write(dir.join("old.json"), policy("")).unwrap();
+    let newer = policy(r#""format": "mpq.policy", "version": 99, "#);
+    std::fs::write(dir.join("new.json"), newer).unwrap();
+    std::fs::write(dir.join("sens.json"), policy(r#""format": "mpq.policy", "#)).unwrap();
+    fn hw(p: &str) -> Vec<&str> {
+        let v = [
+            "hw",
+            "--model",
+            "zoo:mlp",
+            "--input",
+            "1x8x8",
+            "--classes",
+            "3",
+        ];
+        [
+            &v[..],
+            &["--hardware", "bitfusion", "--policy", p, "--json"],
+        ]
+        .concat()
+    }
+    let ok = parse_json(&expect_ok(d, &hw("old.json")), "hw with a version-0 policy");
+    assert_eq!(ok["layers"][0]["w_bits"], 4);
+    let msg = expect_error(
+        &dir,
+        &hw("new.json"),
+        2,
+        &["new.json", "version 99", "newer mpq"],
+    );
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    let search = [
+        "search",
+        "--model",
+        "zoo:mlp",
+        "--input",
+        "1x8x8",
+        "--classes",
+        "3",
+        "--method",
+        "ilp",
+        "--avg-bits",
+        "4",
+        "--sensitivity",
+        "sens.json",
+        "--out",
+        "p.json",
+    ];
+    expect_error(
+        &dir,
+        &search,
+        2,
+        &["sens.json", "mpq.policy", "mpq.sensitivity"],
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // mpq analyze (Hessian sensitivity)
 // ---------------------------------------------------------------------------------------------
