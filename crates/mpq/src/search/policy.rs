@@ -100,12 +100,12 @@ impl From<&super::IlpStats> for SolverStats {
 /// Where HAWQ-V2's frontier went and which point was chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrontierRef {
-    /// Points on the frontier.
-    pub points: usize,
     /// Index of the chosen point.
     pub chosen: usize,
     /// File name of the frontier (`OUT.frontier.json`, next to the policy).
     pub json: String,
+    /// Points on the frontier.
+    pub points: usize,
     /// File name of its plot (`OUT.frontier.svg`).
     pub svg: String,
 }
@@ -116,49 +116,50 @@ pub struct FrontierRef {
 pub struct LimpqSection {
     /// `α`.
     pub alpha: f64,
-    /// `layer: reason` of every ban.
-    pub bans: Vec<String>,
     /// `layer: WwAa` of the banned widths the plan uses anyway.
     pub banned_choices_used: Vec<String>,
+    /// `layer: reason` of every ban.
+    pub bans: Vec<String>,
 }
 
-/// An agent search's record (HAQ's and CW-HAWQ's DDPG agents): the episodes and the best.
-/// `E` is the method's episode record.
+/// An agent search's record (HAQ's and CW-HAWQ's DDPG agents): the episodes and the best
+/// (fields in alphabetical order, as earlier versions wrote them). `E` is the method's episode
+/// record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentSection<E> {
-    /// Accuracy (%) of the full-precision model on the reward split.
-    pub fp_accuracy: f64,
+    /// The best episode's accuracy (%) on the reward split.
+    pub best_accuracy: Option<f64>,
     /// The best episode.
     pub best_episode: Option<usize>,
-    /// Its accuracy (%) on the reward split.
-    pub best_accuracy: Option<f64>,
     /// Its reward.
     pub best_reward: Option<f64>,
+    /// File name of the learning curve (`OUT.curve.svg`).
+    pub curve: String,
     /// Episodes run.
     pub episodes: usize,
-    /// Agent decisions per episode (HAQ).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub steps_per_episode: Option<usize>,
     /// Seconds spent scoring plans (HAQ).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluations_seconds: Option<f64>,
+    /// Accuracy (%) of the full-precision model on the reward split.
+    pub fp_accuracy: f64,
+    /// Every episode, in order.
+    pub history: Vec<E>,
     /// Episodes replayed from a saved state (HAQ's `--resume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_episodes: Option<usize>,
+    /// The settings the search ran under (HAQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<HaqSettings>,
     /// File name of the resumable search state (HAQ).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Agent decisions per episode (HAQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_per_episode: Option<usize>,
     /// Episodes of random actions before the agent learned (CW-HAWQ; HAQ's is in
     /// `settings`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<usize>,
-    /// File name of the learning curve (`OUT.curve.svg`).
-    pub curve: String,
-    /// The settings the search ran under (HAQ).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<HaqSettings>,
-    /// Every episode, in order.
-    pub history: Vec<E>,
 }
 
 /// What the learning curve needs of an episode.
