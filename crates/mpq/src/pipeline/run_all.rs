@@ -58,6 +58,17 @@ pub enum StageRequest {
     Quantize(QuantizeRequest),
 }
 
+impl StageRequest {
+    /// 0 for the analyses, 1 for the searches, 2 for quantization (the training comes first).
+    fn phase(&self) -> usize {
+        match self {
+            StageRequest::Train(_) | StageRequest::Analyze(_) => 0,
+            StageRequest::Search(_) => 1,
+            StageRequest::Quantize(_) => 2,
+        }
+    }
+}
+
 /// A stage: its request and the `mpq` command line that runs it alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
@@ -524,16 +535,15 @@ pub fn run_all(req: &RunAllRequest, progress: &mut dyn Progress) -> Result<RunAl
 
     // 2.–4. Analysis, search, quantization.
     settings.save(paths.file("settings.json"))?;
-    let kinds: [(&str, fn(&StageRequest) -> bool); 3] = [
-        ("Hessian analysis", |r| {
-            matches!(r, StageRequest::Analyze(_))
-        }),
-        ("search", |r| matches!(r, StageRequest::Search(_))),
-        ("quantize", |r| matches!(r, StageRequest::Quantize(_))),
-    ];
-    for (label, is) in kinds {
+    for (phase, label) in ["Hessian analysis", "search", "quantize"]
+        .into_iter()
+        .enumerate()
+    {
         let t = Instant::now();
-        let mine: Vec<&Stage> = stages.iter().filter(|s| is(&s.request)).collect();
+        let mine: Vec<&Stage> = stages
+            .iter()
+            .filter(|s| s.request.phase() == phase)
+            .collect();
         for stage in &mine {
             lines.push(shell_join(&stage.command));
             run_stage(stage, progress)?;
