@@ -182,12 +182,7 @@ pub fn haq<E: PlanEvaluator>(
     mut on_episode: impl FnMut(&HaqEpisode, &HaqHistory) -> Result<()>,
 ) -> Result<HaqResult> {
     let start = Instant::now();
-    if cfg.episodes == 0 {
-        return Err(Error::config("episodes", "must be at least 1"));
-    }
-    if !(cfg.reward_scale.is_finite() && cfg.reward_scale > 0.0) {
-        return Err(Error::config("reward-scale", "must be a positive number"));
-    }
+    super::rl::check_run(cfg.episodes, cfg.reward_scale)?;
     space.feasibility().check()?;
     let fp_accuracy = match resume {
         Some(h) => h.fp_accuracy,
