@@ -25,6 +25,7 @@ use crate::progress::Progress;
 use crate::quant::CalibrationConfig;
 use crate::report::ReportOutcome;
 use crate::run::{RunBudget, RunPaths, RunSettings, RunSummary};
+use crate::search::Budget;
 use crate::search::haq::FlagStyle;
 use crate::sensitivity::learned::LimpqConfig;
 use crate::sensitivity::{AnalyzeConfig, Metric, SampleConfig};
@@ -337,19 +338,18 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
         match &r.method {
             Method::Haq(_) => {
                 r.hardware = Some("bitfusion".into());
-                r.budget.max_latency_ms = Some(budget_ms);
+                r.budget.limits.max_latency_ms = Some(budget_ms);
             }
             Method::Limpq { .. } => {
                 r.sensitivity = Some(indicators.clone());
                 r.budget = BudgetSpec {
+                    limits: Budget::avg_bits(3.0),
                     bops_as: Some((3, 4)),
-                    avg_bits: Some(3.0),
-                    ..BudgetSpec::default()
                 };
                 cmd = cmd.add(&["--avg-bits", "3"]);
             }
             m => {
-                r.budget.avg_bits = Some(3.0);
+                r.budget.limits.avg_bits = Some(3.0);
                 r.a_bits = Some(vec![4]);
                 cmd = cmd.add(&["--avg-bits", "3", "--a-bits", "4"]);
                 if m.sensitivity_metric().is_some() {

@@ -191,14 +191,7 @@ pub fn haq<E: PlanEvaluator>(
     if !fp_accuracy.is_finite() {
         return Err(Error::NonFinite(format!("FP accuracy {fp_accuracy}")));
     }
-    let mut env = HaqEnv::new(
-        space,
-        evaluator,
-        cfg.weight_range,
-        cfg.flags,
-        cfg.reward_scale,
-        fp_accuracy,
-    )?;
+    let mut env = HaqEnv::new(space, evaluator, cfg, fp_accuracy)?;
     let settings = settings(space, cfg);
     let saved: &[HaqEpisode] = match resume {
         Some(h) => {
