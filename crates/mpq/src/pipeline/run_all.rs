@@ -516,7 +516,8 @@ pub fn run_all(req: &RunAllRequest, progress: &mut dyn Progress) -> Result<RunAl
 
     // 2.–4. Analysis, search, quantization.
     settings.save(paths.file("settings.json"))?;
-    let kinds: [(&str, fn(&StageRequest) -> bool); 3] = [
+    type IsKind = fn(&StageRequest) -> bool;
+    let kinds: [(&str, IsKind); 3] = [
         ("Hessian analysis", |r| {
             matches!(r, StageRequest::Analyze(_))
         }),

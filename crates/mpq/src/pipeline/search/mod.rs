@@ -325,14 +325,14 @@ impl SearchRequest {
     /// Option combinations that cannot work, found before any file is read.
     pub fn validate(&self) -> Result<()> {
         let m = &self.method;
-        if let Some(a) = m.agent() {
-            if a.data.is_empty() {
-                return Err(Error::Usage(format!(
-                    "--method {} needs --data (plans are scored on a split held out of its \
-                     training data)",
-                    m.name()
-                )));
-            }
+        if let Some(a) = m.agent()
+            && a.data.is_empty()
+        {
+            return Err(Error::Usage(format!(
+                "--method {} needs --data (plans are scored on a split held out of its \
+                 training data)",
+                m.name()
+            )));
         }
         if self.resume && !matches!(m, Method::Haq(_)) {
             return Err(Error::Usage("--resume applies to --method haq only".into()));
