@@ -29,9 +29,7 @@ use rand_chacha::ChaCha8Rng;
 fn main() -> mpq::Result<()> {
     let reps: usize = common::flag("--reps").unwrap_or(101);
     let bits: Vec<u32> = vec![2, 3, 4, 5, 6];
-    let r18 = zoo::build("resnet18", &ZooConfig::default_for("resnet18"), 0)?
-        .graph
-        .layer_infos()?;
+    let r18 = zoo::layer_infos("resnet18", &ZooConfig::default_for("resnet18"))?;
     let mut rng = ChaCha8Rng::seed_from_u64(18);
     let searched = &r18[1..r18.len() - 1];
     let ind = Indicators::from_layers(

@@ -33,7 +33,7 @@ fn main() -> mpq::Result<()> {
 
     let mut search = p::SearchRequest::new(model.clone(), Method::Ilp);
     (search.sensitivity, search.out) = (Some(sens), Some(run.plan("ilp")));
-    search.budget.avg_bits = Some(3.0);
+    search.budget.limits.avg_bits = Some(3.0);
     let plan = p::search(&search, progress)?.policy.plan;
     let bits: Vec<u32> = plan.layers.iter().map(|l| l.w_bits).collect();
     println!(

@@ -118,9 +118,7 @@ fn main() -> mpq::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let reps: usize = common::flag("--reps").unwrap_or(51);
     let bits = vec![2, 3, 4, 5, 6, 8];
-    let r18 = zoo::build("resnet18", &ZooConfig::default_for("resnet18"), 0)?
-        .graph
-        .layer_infos()?;
+    let r18 = zoo::layer_infos("resnet18", &ZooConfig::default_for("resnet18"))?;
     let sens = synthetic(&r18, 18);
     let omega = OmegaTable::new(&r18, &sens, OmegaConfig::default())?;
     let macs: f64 = r18.iter().map(|l| l.macs as f64).sum();

@@ -4,7 +4,7 @@
 use mpq::pipeline::{
     AgentOptions, BudgetSpec, HaqOptions, Method, MethodKind, OmegaOptions, SearchRequest,
 };
-use mpq::search::{Feasibility, Pin, Policy};
+use mpq::search::{Budget, Feasibility, Pin, Policy};
 use serde::Serialize;
 
 use super::copy_fields;
@@ -75,15 +75,12 @@ impl SearchArgs {
 
     pub(crate) fn request(&self, seed: u64) -> mpq::Result<SearchRequest> {
         let mut r = SearchRequest::new(self.model.source(seed), self.method());
-        let mut b = BudgetSpec {
+        let mut limits = Budget {
             max_bops_g: self.max_bops,
-            bops_as: (self.bops_as.as_deref())
-                .map(|s| Pin::parse_bits(s, "bops-as"))
-                .transpose()?,
-            ..BudgetSpec::default()
+            ..Budget::default()
         };
         copy_fields!(
-            b,
+            limits,
             self,
             avg_bits,
             max_size_mb,
@@ -91,7 +88,9 @@ impl SearchArgs {
             max_latency_ms,
             max_energy_mj
         );
-        r.budget = b;
+        let bops_as = self.bops_as.as_deref();
+        let bops_as = bops_as.map(|s| Pin::parse_bits(s, "bops-as")).transpose()?;
+        r.budget = BudgetSpec { limits, bops_as };
         copy_fields!(r, self, sensitivity, w_bits, a_bits, hardware, weight_range);
         r.pins = Pin::parse_all(&self.pin, self.pin_first_last.as_deref())?;
         r.ties = (self.tie.iter())

@@ -7,67 +7,25 @@ use super::*;
 
 type Json = serde_json::Value;
 
-/// The DDPG settings of a small, fast run.
-const FAST: &[&str] = &[
-    "--data",
-    SYNTH,
-    "--val-samples",
-    "16",
-    "--calib-samples",
-    "16",
-    "--warmup",
-    "3",
-    "--hidden1",
-    "32",
-    "--hidden2",
-    "32",
-    "--json",
-    "--quiet",
-];
-
 /// The MLP and its channel-trace sensitivity in `dir`.
 fn setup(dir: &Path) {
     train_mlp(dir, "m.safetensors", &[]);
-    expect_ok(
-        dir,
-        &[
-            "analyze",
-            "--model",
-            "m.safetensors",
-            "--data",
-            SYNTH,
-            "--metric",
-            "channel-trace",
-            "--batches",
-            "1",
-            "--batch-size",
-            "16",
-            "--max-iter",
-            "12",
-            "--out",
-            "ct.json",
-            "--quiet",
-        ],
-    );
+    let metric = [
+        "--metric",
+        "channel-trace",
+        "--batches",
+        "1",
+        "--max-iter",
+        "12",
+    ];
+    let args = analyze_args("m.safetensors", "ct.json", &metric);
+    expect_ok(dir, &with(&args, &["--quiet"]));
 }
 
 fn search(dir: &Path, method: &str, out: &str, extra: &[&str]) -> Json {
-    let mut args = vec![
-        "search",
-        "--model",
-        "m.safetensors",
-        "--sensitivity",
-        "ct.json",
-        "--method",
-        method,
-        "--avg-bits",
-        "3",
-        "--out",
-        out,
-    ];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    parse_json(&expect_ok(dir, &args), "mpq search --json")
+    let budget = ["--sensitivity", "ct.json", "--avg-bits", "3"];
+    let args = search_args(method, out, &[&budget, AGENT_FAST, extra].concat());
+    expect_json(dir, &args)
 }
 
 /// Per layer: channel widths of the plan, and channel traces of the sensitivity JSON.
@@ -145,42 +103,10 @@ fn cw_plans_meet_the_budget_follow_the_trace_order_and_repeat_with_the_seed() {
         }
     }
     // The plan goes through QAT and the packed export bit-exactly.
-    let s = parse_json(
-        &expect_ok(
-            dir.path(),
-            &[
-                "quantize",
-                "--model",
-                "m.safetensors",
-                "--policy",
-                "p.json",
-                "--data",
-                SYNTH,
-                "--finetune-epochs",
-                "1",
-                "--out",
-                "q",
-                "--json",
-                "--quiet",
-            ],
-        ),
-        "mpq quantize --json",
-    );
+    let files = ["m.safetensors", "p.json", SYNTH, "q"];
+    let s = quantize_json(dir.path(), files, &["--finetune-epochs", "1"]);
     assert_eq!(s["roundtrip_bit_identical"], true, "{s}");
-    let e = parse_json(
-        &expect_ok(
-            dir.path(),
-            &[
-                "eval",
-                "--model",
-                "q/model.safetensors",
-                "--data",
-                SYNTH,
-                "--json",
-            ],
-        ),
-        "mpq eval --json",
-    );
+    let e = eval_json(dir.path(), "q/model.safetensors", SYNTH);
     assert_eq!(e["accuracy"], s["after_finetune"]["accuracy"]);
     assert_eq!(e["size_bytes"], s["size_bytes"]);
 }
@@ -189,23 +115,7 @@ fn cw_plans_meet_the_budget_follow_the_trace_order_and_repeat_with_the_seed() {
 fn cw_input_errors_exit_2_before_any_work() {
     let dir = TempDir::new("cwerr");
     setup(dir.path());
-    let base = [
-        "search",
-        "--model",
-        "m.safetensors",
-        "--method",
-        "cw-hawq",
-        "--avg-bits",
-        "3",
-        "--out",
-        "p.json",
-        "--quiet",
-    ];
-    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-        let mut v = base.to_vec();
-        v.extend_from_slice(extra);
-        v
-    }
+    let base = search_args("cw-hawq", "p.json", &["--avg-bits", "3", "--quiet"]);
     expect_error(
         &dir,
         &with(&base, &["--sensitivity", "ct.json"]),
@@ -219,24 +129,10 @@ fn cw_input_errors_exit_2_before_any_work() {
         &["channel-trace"],
     );
     // A table without channel traces.
+    let metric = ["--metric", "trace", "--max-iter", "4", "--quiet"];
     expect_ok(
         dir.path(),
-        &[
-            "analyze",
-            "--model",
-            "m.safetensors",
-            "--data",
-            SYNTH,
-            "--metric",
-            "trace",
-            "--batch-size",
-            "16",
-            "--max-iter",
-            "4",
-            "--out",
-            "t.json",
-            "--quiet",
-        ],
+        &analyze_args("m.safetensors", "t.json", &metric),
     );
     expect_error(
         &dir,
@@ -261,9 +157,21 @@ fn cw_input_errors_exit_2_before_any_work() {
         2,
         &["one activation bit-width"],
     );
-    let mut v = with(&base, &["--data", SYNTH, "--sensitivity", "ct.json"]);
-    v[6] = "1.5";
-    expect_error(&dir, &v, 2, &["infeasible"]);
+    let tight = [
+        "--avg-bits",
+        "1.5",
+        "--quiet",
+        "--data",
+        SYNTH,
+        "--sensitivity",
+        "ct.json",
+    ];
+    expect_error(
+        &dir,
+        &search_args("cw-hawq", "p.json", &tight),
+        2,
+        &["infeasible"],
+    );
     assert!(!dir.join("p.json").exists());
 }
 
@@ -279,23 +187,7 @@ fn train_holdout_keeps_the_reward_split_out_of_training() {
     let all = train_mlp(dir.path(), "a.safetensors", &[]);
     assert_eq!(all["train_samples"], 64);
     assert_ne!(loss(&all), loss(&t));
-    expect_error(
-        &dir,
-        &[
-            "train",
-            "--arch",
-            "mlp",
-            "--data",
-            SYNTH,
-            "--epochs",
-            "1",
-            "--holdout",
-            "64",
-            "--out",
-            "x.safetensors",
-        ],
-        2,
-        &["holdout"],
-    );
+    let train = train_args("mlp", SYNTH, "1", "x.safetensors");
+    expect_error(&dir, &with(&train, &["--holdout", "64"]), 2, &["holdout"]);
     assert!(!dir.join("x.safetensors").exists());
 }

@@ -6,31 +6,40 @@ use super::*;
 
 type Json = serde_json::Value;
 
-/// A small, fast HAQ run on the synthetic MLP: tiny nets, few episodes.
-const FAST: &[&str] = &[
-    "--method",
-    "haq",
-    "--data",
-    SYNTH,
-    "--val-samples",
-    "16",
-    "--calib-samples",
-    "16",
-    "--warmup",
-    "3",
-    "--hidden1",
-    "32",
-    "--hidden2",
-    "32",
-    "--json",
-    "--quiet",
-];
+/// `mpq search --method haq` of the MLP into `out`, fast settings, then `extra`.
+fn haq_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    search_args("haq", out, &[AGENT_FAST, extra].concat())
+}
 
 fn haq(dir: &Path, out: &str, extra: &[&str]) -> Json {
-    let mut args = vec!["search", "--model", "m.safetensors", "--out", out];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    parse_json(&expect_ok(dir, &args), "mpq search --method haq --json")
+    expect_json(dir, &haq_args(out, extra))
+}
+
+/// A HAQ search on BitFusion into `p.json` under half the MLP's W8A8 `cost` (`latency_ms` or
+/// `energy_mj`): the policy, after checking that it and every episode meet the budget, and
+/// the budget.
+fn half_w8a8_search(dir: &Path, cost: &str, episodes: &str) -> (Json, f64) {
+    let (lat, energy) = w8a8(dir);
+    let half = 0.5 * if cost == "latency_ms" { lat } else { energy };
+    let (flag, budget) = (
+        format!("--max-{}", cost.replace('_', "-")),
+        half.to_string(),
+    );
+    let extra = [
+        "--hardware",
+        "bitfusion",
+        &flag,
+        &budget,
+        "--episodes",
+        episodes,
+    ];
+    let p = haq(dir, "p.json", &extra);
+    let limit = half * (1.0 + 1e-9);
+    assert!(p[cost].as_f64().unwrap() <= limit, "{p}");
+    for e in p["haq"]["history"].as_array().unwrap() {
+        assert!(e[cost].as_f64().unwrap() <= limit, "{e}");
+    }
+    (p, limit)
 }
 
 fn read_json(path: &Path) -> Json {
@@ -39,19 +48,16 @@ fn read_json(path: &Path) -> Json {
 
 /// The W8A8 latency and energy of the MLP on BitFusion.
 fn w8a8(dir: &Path) -> (f64, f64) {
-    let v = parse_json(
-        &expect_ok(
-            dir,
-            &[
-                "hw",
-                "--model",
-                "m.safetensors",
-                "--hardware",
-                "bitfusion",
-                "--json",
-            ],
-        ),
-        "hw",
+    let v = expect_json(
+        dir,
+        &[
+            "hw",
+            "--model",
+            "m.safetensors",
+            "--hardware",
+            "bitfusion",
+            "--json",
+        ],
     );
     (
         v["latency_ms"].as_f64().unwrap(),
@@ -63,29 +69,13 @@ fn w8a8(dir: &Path) -> (f64, f64) {
 fn haq_meets_the_latency_budget_and_writes_history_curve_and_state() {
     let dir = TempDir::new("haqlatency");
     train_mlp(dir.path(), "m.safetensors", &[]);
-    let (lat, _) = w8a8(dir.path());
-    let budget = format!("{}", lat * 0.5);
-    let p = haq(
-        dir.path(),
-        "p.json",
-        &[
-            "--hardware",
-            "bitfusion",
-            "--max-latency-ms",
-            &budget,
-            "--episodes",
-            "8",
-        ],
-    );
-    let limit = lat * 0.5 * (1.0 + 1e-9);
+    let (p, _) = half_w8a8_search(dir.path(), "latency_ms", "8");
     assert_eq!(p["method"], "haq");
-    assert!(p["latency_ms"].as_f64().unwrap() <= limit, "{p}");
     let h = &p["haq"];
     let hist = h["history"].as_array().unwrap();
     assert_eq!(hist.len(), 8);
     assert_eq!(h["episodes"], 8);
     for e in hist {
-        assert!(e["latency_ms"].as_f64().unwrap() <= limit, "{e}");
         for key in ["bits", "proposed", "reward", "accuracy", "actions"] {
             assert!(e.get(key).is_some(), "episode lacks {key}: {e}");
         }
@@ -152,10 +142,7 @@ fn same_seed_same_plan_and_history_and_resume_continues_exactly() {
 
     // Other settings against a saved state: exit 2, nothing overwritten.
     let before = std::fs::read(dir.join("r.json")).unwrap();
-    let mut args = vec!["search", "--model", "m.safetensors", "--out", "r.json"];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(&a8);
-    args.extend_from_slice(&["--resume", "--seed", "7"]);
+    let args = haq_args("r.json", &[&a8[..], &["--resume", "--seed", "7"]].concat());
     expect_error(&dir, &args, 2, &["resume", "other settings"]);
     assert_eq!(std::fs::read(dir.join("r.json")).unwrap(), before);
 }
@@ -164,25 +151,8 @@ fn same_seed_same_plan_and_history_and_resume_continues_exactly() {
 fn haq_energy_budget_holds() {
     let dir = TempDir::new("haqenergy");
     train_mlp(dir.path(), "m.safetensors", &[]);
-    let (_, energy) = w8a8(dir.path());
-    let budget = format!("{}", energy * 0.5);
-    let p = haq(
-        dir.path(),
-        "p.json",
-        &[
-            "--hardware",
-            "bitfusion",
-            "--max-energy-mj",
-            &budget,
-            "--episodes",
-            "6",
-        ],
-    );
-    let limit = energy * 0.5 * (1.0 + 1e-9);
-    assert!(p["energy_mj"].as_f64().unwrap() <= limit);
-    for e in p["haq"]["history"].as_array().unwrap() {
-        assert!(e["energy_mj"].as_f64().unwrap() <= limit, "{e}");
-    }
+    let (p, _) = half_w8a8_search(dir.path(), "energy_mj", "6");
+    assert_eq!(p["haq"]["history"].as_array().unwrap().len(), 6);
 }
 
 #[test]
@@ -191,44 +161,22 @@ fn haq_unreachable_budget_or_missing_data_exits_2_before_any_episode() {
     train_mlp(dir.path(), "m.safetensors", &[]);
     let (lat, _) = w8a8(dir.path());
     let tiny = format!("{}", lat * 1e-3);
-    let mut args = vec!["search", "--model", "m.safetensors", "--out", "p.json"];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(&[
+    let extra = [
         "--hardware",
         "bitfusion",
         "--max-latency-ms",
         &tiny,
         "--episodes",
         "5",
-    ]);
+    ];
+    let args = haq_args("p.json", &extra);
     expect_error(&dir, &args, 2, &["max_latency_ms", "smallest"]);
     assert!(!dir.join("p.json").exists());
     assert!(!dir.join("p.haq-state.json").exists(), "no episode ran");
 
-    let missing = [
-        "search",
-        "--model",
-        "m.safetensors",
-        "--out",
-        "p.json",
-        "--method",
-        "haq",
-        "--avg-bits",
-        "4",
-    ];
+    let missing = search_args("haq", "p.json", &["--avg-bits", "4"]);
     expect_error(&dir, &missing, 2, &["--data"]);
-    let resume_other = [
-        "search",
-        "--model",
-        "m.safetensors",
-        "--out",
-        "p.json",
-        "--method",
-        "uniform",
-        "--avg-bits",
-        "4",
-        "--resume",
-    ];
+    let resume_other = search_args("uniform", "p.json", &["--avg-bits", "4", "--resume"]);
     expect_error(&dir, &resume_other, 2, &["--resume"]);
 }
 
@@ -284,22 +232,9 @@ fn haq_kmeans_size_budget_holds_and_the_plan_quantizes() {
         );
     }
     // The plan goes through `mpq quantize` and reloads bit-identically.
-    expect_ok(
-        dir.path(),
-        &[
-            "quantize",
-            "--model",
-            "m.safetensors",
-            "--policy",
-            "p.json",
-            "--data",
-            SYNTH,
-            "--out",
-            "q",
-            "--quiet",
-        ],
-    );
+    let printed = quantize_json(dir.path(), ["m.safetensors", "p.json", SYNTH, "q"], &[]);
     let s = read_json(&dir.join("q/summary.json"));
+    assert_eq!(printed["size_bytes"], s["size_bytes"]);
     assert_eq!(s["roundtrip_bit_identical"], true, "{s}");
     assert_eq!(s["size_bytes"], p["size_bytes"]);
 }

@@ -79,22 +79,15 @@ fn limpq_indicators_search_and_finetune_end_to_end() {
 
     // The plan comes from the saved JSON alone, the same every time.
     let search = |out: &str| {
-        let args = [
-            "search",
-            "--model",
-            "m.safetensors",
-            "--method",
-            "limpq",
+        let extra = [
             "--sensitivity",
             "s.json",
             "--bops-as",
             "3/4",
-            "--out",
-            out,
             "--json",
             "--quiet",
         ];
-        parse_json(&expect_ok(dir.path(), &args), "mpq search --method limpq")
+        expect_json(dir.path(), &search_args("limpq", out, &extra))
     };
     let (p1, p2) = (search("p.json"), search("p2.json"));
     assert_eq!(p1["layers"], p2["layers"]);
@@ -120,25 +113,8 @@ fn limpq_indicators_search_and_finetune_end_to_end() {
     assert!(w * a <= 12, "fc2 at W{w}A{a} breaks the W3A4 BitOps budget");
     assert!(p1["limpq"]["alpha"].as_f64() == Some(2.0));
 
-    let out = expect_ok(
-        dir.path(),
-        &[
-            "quantize",
-            "--model",
-            "m.safetensors",
-            "--policy",
-            "p.json",
-            "--data",
-            SYNTH,
-            "--finetune-epochs",
-            "1",
-            "--out",
-            "q",
-            "--json",
-            "--quiet",
-        ],
-    );
-    let s = parse_json(&out, "mpq quantize");
+    let files = ["m.safetensors", "p.json", SYNTH, "q"];
+    let s = quantize_json(dir.path(), files, &["--finetune-epochs", "1"]);
     assert_eq!(s["finetune_epochs"], 1);
     assert_eq!(s["roundtrip_bit_identical"], true);
 }
@@ -147,15 +123,7 @@ fn limpq_indicators_search_and_finetune_end_to_end() {
 fn limpq_input_errors_exit_2() {
     let dir = TempDir::new("limpq-err");
     train_mlp(dir.path(), "m.safetensors", &[]);
-    let base = [
-        "search",
-        "--model",
-        "m.safetensors",
-        "--method",
-        "limpq",
-        "--out",
-        "p.json",
-    ];
+    let base = search_args("limpq", "p.json", &[]);
     expect_error(&dir, &base, 2, &["--sensitivity", "--metric limpq"]);
     std::fs::write(
         dir.join("trace.json"),

@@ -133,16 +133,103 @@ fn parse_json(stdout: &str, ctx: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {ctx}\n{stdout}"))
 }
 
+/// The agent settings (HAQ, CW-HAWQ) of a small, fast search on the synthetic set: tiny nets,
+/// a short warm-up.
+const AGENT_FAST: &[&str] = &[
+    "--data",
+    SYNTH,
+    "--val-samples",
+    "16",
+    "--calib-samples",
+    "16",
+    "--warmup",
+    "3",
+    "--hidden1",
+    "32",
+    "--hidden2",
+    "32",
+    "--json",
+    "--quiet",
+];
+
+/// Runs `mpq ARGS` in `dir`, expects success and parses stdout as one JSON object.
+fn expect_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    parse_json(&expect_ok(dir, args), &format!("mpq {}", args.join(" ")))
+}
+
+/// `base` followed by `extra`.
+fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    [base, extra].concat()
+}
+
+/// `mpq train` of `arch` on `data` for `epochs` into `out`.
+fn train_args<'a>(arch: &'a str, data: &'a str, epochs: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--arch", arch, "--data", data, "--epochs", epochs, "--out", out,
+    ]
+}
+
 /// Trains the 1-epoch MLP on the synthetic set into `dir/name` and returns the train JSON.
 fn train_mlp(dir: &Path, name: &str, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "train", "--arch", "mlp", "--data", SYNTH, "--epochs", "1", "--out", name, "--json",
+    let args = train_args("mlp", SYNTH, "1", name);
+    let v = expect_json(dir, &with(&args, &[&["--json", "--quiet"], extra].concat()));
+    assert!(dir.join(name).is_file(), "train did not write {name}");
+    v
+}
+
+/// `mpq search --method METHOD` of the MLP `m.safetensors` into `out`, then `extra`.
+fn search_args<'a>(method: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let args = [
+        "search",
+        "--model",
+        "m.safetensors",
+        "--method",
+        method,
+        "--out",
+        out,
+    ];
+    with(&args, extra)
+}
+
+/// `mpq analyze` of `model` on the synthetic set, 16 samples a batch, into `out`, then `extra`.
+fn analyze_args<'a>(model: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let args = [
+        "analyze",
+        "--model",
+        model,
+        "--data",
+        SYNTH,
+        "--batch-size",
+        "16",
+        "--out",
+        out,
+    ];
+    with(&args, extra)
+}
+
+/// `mpq eval --json` of `model` on the test split of `data`.
+fn eval_json(dir: &Path, model: &str, data: &str) -> serde_json::Value {
+    expect_json(dir, &["eval", "--model", model, "--data", data, "--json"])
+}
+
+/// `mpq quantize --json --quiet` of `model` under `policy` on `data` into the folder `out`,
+/// then `extra`; returns the printed summary.
+fn quantize_json(
+    dir: &Path,
+    [model, policy, data, out]: [&str; 4],
+    extra: &[&str],
+) -> serde_json::Value {
+    let args = [
+        "quantize", "--model", model, "--policy", policy, "--data", data, "--out", out, "--json",
         "--quiet",
     ];
-    args.extend_from_slice(extra);
-    let stdout = expect_ok(dir, &args);
-    assert!(dir.join(name).is_file(), "train did not write {name}");
-    parse_json(&stdout, "mpq train --json")
+    expect_json(dir, &with(&args, extra))
+}
+
+/// Writes a plan `{"method": method, "layers": layers}` to `dir/name`.
+fn write_plan(dir: &Path, name: &str, method: &str, layers: serde_json::Value) {
+    let plan = serde_json::json!({"method": method, "layers": layers});
+    std::fs::write(dir.join(name), plan.to_string()).unwrap();
 }
 
 /// The header (metadata) and tensor bytes of a safetensors file.
@@ -417,17 +504,7 @@ fn empty_imagefolder_is_input_error() {
     std::fs::create_dir_all(dir.join("imgs/val")).unwrap();
     expect_error(
         &dir,
-        &[
-            "train",
-            "--arch",
-            "mlp",
-            "--data",
-            "imagefolder:imgs",
-            "--epochs",
-            "1",
-            "--out",
-            "m.safetensors",
-        ],
+        &train_args("mlp", "imagefolder:imgs", "1", "m.safetensors"),
         2,
         &["no class directories"],
     );
@@ -444,36 +521,14 @@ fn empty_imagefolder_is_input_error() {
 // 5. Unknown architecture
 // ---------------------------------------------------------------------------------------------
 
-const KNOWN_ARCHS: &[&str] = &[
-    "mlp",
-    "lenet5",
-    "resnet8",
-    "resnet20",
-    "resnet32",
-    "resnet56",
-    "resnet18",
-    "mobilenetv2",
-    "vgg11-small",
-];
-
 #[test]
 fn unknown_architecture_lists_known_names() {
     let dir = TempDir::new("arch");
     let mut want = vec!["unknown architecture", "nosuchnet"];
-    want.extend_from_slice(KNOWN_ARCHS);
+    want.extend_from_slice(mpq::zoo::ARCHS);
     expect_error(
         &dir,
-        &[
-            "train",
-            "--arch",
-            "nosuchnet",
-            "--data",
-            SYNTH,
-            "--epochs",
-            "1",
-            "--out",
-            "m.safetensors",
-        ],
+        &train_args("nosuchnet", SYNTH, "1", "m.safetensors"),
         2,
         &want,
     );
@@ -487,17 +542,7 @@ fn failed_train_leaves_existing_output_untouched() {
     std::fs::write(dir.join("m.safetensors"), b"previous contents").unwrap();
     expect_error(
         &dir,
-        &[
-            "train",
-            "--arch",
-            "nosuchnet",
-            "--data",
-            SYNTH,
-            "--epochs",
-            "1",
-            "--out",
-            "m.safetensors",
-        ],
+        &train_args("nosuchnet", SYNTH, "1", "m.safetensors"),
         2,
         &["unknown architecture"],
     );
@@ -514,10 +559,7 @@ fn train_out_is_a_directory_leaves_no_temp_file() {
     // `expect_error` also checks that no temp file was left next to the target.
     expect_error(
         &dir,
-        &[
-            "train", "--arch", "mlp", "--data", SYNTH, "--epochs", "1", "--out", "outdir",
-            "--quiet",
-        ],
+        &with(&train_args("mlp", SYNTH, "1", "outdir"), &["--quiet"]),
         2,
         &["outdir"],
     );
@@ -528,17 +570,7 @@ fn train_zero_epochs_is_input_error() {
     let dir = TempDir::new("epochs0");
     expect_error(
         &dir,
-        &[
-            "train",
-            "--arch",
-            "mlp",
-            "--data",
-            SYNTH,
-            "--epochs",
-            "0",
-            "--out",
-            "m.safetensors",
-        ],
+        &train_args("mlp", SYNTH, "0", "m.safetensors"),
         2,
         &["epochs"],
     );
@@ -664,18 +696,15 @@ fn usage_errors_exit_2() {
 #[test]
 fn info_resnet20_json() {
     let dir = TempDir::new("info");
-    let args = [
-        "info",
+    let model = [
         "--model",
         "zoo:resnet20",
         "--input",
         "3x32x32",
         "--classes",
         "10",
-        "--json",
     ];
-    let stdout = expect_ok(dir.path(), &args);
-    let v = parse_json(&stdout, "mpq info --json");
+    let v = expect_json(dir.path(), &[&["info", "--json"], &model[..]].concat());
     assert_eq!(v["quantizable_layers"], 22, "{v}");
     assert_eq!(v["params"], 272_474, "{v}");
     assert_eq!(v["macs"], 40_813_184u64, "{v}");
@@ -866,8 +895,7 @@ fn write_policy(dir: &Path, name: &str, layers: &[(&str, u32, u32)]) {
         .iter()
         .map(|(n, w, a)| serde_json::json!({"name": n, "w_bits": w, "a_bits": a}))
         .collect();
-    let plan = serde_json::json!({"method": "uniform", "layers": layers});
-    std::fs::write(dir.join(name), plan.to_string()).unwrap();
+    write_plan(dir, name, "uniform", layers.into());
 }
 
 #[test]
@@ -1073,15 +1101,19 @@ fn newer_or_foreign_file_formats_exit_2() {
 // mpq analyze (Hessian sensitivity)
 // ---------------------------------------------------------------------------------------------
 
-/// Small ResNet-8 analysis on synthetic 3x8x8 data (every metric, short iterations).
-const ANALYZE: &[&str] = &[
-    "analyze",
+/// ResNet-8 on 3x8x8 inputs, 3 classes: 10 layers with residual downsample convs.
+const R8: &[&str] = &[
     "--model",
     "zoo:resnet8",
     "--input",
     "3x8x8",
     "--classes",
     "3",
+];
+
+/// Small ResNet-8 analysis on synthetic 3x8x8 data (every metric, short iterations), after
+/// `analyze` and [`R8`].
+const ANALYZE: &[&str] = &[
     "--data",
     "synthetic:3x8x8:3:64",
     "--batches",
@@ -1097,7 +1129,7 @@ const ANALYZE: &[&str] = &[
 
 /// The analysis JSON on disk and on stdout, with `seconds` removed.
 fn analyze_json(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
-    let mut args = ANALYZE.to_vec();
+    let mut args = [&["analyze"], R8, ANALYZE].concat();
     args.extend_from_slice(extra);
     args.extend(["--out", out, "--json"]);
     let stdout = expect_ok(dir, &args);
@@ -1267,17 +1299,7 @@ fn analyze_bad_inputs_exit_2_without_output() {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     bytes[8 + n + start..8 + n + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(dir.join("nan.safetensors"), &bytes).unwrap();
-    let nan = [
-        "analyze",
-        "--model",
-        "nan.safetensors",
-        "--data",
-        SYNTH,
-        "--batch-size",
-        "16",
-        "--out",
-        "s.json",
-    ];
+    let nan = analyze_args("nan.safetensors", "s.json", &[]);
     let stderr = expect_error(&dir, &nan, 2, &["non-finite", "fc2.weight"]);
     assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1);
     assert!(!dir.join("s.json").exists());
@@ -1325,17 +1347,7 @@ fn analyze_non_finite_data_and_products_exit_2_without_output() {
     let bytes = std::fs::read(dir.join("m.safetensors")).unwrap();
     let run = |file: &str, contents: Vec<u8>, fragments: &[&str]| {
         std::fs::write(dir.join(file), contents).unwrap();
-        let args = [
-            "analyze",
-            "--model",
-            file,
-            "--data",
-            SYNTH,
-            "--batch-size",
-            "16",
-            "--out",
-            "s.json",
-        ];
+        let args = analyze_args(file, "s.json", &[]);
         let stderr = expect_error(&dir, &args, 2, fragments);
         assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1);
         assert!(!dir.join("s.json").exists());

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{TempDir, expect_error, expect_ok, parse_json};
+use super::{TempDir, eval_json, expect_error, expect_json, expect_ok, quantize_json};
 
 fn fixture(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,10 +23,7 @@ fn info_lists_onnx_layer_names() {
     for name in ["conv1", "layer2.0.downsample.0", "layer3.0.conv2", "fc"] {
         assert!(table.contains(name), "{name} missing:\n{table}");
     }
-    let v = parse_json(
-        &expect_ok(dir.path(), &["info", "--model", &model, "--json"]),
-        "info --json",
-    );
+    let v = expect_json(dir.path(), &["info", "--model", &model, "--json"]);
     assert_eq!(v["quantizable_layers"], 10, "{v}");
     assert_eq!(v["input_shape"], serde_json::json!([1, 28, 28]), "{v}");
 }
@@ -35,13 +32,7 @@ fn info_lists_onnx_layer_names() {
 fn onnx_lenet_analyze_search_quantize() {
     let dir = TempDir::new("onnx-pipeline");
     let model = fixture("lenet5.onnx");
-    let fp = parse_json(
-        &expect_ok(
-            dir.path(),
-            &["eval", "--model", &model, "--data", "mnist10k", "--json"],
-        ),
-        "eval",
-    );
+    let fp = eval_json(dir.path(), &model, "mnist10k");
     assert!(fp["accuracy"].as_f64().unwrap() > 0.9, "{fp}");
     expect_ok(
         dir.path(),
@@ -88,27 +79,8 @@ fn onnx_lenet_analyze_search_quantize() {
             "p.json",
         ],
     );
-    let q = parse_json(
-        &expect_ok(
-            dir.path(),
-            &[
-                "--quiet",
-                "quantize",
-                "--model",
-                &model,
-                "--policy",
-                "p.json",
-                "--data",
-                "mnist10k",
-                "--finetune-epochs",
-                "1",
-                "--out",
-                "q",
-                "--json",
-            ],
-        ),
-        "quantize",
-    );
+    let files = [model.as_str(), "p.json", "mnist10k", "q"];
+    let q = quantize_json(dir.path(), files, &["--finetune-epochs", "1"]);
     assert_eq!(q["roundtrip_bit_identical"], true, "{q}");
     assert!(
         q["after_finetune"]["accuracy"].as_f64().unwrap() > 0.9,
@@ -121,20 +93,7 @@ fn onnx_lenet_analyze_search_quantize() {
         "QDQ nodes in the export"
     );
     // The packed model of an imported graph loads on its own and evaluates the same.
-    let e = parse_json(
-        &expect_ok(
-            dir.path(),
-            &[
-                "eval",
-                "--model",
-                "q/model.safetensors",
-                "--data",
-                "mnist10k",
-                "--json",
-            ],
-        ),
-        "eval packed",
-    );
+    let e = eval_json(dir.path(), "q/model.safetensors", "mnist10k");
     assert_eq!(e["accuracy"], q["reloaded"]["accuracy"], "{e} vs {q}");
 }
 
@@ -185,34 +144,26 @@ fn train_continues_an_onnx_model() {
     let dir = TempDir::new("onnx-train");
     let model = fixture("lenet5.onnx");
     let acc = |m: &str| {
-        let v = parse_json(
-            &expect_ok(
-                dir.path(),
-                &["eval", "--model", m, "--data", "mnist10k", "--json"],
-            ),
-            "eval",
-        );
-        v["accuracy"].as_f64().unwrap()
+        eval_json(dir.path(), m, "mnist10k")["accuracy"]
+            .as_f64()
+            .unwrap()
     };
     let before = acc(&model);
-    let run = parse_json(
-        &expect_ok(
-            dir.path(),
-            &[
-                "--quiet",
-                "train",
-                "--model",
-                &model,
-                "--data",
-                "mnist10k",
-                "--epochs",
-                "1",
-                "--out",
-                "tuned.safetensors",
-                "--json",
-            ],
-        ),
-        "train",
+    let run = expect_json(
+        dir.path(),
+        &[
+            "--quiet",
+            "train",
+            "--model",
+            &model,
+            "--data",
+            "mnist10k",
+            "--epochs",
+            "1",
+            "--out",
+            "tuned.safetensors",
+            "--json",
+        ],
     );
     // The fixture was trained one epoch by PyTorch; one more epoch improves it, and the saved
     // model (an imported graph, reloaded without its ONNX file) evaluates as training said.

@@ -3,8 +3,7 @@
 use super::*;
 
 fn policy_json(dir: &Path, name: &str, layers: serde_json::Value) {
-    let plan = serde_json::json!({"method": "test", "layers": layers});
-    std::fs::write(dir.join(name), plan.to_string()).unwrap();
+    write_plan(dir, name, "test", layers);
 }
 
 #[test]
@@ -26,21 +25,7 @@ fn quantize_exports_a_packed_model_that_eval_reproduces() {
         ("lsq", vec!["--finetune-epochs", "1", "--quantizer", "lsq"]),
         ("mse", vec!["--quantizer", "symmetric-mse"]),
     ] {
-        let mut args = vec![
-            "quantize",
-            "--model",
-            "m.safetensors",
-            "--policy",
-            "p.json",
-            "--data",
-            SYNTH,
-            "--out",
-            out,
-            "--json",
-            "--quiet",
-        ];
-        args.extend(extra);
-        let s = parse_json(&expect_ok(dir.path(), &args), "mpq quantize --json");
+        let s = quantize_json(dir.path(), ["m.safetensors", "p.json", SYNTH, out], &extra);
         assert_eq!(s["roundtrip_bit_identical"], true, "{s}");
         let files: BTreeSet<String> = std::fs::read_dir(dir.join(out))
             .unwrap()
@@ -75,13 +60,7 @@ fn quantize_exports_a_packed_model_that_eval_reproduces() {
         assert_eq!(summary["after_finetune"], s["after_finetune"]);
 
         let packed = format!("{out}/model.safetensors");
-        let e = parse_json(
-            &expect_ok(
-                dir.path(),
-                &["eval", "--model", &packed, "--data", SYNTH, "--json"],
-            ),
-            "mpq eval --json",
-        );
+        let e = eval_json(dir.path(), &packed, SYNTH);
         // The packed file alone (no policy, no calibration) gives the simulated numbers.
         assert_eq!(e["accuracy"], s["after_finetune"]["accuracy"], "{e} vs {s}");
         assert_eq!(e["loss"], s["after_finetune"]["loss"], "{e} vs {s}");

@@ -4,16 +4,6 @@
 
 use super::*;
 
-/// ResNet-8 on 3x8x8 inputs, 3 classes: 10 layers with residual downsample convs.
-const R8: &[&str] = &[
-    "--model",
-    "zoo:resnet8",
-    "--input",
-    "3x8x8",
-    "--classes",
-    "3",
-];
-
 type Json = serde_json::Value;
 
 /// `(name, params, macs)` of every layer, from `mpq info --json`.
@@ -385,18 +375,7 @@ fn latency_and_energy_budgets_hold_on_the_simulator() {
     let dir = TempDir::new("searchlatency");
     let layers = layer_table(dir.path(), R8);
     write_sensitivity(dir.path(), "s.json", &layers);
-    let hw = |policy: &str| {
-        let mut args = vec![
-            "hw",
-            "--json",
-            "--hardware",
-            "bitfusion",
-            "--policy",
-            policy,
-        ];
-        args.extend_from_slice(R8);
-        parse_json(&expect_ok(dir.path(), &args), "mpq hw --json")
-    };
+    let hw = |policy: &str| hw_json(dir.path(), R8, "bitfusion", Some(policy));
     // Halfway between the smallest (every layer 2/4) and the largest (8/8) plan.
     let u8 = search(
         dir.path(),
@@ -442,28 +421,9 @@ fn infeasible_requests_exit_2_with_the_smallest_value_and_no_file() {
     let layers = layer_table(dir.path(), R8);
     write_sensitivity(dir.path(), "s.json", &layers);
     // The smallest latency any plan reaches: every layer at the smallest candidates (2/4).
-    let w2a4: Vec<Json> = layers
-        .iter()
-        .map(|(n, _, _)| serde_json::json!({"name": n, "w_bits": 2, "a_bits": 4}))
-        .collect();
-    std::fs::write(
-        dir.join("w2a4.json"),
-        serde_json::json!({"method": "t", "layers": w2a4}).to_string(),
-    )
-    .unwrap();
-    let mut args = vec![
-        "hw",
-        "--json",
-        "--hardware",
-        "bitfusion",
-        "--policy",
-        "w2a4.json",
-    ];
-    args.extend_from_slice(R8);
-    let min_latency = num(
-        &parse_json(&expect_ok(dir.path(), &args), "hw"),
-        "latency_ms",
-    );
+    write_uniform_policy(dir.path(), "w2a4.json", &layers, 2, 4);
+    let w2a4 = hw_json(dir.path(), R8, "bitfusion", Some("w2a4.json"));
+    let min_latency = num(&w2a4, "latency_ms");
     let min_bops = 781_504.0 * 2.0 * 4.0 / 1e9;
     let cases: Vec<(Vec<&str>, Vec<String>)> = vec![
         (
@@ -652,8 +612,7 @@ fn write_uniform_policy(dir: &Path, name: &str, layers: &[(String, f64, f64)], w
         .iter()
         .map(|(n, _, _)| serde_json::json!({"name": n, "w_bits": w, "a_bits": a}))
         .collect();
-    let plan = serde_json::json!({"method": "uniform", "layers": rows});
-    std::fs::write(dir.join(name), plan.to_string()).unwrap();
+    write_plan(dir, name, "uniform", rows.into());
 }
 
 fn hw_json(dir: &Path, model: &[&str], hardware: &str, policy: Option<&str>) -> Json {

@@ -425,11 +425,8 @@ mod tests {
 
     #[test]
     fn resnet20_mixed_plan_hand_numbers() {
-        let layers = crate::zoo::build("resnet20", &crate::zoo::ZooConfig::new([3, 32, 32], 10), 0)
-            .unwrap()
-            .graph
-            .layer_infos()
-            .unwrap();
+        let cfg = crate::zoo::ZooConfig::new([3, 32, 32], 10);
+        let layers = crate::zoo::layer_infos("resnet20", &cfg).unwrap();
         assert_eq!(layers.len(), 22); // 19 convs + 2 downsample 1x1 convs + fc
         // conv1 W8A8; layer1 W4A8; layer2 W4A4; layer3 W2A4; downsample convs W8A4;
         // fc absent (FP32).

@@ -342,11 +342,7 @@ mod tests {
     }
 
     fn zoo_layers(arch: &str, input: [usize; 3]) -> Vec<LayerInfo> {
-        zoo::build(arch, &ZooConfig::new(input, 10), 0)
-            .unwrap()
-            .graph
-            .layer_infos()
-            .unwrap()
+        zoo::layer_infos(arch, &ZooConfig::new(input, 10)).unwrap()
     }
 
     #[test]

@@ -17,12 +17,13 @@
 //! | [`run_all`] | [`RunAllRequest`] | [`RunAllOutcome`] | a whole run folder |
 //!
 //! ```no_run
-//! use mpq::pipeline::{self, ModelSource, SearchRequest, Method, BudgetSpec};
+//! use mpq::pipeline::{self, ModelSource, SearchRequest, Method};
 //! use mpq::progress::NoProgress;
+//! use mpq::search::Budget;
 //!
 //! let mut req = SearchRequest::new(ModelSource::new("lenet5.safetensors"), Method::Ilp);
 //! req.sensitivity = Some("s.json".into());
-//! req.budget = BudgetSpec { avg_bits: Some(3.0), ..Default::default() };
+//! req.budget.limits = Budget::avg_bits(3.0);
 //! let outcome = pipeline::search(&req, &mut NoProgress).unwrap();
 //! println!("{} bytes", outcome.policy.plan.size_bytes.unwrap_or(0));
 //! ```

@@ -25,6 +25,7 @@ use crate::progress::Progress;
 use crate::quant::CalibrationConfig;
 use crate::report::ReportOutcome;
 use crate::run::{RunBudget, RunPaths, RunSettings, RunSummary};
+use crate::search::Budget;
 use crate::search::haq::FlagStyle;
 use crate::sensitivity::learned::LimpqConfig;
 use crate::sensitivity::{AnalyzeConfig, Metric, SampleConfig};
@@ -201,6 +202,18 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
         }
     });
     let mut stages = Vec::new();
+    // An analysis of the model on mnist10k by `cmd` (less its `--out`) into `out`.
+    let analyze = |cmd: Cmd, analysis: Analysis, out: &PathBuf| Stage {
+        method: None,
+        command: cmd.add(&["--out", &path(out)]).0,
+        request: StageRequest::Analyze(AnalyzeRequest {
+            model: source.clone(),
+            data: "mnist10k".into(),
+            analysis,
+            seed,
+            out: out.clone(),
+        }),
+    };
 
     // Hessian analysis (every metric) and LIMPQ's indicators.
     let sens = paths.file("sensitivity.json");
@@ -217,26 +230,17 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
         config.density.steps = s;
         cmd = cmd.add(&["--lanczos-steps", &s.to_string()]);
     }
-    stages.push(Stage {
-        method: None,
-        command: cmd.add(&["--out", &path(&sens)]).0,
-        request: StageRequest::Analyze(AnalyzeRequest {
-            model: source.clone(),
-            data: "mnist10k".into(),
-            analysis: Analysis::Hessian {
-                config,
-                sample: SampleConfig {
-                    batches: len.batches,
-                    seed,
-                    ..SampleConfig::default()
-                },
-                split: Split::Train,
-                svg: None,
-            },
+    let hessian = Analysis::Hessian {
+        config,
+        sample: SampleConfig {
+            batches: len.batches,
             seed,
-            out: sens.clone(),
-        }),
-    });
+            ..SampleConfig::default()
+        },
+        split: Split::Train,
+        svg: None,
+    };
+    stages.push(analyze(cmd, hessian, &sens));
     let indicators = paths.file("limpq.json");
     let mut limpq = LimpqConfig {
         epochs: len.limpq_epochs,
@@ -256,25 +260,14 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
     )
     .add(&["--metric", "limpq"]);
     cmd.0.extend(flags);
-    stages.push(Stage {
-        method: None,
-        command: cmd.add(&["--out", &path(&indicators)]).0,
-        request: StageRequest::Analyze(AnalyzeRequest {
-            model: source.clone(),
-            data: "mnist10k".into(),
-            analysis: Analysis::Limpq {
-                config: limpq,
-                label_smoothing: None,
-            },
-            seed,
-            out: indicators.clone(),
-        }),
-    });
+    let analysis = Analysis::Limpq {
+        config: limpq,
+        label_smoothing: None,
+    };
+    stages.push(analyze(cmd, analysis, &indicators));
 
     // Every search method at one budget; HAQ at half the W8A8 latency on BitFusion.
-    let layers = zoo::build("lenet5", &ZooConfig::new([1, 28, 28], 10), seed)?
-        .graph
-        .layer_infos()?;
+    let layers = zoo::layer_infos("lenet5", &ZooConfig::new([1, 28, 28], 10))?;
     let w8a8 = HardwareModel::from_reference("bitfusion")?
         .table(&layers, &QuantPlan::uniform(&layers, 8, 8))?
         .latency_ms;
@@ -356,19 +349,18 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
         match &r.method {
             Method::Haq(_) => {
                 r.hardware = Some("bitfusion".into());
-                r.budget.max_latency_ms = Some(budget_ms);
+                r.budget.limits.max_latency_ms = Some(budget_ms);
             }
             Method::Limpq { .. } => {
                 r.sensitivity = Some(indicators.clone());
                 r.budget = BudgetSpec {
+                    limits: Budget::avg_bits(3.0),
                     bops_as: Some((3, 4)),
-                    avg_bits: Some(3.0),
-                    ..BudgetSpec::default()
                 };
                 cmd = cmd.add(&["--avg-bits", "3"]);
             }
             m => {
-                r.budget.avg_bits = Some(3.0);
+                r.budget.limits.avg_bits = Some(3.0);
                 r.a_bits = Some(vec![4]);
                 cmd = cmd.add(&["--avg-bits", "3", "--a-bits", "4"]);
                 if m.sensitivity_metric().is_some() {

@@ -52,11 +52,8 @@ fn bar_chart(
         .chain(all.iter().copied())
         .collect();
     let frame = Frame {
-        width: 660.0,
-        height: 420.0,
-        top: 60.0,
         bottom: 70.0,
-        ..Frame::default()
+        ..Frame::legend_above()
     };
     let n = categories.len().max(1) as f64;
     let mut plot = Plot::new(
@@ -207,12 +204,7 @@ pub fn density_chart(t: &SensitivityTable) -> Option<String> {
     let (grid, dens) = d.curve(800, 1e-5);
     let floor = 1e-6 * dens.iter().copied().fold(0.0, f64::max).max(1e-300);
     let ys: Vec<f64> = dens.iter().map(|v| v.max(floor)).collect();
-    let frame = Frame {
-        width: 660.0,
-        height: 420.0,
-        top: 60.0,
-        ..Frame::default()
-    };
+    let frame = Frame::legend_above();
     let mut plot = Plot::new(
         frame,
         Scale::fit(&grid, false, false),
@@ -246,9 +238,7 @@ pub fn density_chart(t: &SensitivityTable) -> Option<String> {
             ));
         }
     }
-    plot.push(&s);
-    plot.legend(&items, LegendAt::Above);
-    Some(plot.finish())
+    Some(plot.finish_with(&s, &items, LegendAt::Above))
 }
 
 /// A plan's place in the Pareto plot.
@@ -295,18 +285,12 @@ pub fn pareto_chart(frontier: Option<&FrontierFile>, plans: &[PlanPoint]) -> Opt
     if points.is_empty() && plan_xy.is_empty() {
         return None;
     }
-    let xs: Vec<f64> = points
+    let (xs, ys): (Vec<f64>, Vec<f64>) = points
         .iter()
-        .map(|p| p.0)
-        .chain(uniform.iter().map(|u| u.1))
-        .chain(plan_xy.iter().map(|p| p.1))
-        .collect();
-    let ys: Vec<f64> = points
-        .iter()
-        .map(|p| p.1)
-        .chain(uniform.iter().map(|u| u.2))
-        .chain(plan_xy.iter().map(|p| p.2))
-        .collect();
+        .copied()
+        .chain(uniform.iter().map(|u| (u.1, u.2)))
+        .chain(plan_xy.iter().map(|p| (p.1, p.2)))
+        .unzip();
     let log = ys.iter().all(|y| *y > 0.0);
     let frame = Frame {
         width: 900.0,
@@ -390,9 +374,7 @@ pub fn pareto_chart(frontier: Option<&FrontierFile>, plans: &[PlanPoint]) -> Opt
         );
         items.push((Mark::Dot, c, p.method.clone()));
     }
-    plot.push(&s);
-    plot.legend(&items, LegendAt::Right);
-    Some(plot.finish())
+    Some(plot.finish_with(&s, &items, LegendAt::Right))
 }
 
 /// One agent episode: its accuracy on the reward split (%) and reward.
@@ -420,12 +402,7 @@ pub fn learning_curve(
         .map(|e| e.accuracy)
         .chain(fp_accuracy)
         .collect();
-    let frame = Frame {
-        width: 660.0,
-        height: 420.0,
-        top: 60.0,
-        ..Frame::default()
-    };
+    let frame = Frame::legend_above();
     let mut plot = Plot::new(
         frame,
         Scale::fit(&xs, false, false),
@@ -463,7 +440,6 @@ pub fn learning_curve(
         s,
         r##"<path d="{d}" fill="none" stroke="#d62728" stroke-width="1.8"/>"##
     );
-    plot.push(&s);
     let mut items = Vec::new();
     if warmup > 0 {
         items.push((Mark::Dot, "#b0b0b0", "warm-up episode (random)".to_string()));
@@ -473,6 +449,5 @@ pub fn learning_curve(
     if fp_accuracy.is_some() {
         items.push((Mark::Dashed, "#555", "FP accuracy".to_string()));
     }
-    plot.legend(&items, LegendAt::Above);
-    Some(plot.finish())
+    Some(plot.finish_with(&s, &items, LegendAt::Above))
 }

@@ -188,6 +188,18 @@ impl Default for Frame {
     }
 }
 
+impl Frame {
+    /// The report's 660x420 plot with room for a legend above it ([`LegendAt::Above`]).
+    pub fn legend_above() -> Self {
+        Frame {
+            width: 660.0,
+            height: 420.0,
+            top: 60.0,
+            ..Frame::default()
+        }
+    }
+}
+
 /// A legend entry's symbol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mark {
@@ -411,6 +423,18 @@ impl Plot {
             );
         }
         self.push(&s);
+    }
+
+    /// Adds `body`, then the legend of `items` at `at`, and finishes the document.
+    pub fn finish_with(
+        mut self,
+        body: &str,
+        items: &[(Mark, &str, String)],
+        at: LegendAt,
+    ) -> String {
+        self.push(body);
+        self.legend(items, at);
+        self.finish()
     }
 
     /// The finished SVG document.

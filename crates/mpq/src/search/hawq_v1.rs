@@ -87,13 +87,7 @@ impl Enum<'_> {
 /// ties and is reported.
 pub fn hawq_v1(space: &SearchSpace, omega: &OmegaTable) -> Result<QuantPlan> {
     let start = Instant::now();
-    if !space.has_omega() {
-        return Err(Error::config(
-            "method",
-            "hawq-v1 needs a sensitivity table (--sensitivity)",
-        ));
-    }
-    space.feasibility().check()?;
+    space.check_omega_search("hawq-v1")?;
     let layers = space.layers();
     let groups = space.groups();
     // S of a group: the largest λ/n of its layers.

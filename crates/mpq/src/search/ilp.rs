@@ -48,13 +48,7 @@ impl SearchSpace<'_> {
 /// The least-Ω plan meeting every budget. Needs Ω ([`SearchSpace::set_omega`]).
 pub fn ilp(space: &SearchSpace) -> Result<(QuantPlan, IlpStats)> {
     let start = Instant::now();
-    if !space.has_omega() {
-        return Err(Error::config(
-            "method",
-            "ilp needs a sensitivity table (--sensitivity)",
-        ));
-    }
-    space.feasibility().check()?;
+    space.check_omega_search("ilp")?;
     let Some(sol) = mckp::solve(&space.to_mckp()) else {
         return Err(Error::Infeasible {
             budget: "the budgets together (each alone is achievable, but no plan meets all)".into(),

@@ -236,12 +236,9 @@ mod tests {
     use super::*;
     use crate::zoo::{self, ZooConfig};
 
-    fn lenet() -> Vec<LayerInfo> {
-        zoo::build("lenet5", &ZooConfig::new([1, 28, 28], 10), 0)
-            .unwrap()
-            .graph
-            .layer_infos()
-            .unwrap()
+    /// LeNet-5's layer table (28x28 inputs, 10 classes), shared by the search tests.
+    pub(crate) fn lenet() -> Vec<LayerInfo> {
+        zoo::layer_infos("lenet5", &ZooConfig::new([1, 28, 28], 10)).unwrap()
     }
 
     fn cands() -> Candidates {
@@ -254,10 +251,7 @@ mod tests {
     #[test]
     fn uniform_picks_the_largest_plan_within_budget() {
         let layers = lenet();
-        let b = Budget {
-            avg_bits: Some(3.5),
-            ..Default::default()
-        };
+        let b = Budget::avg_bits(3.5);
         let p = uniform(&layers, &cands(), &b).unwrap();
         assert!(p.layers.iter().all(|l| l.w_bits == 3 && l.a_bits == 8));
         assert_eq!(p.avg_w_bits, Some(3.0));
@@ -273,10 +267,7 @@ mod tests {
     #[test]
     fn random_meets_the_budget_and_is_seeded() {
         let layers = lenet();
-        let b = Budget {
-            avg_bits: Some(3.0),
-            ..Default::default()
-        };
+        let b = Budget::avg_bits(3.0);
         let p1 = random(&layers, &cands(), &b, 7, 100_000).unwrap();
         let p2 = random(&layers, &cands(), &b, 7, 100_000).unwrap();
         assert_eq!(p1.layers, p2.layers);
@@ -293,10 +284,7 @@ mod tests {
     #[test]
     fn infeasible_budget_reports_the_smallest_value() {
         let layers = lenet();
-        let b = Budget {
-            avg_bits: Some(1.5),
-            ..Default::default()
-        };
+        let b = Budget::avg_bits(1.5);
         match uniform(&layers, &cands(), &b) {
             Err(Error::Infeasible { budget, min_value }) => {
                 assert!(budget.contains("avg_bits"), "{budget}");

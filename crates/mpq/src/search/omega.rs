@@ -294,29 +294,18 @@ mod tests {
     fn mismatched_rows_are_input_errors() {
         let layers = vec![LayerInfo::linear(0, "fc1", 4, 8)];
         let cfg = OmegaConfig::default();
-        let s = SensitivityTable::parse(
-            r#"{"layers": [{"name": "fc9", "trace": 1}]}"#.as_bytes(),
-            "s",
-        )
-        .unwrap();
+        let table = |json: &str| SensitivityTable::parse(json.as_bytes(), "s").unwrap();
+        let s = table(r#"{"layers": [{"name": "fc9", "trace": 1}]}"#);
         assert!(matches!(
             OmegaTable::new(&layers, &s, cfg),
             Err(Error::UnknownLayer { .. })
         ));
-        let s = SensitivityTable::parse(
-            r#"{"layers": [{"name": "fc1", "params": 3, "trace": 1}]}"#.as_bytes(),
-            "s",
-        )
-        .unwrap();
+        let s = table(r#"{"layers": [{"name": "fc1", "params": 3, "trace": 1}]}"#);
         assert!(matches!(
             OmegaTable::new(&layers, &s, cfg),
             Err(Error::ShapeMismatch { .. })
         ));
-        let s = SensitivityTable::parse(
-            r#"{"layers": [{"name": "fc1", "trace": 1}]}"#.as_bytes(),
-            "s",
-        )
-        .unwrap();
+        let s = table(r#"{"layers": [{"name": "fc1", "trace": 1}]}"#);
         let eig = OmegaConfig {
             metric: OmegaMetric::Eigen,
             act_weight: 1.0,

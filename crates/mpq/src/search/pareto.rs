@@ -312,13 +312,7 @@ pub struct FrontierRow {
 /// ([`SearchSpace::set_omega`]).
 pub fn pareto(space: &SearchSpace) -> Result<ParetoResult> {
     let start = Instant::now();
-    if !space.has_omega() {
-        return Err(Error::config(
-            "method",
-            "pareto needs a sensitivity table (--sensitivity)",
-        ));
-    }
-    space.feasibility().check()?;
+    space.check_omega_search("pareto")?;
     let size_mb = space
         .constraints()
         .iter()

@@ -203,6 +203,14 @@ fn fits(cost: f64, limit: f64) -> bool {
 }
 
 impl Budget {
+    /// A budget of `bits` average weight bits, and nothing else.
+    pub fn avg_bits(bits: f64) -> Budget {
+        Budget {
+            avg_bits: Some(bits),
+            ..Budget::default()
+        }
+    }
+
     /// Checks that every limit given is a positive finite number.
     pub fn validate(&self) -> Result<()> {
         let limits = [
@@ -406,6 +414,18 @@ impl<'a> SearchSpace<'a> {
     /// Whether Ω has been set.
     pub fn has_omega(&self) -> bool {
         self.has_omega
+    }
+
+    /// What the Ω-based searches (HAWQ, HAWQ-V2, HAWQ-V3) need before they start: Ω is set
+    /// (else a config error naming `method`) and the budgets are feasible.
+    pub fn check_omega_search(&self, method: &str) -> Result<()> {
+        if !self.has_omega {
+            return Err(Error::config(
+                "method",
+                format!("{method} needs a sensitivity table (--sensitivity)"),
+            ));
+        }
+        self.feasibility().check()
     }
 
     /// The model's layers.

@@ -10,11 +10,7 @@ use crate::sensitivity::SensitivityTable;
 use crate::zoo::{self, ZooConfig};
 
 fn layers(arch: &str, input: [usize; 3]) -> Vec<LayerInfo> {
-    zoo::build(arch, &ZooConfig::new(input, 10), 0)
-        .unwrap()
-        .graph
-        .layer_infos()
-        .unwrap()
+    zoo::layer_infos(arch, &ZooConfig::new(input, 10)).unwrap()
 }
 
 /// Sensitivities whose curvature differs per layer and whose errors fall 4x per bit.
@@ -137,10 +133,7 @@ fn pinned_and_tied_layers_hold_in_every_method() {
         ],
         ..Default::default()
     };
-    let b = Budget {
-        avg_bits: Some(3.5),
-        ..Default::default()
-    };
+    let b = Budget::avg_bits(3.5);
     let s = space(
         &l,
         &cands(&[2, 3, 4, 6], &[4, 8]),
@@ -197,10 +190,7 @@ fn pinned_and_tied_layers_hold_in_every_method() {
 fn pareto_agrees_with_ilp_under_one_size_budget() {
     let l = layers("resnet20", [3, 32, 32]);
     for avg in [2.5, 3.0, 4.2, 5.0] {
-        let b = Budget {
-            avg_bits: Some(avg),
-            ..Default::default()
-        };
+        let b = Budget::avg_bits(avg);
         let s = space(
             &l,
             &cands(&[2, 3, 4, 5, 6, 8], &[4, 8]),
@@ -248,10 +238,7 @@ fn hawq_v1_bits_follow_the_eigen_order_and_fill_the_budget() {
     )
     .unwrap();
     for avg in [2.2, 3.0, 4.0, 6.5] {
-        let b = Budget {
-            avg_bits: Some(avg),
-            ..Default::default()
-        };
+        let b = Budget::avg_bits(avg);
         let s = space(
             &l,
             &c,
@@ -412,10 +399,7 @@ fn bad_pins_ties_and_hardware_budgets_are_input_errors() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("hardware"), "{msg}");
-    let b = Budget {
-        avg_bits: Some(-1.0),
-        ..Default::default()
-    };
+    let b = Budget::avg_bits(-1.0);
     assert!(SearchSpace::new(&l, &c, &b, None, &SearchOptions::default()).is_err());
 }
 

@@ -9,7 +9,7 @@ mod vgg;
 
 use candle::Device;
 
-use crate::graph::Graph;
+use crate::graph::{Graph, LayerInfo};
 use crate::meta::ModelMeta;
 use crate::model::Model;
 use crate::{Error, Result};
@@ -75,6 +75,11 @@ pub fn build_graph(arch: &str, cfg: &ZooConfig, seed: u64, device: &Device) -> R
 /// Builds `arch` as a [`Model`] on the CPU, with fresh (seeded) weights and no normalisation.
 pub fn build(arch: &str, cfg: &ZooConfig, seed: u64) -> Result<Model> {
     build_on(arch, cfg, seed, &Device::Cpu)
+}
+
+/// The quantizable layers of `arch` (shapes and costs; they do not depend on the weights).
+pub fn layer_infos(arch: &str, cfg: &ZooConfig) -> Result<Vec<LayerInfo>> {
+    build(arch, cfg, 0)?.graph.layer_infos()
 }
 
 /// Builds `arch` as a [`Model`] on `device`.

@@ -237,24 +237,16 @@ impl Method {
     }
 }
 
-/// Resource limits (any combination; `None` is no limit).
+/// Resource limits: the search's [`Budget`] (any combination; `None` is no limit), or a BitOps
+/// limit given as a uniform plan's widths.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BudgetSpec {
-    /// Largest average weight bit-width.
-    pub avg_bits: Option<f64>,
-    /// Largest weight storage in MiB (scales included).
-    pub max_size_mb: Option<f64>,
-    /// Smallest compression ratio versus FP32 weights.
-    pub compression: Option<f64>,
-    /// Largest giga bit-operations per sample.
-    pub max_bops_g: Option<f64>,
+    /// The limits as the search takes them.
+    #[serde(flatten)]
+    pub limits: Budget,
     /// A BitOps budget equal to the uniform plan at these `(w, a)` bits, pinned layers at
-    /// their pins (LIMPQ's "average wb × ab" target); excludes `max_bops_g`.
+    /// their pins (LIMPQ's "average wb × ab" target); excludes `limits.max_bops_g`.
     pub bops_as: Option<(BitWidth, BitWidth)>,
-    /// Largest latency in ms on the hardware model.
-    pub max_latency_ms: Option<f64>,
-    /// Largest energy in mJ on the hardware model.
-    pub max_energy_mj: Option<f64>,
 }
 
 /// How Ω is formed from a sensitivity file.
@@ -354,8 +346,8 @@ impl SearchRequest {
         }
         let b = &self.budget;
         for (flag, v) in [
-            ("max-latency-ms", b.max_latency_ms),
-            ("max-energy-mj", b.max_energy_mj),
+            ("max-latency-ms", b.limits.max_latency_ms),
+            ("max-energy-mj", b.limits.max_energy_mj),
         ] {
             if v.is_some() && self.hardware.is_none() {
                 return Err(Error::Usage(format!(
@@ -363,7 +355,7 @@ impl SearchRequest {
                 )));
             }
         }
-        if b.bops_as.is_some() && b.max_bops_g.is_some() {
+        if b.bops_as.is_some() && b.limits.max_bops_g.is_some() {
             return Err(Error::Usage("--bops-as conflicts with --max-bops".into()));
         }
         if let Method::CwIlp { ratio_grid: 0 } = m {
@@ -404,18 +396,10 @@ pub fn search(req: &SearchRequest, progress: &mut dyn Progress) -> Result<Search
         }
     }
     let b = &req.budget;
-    let max_bops_g = match b.bops_as {
-        Some(wa) => Some(inputs::uniform_bops(&layers, wa, &opts.pins)? / 1e9),
-        None => b.max_bops_g,
-    };
-    let budget = Budget {
-        avg_bits: b.avg_bits,
-        max_size_mb: b.max_size_mb,
-        compression: b.compression,
-        max_bops_g,
-        max_latency_ms: b.max_latency_ms,
-        max_energy_mj: b.max_energy_mj,
-    };
+    let mut budget = b.limits.clone();
+    if let Some(wa) = b.bops_as {
+        budget.max_bops_g = Some(inputs::uniform_bops(&layers, wa, &opts.pins)? / 1e9);
+    }
     let mut space = SearchSpace::new(&layers, &cands, &budget, hw.as_ref(), &opts)?;
     // Pre-flight before any expensive work (weight errors, the search itself).
     let feasibility = space.feasibility();

@@ -323,12 +323,7 @@ pub fn cw_hawq<E: PlanEvaluator>(
     mut on_episode: impl FnMut(&CwEpisode, f64) -> Result<()>,
 ) -> Result<CwResult> {
     let start = Instant::now();
-    if cfg.episodes == 0 {
-        return Err(Error::config("episodes", "must be at least 1"));
-    }
-    if !(cfg.reward_scale.is_finite() && cfg.reward_scale > 0.0) {
-        return Err(Error::config("reward-scale", "must be a positive number"));
-    }
+    crate::search::rl::check_run(cfg.episodes, cfg.reward_scale)?;
     space.feasibility().check()?;
     super::validate(space, table)?;
     let fp_accuracy = evaluator.fp_accuracy()?;

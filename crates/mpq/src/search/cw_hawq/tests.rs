@@ -9,16 +9,8 @@ use super::*;
 use crate::cost::CostTable;
 use crate::search::haq::PlanEvaluator;
 use crate::search::rl::DdpgConfig;
+use crate::search::tests::lenet;
 use crate::search::{Budget, Candidates, SearchOptions};
-use crate::zoo::{self, ZooConfig};
-
-fn lenet() -> Vec<LayerInfo> {
-    zoo::build("lenet5", &ZooConfig::new([1, 28, 28], 10), 0)
-        .unwrap()
-        .graph
-        .layer_infos()
-        .unwrap()
-}
 
 /// Random positive traces; errors `s_c · 4^{−b}` with a random spread `s_c`.
 fn table(layers: &[LayerInfo], seed: u64) -> ChannelTable {
@@ -51,10 +43,7 @@ fn space<'a>(layers: &'a [LayerInfo], avg: f64) -> SearchSpace<'a> {
         w_bits: vec![2, 4, 8],
         a_bits: vec![8],
     };
-    let b = Budget {
-        avg_bits: Some(avg),
-        ..Default::default()
-    };
+    let b = Budget::avg_bits(avg);
     SearchSpace::new(layers, &c, &b, None, &SearchOptions::default()).unwrap()
 }
 

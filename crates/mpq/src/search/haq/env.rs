@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::PlanEvaluator;
 use super::state::{FlagStyle, STATE_DIM, STATIC_FEATURES, embedding};
+use super::{HaqConfig, PlanEvaluator};
 use crate::plan::{
     BitWidth, FULL_PRECISION, KMEANS_SEARCH_ITERS, QuantPlan, QuantizerKind, WeightRange,
 };
@@ -98,13 +98,12 @@ fn finite_bits(bits: &[BitWidth]) -> impl Iterator<Item = BitWidth> + '_ {
 
 impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
     /// An environment whose plans use the space's weight quantizer with the range rule
-    /// `weight_range`, rewarded against `fp_accuracy` (%).
+    /// `cfg.weight_range`, its state flags `cfg.flags`, rewarded with `cfg.reward_scale`
+    /// against `fp_accuracy` (%).
     pub fn new(
         space: &'s SearchSpace<'a>,
         evaluator: &'s mut E,
-        weight_range: WeightRange,
-        flags: FlagStyle,
-        reward_scale: f64,
+        cfg: &HaqConfig,
         fp_accuracy: f64,
     ) -> Result<Self> {
         let cands = space.candidates();
@@ -145,9 +144,9 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
         Ok(HaqEnv {
             space,
             evaluator,
-            weight_range,
-            flags,
-            reward_scale,
+            weight_range: cfg.weight_range,
+            flags: cfg.flags,
+            reward_scale: cfg.reward_scale,
             fp_accuracy,
             steps,
             emb: embedding(&firsts),

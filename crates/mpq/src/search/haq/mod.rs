@@ -182,12 +182,7 @@ pub fn haq<E: PlanEvaluator>(
     mut on_episode: impl FnMut(&HaqEpisode, &HaqHistory) -> Result<()>,
 ) -> Result<HaqResult> {
     let start = Instant::now();
-    if cfg.episodes == 0 {
-        return Err(Error::config("episodes", "must be at least 1"));
-    }
-    if !(cfg.reward_scale.is_finite() && cfg.reward_scale > 0.0) {
-        return Err(Error::config("reward-scale", "must be a positive number"));
-    }
+    super::rl::check_run(cfg.episodes, cfg.reward_scale)?;
     space.feasibility().check()?;
     let fp_accuracy = match resume {
         Some(h) => h.fp_accuracy,
@@ -196,14 +191,7 @@ pub fn haq<E: PlanEvaluator>(
     if !fp_accuracy.is_finite() {
         return Err(Error::NonFinite(format!("FP accuracy {fp_accuracy}")));
     }
-    let mut env = HaqEnv::new(
-        space,
-        evaluator,
-        cfg.weight_range,
-        cfg.flags,
-        cfg.reward_scale,
-        fp_accuracy,
-    )?;
+    let mut env = HaqEnv::new(space, evaluator, cfg, fp_accuracy)?;
     let settings = settings(space, cfg);
     let saved: &[HaqEpisode] = match resume {
         Some(h) => {

@@ -6,16 +6,8 @@ use std::cell::Cell;
 use super::*;
 use crate::cost::HardwareModel;
 use crate::graph::LayerInfo;
+use crate::search::tests::lenet;
 use crate::search::{Budget, Candidates, SearchOptions, SearchSpace};
-use crate::zoo::{self, ZooConfig};
-
-fn lenet() -> Vec<LayerInfo> {
-    zoo::build("lenet5", &ZooConfig::new([1, 28, 28], 10), 0)
-        .unwrap()
-        .graph
-        .layer_infos()
-        .unwrap()
-}
 
 /// Accuracy falls with fewer bits, most on the second layer; counts its calls.
 struct Synthetic<'c> {
@@ -79,28 +71,50 @@ fn half_w8a8(layers: &[LayerInfo], hw: &HardwareModel, energy: bool) -> f64 {
         * 0.5
 }
 
+/// A latency budget of `factor` times half the W8A8 latency.
+fn latency_budget(layers: &[LayerInfo], hw: &HardwareModel, factor: f64) -> Budget {
+    Budget {
+        max_latency_ms: Some(half_w8a8(layers, hw, false) * factor),
+        ..Budget::default()
+    }
+}
+
+/// LeNet-5's search space on BitFusion under `budget`, 2–8 bit candidates.
+fn bitfusion_space<'a>(
+    layers: &'a [LayerInfo],
+    hw: &'a HardwareModel,
+    budget: &Budget,
+) -> SearchSpace<'a> {
+    SearchSpace::new(
+        layers,
+        &cands(),
+        budget,
+        Some(hw),
+        &SearchOptions::default(),
+    )
+    .unwrap()
+}
+
+/// A search with the synthetic evaluator, which counts its calls in `calls`.
+fn try_run(
+    space: &SearchSpace<'_>,
+    cfg: &HaqConfig,
+    resume: Option<&HaqHistory>,
+    calls: &Cell<usize>,
+) -> Result<HaqResult> {
+    haq(space, &mut Synthetic { calls }, cfg, resume, |_, _| Ok(()))
+}
+
 fn run(space: &SearchSpace<'_>, cfg: &HaqConfig, resume: Option<&HaqHistory>) -> HaqResult {
-    let calls = Cell::new(0);
-    let mut ev = Synthetic { calls: &calls };
-    haq(space, &mut ev, cfg, resume, |_, _| Ok(())).unwrap()
+    try_run(space, cfg, resume, &Cell::new(0)).unwrap()
 }
 
 #[test]
 fn every_episode_meets_the_latency_budget_and_seeds_reproduce() {
     let layers = lenet();
     let hw = HardwareModel::from_reference("bitfusion").unwrap();
-    let budget = Budget {
-        max_latency_ms: Some(half_w8a8(&layers, &hw, false)),
-        ..Budget::default()
-    };
-    let space = SearchSpace::new(
-        &layers,
-        &cands(),
-        &budget,
-        Some(&hw),
-        &SearchOptions::default(),
-    )
-    .unwrap();
+    let budget = latency_budget(&layers, &hw, 1.0);
+    let space = bitfusion_space(&layers, &hw, &budget);
     let cfg = config(40, 3);
     let r = run(&space, &cfg, None);
     let limit = budget.max_latency_ms.unwrap();
@@ -142,18 +156,8 @@ fn every_episode_meets_the_latency_budget_and_seeds_reproduce() {
 fn resume_replays_the_saved_episodes_without_evaluating_them() {
     let layers = lenet();
     let hw = HardwareModel::from_reference("bitfusion").unwrap();
-    let budget = Budget {
-        max_latency_ms: Some(half_w8a8(&layers, &hw, false)),
-        ..Budget::default()
-    };
-    let space = SearchSpace::new(
-        &layers,
-        &cands(),
-        &budget,
-        Some(&hw),
-        &SearchOptions::default(),
-    )
-    .unwrap();
+    let budget = latency_budget(&layers, &hw, 1.0);
+    let space = bitfusion_space(&layers, &hw, &budget);
     let cfg = config(30, 9);
     let full = run(&space, &cfg, None);
 
@@ -178,16 +182,7 @@ fn resume_replays_the_saved_episodes_without_evaluating_them() {
     assert_eq!(saved.episodes.len(), 12);
 
     let resumed_calls = Cell::new(0);
-    let resumed = haq(
-        &space,
-        &mut Synthetic {
-            calls: &resumed_calls,
-        },
-        &cfg,
-        Some(&saved),
-        |_, _| Ok(()),
-    )
-    .unwrap();
+    let resumed = try_run(&space, &cfg, Some(&saved), &resumed_calls).unwrap();
     assert_eq!(resumed.history, full.history);
     assert_eq!(resumed.plan.layers, full.plan.layers);
     assert_eq!(resumed.resumed_episodes, 12);
@@ -205,28 +200,10 @@ fn resume_replays_the_saved_episodes_without_evaluating_them() {
     let mut other = cfg.clone();
     other.ddpg.seed = 10;
     let calls = Cell::new(0);
-    assert!(
-        haq(
-            &space,
-            &mut Synthetic { calls: &calls },
-            &other,
-            Some(&saved),
-            |_, _| Ok(())
-        )
-        .is_err()
-    );
+    assert!(try_run(&space, &other, Some(&saved), &calls).is_err());
     let mut edited = saved.clone();
     edited.episodes[3].reward += 1.0;
-    assert!(
-        haq(
-            &space,
-            &mut Synthetic { calls: &calls },
-            &cfg,
-            Some(&edited),
-            |_, _| Ok(())
-        )
-        .is_err()
-    );
+    assert!(try_run(&space, &cfg, Some(&edited), &calls).is_err());
 }
 
 #[test]
@@ -238,14 +215,7 @@ fn energy_budget_holds_in_every_episode() {
         max_energy_mj: Some(limit),
         ..Budget::default()
     };
-    let space = SearchSpace::new(
-        &layers,
-        &cands(),
-        &budget,
-        Some(&hw),
-        &SearchOptions::default(),
-    )
-    .unwrap();
+    let space = bitfusion_space(&layers, &hw, &budget);
     let r = run(&space, &config(25, 1), None);
     assert!(r.history.episodes.iter().any(|e| e.repaired));
     for e in &r.history.episodes {
@@ -289,27 +259,10 @@ fn size_budget_holds_in_every_episode_weights_only() {
 fn unreachable_budget_fails_before_any_evaluation() {
     let layers = lenet();
     let hw = HardwareModel::from_reference("bitfusion").unwrap();
-    let budget = Budget {
-        max_latency_ms: Some(half_w8a8(&layers, &hw, false) * 1e-3),
-        ..Budget::default()
-    };
-    let space = SearchSpace::new(
-        &layers,
-        &cands(),
-        &budget,
-        Some(&hw),
-        &SearchOptions::default(),
-    )
-    .unwrap();
+    let budget = latency_budget(&layers, &hw, 1e-3);
+    let space = bitfusion_space(&layers, &hw, &budget);
     let calls = Cell::new(0);
-    let err = haq(
-        &space,
-        &mut Synthetic { calls: &calls },
-        &config(5, 0),
-        None,
-        |_, _| Ok(()),
-    )
-    .unwrap_err();
+    let err = try_run(&space, &config(5, 0), None, &calls).unwrap_err();
     assert!(matches!(err, crate::Error::Infeasible { .. }), "{err}");
     assert_eq!(calls.get(), 0);
 }
@@ -318,10 +271,7 @@ fn unreachable_budget_fails_before_any_evaluation() {
 fn pinned_layers_take_no_decision_and_keep_their_bits() {
     let layers = lenet();
     let hw = HardwareModel::from_reference("bitfusion").unwrap();
-    let budget = Budget {
-        max_latency_ms: Some(half_w8a8(&layers, &hw, false) * 1.4),
-        ..Budget::default()
-    };
+    let budget = latency_budget(&layers, &hw, 1.4);
     let opts = SearchOptions {
         pins: vec![
             crate::search::Pin::parse("first=8/32").unwrap(),

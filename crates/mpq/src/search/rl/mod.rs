@@ -189,6 +189,18 @@ pub fn train_agent<E: Environment>(
     Ok(hist)
 }
 
+/// Checks the run settings an agent search shares: at least one episode, and a positive,
+/// finite reward scale `λ` (the reward is `λ·(acc − acc_FP)`).
+pub fn check_run(episodes: usize, reward_scale: f64) -> Result<()> {
+    if episodes == 0 {
+        return Err(Error::config("episodes", "must be at least 1"));
+    }
+    if !(reward_scale.is_finite() && reward_scale > 0.0) {
+        return Err(Error::config("reward-scale", "must be a positive number"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
