@@ -24,8 +24,8 @@ use rand_chacha::ChaCha8Rng;
 use super::channel::{activation_channels, activation_samples};
 use super::forward::Perturbation;
 use super::hessian::{TraceConfig, TraceEstimate, hutchinson, rademacher};
-use super::hvp::{FdConfig, FdScheme, Precision};
-use super::problem::HessianProblem;
+use super::hvp::{FdConfig, FdScheme};
+use super::problem::{HessianProblem, Precision};
 use crate::progress::Progress;
 use crate::{Error, Result};
 

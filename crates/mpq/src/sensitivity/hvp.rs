@@ -59,7 +59,7 @@ use candle::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::forward::Perturbation;
-use super::problem::HessianProblem;
+use super::problem::{HessianProblem, Precision};
 use crate::{Error, Result};
 
 /// A Hessian-vector product operator over the concatenated weights of some layers ("blocks").
@@ -94,26 +94,7 @@ pub enum FdScheme {
     OneSided,
 }
 
-/// Arithmetic of the analysis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// The model's own f32 (fast kernels).
-    #[default]
-    F32,
-    /// An f64 copy of the model (candle's generic ops; slower, differences accurate to ~1e-9).
-    F64,
-}
-
 impl Precision {
-    /// The candle dtype.
-    pub fn dtype(self) -> DType {
-        match self {
-            Precision::F32 => DType::F32,
-            Precision::F64 => DType::F64,
-        }
-    }
-
     /// The default relative step `δ` of `scheme` in this precision (see the module docs).
     pub fn default_rel_step(self, scheme: FdScheme) -> f64 {
         match (self, scheme) {
@@ -121,15 +102,6 @@ impl Precision {
             (Precision::F32, FdScheme::OneSided) => 1e-4,
             (Precision::F64, FdScheme::Central) => 1e-5,
             (Precision::F64, FdScheme::OneSided) => 1e-8,
-        }
-    }
-
-    /// The precision of `dtype`.
-    pub(crate) fn of(dtype: DType) -> Self {
-        if dtype == DType::F64 {
-            Precision::F64
-        } else {
-            Precision::F32
         }
     }
 }

@@ -7,13 +7,43 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
 
 use super::forward::{Pass, PatternMode, Patterns, Perturbation, forward, last_uses};
-use super::hvp::Precision;
 use super::reverse::{self, Grads, Prefix};
 use crate::data::Batch;
 use crate::graph::{Graph, LayerInfo, ParamStore};
 use crate::{Error, Result};
+
+/// Arithmetic of the analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The model's own f32 (fast kernels).
+    #[default]
+    F32,
+    /// An f64 copy of the model (candle's generic ops; slower, differences accurate to ~1e-9).
+    F64,
+}
+
+impl Precision {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        }
+    }
+
+    /// The precision of `dtype`.
+    pub(crate) fn of(dtype: DType) -> Self {
+        if dtype == DType::F64 {
+            Precision::F64
+        } else {
+            Precision::F32
+        }
+    }
+}
 
 /// `loss(logits, targets)` → scalar.
 type LossFn = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync;

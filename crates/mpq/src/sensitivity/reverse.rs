@@ -529,8 +529,7 @@ mod tests {
     use candle::{Device, Tensor, Var};
 
     use super::super::forward::Perturbation;
-    use super::super::hvp::Precision;
-    use super::super::problem::{HessianProblem, Loss};
+    use super::super::problem::{HessianProblem, Loss, Precision};
     use crate::data::Batch;
     use crate::graph::{Conv2dSpec, Graph, GraphBuilder, PoolSpec};
 

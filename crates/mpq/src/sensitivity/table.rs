@@ -6,8 +6,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::density::Density;
-use super::hvp::{FdScheme, Precision};
+use super::hvp::FdScheme;
 use super::learned::{LayerIndicators, LimpqReport};
+use super::problem::Precision;
 use super::{Estimator, Metric};
 use crate::Result;
 use crate::graph::{LayerInfo, LayerOp};
