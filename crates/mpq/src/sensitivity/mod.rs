@@ -37,7 +37,6 @@ mod hvp;
 pub mod learned;
 mod linalg;
 mod problem;
-mod reverse;
 mod table;
 
 use std::time::Instant;
