@@ -7,7 +7,7 @@ use candle::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::reverse::Fusion;
+use super::fusion::Fusion;
 use super::{Graph, Op, ops};
 use crate::{Error, Result};
 

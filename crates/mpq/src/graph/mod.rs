@@ -11,6 +11,7 @@ mod desc;
 mod exec;
 mod fold;
 mod func;
+mod fusion;
 mod info;
 mod ops;
 mod params;

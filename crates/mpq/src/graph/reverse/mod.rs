@@ -15,35 +15,33 @@
 //!   analysed layers, and gradients only of the tracked weights and the perturbed activations
 //!   (with a cache of the unperturbed forward values before the first node a pass changes).
 //!
-//! Why by hand: candle's backward starts every node's gradient from a zeroed buffer and adds
-//! into it, and runs every op's full backward. Here a gradient that reaches a node once is
-//! moved; a node whose output gradient nobody needs (nothing differentiated upstream) keeps
-//! nothing and computes nothing; convolution gradients are computed only where a weight or
-//! input needs them, a gradient already collected for a conv's input (a residual shortcut's)
-//! is the kernel's starting value, and fused pairs (the `fusion` module, decided once for
-//! every executor) run as one pass each way: a batch norm or residual sum with the ReLU after
-//! it; in a Hessian pass a batch norm after a conv is folded into the conv's weight and bias
-//! (`norm`), the frozen ReLU after it applied as the conv's output is stored and, backward,
-//! as the input gradient is written. Nodes without a rule here (pools, dropout, parameter-free
-//! `Func` ops, eval-mode batch norm in a training step) run under candle's autograd locally.
+//! Why by hand: candle's backward starts every node's gradient from a zeroed buffer and adds into
+//! it, and runs every op's full backward. Here a gradient that reaches a node once is moved; a node
+//! whose output gradient nobody needs (nothing differentiated upstream) keeps nothing and computes
+//! nothing; convolution gradients are computed only where a weight or input needs them, a gradient
+//! already collected for a conv's input (a residual shortcut's) is the kernel's starting value, and
+//! fused pairs (decided once for every executor, in the graph's `fusion` module) run as one pass
+//! each way: a batch norm or residual sum with the ReLU after it; in a Hessian pass a batch norm
+//! after a conv is folded into the conv's weight and bias (`norm`), the frozen ReLU after it
+//! applied as the conv's output is stored and, backward, as the input gradient is written. Nodes
+//! without a rule here (pools, dropout, parameter-free `Func` ops, eval-mode batch norm in a
+//! training step) run under candle's autograd locally.
 //!
 //! The engine agrees with candle's autograd to rounding: test
 //! `forward_backward_matches_candle_autograd_with_every_node_kind` (training steps) and
 //! `weight_and_activation_gradients_match_candle_autograd` (Hessian passes).
 
-mod fusion;
 mod layer;
 mod local;
 mod norm;
 mod step;
-
-pub(crate) use fusion::Fusion;
 
 use std::collections::HashMap;
 
 use candle::{DType, Tensor, Var};
 
 use super::exec::{ForwardOptions, Mode, dropout_for};
+use super::fusion::Fusion;
 use super::patterns::{PatternMode, Patterns};
 use super::{Graph, Node, NodeId, Op, ops};
 use crate::{Error, Result};

@@ -9,7 +9,7 @@
 //!   batch norm takes the norm into its weight and bias (the norm node passes its input
 //!   through), and the ReLU fused after that norm, if any, into its output.
 
-use super::super::{Graph, NodeId, Op, ops};
+use super::{Graph, NodeId, Op, ops};
 
 /// The fused pairs of one pass over a graph.
 #[derive(Debug, Clone)]
