@@ -1,11 +1,13 @@
 //! The executor: runs a [`Graph`] forward on candle tensors, with [`Hooks`] on every
 //! quantizable layer's weight and input activation. Backward: candle's autodiff of the
-//! output, or `Graph::forward_backward` (the `backward` module) for a whole training step.
+//! output, or `Graph::forward_backward` (the `reverse` module's engine) for a whole training
+//! step.
 
 use candle::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::fusion::Fusion;
 use super::{Graph, Op, ops};
 use crate::{Error, Result};
 
@@ -99,7 +101,7 @@ impl Graph {
         self.check_input(x)?;
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         values[0] = Some(x.clone());
-        let fused = self.fused_bn_relu();
+        let fusion = Fusion::new(self, false, |_| true);
         for (id, node) in self.nodes.iter().enumerate().skip(1) {
             let input = |k: usize| -> Result<&Tensor> {
                 values[node.inputs[k]].as_ref().ok_or_else(|| {
@@ -132,11 +134,11 @@ impl Graph {
                     &node.name,
                     input(0)?,
                     (spec.eps, spec.momentum),
-                    fused[id],
+                    fusion.bn_relu(self, id),
                     opts,
                 )?,
                 // Already applied by the batch norm before it.
-                Op::Relu if fused[node.inputs[0]] => input(0)?.clone(),
+                Op::Relu if fusion.bn_relu(self, node.inputs[0]) => input(0)?.clone(),
                 Op::Relu => ops::relu(input(0)?)?,
                 Op::Relu6 => ops::relu6(input(0)?)?,
                 Op::MaxPool2d(p) => ops::max_pool2d(input(0)?, p)?,
@@ -191,29 +193,6 @@ impl Graph {
         } else {
             None
         })
-    }
-
-    /// Per node: a batch norm whose only consumer is the ReLU right after it, so both run as
-    /// one op (`mpq-kernels`' fused BN + ReLU; not with candle's stock ops).
-    pub(super) fn fused_bn_relu(&self) -> Vec<bool> {
-        self.relu_fused_after(|op| matches!(op, Op::BatchNorm2d(_)))
-    }
-
-    /// Per node: a node `is_src` accepts whose only consumer is the ReLU right after it, so
-    /// both can run as one op (never with candle's stock ops).
-    pub(super) fn relu_fused_after(&self, is_src: impl Fn(&Op) -> bool) -> Vec<bool> {
-        let n = self.nodes.len();
-        (0..n)
-            .map(|id| {
-                !ops::stock_ops()
-                    && id + 1 < n
-                    && id != self.output
-                    && is_src(&self.nodes[id].op)
-                    && matches!(self.nodes[id + 1].op, Op::Relu)
-                    && self.nodes[id + 1].inputs == [id]
-                    && self.last_use[id] == id + 1
-            })
-            .collect()
     }
 
     /// Batch norm of node `name` (`(eps, momentum)`), followed by ReLU in the same op when

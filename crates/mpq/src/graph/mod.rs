@@ -6,17 +6,17 @@
 //! calls [`Hooks`] on each one's weight and input activation, which is how fake
 //! quantization, activation perturbations and calibration observers plug in.
 
-mod backward;
-pub(crate) use backward::{add_grad, global_avg_pool_grad, local_grad, local_grads};
-pub(crate) use ops::conv_params;
 mod build;
 mod desc;
 mod exec;
 mod fold;
 mod func;
+mod fusion;
 mod info;
 mod ops;
 mod params;
+mod patterns;
+mod reverse;
 
 pub use build::{ConvInit, GraphBuilder};
 pub use desc::{GraphDesc, ParamDesc};
@@ -29,6 +29,8 @@ pub use ops::{
 };
 pub use params::{Param, ParamKind, ParamStore};
 pub(crate) use params::{load_tensors, save_tensors};
+pub(crate) use patterns::{PatternMode, Patterns};
+pub(crate) use reverse::{Analysed, LayerGrads, Perturbation, Prefix, applies as reverse_applies};
 
 use serde::{Deserialize, Serialize};
 
@@ -255,6 +257,11 @@ impl Graph {
             .filter(|n| n.op.is_quantizable())
             .map(|n| n.name.as_str())
             .collect()
+    }
+
+    /// For each node, the last node that reads it (itself if none).
+    pub(crate) fn last_use(&self) -> &[NodeId] {
+        &self.last_use
     }
 
     /// The device the parameters live on.

@@ -2,7 +2,8 @@
 //! CW-HAWQ): the trace of the Hessian of the loss w.r.t. each analysed layer's *input*
 //! activation, by Hutchinson probes (Hutchinson 1989) or basis vectors, through perturbation
 //! variables added to each analysed layer's input (the hook point of `graph::Hooks::activation`)
-//! by the Hessian executor (`forward.rs`, which also keeps ReLU patterns frozen).
+//! by the Hessian executor (the graph's reverse-mode engine, or `forward.rs` under autograd;
+//! both keep ReLU patterns frozen).
 //!
 //! In eval mode samples do not interact, so the Hessian w.r.t. a batch's activation is
 //! block-diagonal by sample and, with a mean loss, `vᵀ H_a v` for a probe shaped like the whole
@@ -22,10 +23,10 @@ use candle::{Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
 use super::channel::{activation_channels, activation_samples};
-use super::forward::Perturbation;
 use super::hessian::{TraceConfig, TraceEstimate, hutchinson, rademacher};
-use super::hvp::{FdConfig, FdScheme, Precision};
-use super::problem::HessianProblem;
+use super::hvp::{FdConfig, FdScheme};
+use super::problem::{HessianProblem, Precision};
+use crate::graph::Perturbation;
 use crate::progress::Progress;
 use crate::{Error, Result};
 

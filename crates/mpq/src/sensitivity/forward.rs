@@ -11,73 +11,31 @@
 //! `docs/benchmarks.md`, "Hessian"). With the masks recorded in one base pass per batch and
 //! reused, the loss along `w + tv` is smooth and the difference quotient converges to autodiff's
 //! `Hv`. The graph's [`crate::graph::Hooks`] cannot reach the nonlinearities, hence this
-//! executor; it supports every node kind of [`Op`] (a new kind fails to compile here).
-//! Max-pools are frozen exactly when windows do not overlap (`kernel == stride`, no padding);
-//! other max-pools run unfrozen.
+//! executor; it supports every node kind of [`Op`] (a new kind fails to compile here). The
+//! patterns themselves (recording, applying) are the graph's `patterns` module's, shared with
+//! the graph's reverse-mode engine, which runs the same function with a hand-written backward
+//! (f32 on the CPU; this executor, under candle's autograd, is its reference and the f64 path).
 
-use std::collections::HashMap;
+use candle::{DType, Tensor};
 
-use candle::{DType, Tensor, Var};
-
-use crate::graph::{self, Graph, Op, PoolSpec};
+use crate::graph::{self, Analysed, Graph, Op, PatternMode};
 use crate::{Error, Result};
-
-/// Perturbations of one forward pass, indexed by analysed layer: weight offsets (constants),
-/// and activation offsets as variables (their gradients are the activation gradients).
-#[derive(Debug, Default)]
-pub(crate) struct Perturbation {
-    pub(crate) weights: Vec<Option<Tensor>>,
-    pub(crate) acts: Vec<Option<Var>>,
-}
-
-/// One batch's recorded patterns, per node: a u8 mask for ReLU (`z > 0`), a u8 code for ReLU6
-/// (0 below, 1 inside, 2 at or above 6), a u8 mask of each window's maxima for max-pool.
-pub(crate) type Patterns = Vec<Option<Tensor>>;
-
-/// What a pass does with the patterns.
-pub(crate) enum PatternMode<'a> {
-    /// Compute the nonlinearities normally and record their patterns.
-    Record(&'a mut Patterns),
-    /// Apply recorded patterns.
-    Frozen(&'a Patterns),
-    /// Compute the nonlinearities normally.
-    Free,
-}
 
 /// One forward pass's settings.
 pub(crate) struct Pass<'a> {
-    /// Analysed layer name → index into the perturbations.
-    pub(crate) index: &'a HashMap<String, usize>,
-    pub(crate) p: &'a Perturbation,
-    /// Which analysed layers' weights are tracked for gradients (indexed like the
-    /// perturbations; missing entries are untracked). Every other parameter (biases, BatchNorm,
-    /// unanalysed weights) is always detached: no analysis reads their gradients, and a pass
-    /// with nothing tracked keeps no graph alive.
-    pub(crate) tracked: &'a [bool],
+    /// The analysed layers: their perturbations and which weights are tracked for gradients.
+    /// Every other parameter (biases, BatchNorm, unanalysed weights) is always detached: no
+    /// analysis reads their gradients, and a pass with nothing tracked keeps no graph alive.
+    pub(crate) layers: Analysed<'a>,
     pub(crate) patterns: PatternMode<'a>,
     /// Receives each analysed layer's squared input-activation norm.
     pub(crate) sq_norms: Option<&'a mut Vec<f64>>,
 }
 
-/// For each node, the last node that reads it (itself if none).
-pub(crate) fn last_uses(graph: &Graph) -> Vec<usize> {
-    let mut last: Vec<usize> = (0..graph.nodes().len()).collect();
-    for (id, n) in graph.nodes().iter().enumerate() {
-        for &i in &n.inputs {
-            last[i] = id;
-        }
-    }
-    last
-}
-
 /// Runs `graph` in eval mode on `x` under `pass`; returns the logits.
-pub(crate) fn forward(
-    graph: &Graph,
-    last_use: &[usize],
-    x: &Tensor,
-    pass: &mut Pass<'_>,
-) -> Result<Tensor> {
+pub(crate) fn forward(graph: &Graph, x: &Tensor, pass: &mut Pass<'_>) -> Result<Tensor> {
     let nodes = graph.nodes();
+    let last_use = graph.last_use();
     if let PatternMode::Record(p) = &mut pass.patterns {
         p.clear();
         p.resize(nodes.len(), None);
@@ -111,9 +69,9 @@ pub(crate) fn forward(
                     spec.eps,
                 )?
             }
-            Op::Relu => pass.relu(id, input(0)?)?,
-            Op::Relu6 => pass.relu6(id, input(0)?)?,
-            Op::MaxPool2d(p) => pass.max_pool(id, input(0)?, p)?,
+            Op::Relu => pass.patterns.relu(id, input(0)?)?,
+            Op::Relu6 => pass.patterns.relu6(id, input(0)?)?,
+            Op::MaxPool2d(p) => pass.patterns.max_pool(id, input(0)?, p)?,
             Op::AvgPool2d(p) => graph::avg_pool2d(input(0)?, p)?,
             Op::GlobalAvgPool => graph::global_avg_pool(input(0)?)?,
             Op::Add => (input(0)? + input(1)?)?,
@@ -147,10 +105,10 @@ impl Pass<'_> {
         x: &Tensor,
         has_bias: bool,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let index = self.index.get(name).copied();
+        let index = self.layers.index.get(name).copied();
         let var = graph.params().var(&format!("{name}.weight"))?.as_tensor();
         let mut w = match index {
-            Some(i) if self.tracked.get(i) == Some(&true) => var.clone(),
+            Some(i) if self.layers.tracked(i) => var.clone(),
             _ => var.detach(),
         };
         let mut x = x.clone();
@@ -162,10 +120,10 @@ impl Pass<'_> {
                     .to_dtype(DType::F64)?
                     .to_scalar::<f64>()?;
             }
-            if let Some(Some(d)) = self.p.weights.get(i) {
+            if let Some(d) = self.layers.weight(i) {
                 w = (w + d)?;
             }
-            if let Some(Some(d)) = self.p.acts.get(i) {
+            if let Some(d) = self.layers.act(i) {
                 x = (x + d.as_tensor())?;
             }
         }
@@ -181,72 +139,4 @@ impl Pass<'_> {
     fn param(&self, graph: &Graph, name: &str) -> Result<Tensor> {
         Ok(graph.params().var(name)?.as_tensor().detach())
     }
-
-    pub(crate) fn relu(&mut self, id: usize, z: &Tensor) -> Result<Tensor> {
-        match &mut self.patterns {
-            PatternMode::Record(p) => {
-                p[id] = Some(z.gt(0f64)?);
-                graph::relu(z)
-            }
-            // One pass each way; keeps only the u8 mask for backward (candle's `where_cond`
-            // for f64).
-            PatternMode::Frozen(p) => match &p[id] {
-                Some(m) => Ok(mpq_kernels::masked(z, m)?),
-                None => Ok(z.relu()?),
-            },
-            PatternMode::Free => graph::relu(z),
-        }
-    }
-
-    pub(crate) fn relu6(&mut self, id: usize, z: &Tensor) -> Result<Tensor> {
-        match &mut self.patterns {
-            PatternMode::Record(p) => {
-                let code = (z.gt(0f64)? + z.ge(6f64)?)?;
-                p[id] = Some(code);
-                graph::relu6(z)
-            }
-            PatternMode::Frozen(p) => match &p[id] {
-                Some(code) => {
-                    let top = (code.eq(2f64)?.to_dtype(z.dtype())? * 6.0)?;
-                    Ok(code.eq(1f64)?.where_cond(z, &top)?)
-                }
-                None => graph::relu6(z),
-            },
-            PatternMode::Free => graph::relu6(z),
-        }
-    }
-
-    pub(crate) fn max_pool(&mut self, id: usize, z: &Tensor, spec: &PoolSpec) -> Result<Tensor> {
-        let disjoint = spec.kernel == spec.stride && spec.padding == [0, 0];
-        match &mut self.patterns {
-            PatternMode::Record(p) if disjoint => {
-                let y = graph::max_pool2d(z, spec)?;
-                let zc = covered(z, spec)?;
-                let up = y.upsample_nearest2d(zc.dim(2)?, zc.dim(3)?)?;
-                p[id] = Some(zc.eq(&up)?);
-                Ok(y)
-            }
-            PatternMode::Frozen(p) if disjoint => match &p[id] {
-                // The mean of the elements that were the window's maximum at `w` (one, except
-                // for ties): linear in `z`, and its backward is average pooling's, which every
-                // dtype has right (candle 0.11's own max-pool backward scales by count/k²).
-                Some(at_max) => {
-                    let m = at_max.to_dtype(z.dtype())?;
-                    let num = graph::avg_pool2d(&(covered(z, spec)? * &m)?, spec)?;
-                    let den = graph::avg_pool2d(&m, spec)?;
-                    Ok((num / den)?)
-                }
-                None => graph::max_pool2d(z, spec),
-            },
-            _ => graph::max_pool2d(z, spec),
-        }
-    }
-}
-
-/// The part of `z` (`[N, C, H, W]`) that non-overlapping windows (`kernel == stride`, no
-/// padding) cover: the first `k·⌊H/k⌋` rows and `k·⌊W/k⌋` columns.
-fn covered(z: &Tensor, spec: &PoolSpec) -> Result<Tensor> {
-    let (h, w) = (z.dim(2)?, z.dim(3)?);
-    let (kh, kw) = (spec.kernel[0].max(1), spec.kernel[1].max(1));
-    Ok(z.narrow(2, 0, h / kh * kh)?.narrow(3, 0, w / kw * kw)?)
 }

@@ -36,7 +36,7 @@
 //! | one-sided | **4.7e-4** | 8.0e-4 | 2.7e-3 | 8.1e-3 | 2.7e-2 |
 //!
 //! One-sided costs one gradient per product (0.56x a training step's forward+backward on
-//! ResNet-20 at batch 128 with the hand-written reverse pass, `reverse.rs`), central two
+//! ResNet-20 at batch 128 with the graph's hand-written reverse pass), central two
 //! (1.4x). On LeNet-5 one-sided reached 3e-3, central 1e-4. Hutchinson's own
 //! standard error is percents, 10–100x one-sided's, so at equal time its twice as many probes
 //! win: Hutchinson traces default to one-sided (`δ = 1e-4` in f32, `1e-8` in f64). Power
@@ -58,8 +58,8 @@
 use candle::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::forward::Perturbation;
-use super::problem::HessianProblem;
+use super::problem::{HessianProblem, Precision};
+use crate::graph::Perturbation;
 use crate::{Error, Result};
 
 /// A Hessian-vector product operator over the concatenated weights of some layers ("blocks").
@@ -94,26 +94,7 @@ pub enum FdScheme {
     OneSided,
 }
 
-/// Arithmetic of the analysis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// The model's own f32 (fast kernels).
-    #[default]
-    F32,
-    /// An f64 copy of the model (candle's generic ops; slower, differences accurate to ~1e-9).
-    F64,
-}
-
 impl Precision {
-    /// The candle dtype.
-    pub fn dtype(self) -> DType {
-        match self {
-            Precision::F32 => DType::F32,
-            Precision::F64 => DType::F64,
-        }
-    }
-
     /// The default relative step `δ` of `scheme` in this precision (see the module docs).
     pub fn default_rel_step(self, scheme: FdScheme) -> f64 {
         match (self, scheme) {
@@ -121,15 +102,6 @@ impl Precision {
             (Precision::F32, FdScheme::OneSided) => 1e-4,
             (Precision::F64, FdScheme::Central) => 1e-5,
             (Precision::F64, FdScheme::OneSided) => 1e-8,
-        }
-    }
-
-    /// The precision of `dtype`.
-    pub(crate) fn of(dtype: DType) -> Self {
-        if dtype == DType::F64 {
-            Precision::F64
-        } else {
-            Precision::F32
         }
     }
 }

@@ -38,7 +38,6 @@ mod indicators;
 pub mod learned;
 mod linalg;
 mod problem;
-mod reverse;
 mod table;
 
 use std::time::Instant;
@@ -55,8 +54,8 @@ pub use hessian::{
     EigenEstimate, PowerConfig, TraceConfig, TraceEstimate, exact_block, exact_estimates,
     hutchinson_traces, power_iteration, top_eigenvalues,
 };
-pub use hvp::{FdConfig, FdScheme, FiniteDiffHvp, Hvp, Precision};
-pub use problem::{HessianProblem, Loss};
+pub use hvp::{FdConfig, FdScheme, FiniteDiffHvp, Hvp};
+pub use problem::{HessianProblem, Loss, Precision};
 pub use table::{LayerSensitivity, SensitivityTable};
 
 use crate::data::{self, Batch, Dataset, Normalization};

@@ -7,13 +7,45 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
 
-use super::forward::{Pass, PatternMode, Patterns, Perturbation, forward, last_uses};
-use super::hvp::Precision;
-use super::reverse::{self, Grads, Prefix};
+use super::forward::{Pass, forward};
 use crate::data::Batch;
-use crate::graph::{Graph, LayerInfo, ParamStore};
+use crate::graph::{
+    self, Analysed, Graph, LayerGrads, LayerInfo, ParamStore, PatternMode, Patterns, Perturbation,
+    Prefix,
+};
 use crate::{Error, Result};
+
+/// Arithmetic of the analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The model's own f32 (fast kernels).
+    #[default]
+    F32,
+    /// An f64 copy of the model (candle's generic ops; slower, differences accurate to ~1e-9).
+    F64,
+}
+
+impl Precision {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        }
+    }
+
+    /// The precision of `dtype`.
+    pub(crate) fn of(dtype: DType) -> Self {
+        if dtype == DType::F64 {
+            Precision::F64
+        } else {
+            Precision::F32
+        }
+    }
+}
 
 /// `loss(logits, targets)` → scalar.
 type LossFn = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
@@ -55,7 +87,6 @@ impl std::fmt::Debug for Loss {
 #[derive(Debug)]
 pub struct HessianProblem {
     graph: Graph,
-    last_use: Vec<usize>,
     batches: Vec<Batch>,
     loss: Loss,
     layers: Vec<LayerInfo>,
@@ -69,7 +100,7 @@ pub struct HessianProblem {
     frozen: bool,
     autograd_only: bool,
     /// Per batch and sample range: the forward values before the first perturbed node of
-    /// the last reverse pass (see `reverse::Prefix`).
+    /// the last reverse pass (see `graph::Prefix`).
     prefixes: Mutex<HashMap<(usize, usize, usize), Option<Prefix>>>,
 }
 
@@ -156,7 +187,6 @@ impl HessianProblem {
             .map(|(i, l)| (l.name.clone(), i))
             .collect();
         let mut problem = HessianProblem {
-            last_use: last_uses(&graph),
             graph,
             batches: converted,
             loss,
@@ -184,14 +214,16 @@ impl HessianProblem {
             let mut norms = vec![0.0; self.layers.len()];
             let none = Perturbation::default();
             let mut pass = Pass {
-                index: &self.index,
-                p: &none,
-                tracked: &[],
+                layers: Analysed {
+                    index: &self.index,
+                    p: &none,
+                    tracked: &[],
+                },
                 patterns: PatternMode::Record(&mut patterns),
                 sq_norms: Some(&mut norms),
             };
             let batch = &self.batches[b];
-            let logits = forward(&self.graph, &self.last_use, &batch.x, &mut pass)?;
+            let logits = forward(&self.graph, &batch.x, &mut pass)?;
             let loss = self.loss.eval(&logits, &batch.y)?;
             total += self.batch_weight(b)? * loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             self.patterns.push(patterns);
@@ -266,7 +298,12 @@ impl HessianProblem {
 
     /// The gradients of the loss on batch `b` under perturbation `p`: of the analysed
     /// weights that `tracked` marks (indexed by analysed layer), and of `p.acts`.
-    pub(crate) fn gradient(&self, b: usize, p: &Perturbation, tracked: &[bool]) -> Result<Grads> {
+    pub(crate) fn gradient(
+        &self,
+        b: usize,
+        p: &Perturbation,
+        tracked: &[bool],
+    ) -> Result<LayerGrads> {
         let n = self.batches[b].x.dim(0)?;
         self.gradient_part(b, 0..n, p, tracked)
     }
@@ -277,15 +314,15 @@ impl HessianProblem {
     /// scaled by `part.len() / n`, so each sample's activation gradient is the whole batch's;
     /// the parts' weight gradients sum to the batch's (up to rounding). Memory of the pass
     /// scales with `part.len()`. With `f32` on the CPU and frozen patterns the pass runs
-    /// through the hand-written reverse executor (`reverse`), otherwise under candle's
-    /// autograd; both give the same gradients to rounding.
+    /// through the graph's reverse-mode engine ([`Graph::frozen_gradients`]), otherwise under
+    /// candle's autograd; both give the same gradients to rounding.
     pub(crate) fn gradient_part(
         &self,
         b: usize,
         part: std::ops::Range<usize>,
         p: &Perturbation,
         tracked: &[bool],
-    ) -> Result<Grads> {
+    ) -> Result<LayerGrads> {
         let batch = &self.batches[b];
         let n = batch.x.dim(0)?;
         if part.start >= part.end || part.end > n {
@@ -311,12 +348,10 @@ impl HessianProblem {
                 .collect::<candle::Result<_>>()?;
             PatternMode::Frozen(&narrowed)
         };
-        let mut pass = Pass {
+        let layers = Analysed {
             index: &self.index,
             p,
             tracked,
-            patterns,
-            sq_norms: None,
         };
         let (x, y) = if whole {
             (batch.x.clone(), batch.y.clone())
@@ -331,25 +366,28 @@ impl HessianProblem {
             let l = self.loss.eval(logits, &y)?;
             Ok(if whole { l } else { (l * share)? })
         };
-        if !self.autograd_only && reverse::applies(self.dtype, self.graph.device(), self.frozen) {
+        if let PatternMode::Frozen(patterns) = &patterns
+            && !self.autograd_only
+            && graph::reverse_applies(self.dtype, self.graph.device())
+        {
             let mut prefixes = self
                 .prefixes
                 .lock()
                 .map_err(|_| Error::config("sensitivity", "prefix cache poisoned"))?;
             let cache = prefixes.entry((b, part.start, part.end)).or_default();
-            return reverse::gradients(
-                &self.graph,
-                &self.last_use,
-                &x,
-                &loss,
-                &mut pass,
-                Some(cache),
-            );
+            return self
+                .graph
+                .frozen_gradients(&x, &loss, patterns, &layers, Some(cache));
         }
-        let logits = forward(&self.graph, &self.last_use, &x, &mut pass)?;
+        let mut pass = Pass {
+            layers,
+            patterns,
+            sq_norms: None,
+        };
+        let logits = forward(&self.graph, &x, &mut pass)?;
         let grads = loss(&logits)?.backward()?;
         let nl = self.layers.len();
-        Ok(Grads {
+        Ok(LayerGrads {
             weights: (0..nl)
                 .map(|i| {
                     let t = tracked.get(i) == Some(&true);
@@ -412,4 +450,177 @@ fn with_dtype(graph: &Graph, dtype: DType) -> Result<Graph> {
         graph.input_shape().to_vec(),
         store,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use candle::{Device, Tensor, Var};
+
+    use super::{HessianProblem, Loss, Precision};
+    use crate::data::Batch;
+    use crate::graph::{Conv2dSpec, Graph, GraphBuilder, Perturbation, PoolSpec};
+
+    fn noise(dims: &[usize], seed: u64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    /// Every node kind: conv (with and without bias) → BN → ReLU (fused), a residual sum with
+    /// its ReLU (fused), a conv → ReLU (unfused), BN alone, ReLU6, max- and average pools,
+    /// dropout, global average pool, flatten and two linear layers.
+    fn every_kind() -> Graph {
+        let mut b = GraphBuilder::new(&[3, 12, 12], &Device::Cpu, 5);
+        let x = b
+            .conv2d("c1", b.input(), Conv2dSpec::new(3, 8, 3, 1, 1, true))
+            .unwrap();
+        let x = b.batch_norm("bn1", x).unwrap();
+        let x = b.relu(x).unwrap();
+        let y = b
+            .conv2d("c2", x, Conv2dSpec::new(8, 8, 3, 1, 1, false))
+            .unwrap();
+        let y = b.batch_norm("bn2", y).unwrap();
+        let x = b.add(x, y).unwrap();
+        let x = b.relu(x).unwrap();
+        let x = b
+            .conv2d("c3", x, Conv2dSpec::new(8, 6, 3, 2, 1, true))
+            .unwrap();
+        let x = b.relu(x).unwrap();
+        let x = b.batch_norm("bn3", x).unwrap();
+        let x = b.relu6(x).unwrap();
+        let x = b.max_pool(x, PoolSpec::new(2, 2, 0)).unwrap();
+        let x = b
+            .conv2d("c4", x, Conv2dSpec::new(6, 6, 1, 1, 0, false))
+            .unwrap();
+        let x = b.avg_pool(x, PoolSpec::new(3, 1, 1)).unwrap();
+        let x = b.dropout(x, 0.1).unwrap();
+        let g = b.global_avg_pool(x).unwrap();
+        let g = b.flatten(g).unwrap();
+        let g = b.linear("fc1", g, 7, true).unwrap();
+        let g = b.relu(g).unwrap();
+        let g = b.linear("fc2", g, 4, true).unwrap();
+        let graph = b.finish(g).unwrap();
+        for (i, bn) in ["bn1", "bn2", "bn3"].iter().enumerate() {
+            let p = graph.params();
+            let c = p.var(&format!("{bn}.weight")).unwrap().dims()[0];
+            let set = |s: &str, t: Tensor| p.var(&format!("{bn}.{s}")).unwrap().set(&t).unwrap();
+            set("weight", (noise(&[c], 10 + i as u64) + 1.2).unwrap());
+            set("bias", noise(&[c], 20 + i as u64));
+            set("running_mean", (noise(&[c], 30 + i as u64) * 0.3).unwrap());
+            set(
+                "running_var",
+                ((noise(&[c], 40 + i as u64) * 0.4).unwrap() + 1.0).unwrap(),
+            );
+        }
+        graph
+    }
+
+    fn problem(graph: &Graph, autograd: bool) -> HessianProblem {
+        let x = noise(&[5, 3, 12, 12], 1);
+        let y = Tensor::from_vec(vec![0u32, 3, 1, 2, 3], 5, &Device::Cpu).unwrap();
+        let mut p = HessianProblem::new(
+            graph,
+            vec![Batch { x, y }],
+            Loss::cross_entropy(),
+            None,
+            Precision::F32,
+        )
+        .unwrap();
+        p.set_autograd_only(autograd);
+        p
+    }
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let den = b.sqr().unwrap().sum_all().unwrap();
+        let (num, den) = (
+            num.to_scalar::<f32>().unwrap(),
+            den.to_scalar::<f32>().unwrap(),
+        );
+        (num / den.max(1e-30)).sqrt()
+    }
+
+    #[test]
+    fn weight_and_activation_gradients_match_candle_autograd() {
+        let graph = every_kind();
+        let (fast, slow) = (problem(&graph, false), problem(&graph, true));
+        let layers = fast.layers().to_vec();
+        assert_eq!(layers.len(), 6);
+        // Perturbed weights in some layers, gradients of a subset; the last case starts past
+        // the first layers, so its second pass begins from the cached prefix.
+        let cases = [
+            (vec![0, 2, 4], vec![true; 6]),
+            (vec![0, 2, 4], vec![false, true, false, false, true, false]),
+            (vec![2, 4], vec![false, false, true, false, true, true]),
+            (vec![2, 4], vec![false, false, true, false, true, true]),
+        ];
+        for (perturbed, tracked) in cases {
+            let weights: Vec<Option<Tensor>> = layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    perturbed
+                        .contains(&i)
+                        .then(|| (noise(&l.weight_shape, 50 + i as u64) * 1e-2).unwrap())
+                })
+                .collect();
+            let p = Perturbation {
+                weights,
+                acts: Vec::new(),
+            };
+            let (a, b) = (
+                fast.gradient(0, &p, &tracked).unwrap(),
+                slow.gradient(0, &p, &tracked).unwrap(),
+            );
+            for (i, l) in layers.iter().enumerate() {
+                match (&a.weights[i], &b.weights[i]) {
+                    (Some(ga), Some(gb)) => {
+                        let d = rel_diff(ga, gb);
+                        assert!(d < 1e-5, "{}: {d}", l.name);
+                    }
+                    (None, None) => assert!(!tracked[i]),
+                    _ => panic!("{}: one executor has a gradient", l.name),
+                }
+            }
+        }
+        // Activation perturbations of three layers, no weight gradients.
+        let acts: Vec<Option<Var>> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (i != 1 && i != 4).then(|| {
+                    let mut dims = vec![3];
+                    dims.extend(&l.input_shape);
+                    Var::from_tensor(&(noise(&dims, 70 + i as u64) * 1e-2).unwrap()).unwrap()
+                })
+            })
+            .collect();
+        let p = Perturbation {
+            weights: Vec::new(),
+            acts,
+        };
+        let (a, b) = (
+            fast.gradient_part(0, 1..4, &p, &[]).unwrap(),
+            slow.gradient_part(0, 1..4, &p, &[]).unwrap(),
+        );
+        for (i, l) in layers.iter().enumerate() {
+            assert!(a.weights[i].is_none() && b.weights[i].is_none());
+            match (&a.acts[i], &b.acts[i]) {
+                (Some(ga), Some(gb)) => {
+                    let d = rel_diff(ga, gb);
+                    assert!(d < 1e-5, "{}: {d}", l.name);
+                }
+                (None, None) => assert!(i == 1 || i == 4),
+                _ => panic!("{}: one executor has an activation gradient", l.name),
+            }
+        }
+    }
 }

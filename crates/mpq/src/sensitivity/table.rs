@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::density::Density;
-use super::hvp::{FdScheme, Precision};
+use super::hvp::FdScheme;
 use super::indicators::{LayerIndicators, LimpqReport};
+use super::problem::Precision;
 use super::{Estimator, Metric};
 use crate::graph::{LayerInfo, LayerOp};
 use crate::io::Versioned;
