@@ -7,8 +7,12 @@ use std::path::PathBuf;
 
 use super::{ModelSource, open_with_data};
 use crate::Result;
+use crate::data::{Dataset, Normalization};
+use crate::graph::Graph;
 use crate::io::Versioned;
+use crate::plan::{BitWidth, QuantPlan};
 use crate::progress::Progress;
+use crate::quant::{self, CalibrationConfig};
 use crate::sensitivity::learned::{self, LimpqConfig};
 use crate::sensitivity::{self, AnalyzeConfig, Metric, SampleConfig, SensitivityTable};
 
@@ -101,6 +105,35 @@ pub struct AnalyzeOutcome {
     pub density_svg: Option<PathBuf>,
 }
 
+/// Activation bit-widths whose quantization error `analyze` measures.
+pub const ACT_ERROR_BITS: [BitWidth; 7] = [2, 3, 4, 5, 6, 7, 8];
+
+/// Fills each row's `act_error` (the activation term of Ω, `docs/algorithms.md` §2.6):
+/// `E_x ‖Q_b(a) − a‖²` per sample of the layer's input at every width of [`ACT_ERROR_BITS`],
+/// with the plans' activation quantizer calibrated as `mpq quantize` calibrates it (min-max)
+/// on the analysed samples `calib`, every other layer at full precision.
+fn measure_act_errors(
+    graph: &Graph,
+    calib: &Dataset,
+    norm: &Normalization,
+    sample: &SampleConfig,
+    table: &mut SensitivityTable,
+) -> Result<()> {
+    let template = QuantPlan::uniform(&graph.layer_infos()?, 8, 8);
+    let cfg = CalibrationConfig {
+        samples: calib.len(),
+        batch_size: sample.batch_size,
+        ..CalibrationConfig::default()
+    };
+    let errors = quant::act_errors(graph, &template, calib, norm, &cfg, &ACT_ERROR_BITS)?;
+    for row in &mut table.layers {
+        if row.act_trace.is_some() {
+            row.act_error = errors.get(&row.name).cloned();
+        }
+    }
+    Ok(())
+}
+
 /// Runs the analysis of `req` and writes its sensitivity file.
 pub fn analyze(req: &AnalyzeRequest, progress: &mut dyn Progress) -> Result<AnalyzeOutcome> {
     match &req.analysis {
@@ -119,6 +152,10 @@ pub fn analyze(req: &AnalyzeRequest, progress: &mut dyn Progress) -> Result<Anal
             };
             let batches = sensitivity::analysis_batches(ds, &norm, sample, model.graph.device())?;
             let mut table = sensitivity::analyze(&model.graph, batches, config, progress)?;
+            if table.layers.iter().any(|r| r.act_trace.is_some()) {
+                let calib = ds.subset(&sensitivity::analysis_samples(ds, sample)?);
+                measure_act_errors(&model.graph, &calib, &norm, sample, &mut table)?;
+            }
             table.model = req.model.reference.clone();
             table.data = Some(req.data.clone());
             table.split = Some(name.into());

@@ -39,7 +39,7 @@ mod run_all;
 mod search;
 mod train;
 
-pub use analyze::{Analysis, AnalyzeOutcome, AnalyzeRequest, Split, analyze};
+pub use analyze::{ACT_ERROR_BITS, Analysis, AnalyzeOutcome, AnalyzeRequest, Split, analyze};
 pub use eval::{EvalOutcome, EvalRequest, eval};
 pub use hw::{HwOutcome, HwRequest, hw};
 pub use quantize::{

@@ -23,7 +23,7 @@ mod surrogate;
 pub use cw_hawq::{ChannelRow, ChannelTable, CwConfig, CwResult, cw_hawq, cw_ilp};
 pub use hawq_v1::hawq_v1;
 pub use ilp::{IlpStats, ilp};
-pub use omega::{OmegaConfig, OmegaMetric, OmegaTable, act_noise_proxy};
+pub use omega::{OmegaConfig, OmegaMetric, OmegaTable};
 pub use pareto::{
     Frontier, FrontierFile, FrontierPoint, FrontierRow, ParetoResult, UniformPoint,
     brute_force_frontier, pareto, pareto_frontier,

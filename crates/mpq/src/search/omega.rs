@@ -3,9 +3,10 @@
 //!
 //! - weights: `Ω^w_i(b) = s_i · ‖Q_b(W_i) − W_i‖²` with `s_i = Tr(H_i)/n_i` (trace metric) or
 //!   HAWQ-V1's `s_i = λ_i/n_i` (eigen metric);
-//! - activations: `Ω^a_i(b) = α · (Tr(H_{a_i})/m_i) · E‖Q_b(a_i) − a_i‖²`, where the error comes
-//!   from the table's `act_error` or, without it, the uniform-noise model of a unit-range
-//!   unsigned quantizer, `m_i · Δ_b² / 12` with `Δ_b = 1/(2^b − 1)` (a relative proxy);
+//! - activations: `Ω^a_i(b) = α · (Tr(H_{a_i})/m_i) · E‖Q_b(a_i) − a_i‖²`, with the error
+//!   measured on data (`mpq analyze` writes it beside every activation trace, as `act_error`);
+//!   a layer with an activation trace but no measured error at a searched width is an input
+//!   error;
 //! - `Ω_i(w, a) = Ω^w_i(w) + Ω^a_i(a)`; full precision (32 bits) has no error.
 //!
 //! Negative curvature estimates (Hutchinson noise on flat layers) count as zero sensitivity.
@@ -56,7 +57,6 @@ struct OmegaRow {
     weight_error: BTreeMap<BitWidth, f64>,
     eigenvalue: Option<f64>,
     act_scale: f64,
-    act_elems: usize,
     act_error: BTreeMap<BitWidth, f64>,
 }
 
@@ -65,16 +65,6 @@ struct OmegaRow {
 pub struct OmegaTable {
     rows: Vec<Option<OmegaRow>>,
     cfg: OmegaConfig,
-}
-
-/// `m · Δ_b² / 12` with `Δ_b = 1/(2^b − 1)`: the mean squared rounding error of `m` values
-/// quantized to `b` unsigned bits over a unit range (0 at 32 bits).
-pub fn act_noise_proxy(bits: BitWidth, elems: usize) -> f64 {
-    if bits >= FULL_PRECISION {
-        return 0.0;
-    }
-    let step = 1.0 / ((1u64 << bits) - 1) as f64;
-    elems as f64 * step * step / 12.0
 }
 
 impl OmegaTable {
@@ -142,7 +132,6 @@ impl OmegaTable {
                     weight_error: r.weight_error.clone().unwrap_or_default(),
                     eigenvalue: r.top_eigenvalue,
                     act_scale: r.act_trace.map_or(0.0, |t| (t / act_elems as f64).max(0.0)),
-                    act_elems,
                     act_error: r.act_error.clone().unwrap_or_default(),
                 }))
             })
@@ -195,11 +184,17 @@ impl OmegaTable {
         if r.act_scale == 0.0 || self.cfg.act_weight == 0.0 || bits >= FULL_PRECISION {
             return Ok(0.0);
         }
-        let e = r
-            .act_error
-            .get(&bits)
-            .copied()
-            .unwrap_or_else(|| act_noise_proxy(bits, r.act_elems));
+        let e = r.act_error.get(&bits).copied().ok_or_else(|| {
+            Error::config(
+                "sensitivity",
+                format!(
+                    "layer {} has an activation trace but no measured activation error at \
+                     {bits} bits (`mpq analyze --metric act-trace` measures them; or search \
+                     with --act-weight 0)",
+                    r.name
+                ),
+            )
+        })?;
         Ok(self.cfg.act_weight * r.act_scale * e)
     }
 
@@ -277,17 +272,20 @@ mod tests {
     }
 
     #[test]
-    fn activation_term_uses_table_or_noise_proxy() {
+    fn activation_term_is_trace_per_element_times_measured_error() {
         let (layers, t) = table(Some(16.0), OmegaMetric::Trace);
         // act_scale = 16 / 8 inputs = 2; 8 bits from the table: 2 * 0.5.
         assert!((t.act_term(0, 8).unwrap() - 1.0).abs() < 1e-15);
-        // 4 bits from the proxy: 2 * 8 * (1/15)^2 / 12.
-        let want = 2.0 * 8.0 / 225.0 / 12.0;
-        assert!((t.act_term(0, 4).unwrap() - want).abs() < 1e-15);
-        assert!(t.act_term(0, 2).unwrap() > t.act_term(0, 4).unwrap());
+        assert_eq!(t.act_term(0, 32).unwrap(), 0.0);
+        // No measured error at 4 bits: an input error naming the layer and the command.
+        let msg = t.act_term(0, 4).unwrap_err().to_string();
+        assert!(msg.contains("fc1") && msg.contains("mpq analyze"), "{msg}");
         let plan = QuantPlan::uniform(&layers, 4, 8);
         let total = t.plan_omega(&layers, &plan).unwrap();
         assert!((total - (0.2 + 1.0)).abs() < 1e-12);
+        // Without an activation trace the activation term is 0 at any width.
+        let (_, w) = table(None, OmegaMetric::Trace);
+        assert_eq!(w.act_term(0, 4).unwrap(), 0.0);
     }
 
     #[test]

@@ -263,15 +263,24 @@ fn stream(seed: u64, tag: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(data::derive_seed(seed, &[0x4845_5353, tag]))
 }
 
-/// The analysed batches: the first `batches · batch_size` samples of `ds` in file order (or a
-/// seeded random selection with `shuffle`), normalised, without augmentation. Zero batches, a
-/// zero batch size or more samples than `ds` has are input errors.
+/// The analysed batches: the samples of [`analysis_samples`], normalised, without
+/// augmentation, `batch_size` to a batch.
 pub fn analysis_batches(
     ds: &Dataset,
     norm: &Normalization,
     cfg: &SampleConfig,
     device: &Device,
 ) -> Result<Vec<Batch>> {
+    analysis_samples(ds, cfg)?
+        .chunks(cfg.batch_size)
+        .map(|idx| data::to_batch(ds, idx, norm, device))
+        .collect()
+}
+
+/// Indices of the analysed samples: the first `batches · batch_size` samples of `ds` in file
+/// order (or a seeded random selection with `shuffle`). Zero batches, a zero batch size or
+/// more samples than `ds` has are input errors.
+pub fn analysis_samples(ds: &Dataset, cfg: &SampleConfig) -> Result<Vec<usize>> {
     if cfg.batches == 0 {
         return Err(Error::config("batches", "must be at least 1"));
     }
@@ -295,10 +304,7 @@ pub fn analysis_batches(
         order.shuffle(&mut stream(cfg.seed, STREAM_SAMPLES));
     }
     order.truncate(need);
-    order
-        .chunks(cfg.batch_size)
-        .map(|idx| data::to_batch(ds, idx, norm, device))
-        .collect()
+    Ok(order)
 }
 
 /// [`analyze_with_loss`] with the mean cross-entropy.

@@ -4,6 +4,7 @@ mod export;
 mod files;
 mod graph;
 mod layering;
+mod omega;
 mod onnx;
 mod sensitivity;
 mod train;

@@ -1,0 +1,119 @@
+//! The activation term of Ω from measured errors (docs/algorithms.md §2.6): `mpq analyze`
+//! measures `E‖Q_b(a) − a‖²` on the analysed samples, and the search's Ω uses it.
+
+use mpq::data::{self, Normalization};
+use mpq::meta::ModelHint;
+use mpq::pipeline::{self, ACT_ERROR_BITS, Analysis, AnalyzeRequest, ModelSource};
+use mpq::progress::NoProgress;
+use mpq::search::{OmegaConfig, OmegaTable};
+use mpq::sensitivity::{Metric, SampleConfig};
+
+use crate::util::temp_dir;
+
+const DATA: &str = "synthetic:1x6x6:3:64";
+
+/// The per-sample squared error of the plans' activation quantizer on `x` (min-max
+/// calibrated on `x` itself), written out from the formulas of docs/algorithms.md §7.2.1.
+fn hand_error(x: &[Vec<f32>], bits: u32) -> f64 {
+    let all = x.iter().flatten();
+    let lo = all.clone().fold(f32::INFINITY, |a, &b| a.min(b)).min(0.0);
+    let hi = all.fold(f32::NEG_INFINITY, |a, &b| a.max(b)).max(0.0);
+    let qmax = ((1u32 << bits) - 1) as f32;
+    let (scale, zp) = if lo >= 0.0 {
+        (hi / qmax, 0.0)
+    } else {
+        let s = (hi - lo) / qmax;
+        (s, (-lo / s).round_ties_even().clamp(0.0, qmax))
+    };
+    let sum: f64 = x
+        .iter()
+        .flatten()
+        .map(|&v| {
+            let q = ((v / scale).round_ties_even() + zp).clamp(0.0, qmax);
+            f64::from(scale * (q - zp) - v).powi(2)
+        })
+        .sum();
+    sum / x.len() as f64
+}
+
+#[test]
+fn activation_omega_is_trace_per_element_times_the_measured_error() {
+    let dir = temp_dir("act-omega");
+    let out = dir.join("s.json");
+    let model = ModelSource {
+        reference: "zoo:mlp".into(),
+        hint: ModelHint {
+            input_shape: Some(vec![1, 6, 6]),
+            classes: Some(3),
+            ..ModelHint::default()
+        },
+    };
+    let sample = SampleConfig {
+        batches: 2,
+        batch_size: 8,
+        ..SampleConfig::default()
+    };
+    let Analysis::Hessian { config, split, .. } = Analysis::hessian(Metric::ActTrace) else {
+        unreachable!()
+    };
+    let analysis = Analysis::Hessian {
+        config,
+        sample,
+        split,
+        svg: Some(dir.join("d.svg")),
+    };
+    let req = AnalyzeRequest::new(model.clone(), DATA, analysis, &out);
+    let table = pipeline::analyze(&req, &mut NoProgress).unwrap().table;
+
+    // The first layer's input is the normalised image: its error by hand on the 16 analysed
+    // samples (the first 16 of the training split).
+    let splits = data::load(DATA, &Default::default()).unwrap();
+    let norm: &Normalization = &splits.normalization;
+    let idx: Vec<usize> = (0..16).collect();
+    let batch = data::to_batch(&splits.train, &idx, norm, &candle::Device::Cpu).unwrap();
+    let x: Vec<Vec<f32>> = batch.x.flatten_from(1).unwrap().to_vec2().unwrap();
+    let first = &table.layers[0];
+    let measured = first
+        .act_error
+        .as_ref()
+        .expect("measured activation errors");
+    assert_eq!(
+        measured.keys().copied().collect::<Vec<_>>(),
+        ACT_ERROR_BITS.to_vec()
+    );
+    for &b in &ACT_ERROR_BITS {
+        let want = hand_error(&x, u32::from(b));
+        let got = measured[&b];
+        assert!(
+            (got - want).abs() <= 1e-4 * want,
+            "{b} bits: measured {got}, by hand {want}"
+        );
+    }
+    // Errors shrink with every extra bit, on every layer.
+    for row in &table.layers {
+        let e: Vec<f64> = row.act_error.as_ref().unwrap().values().copied().collect();
+        assert!(e.windows(2).all(|w| w[1] < w[0]), "{}: {e:?}", row.name);
+    }
+
+    // Ω^a = Tr(H_a)/m · measured error (act weight 1), layer by layer.
+    let m = model.open().unwrap();
+    let layers = m.graph.layer_infos().unwrap();
+    // (The weight term needs a trace; this analysis measured only activations.)
+    let mut with_trace = table.clone();
+    for row in &mut with_trace.layers {
+        row.trace = Some(1.0);
+    }
+    let omega = OmegaTable::new(&layers, &with_trace, OmegaConfig::default()).unwrap();
+    for (i, row) in table.layers.iter().enumerate() {
+        let scale = row.act_trace.unwrap().max(0.0) / row.act_elems as f64;
+        for &b in &ACT_ERROR_BITS {
+            let want = scale * row.act_error.as_ref().unwrap()[&b];
+            let got = omega.act_term(i, b).unwrap();
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs().max(1e-300),
+                "{got} vs {want}"
+            );
+        }
+        assert_eq!(omega.act_term(i, 32).unwrap(), 0.0);
+    }
+}
