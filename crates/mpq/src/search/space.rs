@@ -49,6 +49,15 @@ impl BudgetKind {
         }
     }
 
+    /// Whether activation bit-widths change this budget's cost (BitOps, latency, energy);
+    /// size, average bits and compression count weights only.
+    pub fn depends_on_activations(self) -> bool {
+        matches!(
+            self,
+            BudgetKind::Bops | BudgetKind::Latency | BudgetKind::Energy
+        )
+    }
+
     fn relation(self) -> &'static str {
         if self == BudgetKind::Compression {
             ">="
@@ -209,6 +218,11 @@ impl Budget {
             avg_bits: Some(bits),
             ..Budget::default()
         }
+    }
+
+    /// Whether a limit depends on activation bit-widths (BitOps, latency, energy).
+    pub fn counts_activations(&self) -> bool {
+        self.max_bops_g.is_some() || self.max_latency_ms.is_some() || self.max_energy_mj.is_some()
     }
 
     /// Checks that every limit given is a positive finite number.
@@ -467,6 +481,15 @@ impl<'a> SearchSpace<'a> {
             }
         }
         t
+    }
+
+    /// The constraints that summed costs break.
+    pub fn broken(&self, totals: &[f64]) -> impl Iterator<Item = &Constraint> {
+        totals
+            .iter()
+            .zip(&self.constraints)
+            .filter(|(t, c)| !fits(**t, c.cost_limit))
+            .map(|(_, c)| c)
     }
 
     /// Whether summed costs meet every constraint.

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Method, SearchRequest, WeightQuantizer};
+use super::{BudgetSpec, Method, SearchRequest, WeightQuantizer};
 use crate::cost::CostTable;
 use crate::graph::LayerInfo;
 use crate::io::Versioned;
@@ -29,6 +29,11 @@ pub(super) fn candidates(req: &SearchRequest, ind: Option<&Indicators>) -> Candi
         (Method::Haq(h), _) if h.weight_quantizer == WeightQuantizer::Kmeans => {
             ((2..=8).collect(), vec![FULL_PRECISION])
         }
+        // Activation bits cannot help a size, average-bit or compression budget: under those
+        // alone HAQ keeps activations at one width (docs/algorithms.md §4.5).
+        (Method::Haq(_), _) if !counts_activations(&req.budget) => {
+            ((2..=8).collect(), vec![HAQ_WEIGHT_ONLY_A_BITS])
+        }
         (Method::Haq(_), _) => ((2..=8).collect(), (2..=8).collect()),
         (m, _) if m.channel_wise() => (vec![2, 4, 8], vec![8]),
         _ => (vec![2, 3, 4, 5, 6, 8], vec![4, 8]),
@@ -37,6 +42,14 @@ pub(super) fn candidates(req: &SearchRequest, ind: Option<&Indicators>) -> Candi
         w_bits: req.w_bits.clone().unwrap_or(w_default),
         a_bits: req.a_bits.clone().unwrap_or(a_default),
     }
+}
+
+/// HAQ's activation width under weight-only budgets, unless `--a-bits` gives one.
+pub(super) const HAQ_WEIGHT_ONLY_A_BITS: BitWidth = 8;
+
+/// Whether any limit of `b` depends on activation bit-widths.
+pub(super) fn counts_activations(b: &BudgetSpec) -> bool {
+    b.bops_as.is_some() || b.limits.counts_activations()
 }
 
 /// The weight quantizer of the method's plans (its metadata counts in size budgets).

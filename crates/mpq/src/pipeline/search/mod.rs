@@ -358,6 +358,17 @@ impl SearchRequest {
         if b.bops_as.is_some() && b.limits.max_bops_g.is_some() {
             return Err(Error::Usage("--bops-as conflicts with --max-bops".into()));
         }
+        if matches!(m, Method::Haq(_))
+            && !inputs::counts_activations(b)
+            && self.a_bits.as_ref().is_some_and(|a| a.len() > 1)
+        {
+            return Err(Error::Usage(
+                "--method haq under size, average-bit or compression budgets searches weight \
+                 bits only: give one --a-bits value (default 8), or add a BitOps, latency or \
+                 energy budget"
+                    .into(),
+            ));
+        }
         if let Method::CwIlp { ratio_grid: 0 } = m {
             return Err(Error::Usage("--ratio-grid must be at least 1".into()));
         }

@@ -247,10 +247,17 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
 
     /// Spec §4.5 over every budget of the space: while the plan breaks a budget, walk the
     /// searched groups from the last to the first, lowering each one's activation bits by
-    /// one candidate and then its weight bits by one, stopping as soon as it fits.
+    /// one candidate (only while a broken budget depends on activations: BitOps, latency,
+    /// energy) and then its weight bits by one, stopping as soon as it fits. Under size,
+    /// average-bit or compression budgets alone the activation bits are never touched.
     fn repair(&self, choice: &mut [usize]) -> Result<()> {
         let na = self.space.candidates().a_bits.len();
         let groups = self.space.groups();
+        let broken_acts = |c: &[usize]| {
+            self.space
+                .broken(&self.space.totals(c))
+                .any(|k| k.kind.depends_on_activations())
+        };
         let fits = |c: &[usize]| self.space.fits(&self.space.totals(c));
         while !fits(choice) {
             let mut changed = false;
@@ -261,7 +268,7 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
                 for lower_weight in [false, true] {
                     let (w, a) = (choice[g] / na, choice[g] % na);
                     let next = match (lower_weight, w, a) {
-                        (false, _, a) if a > 0 => Some(w * na + a - 1),
+                        (false, _, a) if a > 0 && broken_acts(choice) => Some(w * na + a - 1),
                         (true, w, a) if w > 0 => Some((w - 1) * na + a),
                         _ => None,
                     };

@@ -256,6 +256,63 @@ fn size_budget_holds_in_every_episode_weights_only() {
 }
 
 #[test]
+fn weight_only_budgets_never_change_activation_bits() {
+    // Even with activation candidates to choose from (the library allows it), the repair
+    // under average-bit, size or compression budgets lowers weight bits only: for every seed,
+    // every episode evaluates the activation bits it proposed.
+    let layers = lenet();
+    let n: usize = layers.iter().map(|l| l.params).sum();
+    let budgets = [
+        Budget::avg_bits(2.5),
+        Budget {
+            max_size_mb: Some(n as f64 * 3.0 / 8.0 / (1024.0 * 1024.0)),
+            ..Budget::default()
+        },
+        Budget {
+            compression: Some(12.0),
+            ..Budget::default()
+        },
+    ];
+    for budget in &budgets {
+        let space =
+            SearchSpace::new(&layers, &cands(), budget, None, &SearchOptions::default()).unwrap();
+        for seed in 0..6 {
+            let r = run(&space, &config(12, seed), None);
+            assert!(r.history.episodes.iter().any(|e| e.repaired), "{budget:?}");
+            for e in &r.history.episodes {
+                for (b, p) in e.bits.iter().zip(&e.proposed) {
+                    assert_eq!(b[1], p[1], "seed {seed}, {budget:?}: {e:?}");
+                    assert!(b[0] <= p[0]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bops_budgets_lower_activations_too() {
+    // A BitOps budget depends on both widths: the repair may lower activations (§4.5).
+    let layers = lenet();
+    let w8a8: f64 = layers.iter().map(|l| l.macs as f64 * 64.0).sum();
+    let budget = Budget {
+        max_bops_g: Some(w8a8 / 8.0 / 1e9),
+        ..Budget::default()
+    };
+    let space =
+        SearchSpace::new(&layers, &cands(), &budget, None, &SearchOptions::default()).unwrap();
+    let r = run(&space, &config(12, 0), None);
+    let lowered_a = r
+        .history
+        .episodes
+        .iter()
+        .any(|e| e.bits.iter().zip(&e.proposed).any(|(b, p)| b[1] < p[1]));
+    assert!(lowered_a);
+    for e in &r.history.episodes {
+        assert!(e.bops <= w8a8 / 8.0 * (1.0 + 1e-12));
+    }
+}
+
+#[test]
 fn unreachable_budget_fails_before_any_evaluation() {
     let layers = lenet();
     let hw = HardwareModel::from_reference("bitfusion").unwrap();
