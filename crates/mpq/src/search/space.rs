@@ -669,13 +669,18 @@ impl<'a> SearchSpace<'a> {
         c
     }
 
-    /// The largest uniform plan (weights, then activations) that meets every budget;
-    /// pinned groups keep their pins.
+    /// The best uniform plan within every budget; pinned groups keep their pins. Every
+    /// candidate `(w, a)` pair is tried; of the pairs that fit and that no other fitting pair
+    /// beats in both widths, the one of least Ω wins (without Ω, or on equal Ω: the most
+    /// balanced `|w − a|`, then the most weight bits). So a BitOps budget of W3A3 gives W3A3
+    /// rather than W4A2 unless Ω prefers W4A2, and a weight-only budget keeps the most
+    /// activation bits.
     pub fn uniform(&self) -> Result<QuantPlan> {
         let start = Instant::now();
         self.feasibility().check()?;
-        for &w in self.cands.w_bits.iter().rev() {
-            for &a in self.cands.a_bits.iter().rev() {
+        let mut fitting = Vec::new();
+        for &w in &self.cands.w_bits {
+            for &a in &self.cands.a_bits {
                 let choice: Vec<usize> = self
                     .groups
                     .iter()
@@ -687,47 +692,151 @@ impl<'a> SearchSpace<'a> {
                     })
                     .collect();
                 if self.fits(&self.totals(&choice)) {
-                    return self.plan(&choice, "uniform", start);
+                    fitting.push((w, a, choice));
                 }
             }
         }
-        Err(Error::Infeasible {
-            budget: "the budget with one bit-width for every layer".into(),
-            min_value: "a mixed plan (try --method ilp or random)".into(),
-        })
+        let dominated = |w: BitWidth, a: BitWidth| {
+            fitting
+                .iter()
+                .any(|&(w2, a2, _)| w2 >= w && a2 >= a && (w2, a2) != (w, a))
+        };
+        let best = fitting
+            .iter()
+            .filter(|(w, a, _)| !dominated(*w, *a))
+            .min_by(|x, y| {
+                let key = |(w, a, c): &(BitWidth, BitWidth, Vec<usize>)| {
+                    let omega = if self.has_omega {
+                        self.omega_of(c)
+                    } else {
+                        0.0
+                    };
+                    (omega, w.abs_diff(*a), std::cmp::Reverse(*w))
+                };
+                let (kx, ky) = (key(x), key(y));
+                kx.0.total_cmp(&ky.0)
+                    .then(kx.1.cmp(&ky.1))
+                    .then(kx.2.cmp(&ky.2))
+            });
+        match best {
+            Some((_, _, choice)) => self.plan(choice, "uniform", start),
+            None => Err(Error::Infeasible {
+                budget: "the budget with one bit-width for every layer".into(),
+                min_value: "a mixed plan (try --method ilp or random)".into(),
+            }),
+        }
     }
 
-    /// A plan drawn uniformly among the choices that meet every budget, by rejection sampling
-    /// (at most `max_tries` draws) from a generator seeded with `seed`.
+    /// A seeded random plan near the budget: each draw starts from uniformly random widths,
+    /// lowers randomly chosen layers one candidate at a time until every budget holds, then
+    /// raises randomly chosen layers one candidate at a time while every budget still holds,
+    /// until no layer can rise. The first draw whose tightest budget is used to within
+    /// [`RANDOM_NEAR_BUDGET`] is returned; after `max_tries` draws, the draw closest to its
+    /// budget (as close as the candidates allow). Without any budget: uniform over every
+    /// choice.
     pub fn random(&self, seed: u64, max_tries: usize) -> Result<QuantPlan> {
         let start = Instant::now();
         self.feasibility().check()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (nw, na) = (self.cands.w_bits.len(), self.cands.a_bits.len());
-        for _ in 0..max_tries {
-            let choice: Vec<usize> = self
-                .groups
+        let searched: Vec<usize> = (0..self.groups.len())
+            .filter(|&g| !self.groups[g].pinned)
+            .collect();
+        let draw = |rng: &mut ChaCha8Rng| -> Vec<usize> {
+            self.groups
                 .iter()
                 .map(|g| {
                     if g.pinned {
                         0
                     } else {
-                        let w = rng.random_range(0..nw);
-                        let a = rng.random_range(0..na);
-                        w * na + a
+                        rng.random_range(0..nw) * na + rng.random_range(0..na)
                     }
                 })
-                .collect();
-            if self.fits(&self.totals(&choice)) {
+                .collect()
+        };
+        if self.constraints.is_empty() {
+            let choice = draw(&mut rng);
+            return self.plan(&choice, "random", start);
+        }
+        // The choices one candidate up (`up`) or down from `c`, on either axis.
+        let moves = |c: usize, up: bool| -> Vec<usize> {
+            let (w, a) = (c / na, c % na);
+            let mut m = Vec::with_capacity(2);
+            if up && w + 1 < nw || !up && w > 0 {
+                m.push(if up { c + na } else { c - na });
+            }
+            if up && a + 1 < na || !up && a > 0 {
+                m.push(if up { c + 1 } else { c - 1 });
+            }
+            m
+        };
+        let mut closest: Option<(f64, Vec<usize>)> = None;
+        for _ in 0..max_tries.max(1) {
+            let mut choice = draw(&mut rng);
+            while !self.fits(&self.totals(&choice)) {
+                let lowerable: Vec<usize> = searched
+                    .iter()
+                    .copied()
+                    .filter(|&g| !moves(choice[g], false).is_empty())
+                    .collect();
+                if lowerable.is_empty() {
+                    break;
+                }
+                let g = lowerable[rng.random_range(0..lowerable.len())];
+                let down = moves(choice[g], false);
+                choice[g] = down[rng.random_range(0..down.len())];
+            }
+            if !self.fits(&self.totals(&choice)) {
+                continue;
+            }
+            let mut open = searched.clone();
+            while !open.is_empty() {
+                let k = rng.random_range(0..open.len());
+                let g = open[k];
+                let up: Vec<usize> = moves(choice[g], true)
+                    .into_iter()
+                    .filter(|&n| {
+                        let mut t = choice.clone();
+                        t[g] = n;
+                        self.fits(&self.totals(&t))
+                    })
+                    .collect();
+                if up.is_empty() {
+                    open.swap_remove(k);
+                } else {
+                    choice[g] = up[rng.random_range(0..up.len())];
+                }
+            }
+            let slack = self.slack(&self.totals(&choice));
+            if slack <= RANDOM_NEAR_BUDGET {
                 return self.plan(&choice, "random", start);
             }
+            if closest.as_ref().is_none_or(|(s, _)| slack < *s) {
+                closest = Some((slack, choice));
+            }
         }
-        Err(Error::Infeasible {
-            budget: format!("random sampling: no plan met the budget in {max_tries} draws"),
-            min_value: "a looser budget".into(),
-        })
+        match closest {
+            Some((_, choice)) => self.plan(&choice, "random", start),
+            None => Err(Error::Infeasible {
+                budget: format!("random sampling: no plan met the budget in {max_tries} draws"),
+                min_value: "a looser budget".into(),
+            }),
+        }
+    }
+
+    /// The smallest relative slack `(limit − cost)/limit` over the budgets (0: a budget is
+    /// used exactly).
+    pub fn slack(&self, totals: &[f64]) -> f64 {
+        totals
+            .iter()
+            .zip(&self.constraints)
+            .map(|(&t, c)| (c.cost_limit - t) / c.cost_limit.abs().max(f64::MIN_POSITIVE))
+            .fold(f64::INFINITY, f64::min)
     }
 }
+
+/// How close to its tightest budget a random plan is drawn: within 2%.
+pub(crate) const RANDOM_NEAR_BUDGET: f64 = 0.02;
 
 fn constraints_of(
     layers: &[LayerInfo],

@@ -24,11 +24,16 @@ fn sens(layers: &[LayerInfo], act: bool) -> SensitivityTable {
             let errs: serde_json::Map<String, serde_json::Value> = (2..=8)
                 .map(|b| (b.to_string(), (n * 0.1 * 4f64.powi(-b) * (1.0 + 0.1 * i as f64)).into()))
                 .collect();
+            let m = l.input_elems as f64;
+            let act_errs: serde_json::Map<String, serde_json::Value> = (2..=8)
+                .map(|b| (b.to_string(), (m * 0.05 * 4f64.powi(-b) * (1.0 + 0.2 * i as f64)).into()))
+                .collect();
             serde_json::json!({
                 "name": l.name, "params": l.params, "trace": curv * n,
                 "top_eigenvalue": curv * (1.0 + (i % 3) as f64),
                 "act_trace": if act { serde_json::json!(curv * 10.0) } else { serde_json::Value::Null },
                 "weight_error": errs,
+                "act_error": if act { serde_json::Value::Object(act_errs) } else { serde_json::Value::Null },
             })
         })
         .collect();
@@ -420,4 +425,106 @@ fn searched_layers_need_sensitivity_rows() {
     };
     let mut s = SearchSpace::new(&l, &c, &Budget::default(), None, &opts).unwrap();
     s.set_omega(&table).unwrap();
+}
+
+#[test]
+fn uniform_tries_every_pair_and_prefers_least_omega_then_balance() {
+    let l = layers("lenet5", [1, 28, 28]);
+    let all: Vec<u32> = (2..=8).collect();
+    let w3a3: f64 = l.iter().map(|x| x.macs as f64 * 9.0).sum();
+    let budget = Budget {
+        max_bops_g: Some(w3a3 / 1e9),
+        ..Budget::default()
+    };
+    // Without Ω: W3A3, not W4A2 (balanced), among the pairs no fitting pair beats.
+    let bare = SearchSpace::new(
+        &l,
+        &cands(&all, &all),
+        &budget,
+        None,
+        &SearchOptions::default(),
+    )
+    .unwrap();
+    let p = bare.uniform().unwrap();
+    assert!(l.iter().all(|x| bits(&p, &x.name) == (3, 3)), "{p:?}");
+    // With Ω: the least Ω over every fitting pair, checked by brute force.
+    let s = space(
+        &l,
+        &cands(&all, &all),
+        &budget,
+        None,
+        &SearchOptions::default(),
+        OmegaMetric::Trace,
+        true,
+    );
+    let p = s.uniform().unwrap();
+    let mut best = (f64::INFINITY, 0, 0);
+    for &w in &all {
+        for &a in &all {
+            let plan = QuantPlan::uniform(&l, w, a);
+            let cost = CostTable::new(&l, &plan).unwrap();
+            if cost.bops <= w3a3 * (1.0 + 1e-12) {
+                let o: f64 = (0..l.len())
+                    .map(|i| s.groups()[i].choices[(w as usize - 2) * 7 + a as usize - 2].omega)
+                    .sum();
+                if o < best.0 {
+                    best = (o, w, a);
+                }
+            }
+        }
+    }
+    assert!(
+        l.iter().all(|x| bits(&p, &x.name) == (best.1, best.2)),
+        "{best:?}"
+    );
+    // A weight-only budget keeps the most activation bits.
+    let p = SearchSpace::new(
+        &l,
+        &cands(&all, &all),
+        &Budget::avg_bits(3.0),
+        None,
+        &SearchOptions::default(),
+    )
+    .unwrap()
+    .uniform()
+    .unwrap();
+    assert!(l.iter().all(|x| bits(&p, &x.name) == (3, 8)));
+}
+
+#[test]
+fn random_plans_land_within_two_percent_of_the_budget() {
+    let l = layers("lenet5", [1, 28, 28]);
+    let n: f64 = l.iter().map(|x| x.params as f64).sum();
+    let w3a3: f64 = l.iter().map(|x| x.macs as f64 * 9.0).sum();
+    let c = cands(&[2, 3, 4, 5, 6, 8], &[2, 3, 4, 5, 6, 8]);
+    let by_bits = Budget::avg_bits(2.5);
+    let by_bops = Budget {
+        max_bops_g: Some(w3a3 / 1e9),
+        ..Budget::default()
+    };
+    let mut distinct = std::collections::BTreeSet::new();
+    for seed in 0..10 {
+        let s = SearchSpace::new(&l, &c, &by_bits, None, &SearchOptions::default()).unwrap();
+        let p = s.random(seed, 100).unwrap();
+        let cost = CostTable::new(&l, &p).unwrap();
+        let bits = cost.avg_w_bits;
+        assert!((2.45..=2.5 + 1e-9).contains(&bits), "seed {seed}: {bits}");
+        assert!((cost.avg_w_bits * n - 2.5 * n) <= 1e-6);
+        distinct.insert(format!(
+            "{:?}",
+            p.layers
+                .iter()
+                .map(|x| (x.w_bits, x.a_bits))
+                .collect::<Vec<_>>()
+        ));
+        let s = SearchSpace::new(&l, &c, &by_bops, None, &SearchOptions::default()).unwrap();
+        let p = s.random(seed, 100).unwrap();
+        let bops = CostTable::new(&l, &p).unwrap().bops;
+        assert!(
+            bops <= w3a3 * (1.0 + 1e-12) && bops >= 0.98 * w3a3,
+            "seed {seed}: {bops} vs {w3a3}"
+        );
+    }
+    // LeNet-5 has few near-budget plans (fc1 holds most weights): still several.
+    assert!(distinct.len() >= 4, "{distinct:?}");
 }
