@@ -120,6 +120,10 @@ pub struct LimpqSection {
     pub banned_choices_used: Vec<String>,
     /// `layer: reason` of every ban.
     pub bans: Vec<String>,
+    /// The plan's summed importance, the objective LIMPQ minimised (the plan's `omega` is
+    /// the trace Ω, when the sensitivity file has traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance: Option<f64>,
 }
 
 /// An agent search's record (HAQ's and CW-HAWQ's DDPG agents): the episodes and the best

@@ -1,6 +1,7 @@
 //! The activation term of Ω from measured errors (docs/algorithms.md §2.6): `mpq analyze`
 //! measures `E‖Q_b(a) − a‖²` on the analysed samples, and the search's Ω uses it.
 
+use mpq::Versioned;
 use mpq::data::{self, Normalization};
 use mpq::meta::ModelHint;
 use mpq::pipeline::{self, ACT_ERROR_BITS, Analysis, AnalyzeRequest, ModelSource};
@@ -116,4 +117,53 @@ fn activation_omega_is_trace_per_element_times_the_measured_error() {
         }
         assert_eq!(omega.act_term(i, 32).unwrap(), 0.0);
     }
+}
+
+#[test]
+fn every_method_reports_omega_on_the_trace_scale() {
+    // HAWQ ranks layers by eigenvalues; the Ω it prints and writes is still the trace Ω, so
+    // that plans of different methods compare on one scale.
+    let dir = temp_dir("omega-scale");
+    let model = ModelSource {
+        reference: "zoo:lenet5".into(),
+        hint: ModelHint::default(),
+    };
+    let layers = model.open().unwrap().graph.layer_infos().unwrap();
+    let rows: Vec<serde_json::Value> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let trace = [5.0, 0.1, 2.0, 0.7, 9.0][i] * l.params as f64;
+            let eigen = [0.2, 7.0, 1.0, 3.0, 0.5][i];
+            let errors: serde_json::Map<String, serde_json::Value> = (2..=8)
+                .map(|b| (b.to_string(), (l.params as f64 * 4f64.powi(-b)).into()))
+                .collect();
+            serde_json::json!({
+                "name": l.name, "params": l.params, "trace": trace, "top_eigenvalue": eigen,
+                "weight_error": errors,
+            })
+        })
+        .collect();
+    let path = dir.join("s.json");
+    std::fs::write(&path, serde_json::json!({ "layers": rows }).to_string()).unwrap();
+    let table = mpq::sensitivity::SensitivityTable::load(&path).unwrap();
+    let trace = OmegaTable::new(&layers, &table, OmegaConfig::default()).unwrap();
+    let mut plans = Vec::new();
+    for method in [pipeline::Method::HawqV1, pipeline::Method::Ilp] {
+        let mut req = pipeline::SearchRequest::new(model.clone(), method);
+        req.sensitivity = Some(path.clone());
+        req.budget.limits = mpq::search::Budget::avg_bits(4.0);
+        let out = pipeline::search(&req, &mut NoProgress).unwrap();
+        let plan = out.policy.plan;
+        let want = trace.plan_omega(&layers, &plan).unwrap();
+        let got = plan.omega.unwrap();
+        assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+        for (i, r) in out.rows.iter().enumerate() {
+            let (w, a) = plan.bits(&r.name);
+            assert_eq!(r.omega, Some(trace.omega(i, w, a).unwrap()));
+        }
+        plans.push(plan);
+    }
+    // On the one scale the exact ILP is never worse than HAWQ's heuristic.
+    assert!(plans[1].omega.unwrap() <= plans[0].omega.unwrap() * (1.0 + 1e-12));
 }

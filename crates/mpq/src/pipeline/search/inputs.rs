@@ -81,8 +81,21 @@ pub(super) struct Tables {
     /// Ω per layer and bit pair (the sensitivity-driven layer-wise methods, and the
     /// baselines' reported Ω).
     pub(super) omega: Option<OmegaTable>,
+    /// Ω on the trace scale, when `omega` ranks by another metric (HAWQ's eigenvalues) and
+    /// the file has traces: every Ω printed or written is on this one scale.
+    pub(super) trace_omega: Option<OmegaTable>,
     /// Channel traces and errors (CW-HAWQ).
     pub(super) channels: Option<ChannelTable>,
+}
+
+impl Tables {
+    /// The Ω that is printed and written (the trace Ω), if the file gives one.
+    pub(super) fn reported(&self) -> Option<&OmegaTable> {
+        match &self.omega {
+            Some(o) if o.config().metric == OmegaMetric::Trace => Some(o),
+            _ => self.trace_omega.as_ref(),
+        }
+    }
 }
 
 /// The request's sensitivity file, as the method reads it.
@@ -139,8 +152,8 @@ impl Sensitivity {
         if req.method.channel_wise() {
             let channels = self.channel_table(req, model, layers, cands)?;
             return Ok(Tables {
-                omega: None,
                 channels: Some(channels),
+                ..Tables::default()
             });
         }
         let metric = req.omega.metric.unwrap_or(match req.method {
@@ -189,8 +202,21 @@ impl Sensitivity {
                 table.set_weight_error(&name, b, errors[&name][&b]);
             }
         }
+        let trace_omega = match metric {
+            OmegaMetric::Trace => None,
+            _ => OmegaTable::new(
+                layers,
+                &table,
+                OmegaConfig {
+                    metric: OmegaMetric::Trace,
+                    ..cfg
+                },
+            )
+            .ok(),
+        };
         Ok(Tables {
             omega: Some(OmegaTable::new(layers, &table, cfg)?),
+            trace_omega,
             channels: None,
         })
     }

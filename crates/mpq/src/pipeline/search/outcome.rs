@@ -17,6 +17,7 @@ use crate::io::{Versioned, write_files_atomic};
 use crate::pipeline::side_path;
 use crate::plan::{LayerPrecision, QuantPlan};
 use crate::report::{PlanPoint, agent_curve, pareto_chart};
+use crate::search::OmegaMetric;
 use crate::search::limpq::Indicators;
 use crate::search::{
     AgentSection, Feasibility, FrontierFile, FrontierRef, LayerRow, LimpqSection, Policy,
@@ -70,6 +71,7 @@ fn limpq_section(ind: &Indicators, plan: &QuantPlan, alpha: f64) -> LimpqSection
         alpha,
         bans,
         banned_choices_used,
+        importance: None,
     }
 }
 
@@ -89,6 +91,20 @@ pub(super) fn finish(
             l.weight_range = req.weight_range;
         }
     }
+    // One Ω scale for every method: the trace Ω, whatever ranked the layers (HAWQ's
+    // eigenvalues, LIMPQ's importance, which LIMPQ's section keeps as `importance`).
+    let other_scale = matches!(req.method, Method::Limpq { .. })
+        || tables
+            .omega
+            .as_ref()
+            .is_some_and(|o| o.config().metric != OmegaMetric::Trace);
+    let objective = plan.omega;
+    if other_scale {
+        plan.omega = tables
+            .reported()
+            .map(|o| o.plan_omega(layers, &plan))
+            .transpose()?;
+    }
     let hardware = hw.map(|h| h.table(layers, &plan)).transpose()?;
     let alpha = match req.method {
         Method::Limpq { alpha } => alpha,
@@ -97,7 +113,7 @@ pub(super) fn finish(
     let mut rows = Vec::with_capacity(layers.len());
     for (i, l) in layers.iter().enumerate() {
         let (w, a) = plan.bits(&l.name);
-        let omega = match &tables.omega {
+        let omega = match tables.reported() {
             Some(o) if o.has_row(i) => Some(o.omega(i, w, a)?),
             _ => None,
         };
@@ -141,7 +157,9 @@ pub(super) fn finish(
         Extra::Limpq(s) => {
             policy.solver = Some(SolverStats::from(&s));
             if let Some(ind) = sens.indicators() {
-                policy.limpq = Some(limpq_section(ind, &policy.plan, alpha));
+                let mut section = limpq_section(ind, &policy.plan, alpha);
+                section.importance = objective;
+                policy.limpq = Some(section);
             }
         }
         Extra::Haq(r) => {
