@@ -52,6 +52,18 @@ impl Model {
         self.meta.training.as_ref()?["config"]["label_smoothing"].as_f64()
     }
 
+    /// The training samples `mpq train --holdout` kept out of training, as `(count, seed)` of
+    /// [`crate::data::Dataset::split_holdout`], when the model was trained on `data`.
+    pub fn training_holdout(&self, data: &str) -> Option<(usize, u64)> {
+        let t = self.meta.training.as_ref()?;
+        if t["data"].as_str()? != data {
+            return None;
+        }
+        let n = usize::try_from(t["holdout"].as_u64()?).ok()?;
+        let seed = t["config"]["seed"].as_u64()?;
+        (n > 0).then_some((n, seed))
+    }
+
     /// The normalisation to feed this model: its own, else `fallback` (the data set's).
     pub fn normalization_or(&self, fallback: &Normalization) -> Normalization {
         self.meta

@@ -71,8 +71,8 @@ pub(crate) struct SearchArgs {
     /// Range rule of the weight quantizer, recorded in the policy and used for Omega's errors.
     #[arg(long, value_parser = named::<WeightRange>(), default_value = "max-abs")]
     pub(crate) weight_range: WeightRange,
-    /// Random draws before `random` gives up.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Draws of `random` that try to land within 2% of the budget (else the closest wins).
+    #[arg(long, default_value_t = 1_000)]
     pub(crate) max_tries: usize,
     /// Output policy (also OUT.frontier.json/.svg, OUT.curve.svg, OUT.haq-state.json).
     #[arg(long)]

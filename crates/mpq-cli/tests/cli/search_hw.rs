@@ -26,7 +26,8 @@ fn layer_table(dir: &Path, model: &[&str]) -> Vec<(String, f64, f64)> {
 }
 
 /// A hand-written sensitivity table (the layout `mpq analyze` writes): curvatures that differ
-/// per layer, no `weight_error`, so search computes it from the model's weights.
+/// per layer, no `weight_error`, so search computes it from the model's weights, and measured
+/// activation errors beside the activation traces (as `mpq analyze` writes them).
 fn write_sensitivity(dir: &Path, name: &str, layers: &[(String, f64, f64)]) -> Vec<f64> {
     let mut eig = Vec::new();
     let rows: Vec<Json> = layers
@@ -36,10 +37,14 @@ fn write_sensitivity(dir: &Path, name: &str, layers: &[(String, f64, f64)]) -> V
             let curv = [3.0, 0.5, 1.7, 0.9, 2.3, 0.2, 1.1, 0.7, 4.0, 1.3][i % 10];
             let e = curv * (1.0 + (i % 3) as f64);
             eig.push(e);
+            let act_error: serde_json::Map<String, Json> = (2..=8)
+                .map(|b| (b.to_string(), (macs / params * 4f64.powi(-b)).into()))
+                .collect();
             serde_json::json!({
                 "name": n, "op": "conv", "params": *params as u64, "macs": *macs as u64,
                 "trace": curv * params, "trace_stderr": 0.01, "trace_per_param": curv,
                 "top_eigenvalue": e, "act_trace": curv * 0.5, "channel_traces": null,
+                "act_error": act_error,
             })
         })
         .collect();

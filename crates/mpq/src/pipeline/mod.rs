@@ -133,12 +133,25 @@ pub fn check_shape(model: &Model, splits: &DataSplits) -> Result<()> {
     Ok(())
 }
 
-/// Opens `model` and `data` and checks that they fit each other.
+/// Opens `model` and `data`, checks that they fit each other, and drops the samples the
+/// model's training held out from the training split (see [`exclude_holdout`]).
 pub fn open_with_data(model: &ModelSource, data: &str, seed: u64) -> Result<(Model, DataSplits)> {
     let m = model.open()?;
-    let splits = load_data(data, seed)?;
+    let mut splits = load_data(data, seed)?;
     check_shape(&m, &splits)?;
+    exclude_holdout(&m, &mut splits);
     Ok((m, splits))
+}
+
+/// Drops from `splits.train` the samples the model's training held out (`mpq train
+/// --holdout`, the same seeded split), when it was trained on the same data: they score the
+/// agents' plans, and no analysis, calibration or fine-tune may see them.
+pub(crate) fn exclude_holdout(model: &Model, splits: &mut DataSplits) {
+    if let Some((n, seed)) = model.training_holdout(&splits.name)
+        && n < splits.train.len()
+    {
+        splits.train = splits.train.split_holdout(n, seed).0;
+    }
 }
 
 /// What `mpq info` shows: the model and its quantizable layers.

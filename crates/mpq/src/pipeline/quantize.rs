@@ -147,8 +147,9 @@ pub fn quantize(req: &QuantizeRequest, progress: &mut dyn Progress) -> Result<Qu
         plan.fold_bn = false;
     }
     plan.validate(&model.graph.layer_infos()?)?;
-    let splits = super::load_data(&req.data, req.seed)?;
+    let mut splits = super::load_data(&req.data, req.seed)?;
     super::check_shape(&model, &splits)?;
+    super::exclude_holdout(&model, &mut splits);
     let f = &req.finetune;
     let finetune = (f.epochs > 0).then(|| TrainConfig {
         epochs: f.epochs,

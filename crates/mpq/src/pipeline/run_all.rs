@@ -294,12 +294,7 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
     let s_arg = path(&sens);
     let methods: Vec<(Method, Vec<String>)> = vec![
         (Method::Uniform, vec![]),
-        (
-            Method::Random {
-                max_tries: 1_000_000,
-            },
-            vec![],
-        ),
+        (Method::Random { max_tries: 1_000 }, vec![]),
         (Method::HawqV1, vec!["--sensitivity".into(), s_arg.clone()]),
         (Method::Pareto, vec!["--sensitivity".into(), s_arg.clone()]),
         (Method::Ilp, vec!["--sensitivity".into(), s_arg.clone()]),

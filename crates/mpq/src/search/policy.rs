@@ -219,6 +219,7 @@ mod tests {
             alpha: 2.0,
             bans: vec!["fc1: w2".into()],
             banned_choices_used: vec![],
+            importance: Some(1.5),
         });
         let bytes = p.to_bytes().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();

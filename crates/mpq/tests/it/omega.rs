@@ -167,3 +167,42 @@ fn every_method_reports_omega_on_the_trace_scale() {
     // On the one scale the exact ILP is never worse than HAWQ's heuristic.
     assert!(plans[1].omega.unwrap() <= plans[0].omega.unwrap() * (1.0 + 1e-12));
 }
+
+#[test]
+fn held_out_samples_reach_no_analysis_calibration_or_fine_tune() {
+    // `mpq train --holdout N` keeps N training samples for the agents' rewards; opening the
+    // trained model with the same data drops exactly those samples from the training split.
+    let dir = temp_dir("holdout");
+    let data = "synthetic:1x8x8:3:80";
+    let path = dir.join("m.safetensors");
+    let mut req = pipeline::TrainRequest::new(pipeline::TrainFrom::arch("mlp"), data, &path);
+    req.config.epochs = 1;
+    req.config.seed = 5;
+    req.holdout = 20;
+    pipeline::train(&req, &mut NoProgress).unwrap();
+    let (_, splits) =
+        pipeline::open_with_data(&ModelSource::new(path.display().to_string()), data, 0).unwrap();
+    let full = data::load(data, &Default::default()).unwrap().train;
+    let (kept, held) = full.split_holdout(20, 5);
+    assert_eq!(splits.train.len(), full.len() - 20);
+    assert_eq!(splits.train.pixels(), kept.pixels());
+    // No held-out image is left in the split that analysis and fine-tuning read.
+    let left: std::collections::HashSet<&[u8]> = (0..splits.train.len())
+        .map(|i| splits.train.image(i))
+        .collect();
+    assert!((0..held.len()).all(|i| !left.contains(held.image(i))));
+    // Another data set: nothing is dropped.
+    let (_, other) = pipeline::open_with_data(
+        &ModelSource::new(path.display().to_string()),
+        "synthetic:1x8x8:3:81",
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        other.train.len(),
+        data::load("synthetic:1x8x8:3:81", &Default::default())
+            .unwrap()
+            .train
+            .len()
+    );
+}

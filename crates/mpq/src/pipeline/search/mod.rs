@@ -153,11 +153,11 @@ pub enum MethodKind {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Method {
-    /// The largest uniform plan within budget.
+    /// The uniform plan within budget of least Ω (then the most balanced W/A).
     Uniform,
-    /// Seeded, uniform among the plans of the candidate grid within budget.
+    /// Seeded random plans drawn near the budget (within 2% of the tightest one).
     Random {
-        /// Draws before giving up.
+        /// Draws that try to land within 2% of the tightest budget.
         max_tries: usize,
     },
     /// HAWQ: bits non-increasing in top eigenvalue per parameter, plus a fine-tuning order.
