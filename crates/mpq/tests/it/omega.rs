@@ -83,7 +83,7 @@ fn activation_omega_is_trace_per_element_times_the_measured_error() {
         ACT_ERROR_BITS.to_vec()
     );
     for &b in &ACT_ERROR_BITS {
-        let want = hand_error(&x, u32::from(b));
+        let want = hand_error(&x, b);
         let got = measured[&b];
         assert!(
             (got - want).abs() <= 1e-4 * want,
