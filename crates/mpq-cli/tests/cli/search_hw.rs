@@ -533,6 +533,20 @@ fn contradictory_or_incomplete_search_flags_exit_2() {
         args.extend_from_slice(&pair);
         run(&args, &["cannot be used with"]);
     }
+    // HAQ under a weight-only budget searches weight bits only: one activation width.
+    run(
+        &[
+            "--method",
+            "haq",
+            "--data",
+            "synthetic:3x8x8:3:64",
+            "--avg-bits",
+            "3",
+            "--a-bits",
+            "4,8",
+        ],
+        &["weight bits only", "one --a-bits value"],
+    );
     run(
         &[
             "--method",
