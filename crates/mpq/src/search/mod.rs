@@ -36,15 +36,11 @@ pub use space::{
     SearchSpace,
 };
 
-use std::time::Instant;
-
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::cost::CostTable;
 use crate::graph::LayerInfo;
-use crate::plan::{BitWidth, Constraints, LayerPrecision, QuantPlan, is_valid_bits};
+use crate::plan::{BitWidth, Constraints, QuantPlan, is_valid_bits};
 use crate::{Error, Result};
 
 /// Bytes in the "MB" of `--max-size-mb` (2^20, the LIMPQ convention).
@@ -139,17 +135,6 @@ impl Candidates {
     }
 }
 
-fn plan_of(layers: &[LayerInfo], bits: &[(BitWidth, BitWidth)], method: &str) -> QuantPlan {
-    let mut plan = QuantPlan::uniform(layers, 32, 32);
-    plan.method = method.to_string();
-    plan.layers = layers
-        .iter()
-        .zip(bits)
-        .map(|(l, &(w, a))| LayerPrecision::new(l.name.clone(), w, a))
-        .collect();
-    plan
-}
-
 /// Fails with [`Error::Infeasible`] (naming the limit and the smallest achievable value)
 /// when even the smallest candidate bits everywhere break the budget (the size and BOPs
 /// budgets; [`SearchSpace::feasibility`] covers hardware budgets, pins and ties too).
@@ -159,44 +144,12 @@ pub fn preflight(layers: &[LayerInfo], cands: &Candidates, budget: &Budget) -> R
         .check()
 }
 
-fn finish(
-    layers: &[LayerInfo],
-    mut plan: QuantPlan,
-    budget: &Budget,
-    start: Instant,
-) -> Result<QuantPlan> {
-    let cost = CostTable::new(layers, &plan)?;
-    cost.fill_plan(&mut plan);
-    plan.constraints = budget.to_constraints();
-    plan.seconds = start.elapsed().as_secs_f64();
-    Ok(plan)
-}
-
-/// The uniform plan with the most weight bits (then the most activation bits) that meets
-/// the budget.
+/// The best uniform plan within `budget`: [`SearchSpace::uniform`] without pins, ties or Ω.
 pub fn uniform(layers: &[LayerInfo], cands: &Candidates, budget: &Budget) -> Result<QuantPlan> {
-    let start = Instant::now();
-    let cands = cands.validated()?;
-    preflight(layers, &cands, budget)?;
-    for &w in cands.w_bits.iter().rev() {
-        for &a in cands.a_bits.iter().rev() {
-            let plan = plan_of(layers, &vec![(w, a); layers.len()], "uniform");
-            if budget
-                .violations(&CostTable::new(layers, &plan)?)
-                .is_empty()
-            {
-                return finish(layers, plan, budget, start);
-            }
-        }
-    }
-    Err(Error::Infeasible {
-        budget: "the budget with one bit-width for every layer".into(),
-        min_value: "a mixed plan (try --method random)".into(),
-    })
+    SearchSpace::new(layers, cands, budget, None, &SearchOptions::default())?.uniform()
 }
 
-/// A plan drawn uniformly among the per-layer (w, a) choices that meet the budget, by
-/// rejection sampling from a generator seeded with `seed` (at most `max_tries` draws).
+/// A seeded random plan near `budget`: [`SearchSpace::random`] without pins or ties.
 pub fn random(
     layers: &[LayerInfo],
     cands: &Candidates,
@@ -204,31 +157,8 @@ pub fn random(
     seed: u64,
     max_tries: usize,
 ) -> Result<QuantPlan> {
-    let start = Instant::now();
-    let cands = cands.validated()?;
-    preflight(layers, &cands, budget)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for _ in 0..max_tries {
-        let bits: Vec<(BitWidth, BitWidth)> = layers
-            .iter()
-            .map(|_| {
-                let w = cands.w_bits[rng.random_range(0..cands.w_bits.len())];
-                let a = cands.a_bits[rng.random_range(0..cands.a_bits.len())];
-                (w, a)
-            })
-            .collect();
-        let plan = plan_of(layers, &bits, "random");
-        if budget
-            .violations(&CostTable::new(layers, &plan)?)
-            .is_empty()
-        {
-            return finish(layers, plan, budget, start);
-        }
-    }
-    Err(Error::Infeasible {
-        budget: format!("random sampling: no plan met the budget in {max_tries} draws"),
-        min_value: "a looser budget".into(),
-    })
+    SearchSpace::new(layers, cands, budget, None, &SearchOptions::default())?
+        .random(seed, max_tries)
 }
 
 #[cfg(test)]
