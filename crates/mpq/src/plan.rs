@@ -195,12 +195,24 @@ pub struct Constraints {
     /// Largest average weight bit-width.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avg_bits: Option<f64>,
+    /// BitOps ratio of the searched layers (0: all-low, 1: all-high).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bops_ratio: Option<f64>,
     /// Smallest compression ratio versus FP32 weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<f64>,
+    /// Energy ratio of the searched layers on `hardware`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_ratio: Option<f64>,
+    /// Paired `[w_bits, a_bits]` formats each searched layer chose from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formats: Option<Vec<[BitWidth; 2]>>,
     /// The hardware model of the latency and energy budgets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardware: Option<String>,
+    /// Latency ratio of the searched layers on `hardware`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio: Option<f64>,
     /// Largest giga bit-operations per sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bops_g: Option<f64>,
@@ -219,6 +231,9 @@ pub struct Constraints {
     /// The weight quantizer, when not the default symmetric one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantizer: Option<QuantizerKind>,
+    /// Size ratio of the searched layers (0: all-low, 1: all-high).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_ratio: Option<f64>,
     /// Groups of layers that share bits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ties: Option<Vec<Vec<String>>>,

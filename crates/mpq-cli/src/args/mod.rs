@@ -76,6 +76,13 @@ pub(crate) struct ModelArgs {
     /// `PATH.safetensors` (mpq's, or a PyTorch state_dict with --arch), `PATH.onnx`, `zoo:NAME`.
     #[arg(long)]
     pub(crate) model: String,
+    #[command(flatten)]
+    pub(crate) hint: HintArgs,
+}
+
+/// What a model file may lack: its architecture, input shape, classes, width.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct HintArgs {
     /// Architecture of a state_dict without mpq metadata.
     #[arg(long)]
     pub(crate) arch: Option<String>,
@@ -93,8 +100,15 @@ pub(crate) struct ModelArgs {
 impl ModelArgs {
     /// The model reference with its fallbacks; `seed` seeds fresh zoo weights.
     pub(crate) fn source(&self, seed: u64) -> ModelSource {
+        self.hint.source(&self.model, seed)
+    }
+}
+
+impl HintArgs {
+    /// `reference` with these fallbacks; `seed` seeds fresh zoo weights.
+    pub(crate) fn source(&self, reference: &str, seed: u64) -> ModelSource {
         ModelSource {
-            reference: self.model.clone(),
+            reference: reference.to_string(),
             hint: ModelHint {
                 arch: self.arch.clone(),
                 input_shape: self.input.as_ref().map(|s| s.0.clone()),

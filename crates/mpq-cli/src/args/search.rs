@@ -8,12 +8,19 @@ use mpq::plan::WeightRange;
 use mpq::search::OmegaMetric;
 
 use super::agent::AgentArgs;
-use super::{ModelArgs, named};
+use super::{HintArgs, named};
 
 #[derive(Debug, Args)]
 pub(crate) struct SearchArgs {
+    /// `PATH.safetensors` (mpq's, or a PyTorch state_dict with --arch), `PATH.onnx`, `zoo:NAME`.
+    #[arg(long, required_unless_present = "table", conflicts_with = "table")]
+    pub(crate) model: Option<String>,
     #[command(flatten)]
-    pub(crate) model: ModelArgs,
+    pub(crate) hint: HintArgs,
+    /// Search a problem table (CSV: layer, w_bits, a_bits, omega or its parts, costs) instead
+    /// of a model: uniform, random, pareto and ilp.
+    #[arg(long, value_name = "PATH.csv")]
+    pub(crate) table: Option<PathBuf>,
     /// Search method.
     #[arg(long, value_parser = named::<MethodKind>())]
     pub(crate) method: MethodKind,
@@ -50,6 +57,22 @@ pub(crate) struct SearchArgs {
     /// LIMPQ: weight of the weight indicators against the activation ones.
     #[arg(long, default_value_t = mpq::search::limpq::DEFAULT_ALPHA)]
     pub(crate) alpha: f64,
+    /// Size of the searched layers at most all-low + R x (all-high - all-low), R in [0, 1].
+    #[arg(long, value_name = "R")]
+    pub(crate) size_ratio: Option<f64>,
+    /// BitOps of the searched layers at most all-low + R x (all-high - all-low).
+    #[arg(long, value_name = "R")]
+    pub(crate) bops_ratio: Option<f64>,
+    /// Latency on --hardware of the searched layers at most all-low + R x (all-high - all-low).
+    #[arg(long, value_name = "R")]
+    pub(crate) latency_ratio: Option<f64>,
+    /// Energy on --hardware of the searched layers at most all-low + R x (all-high - all-low).
+    #[arg(long, value_name = "R")]
+    pub(crate) energy_ratio: Option<f64>,
+    /// Paired W/A formats each searched layer chooses from, e.g. 4/4,8/8 (instead of the
+    /// w-bits x a-bits grid).
+    #[arg(long, value_delimiter = ',', value_name = "W/A,...")]
+    pub(crate) formats: Option<Vec<String>>,
     /// Largest latency in ms on --hardware.
     #[arg(long)]
     pub(crate) max_latency_ms: Option<f64>,

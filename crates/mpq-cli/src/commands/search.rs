@@ -74,7 +74,8 @@ impl SearchArgs {
     }
 
     pub(crate) fn request(&self, seed: u64) -> mpq::Result<SearchRequest> {
-        let mut r = SearchRequest::new(self.model.source(seed), self.method());
+        let reference = self.model.clone().unwrap_or_default();
+        let mut r = SearchRequest::new(self.hint.source(&reference, seed), self.method());
         let mut limits = Budget {
             max_bops_g: self.max_bops,
             ..Budget::default()
@@ -86,13 +87,21 @@ impl SearchArgs {
             max_size_mb,
             compression,
             max_latency_ms,
-            max_energy_mj
+            max_energy_mj,
+            size_ratio,
+            bops_ratio,
+            latency_ratio,
+            energy_ratio
         );
         let bops_as = self.bops_as.as_deref();
         let bops_as = bops_as.map(|s| Pin::parse_bits(s, "bops-as")).transpose()?;
         r.budget = BudgetSpec { limits, bops_as };
         copy_fields!(r, self, sensitivity, w_bits, a_bits, hardware, weight_range);
         r.pins = Pin::parse_all(&self.pin, self.pin_first_last.as_deref())?;
+        r.formats = (self.formats.as_ref())
+            .map(|f| f.iter().map(|s| Pin::parse_bits(s, "formats")).collect())
+            .transpose()?;
+        r.table = self.table.clone();
         r.ties = (self.tie.iter())
             .map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()))
             .map(|names| names.map(String::from).collect())

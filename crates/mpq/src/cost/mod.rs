@@ -29,7 +29,7 @@ pub use bismo::matrix_dims;
 pub use bitfusion::{bricks_per_mac, padded_bits};
 pub use bitops::{BitOps, layer_bops};
 pub use hardware::{ArraySpec, HardwareSpec};
-pub use lookup::LookupTable;
+pub use lookup::{COST_COLUMNS, CsvRow, CsvRows, LookupEntry, LookupTable, read_rows};
 pub use simulator::{Bound, Energy, HardwareModel, HwTable, Latency, LayerHw, hw_bits, simulate};
 pub use size::{ModelSize, SCALE_BITS, overhead_bits, weight_bits};
 

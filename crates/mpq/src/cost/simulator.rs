@@ -182,6 +182,40 @@ impl HardwareModel {
         }
     }
 
+    /// Whether the model gives latencies (a lookup table may price only sizes or BitOps).
+    pub fn has_latency(&self) -> bool {
+        match self {
+            HardwareModel::Analytic(_) => true,
+            HardwareModel::Lookup(t) => t.has_latency(),
+        }
+    }
+
+    /// The size (bits, scales included) and BitOps a lookup table prices for `layer` at
+    /// `w_bits × a_bits`, replacing the formulas of [`crate::cost`]; `(None, None)` for the
+    /// analytic models and for tables without those columns.
+    pub fn priced(
+        &self,
+        layer: &str,
+        w_bits: BitWidth,
+        a_bits: BitWidth,
+    ) -> Result<(Option<f64>, Option<f64>)> {
+        match self {
+            HardwareModel::Lookup(t) if t.prices_size() || t.prices_bops() => {
+                let e = t.entry(layer, w_bits, a_bits)?;
+                Ok((e.size_bits, e.bops))
+            }
+            _ => Ok((None, None)),
+        }
+    }
+
+    /// Whether every entry prices the size and the BitOps, as `(size, bops)`.
+    pub fn prices(&self) -> (bool, bool) {
+        match self {
+            HardwareModel::Lookup(t) => (t.prices_size(), t.prices_bops()),
+            HardwareModel::Analytic(_) => (false, false),
+        }
+    }
+
     /// `layer`'s cost at `w_bits × a_bits`. A lookup table without that entry is an input
     /// error naming the layer and the bits.
     pub fn layer(&self, layer: &LayerInfo, w_bits: BitWidth, a_bits: BitWidth) -> Result<LayerHw> {

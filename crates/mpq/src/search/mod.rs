@@ -16,6 +16,7 @@ pub mod mckp;
 mod omega;
 mod pareto;
 mod policy;
+pub mod problem;
 pub mod rl;
 mod space;
 mod surrogate;
@@ -63,6 +64,19 @@ pub struct Budget {
     /// Largest energy in mJ on the search's hardware model.
     #[serde(default)]
     pub max_energy_mj: Option<f64>,
+    /// Size ratio `r` of the searched layers (HAWQ-V3): at most all-low + r·(all-high −
+    /// all-low), pinned layers outside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_ratio: Option<f64>,
+    /// BitOps ratio of the searched layers, as `size_ratio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bops_ratio: Option<f64>,
+    /// Latency ratio of the searched layers on the hardware model, as `size_ratio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio: Option<f64>,
+    /// Energy ratio of the searched layers on the hardware model, as `size_ratio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_ratio: Option<f64>,
 }
 
 impl Budget {
@@ -96,6 +110,10 @@ impl Budget {
             max_bops_g: self.max_bops_g,
             max_latency_ms: self.max_latency_ms,
             max_energy_mj: self.max_energy_mj,
+            size_ratio: self.size_ratio,
+            bops_ratio: self.bops_ratio,
+            latency_ratio: self.latency_ratio,
+            energy_ratio: self.energy_ratio,
             ..Constraints::default()
         }
     }

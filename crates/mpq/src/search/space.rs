@@ -34,6 +34,14 @@ pub enum BudgetKind {
     Latency,
     /// `Σ energy ≤ E` mJ on the hardware model.
     Energy,
+    /// Size (scales included) of the searched layers at most all-low + r·(all-high − all-low).
+    SizeRatio,
+    /// BitOps of the searched layers at most all-low + r·(all-high − all-low).
+    BopsRatio,
+    /// Latency of the searched layers at most all-low + r·(all-high − all-low).
+    LatencyRatio,
+    /// Energy of the searched layers at most all-low + r·(all-high − all-low).
+    EnergyRatio,
 }
 
 impl BudgetKind {
@@ -46,7 +54,34 @@ impl BudgetKind {
             BudgetKind::Bops => "max_bops_g",
             BudgetKind::Latency => "max_latency_ms",
             BudgetKind::Energy => "max_energy_mj",
+            BudgetKind::SizeRatio => "size_ratio",
+            BudgetKind::BopsRatio => "bops_ratio",
+            BudgetKind::LatencyRatio => "latency_ratio",
+            BudgetKind::EnergyRatio => "energy_ratio",
         }
+    }
+
+    /// Whether the limit is a ratio between the all-low and all-high plans of the searched
+    /// layers (HAWQ-V3's budgets).
+    pub fn is_ratio(self) -> bool {
+        matches!(
+            self,
+            BudgetKind::SizeRatio
+                | BudgetKind::BopsRatio
+                | BudgetKind::LatencyRatio
+                | BudgetKind::EnergyRatio
+        )
+    }
+
+    /// Whether the cost comes from the hardware model (latency, energy).
+    fn needs_hardware(self) -> bool {
+        matches!(
+            self,
+            BudgetKind::Latency
+                | BudgetKind::Energy
+                | BudgetKind::LatencyRatio
+                | BudgetKind::EnergyRatio
+        )
     }
 
     /// Whether activation bit-widths change this budget's cost (BitOps, latency, energy);
@@ -54,7 +89,12 @@ impl BudgetKind {
     pub fn depends_on_activations(self) -> bool {
         matches!(
             self,
-            BudgetKind::Bops | BudgetKind::Latency | BudgetKind::Energy
+            BudgetKind::Bops
+                | BudgetKind::Latency
+                | BudgetKind::Energy
+                | BudgetKind::BopsRatio
+                | BudgetKind::LatencyRatio
+                | BudgetKind::EnergyRatio
         )
     }
 
@@ -76,6 +116,11 @@ pub struct Constraint {
     pub limit: f64,
     /// The limit of `Σ cost` in cost units.
     pub cost_limit: f64,
+    /// For ratio budgets: the cost of the all-low plan (pinned layers included) and the
+    /// all-high minus all-low cost of the searched layers, so `ratio = (cost − base)/span`.
+    pub base: f64,
+    /// See `base` (1 for the other budgets).
+    pub span: f64,
 }
 
 /// A layer pinned to fixed bits (`first`, `last` or a layer name).
@@ -164,6 +209,9 @@ pub struct SearchOptions {
     /// The weight quantizer of every quantized layer (its metadata counts in the size
     /// budget: scales, or a k-means codebook).
     pub quantizer: QuantizerKind,
+    /// Paired formats (HAWQ-V3's `W4A4` or `W8A8`): when set, every searched layer chooses
+    /// one of these `(w_bits, a_bits)` pairs instead of any pair of the candidate grid.
+    pub formats: Option<Vec<(BitWidth, BitWidth)>>,
 }
 
 /// One allowed `(w_bits, a_bits)` of a group, with its Ω and costs summed over the group.
@@ -222,7 +270,17 @@ impl Budget {
 
     /// Whether a limit depends on activation bit-widths (BitOps, latency, energy).
     pub fn counts_activations(&self) -> bool {
-        self.max_bops_g.is_some() || self.max_latency_ms.is_some() || self.max_energy_mj.is_some()
+        self.max_bops_g.is_some()
+            || self.max_latency_ms.is_some()
+            || self.max_energy_mj.is_some()
+            || self.bops_ratio.is_some()
+            || self.latency_ratio.is_some()
+            || self.energy_ratio.is_some()
+    }
+
+    /// Whether any limit is given.
+    pub fn is_empty(&self) -> bool {
+        *self == Budget::default()
     }
 
     /// Checks that every limit given is a positive finite number.
@@ -238,6 +296,22 @@ impl Budget {
         for (name, v) in limits {
             if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
                 return Err(Error::config(name, "must be a positive number"));
+            }
+        }
+        let ratios = [
+            ("size-ratio", self.size_ratio),
+            ("bops-ratio", self.bops_ratio),
+            ("latency-ratio", self.latency_ratio),
+            ("energy-ratio", self.energy_ratio),
+        ];
+        for (name, v) in ratios {
+            if let Some(r) = v
+                && !(0.0..=1.0).contains(&r)
+            {
+                return Err(Error::config(
+                    name,
+                    format!("must be between 0 and 1 (0: all-low, 1: all-high), got {r}"),
+                ));
             }
         }
         Ok(())
@@ -283,7 +357,8 @@ impl<'a> SearchSpace<'a> {
         if layers.is_empty() {
             return Err(Error::config("model", "has no quantizable layers"));
         }
-        let constraints = constraints_of(layers, budget, hw)?;
+        let mut constraints = constraints_of(layers, budget, hw)?;
+        let formats = formats_of(opts.formats.as_deref(), &cands)?;
         let index = |name: &str| layer_index(name, layers);
         let mut pin: Vec<Option<(BitWidth, BitWidth)>> = vec![None; layers.len()];
         for p in &opts.pins {
@@ -335,6 +410,8 @@ impl<'a> SearchSpace<'a> {
                 } else {
                     Vec::new()
                 }
+            } else if let Some(f) = &formats {
+                f.clone()
             } else {
                 cands
                     .w_bits
@@ -352,6 +429,7 @@ impl<'a> SearchSpace<'a> {
                 pinned: !pins.is_empty(),
             });
         }
+        set_ratio_limits(&mut constraints, &groups);
         Ok(SearchSpace {
             layers,
             cands,
@@ -472,6 +550,22 @@ impl<'a> SearchSpace<'a> {
         &self.groups
     }
 
+    /// Layer `i`'s size in bits (scales included) and BitOps at `w_bits × a_bits`: the
+    /// hardware table's prices where it gives them, else the formulas of [`crate::cost`].
+    pub fn layer_costs(&self, i: usize, w_bits: BitWidth, a_bits: BitWidth) -> Result<(f64, f64)> {
+        let l = &self.layers[i];
+        let (size, bops) = match self.hw {
+            Some(h) => h.priced(&l.name, w_bits, a_bits)?,
+            None => (None, None),
+        };
+        let p = precision(&l.name, w_bits, a_bits, self.opts.quantizer);
+        let formula = (l.params as u64 * u64::from(w_bits) + overhead_bits(l, Some(&p))) as f64;
+        Ok((
+            size.unwrap_or(formula),
+            bops.unwrap_or(l.macs as f64 * f64::from(w_bits) * f64::from(a_bits)),
+        ))
+    }
+
     /// Summed costs of a choice index per group.
     pub fn totals(&self, choice: &[usize]) -> Vec<f64> {
         let mut t = vec![0.0; self.constraints.len()];
@@ -532,8 +626,8 @@ impl<'a> SearchSpace<'a> {
                     budget: c.kind.name(),
                     relation: c.kind.relation(),
                     limit: c.limit,
-                    best: value_of(c.kind, lo, n),
-                    worst: value_of(c.kind, hi, n),
+                    best: value_of(c, lo, n),
+                    worst: value_of(c, hi, n),
                     feasible: fits(lo, c.cost_limit),
                     binding: !fits(hi, c.cost_limit),
                 }
@@ -612,20 +706,56 @@ impl<'a> SearchSpace<'a> {
         if self.has_omega {
             plan.omega = Some(self.omega_of(choice));
         }
+        let (priced_size, priced_bops) = self.hw.map_or((false, false), |h| h.prices());
+        if priced_size || priced_bops {
+            let (mut size, mut bops) = (0.0, 0.0);
+            for (l, &(w, a)) in self.layers.iter().zip(&bits) {
+                let (s, b) = self
+                    .hw
+                    .map_or(Ok((None, None)), |h| h.priced(&l.name, w, a))?;
+                size += s.unwrap_or(0.0);
+                bops += b.unwrap_or(0.0);
+            }
+            if priced_size {
+                plan.size_bytes = Some((size / 8.0).ceil() as u64);
+            }
+            if priced_bops {
+                plan.bops = Some(bops);
+            }
+        }
         let hw = match self.hw {
-            Some(hw) => {
+            Some(hw) if hw.has_latency() => {
                 let t = hw.table(self.layers, &plan)?;
                 t.fill_plan(&mut plan);
                 Some(t)
             }
-            None => None,
+            _ => None,
         };
-        let mut violated: Vec<String> = self
-            .budget
-            .violations(&cost)
-            .into_iter()
-            .map(|(n, l, v)| format!("{n} {l} (plan: {v})"))
+        // The search's own totals, then (where the costs are the formulas') the plan's cost
+        // table as an independent check.
+        let n: u64 = self.layers.iter().map(|l| l.params as u64).sum();
+        let totals = self.totals(choice);
+        let mut violated: Vec<String> = totals
+            .iter()
+            .zip(&self.constraints)
+            .filter(|(t, c)| !fits(**t, c.cost_limit))
+            .map(|(t, c)| {
+                format!(
+                    "{} {} (plan: {})",
+                    c.kind.name(),
+                    c.limit,
+                    value_of(c, *t, n)
+                )
+            })
             .collect();
+        if !priced_size && !priced_bops {
+            violated.extend(
+                self.budget
+                    .violations(&cost)
+                    .into_iter()
+                    .map(|(n, l, v)| format!("{n} {l} (plan: {v})")),
+            );
+        }
         if let (Some(t), Some(l)) = (&hw, self.budget.max_latency_ms)
             && !fits(t.latency_ms, l)
         {
@@ -666,6 +796,12 @@ impl<'a> SearchSpace<'a> {
         if self.opts.quantizer != QuantizerKind::default() {
             c.quantizer = Some(self.opts.quantizer);
         }
+        if let Some(f) = &self.opts.formats {
+            let mut f: Vec<[BitWidth; 2]> = f.iter().map(|&(w, a)| [w, a]).collect();
+            f.sort_unstable();
+            f.dedup();
+            c.formats = Some(f);
+        }
         c
     }
 
@@ -679,21 +815,28 @@ impl<'a> SearchSpace<'a> {
         let start = Instant::now();
         self.feasibility().check()?;
         let mut fitting = Vec::new();
-        for &w in &self.cands.w_bits {
-            for &a in &self.cands.a_bits {
-                let choice: Vec<usize> = self
-                    .groups
-                    .iter()
-                    .map(|g| {
-                        g.choices
-                            .iter()
-                            .position(|c| (c.w_bits, c.a_bits) == (w, a))
-                            .unwrap_or(0)
-                    })
-                    .collect();
-                if self.fits(&self.totals(&choice)) {
-                    fitting.push((w, a, choice));
-                }
+        let pairs: Vec<(BitWidth, BitWidth)> = match &self.opts.formats {
+            Some(f) => f.clone(),
+            None => self
+                .cands
+                .w_bits
+                .iter()
+                .flat_map(|&w| self.cands.a_bits.iter().map(move |&a| (w, a)))
+                .collect(),
+        };
+        for &(w, a) in &pairs {
+            let choice: Vec<usize> = self
+                .groups
+                .iter()
+                .map(|g| {
+                    g.choices
+                        .iter()
+                        .position(|c| (c.w_bits, c.a_bits) == (w, a))
+                        .unwrap_or(0)
+                })
+                .collect();
+            if self.fits(&self.totals(&choice)) {
+                fitting.push((w, a, choice));
             }
         }
         let dominated = |w: BitWidth, a: BitWidth| {
@@ -739,6 +882,7 @@ impl<'a> SearchSpace<'a> {
         self.feasibility().check()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (nw, na) = (self.cands.w_bits.len(), self.cands.a_bits.len());
+        let paired = self.opts.formats.as_ref().map(Vec::len);
         let searched: Vec<usize> = (0..self.groups.len())
             .filter(|&g| !self.groups[g].pinned)
             .collect();
@@ -748,6 +892,8 @@ impl<'a> SearchSpace<'a> {
                 .map(|g| {
                     if g.pinned {
                         0
+                    } else if let Some(n) = paired {
+                        rng.random_range(0..n)
                     } else {
                         rng.random_range(0..nw) * na + rng.random_range(0..na)
                     }
@@ -759,7 +905,15 @@ impl<'a> SearchSpace<'a> {
             return self.plan(&choice, "random", start);
         }
         // The choices one candidate up (`up`) or down from `c`, on either axis.
+        // With paired formats: the next format up or down.
         let moves = |c: usize, up: bool| -> Vec<usize> {
+            if let Some(n) = paired {
+                return match up {
+                    true if c + 1 < n => vec![c + 1],
+                    false if c > 0 => vec![c - 1],
+                    _ => Vec::new(),
+                };
+            }
             let (w, a) = (c / na, c % na);
             let mut m = Vec::with_capacity(2);
             if up && w + 1 < nw || !up && w > 0 {
@@ -851,6 +1005,8 @@ fn constraints_of(
                 kind,
                 limit: l,
                 cost_limit: cost_limit(l),
+                base: 0.0,
+                span: 1.0,
             });
         }
     };
@@ -862,17 +1018,24 @@ fn constraints_of(
     push(BudgetKind::Bops, b.max_bops_g, &|l| l * 1e9);
     push(BudgetKind::Latency, b.max_latency_ms, &|l| l);
     push(BudgetKind::Energy, b.max_energy_mj, &|l| l);
+    // Ratio limits are set once the choices are known (`set_ratio_limits`).
+    push(BudgetKind::SizeRatio, b.size_ratio, &|_| f64::INFINITY);
+    push(BudgetKind::BopsRatio, b.bops_ratio, &|_| f64::INFINITY);
+    push(BudgetKind::LatencyRatio, b.latency_ratio, &|_| {
+        f64::INFINITY
+    });
+    push(BudgetKind::EnergyRatio, b.energy_ratio, &|_| f64::INFINITY);
     for c in &out {
         match (c.kind, hw) {
-            (BudgetKind::Latency | BudgetKind::Energy, None) => {
+            (k, None) if k.needs_hardware() => {
                 return Err(Error::config(
                     c.kind.name().replace('_', "-"),
                     "needs a hardware model (--hardware bitfusion|bismo|PATH.toml|PATH.csv)",
                 ));
             }
-            (BudgetKind::Energy, Some(h)) if !h.has_energy() => {
+            (BudgetKind::Energy | BudgetKind::EnergyRatio, Some(h)) if !h.has_energy() => {
                 return Err(Error::config(
-                    "max-energy-mj",
+                    c.kind.name().replace('_', "-"),
                     format!(
                         "hardware {} gives no energy (add an energy_mj column)",
                         h.name()
@@ -883,6 +1046,64 @@ fn constraints_of(
         }
     }
     Ok(out)
+}
+
+/// The paired formats, sorted and deduplicated, each checked against the candidate bits.
+fn formats_of(
+    formats: Option<&[(BitWidth, BitWidth)]>,
+    cands: &Candidates,
+) -> Result<Option<Vec<(BitWidth, BitWidth)>>> {
+    let Some(f) = formats else {
+        return Ok(None);
+    };
+    if f.is_empty() {
+        return Err(Error::config("formats", "needs at least one W/A pair"));
+    }
+    let list = |v: &[BitWidth]| {
+        v.iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for &(w, a) in f {
+        if !cands.w_bits.contains(&w) || !cands.a_bits.contains(&a) {
+            return Err(Error::config(
+                "formats",
+                format!(
+                    "{w}/{a} is outside the candidate bits (w-bits {}; a-bits {})",
+                    list(&cands.w_bits),
+                    list(&cands.a_bits)
+                ),
+            ));
+        }
+    }
+    let mut f = f.to_vec();
+    f.sort_unstable();
+    f.dedup();
+    Ok(Some(f))
+}
+
+/// Sets each ratio budget's limit: the all-low cost of the searched groups plus the pinned
+/// groups' cost, plus `r` times the all-high minus all-low cost of the searched groups.
+fn set_ratio_limits(constraints: &mut [Constraint], groups: &[Group]) {
+    for (k, c) in constraints.iter_mut().enumerate() {
+        if !c.kind.is_ratio() {
+            continue;
+        }
+        let (mut base, mut span) = (0.0, 0.0);
+        for g in groups.iter().filter(|g| !g.choices.is_empty()) {
+            let costs = g.choices.iter().map(|ch| ch.costs[k]);
+            let lo = costs.clone().fold(f64::INFINITY, f64::min);
+            let hi = costs.fold(f64::NEG_INFINITY, f64::max);
+            base += lo;
+            if !g.pinned {
+                span += hi - lo;
+            }
+        }
+        c.base = base;
+        c.span = span;
+        c.cost_limit = base + c.limit * span;
+    }
 }
 
 /// A layer's precision with `quantizer` on quantized weights.
@@ -907,14 +1128,16 @@ fn choice_of(
         let l = &layers[i];
         let wb = l.params as u64 * u64::from(w);
         let ob = overhead_bits(l, Some(&precision(&l.name, w, a, quantizer)));
+        let (priced_size, priced_bops) = match hw {
+            Some(h) => h.priced(&l.name, w, a)?,
+            None => (None, None),
+        };
+        let sb = priced_size.unwrap_or((wb + ob) as f64);
+        let bops = priced_bops.unwrap_or(l.macs as f64 * f64::from(w) * f64::from(a));
         weight_bits += wb;
-        size_bits += wb + ob;
+        size_bits += sb.round() as u64;
         let sim = match hw {
-            Some(h)
-                if constraints
-                    .iter()
-                    .any(|c| matches!(c.kind, BudgetKind::Latency | BudgetKind::Energy)) =>
-            {
+            Some(h) if constraints.iter().any(|c| c.kind.needs_hardware()) => {
                 Some(h.layer(l, w, a)?)
             }
             _ => None,
@@ -922,10 +1145,14 @@ fn choice_of(
         for (x, c) in costs.iter_mut().zip(constraints) {
             *x += match c.kind {
                 BudgetKind::AvgBits | BudgetKind::Compression => wb as f64,
-                BudgetKind::SizeMb => (wb + ob) as f64,
-                BudgetKind::Bops => l.macs as f64 * f64::from(w) * f64::from(a),
-                BudgetKind::Latency => sim.as_ref().map_or(0.0, |s| s.latency_ms),
-                BudgetKind::Energy => sim.as_ref().and_then(|s| s.energy_mj).unwrap_or(0.0),
+                BudgetKind::SizeMb | BudgetKind::SizeRatio => sb,
+                BudgetKind::Bops | BudgetKind::BopsRatio => bops,
+                BudgetKind::Latency | BudgetKind::LatencyRatio => {
+                    sim.as_ref().map_or(0.0, |s| s.latency_ms)
+                }
+                BudgetKind::Energy | BudgetKind::EnergyRatio => {
+                    sim.as_ref().and_then(|s| s.energy_mj).unwrap_or(0.0)
+                }
             };
         }
     }
@@ -940,9 +1167,9 @@ fn choice_of(
 }
 
 /// The plan-level value of a summed cost (average bits, MiB, ratio, GBOPs, ms, mJ).
-fn value_of(kind: BudgetKind, cost: f64, params: u64) -> f64 {
+fn value_of(c: &Constraint, cost: f64, params: u64) -> f64 {
     let n = params as f64;
-    match kind {
+    match c.kind {
         BudgetKind::AvgBits => {
             if n > 0.0 {
                 cost / n
@@ -960,6 +1187,16 @@ fn value_of(kind: BudgetKind, cost: f64, params: u64) -> f64 {
         }
         BudgetKind::Bops => cost / 1e9,
         BudgetKind::Latency | BudgetKind::Energy => cost,
+        BudgetKind::SizeRatio
+        | BudgetKind::BopsRatio
+        | BudgetKind::LatencyRatio
+        | BudgetKind::EnergyRatio => {
+            if c.span > 0.0 {
+                (cost - c.base) / c.span
+            } else {
+                0.0
+            }
+        }
     }
 }
 

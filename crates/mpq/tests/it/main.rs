@@ -2,6 +2,7 @@
 
 mod export;
 mod files;
+mod formats;
 mod graph;
 mod layering;
 mod omega;

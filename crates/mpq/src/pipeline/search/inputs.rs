@@ -38,9 +38,19 @@ pub(super) fn candidates(req: &SearchRequest, ind: Option<&Indicators>) -> Candi
         (m, _) if m.channel_wise() => (vec![2, 4, 8], vec![8]),
         _ => (vec![2, 3, 4, 5, 6, 8], vec![4, 8]),
     };
+    // Paired formats without candidate lists: the candidates are the formats' widths.
+    let from_formats = |pick: fn(&(BitWidth, BitWidth)) -> BitWidth| {
+        req.formats
+            .as_ref()
+            .map(|f| f.iter().map(pick).collect::<Vec<_>>())
+    };
     Candidates {
-        w_bits: req.w_bits.clone().unwrap_or(w_default),
-        a_bits: req.a_bits.clone().unwrap_or(a_default),
+        w_bits: (req.w_bits.clone())
+            .or_else(|| from_formats(|f| f.0))
+            .unwrap_or(w_default),
+        a_bits: (req.a_bits.clone())
+            .or_else(|| from_formats(|f| f.1))
+            .unwrap_or(a_default),
     }
 }
 
@@ -86,6 +96,8 @@ pub(super) struct Tables {
     pub(super) trace_omega: Option<OmegaTable>,
     /// Channel traces and errors (CW-HAWQ).
     pub(super) channels: Option<ChannelTable>,
+    /// Ω per `(layer index, w_bits, a_bits)` of a problem table (`--table`).
+    pub(super) choice_omega: Option<BTreeMap<(usize, BitWidth, BitWidth), f64>>,
 }
 
 impl Tables {
@@ -106,14 +118,19 @@ pub(super) struct Sensitivity {
 }
 
 impl Sensitivity {
+    /// No sensitivity file.
+    pub(super) fn none() -> Sensitivity {
+        Sensitivity {
+            table: None,
+            indicators: None,
+            source: String::new(),
+        }
+    }
+
     /// Reads the file (LIMPQ: its indicators, cleaned).
     pub(super) fn load(req: &SearchRequest) -> Result<Sensitivity> {
         let Some(path) = &req.sensitivity else {
-            return Ok(Sensitivity {
-                table: None,
-                indicators: None,
-                source: String::new(),
-            });
+            return Ok(Sensitivity::none());
         };
         let table = SensitivityTable::load(path)?;
         let source = path.display().to_string();
@@ -217,7 +234,7 @@ impl Sensitivity {
         Ok(Tables {
             omega: Some(OmegaTable::new(layers, &table, cfg)?),
             trace_omega,
-            channels: None,
+            ..Tables::default()
         })
     }
 

@@ -9,6 +9,7 @@
 mod agent;
 mod inputs;
 mod outcome;
+mod table;
 
 pub use outcome::SearchOutcome;
 
@@ -282,6 +283,9 @@ pub struct SearchRequest {
     pub w_bits: Option<Vec<BitWidth>>,
     /// Candidate activation bits (`None`: the method's default).
     pub a_bits: Option<Vec<BitWidth>>,
+    /// Paired `(w_bits, a_bits)` formats each searched layer chooses from (HAWQ-V3's W4A4 or
+    /// W8A8), instead of the `w_bits × a_bits` grid; `None`: the grid.
+    pub formats: Option<Vec<(BitWidth, BitWidth)>>,
     /// Hardware model of latency and energy budgets (`bitfusion`, `bismo`, a file).
     pub hardware: Option<String>,
     /// Layers at fixed bits.
@@ -299,6 +303,9 @@ pub struct SearchRequest {
     pub out: Option<PathBuf>,
     /// Continue the search saved next to the policy (`OUT.haq-state.json`; HAQ only).
     pub resume: bool,
+    /// Search the problem table at this path (a CSV of Ω and costs per layer and choice)
+    /// instead of a model: `model` is then not opened.
+    pub table: Option<PathBuf>,
 }
 
 impl SearchRequest {
@@ -311,6 +318,7 @@ impl SearchRequest {
             budget: BudgetSpec::default(),
             w_bits: None,
             a_bits: None,
+            formats: None,
             hardware: None,
             pins: Vec::new(),
             ties: Vec::new(),
@@ -319,6 +327,7 @@ impl SearchRequest {
             seed: 0,
             out: None,
             resume: false,
+            table: None,
         }
     }
 
@@ -337,7 +346,8 @@ impl SearchRequest {
         if self.resume && !matches!(m, Method::Haq(_)) {
             return Err(Error::Usage("--resume applies to --method haq only".into()));
         }
-        if let (Some(metric), None) = (m.sensitivity_metric(), &self.sensitivity) {
+        if let (Some(metric), None, None) = (m.sensitivity_metric(), &self.sensitivity, &self.table)
+        {
             return Err(Error::Usage(format!(
                 "--method {} needs --sensitivity S.json (write one with `mpq analyze --metric \
                  {metric} --out S.json`)",
@@ -369,6 +379,36 @@ impl SearchRequest {
                     .into(),
             ));
         }
+        if self.formats.is_some()
+            && !matches!(
+                m.kind(),
+                MethodKind::Uniform
+                    | MethodKind::Random
+                    | MethodKind::HawqV1
+                    | MethodKind::Pareto
+                    | MethodKind::Ilp
+                    | MethodKind::Limpq
+            )
+        {
+            return Err(Error::Usage(format!(
+                "--formats applies to uniform, random, hawq-v1, pareto, ilp and limpq, not {}",
+                m.name()
+            )));
+        }
+        let ratio_needs_hw = [
+            ("latency-ratio", b.limits.latency_ratio),
+            ("energy-ratio", b.limits.energy_ratio),
+        ];
+        for (flag, v) in ratio_needs_hw {
+            if v.is_some() && self.hardware.is_none() {
+                return Err(Error::Usage(format!(
+                    "--{flag} needs a hardware model: --hardware bitfusion|bismo|PATH.toml|PATH.csv"
+                )));
+            }
+        }
+        if self.table.is_some() {
+            table::validate(self)?;
+        }
         if let Method::CwIlp { ratio_grid: 0 } = m {
             return Err(Error::Usage("--ratio-grid must be at least 1".into()));
         }
@@ -380,6 +420,9 @@ impl SearchRequest {
 /// set.
 pub fn search(req: &SearchRequest, progress: &mut dyn Progress) -> Result<SearchOutcome> {
     req.validate()?;
+    if let Some(path) = &req.table {
+        return table::search(req, path, progress);
+    }
     let model = req.model.open()?;
     let layers = model.graph.layer_infos()?;
     let hw = req
@@ -393,7 +436,15 @@ pub fn search(req: &SearchRequest, progress: &mut dyn Progress) -> Result<Search
         pins: req.pins.clone(),
         ties: req.ties.clone(),
         quantizer: inputs::quantizer(&req.method),
+        formats: req.formats.clone(),
     };
+    // `--bops-as` is the same budget for every method: the uniform plan with the user's pins
+    // only (a method's own pins, such as LIMPQ's 8-bit ends, count against it, not in it).
+    let b = &req.budget;
+    let mut budget = b.limits.clone();
+    if let Some(wa) = b.bops_as {
+        budget.max_bops_g = Some(inputs::uniform_bops(&layers, wa, &req.pins)? / 1e9);
+    }
     if let Some(ind) = sens.indicators() {
         let given = opts.pins.clone();
         for p in ind.pins(&layers)? {
@@ -405,11 +456,6 @@ pub fn search(req: &SearchRequest, progress: &mut dyn Progress) -> Result<Search
                 opts.pins.push(p);
             }
         }
-    }
-    let b = &req.budget;
-    let mut budget = b.limits.clone();
-    if let Some(wa) = b.bops_as {
-        budget.max_bops_g = Some(inputs::uniform_bops(&layers, wa, &opts.pins)? / 1e9);
     }
     let mut space = SearchSpace::new(&layers, &cands, &budget, hw.as_ref(), &opts)?;
     // Pre-flight before any expensive work (weight errors, the search itself).

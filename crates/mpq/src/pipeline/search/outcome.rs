@@ -105,7 +105,9 @@ pub(super) fn finish(
             .map(|o| o.plan_omega(layers, &plan))
             .transpose()?;
     }
-    let hardware = hw.map(|h| h.table(layers, &plan)).transpose()?;
+    let hardware = (hw.filter(|h| h.has_latency()))
+        .map(|h| h.table(layers, &plan))
+        .transpose()?;
     let alpha = match req.method {
         Method::Limpq { alpha } => alpha,
         _ => 0.0,
@@ -113,8 +115,9 @@ pub(super) fn finish(
     let mut rows = Vec::with_capacity(layers.len());
     for (i, l) in layers.iter().enumerate() {
         let (w, a) = plan.bits(&l.name);
-        let omega = match tables.reported() {
-            Some(o) if o.has_row(i) => Some(o.omega(i, w, a)?),
+        let omega = match (tables.reported(), &tables.choice_omega) {
+            (Some(o), _) if o.has_row(i) => Some(o.omega(i, w, a)?),
+            (None, Some(t)) => t.get(&(i, w, a)).copied(),
             _ => None,
         };
         let importance = match sens.indicators() {

@@ -266,11 +266,14 @@ impl<'s, 'a> CwSetup<'s, 'a> {
             .iter()
             .map(|k| match k.kind {
                 BudgetKind::AvgBits | BudgetKind::Compression => wb,
-                BudgetKind::SizeMb => wb + ob,
-                BudgetKind::Bops => {
+                BudgetKind::SizeMb | BudgetKind::SizeRatio => wb + ob,
+                BudgetKind::Bops | BudgetKind::BopsRatio => {
                     l.macs as f64 * sum / l.out_channels.max(1) as f64 * f64::from(self.a_bits)
                 }
-                BudgetKind::Latency | BudgetKind::Energy => 0.0,
+                BudgetKind::Latency
+                | BudgetKind::Energy
+                | BudgetKind::LatencyRatio
+                | BudgetKind::EnergyRatio => 0.0,
             })
             .collect()
     }
