@@ -58,16 +58,16 @@ pub(crate) struct SearchArgs {
     #[arg(long, default_value_t = mpq::search::limpq::DEFAULT_ALPHA)]
     pub(crate) alpha: f64,
     /// Size of the searched layers at most all-low + R x (all-high - all-low), R in [0, 1].
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub(crate) size_ratio: Option<f64>,
     /// BitOps of the searched layers at most all-low + R x (all-high - all-low).
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub(crate) bops_ratio: Option<f64>,
     /// Latency on --hardware of the searched layers at most all-low + R x (all-high - all-low).
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub(crate) latency_ratio: Option<f64>,
     /// Energy on --hardware of the searched layers at most all-low + R x (all-high - all-low).
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub(crate) energy_ratio: Option<f64>,
     /// Paired W/A formats each searched layer chooses from, e.g. 4/4,8/8 (instead of the
     /// w-bits x a-bits grid).

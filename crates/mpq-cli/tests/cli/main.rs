@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod bench;
 mod cw_hawq;
+mod formats;
 mod haq;
 mod limpq;
 mod onnx;

@@ -7,7 +7,7 @@ use super::*;
 type Json = serde_json::Value;
 
 /// `(name, params, macs)` of every layer, from `mpq info --json`.
-fn layer_table(dir: &Path, model: &[&str]) -> Vec<(String, f64, f64)> {
+pub(super) fn layer_table(dir: &Path, model: &[&str]) -> Vec<(String, f64, f64)> {
     let mut args = vec!["info", "--json"];
     args.extend_from_slice(model);
     let v = parse_json(&expect_ok(dir, &args), "mpq info --json");
@@ -28,7 +28,7 @@ fn layer_table(dir: &Path, model: &[&str]) -> Vec<(String, f64, f64)> {
 /// A hand-written sensitivity table (the layout `mpq analyze` writes): curvatures that differ
 /// per layer, no `weight_error`, so search computes it from the model's weights, and measured
 /// activation errors beside the activation traces (as `mpq analyze` writes them).
-fn write_sensitivity(dir: &Path, name: &str, layers: &[(String, f64, f64)]) -> Vec<f64> {
+pub(super) fn write_sensitivity(dir: &Path, name: &str, layers: &[(String, f64, f64)]) -> Vec<f64> {
     let mut eig = Vec::new();
     let rows: Vec<Json> = layers
         .iter()
