@@ -69,6 +69,29 @@ pub struct QuantizeSummary {
     pub onnx_bytes: u64,
     /// Total wall time.
     pub seconds: f64,
+    /// HAWQ's block-wise fine-tuning, one record per stage in the order run (empty when
+    /// every layer was fine-tuned at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageRecord>,
+}
+
+/// One stage of HAWQ's block-wise fine-tuning (docs/algorithms.md §1.5): block `π(t)`
+/// quantized, then the network fine-tuned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// 1-based stage number.
+    pub stage: usize,
+    /// The block (layer name or name prefix) quantized at this stage.
+    pub block: String,
+    /// The layers it quantized.
+    pub layers: Vec<String>,
+    /// Whether blocks of earlier stages were held fixed (`frozen`) or kept training through
+    /// the straight-through estimator (`ste`).
+    pub earlier_blocks: String,
+    /// Test accuracy and loss once the block is quantized, before the stage's fine-tuning.
+    pub before: EvalStats,
+    /// After the stage's fine-tuning.
+    pub after: EvalStats,
 }
 
 impl Versioned for QuantizeSummary {

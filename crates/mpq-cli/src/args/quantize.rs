@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use mpq::pipeline::QuantizerChoice;
+use mpq::pipeline::stages::EarlierBlocks;
 
 use super::{ModelArgs, named};
 
@@ -58,6 +59,13 @@ pub(crate) struct QuantizeArgs {
     /// Fine-tuning weight decay.
     #[arg(long, default_value_t = 5e-4)]
     pub(crate) weight_decay: f64,
+    /// With a HAWQ plan (it carries a fine-tuning order): earlier blocks keep training (ste)
+    /// or stay fixed (frozen) while later stages fine-tune.
+    #[arg(long, value_parser = named::<EarlierBlocks>(), default_value = "ste")]
+    pub(crate) earlier_blocks: EarlierBlocks,
+    /// Fine-tune every layer at once, even when the plan carries HAWQ's block order.
+    #[arg(long)]
+    pub(crate) all_at_once: bool,
     /// Override the policy's quantizer for every layer.
     #[arg(long, value_parser = named::<QuantizerChoice>())]
     pub(crate) quantizer: Option<QuantizerChoice>,

@@ -15,7 +15,15 @@ impl QuantizeArgs {
             epochs: self.finetune_epochs,
             ..FinetuneOptions::default()
         };
-        copy_fields!(finetune, self, lr, batch_size, weight_decay);
+        copy_fields!(
+            finetune,
+            self,
+            lr,
+            batch_size,
+            weight_decay,
+            earlier_blocks,
+            all_at_once
+        );
         let method = match self.calib {
             CalibArg::Minmax => RangeMethod::MinMax,
             CalibArg::Percentile => RangeMethod::Percentile(self.percentile),
@@ -54,6 +62,15 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuantizeArgs) -> anyhow::Result<()> {
     };
     row("fp32".into(), &s.fp32);
     row("quantized (PTQ)".into(), &s.before_finetune);
+    for st in &s.stages {
+        row(
+            format!(
+                "stage {} {} ({}), after QAT",
+                st.stage, st.block, st.earlier_blocks
+            ),
+            &st.after,
+        );
+    }
     if s.finetune_epochs > 0 {
         row(
             format!("after {} epochs QAT", s.finetune_epochs),

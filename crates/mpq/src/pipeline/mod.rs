@@ -37,6 +37,7 @@ mod report;
 mod reward;
 mod run_all;
 mod search;
+pub mod stages;
 mod train;
 
 pub use analyze::{ACT_ERROR_BITS, Analysis, AnalyzeOutcome, AnalyzeRequest, Split, analyze};

@@ -12,6 +12,7 @@ use std::time::Instant;
 use candle::Tensor;
 
 use super::ModelSource;
+use super::stages::{self, EarlierBlocks, StageConfig};
 use crate::cost::CostTable;
 use crate::data::{DataSplits, Normalization};
 use crate::export;
@@ -65,6 +66,11 @@ pub struct FinetuneOptions {
     pub batch_size: usize,
     /// Weight decay.
     pub weight_decay: f64,
+    /// With a plan that carries HAWQ's fine-tuning order: what earlier blocks do while later
+    /// stages fine-tune.
+    pub earlier_blocks: EarlierBlocks,
+    /// Fine-tune every layer at once even when the plan carries a fine-tuning order.
+    pub all_at_once: bool,
 }
 
 impl Default for FinetuneOptions {
@@ -74,6 +80,8 @@ impl Default for FinetuneOptions {
             lr: 0.01,
             batch_size: 64,
             weight_decay: 5e-4,
+            earlier_blocks: EarlierBlocks::Ste,
+            all_at_once: false,
         }
     }
 }
@@ -163,10 +171,12 @@ pub fn quantize(req: &QuantizeRequest, progress: &mut dyn Progress) -> Result<Qu
     if let Some(tc) = &finetune {
         tc.validate()?;
     }
+    let staged = plan.finetune_order.is_some() && !f.all_at_once;
     let cfg = QuantizeConfig {
         calibration: req.calibration.clone(),
         finetune,
         eval_batch_size: 256,
+        stages: staged.then_some(f.earlier_blocks),
     };
     progress.note(&format!(
         "quantizing {} with {} ({} layers in the policy)",
@@ -196,6 +206,10 @@ pub struct QuantizeConfig {
     pub finetune: Option<TrainConfig>,
     /// Samples per evaluation batch.
     pub eval_batch_size: usize,
+    /// Run HAWQ's fine-tuning stages when the plan carries an order (each stage fine-tunes
+    /// for the configured epochs), with earlier blocks training or frozen; `None`: every
+    /// layer at once.
+    pub stages: Option<EarlierBlocks>,
 }
 
 fn eval(
@@ -233,14 +247,32 @@ pub fn quantize_model(
     let stored_bytes = CostTable::new(&graph.layer_infos()?, plan)?.stored_bytes;
     let mut hooks = PlanHooks::calibrate(&graph, plan, &splits.train, &norm, &cfg.calibration)?;
     let before = eval(&graph, splits, &norm, cfg, &mut hooks)?;
-    let (after, epochs, ft_seconds) = match &cfg.finetune {
-        Some(tc) if tc.epochs > 0 => {
+    let (after, epochs, ft_seconds, stage_log) = match (&cfg.finetune, cfg.stages) {
+        (Some(tc), Some(earlier)) if tc.epochs > 0 && plan.finetune_order.is_some() => {
+            let t0 = Instant::now();
+            let sc = StageConfig {
+                calibration: &cfg.calibration,
+                train: tc,
+                earlier,
+                eval_batch_size: cfg.eval_batch_size,
+            };
+            let (h, log) = stages::run(&graph, plan, splits, &norm, &sc, progress)?;
+            hooks = h;
+            let after = eval(&graph, splits, &norm, cfg, &mut hooks)?;
+            (
+                after,
+                tc.epochs * log.len(),
+                t0.elapsed().as_secs_f64(),
+                log,
+            )
+        }
+        (Some(tc), _) if tc.epochs > 0 => {
             let report =
                 train::train_with(&graph, &splits.train, None, &norm, tc, &mut hooks, progress)?;
             let after = eval(&graph, splits, &norm, cfg, &mut hooks)?;
-            (after, tc.epochs, report.seconds)
+            (after, tc.epochs, report.seconds, Vec::new())
         }
-        _ => (before, 0, 0.0),
+        _ => (before, 0, 0.0, Vec::new()),
     };
 
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
@@ -297,6 +329,7 @@ pub fn quantize_model(
         onnx_path,
         onnx_bytes,
         seconds: start.elapsed().as_secs_f64(),
+        stages: stage_log,
     };
     summary.save(out_dir.join("summary.json"))?;
     Ok(summary)

@@ -389,8 +389,11 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
                 model: source.clone(),
                 policy,
                 data: "mnist10k".into(),
+                // Every method gets the same fine-tuning budget: HAWQ's stages (one
+                // fine-tuning per block) are for `mpq quantize`.
                 finetune: FinetuneOptions {
                     epochs: len.finetune_epochs,
+                    all_at_once: true,
                     ..FinetuneOptions::default()
                 },
                 quantizer: None,

@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// Seed of shuffling, augmentation and dropout.
     pub seed: u64,
+    /// Layers whose parameters stay fixed (HAWQ's frozen earlier blocks); their names, as
+    /// parameter-name prefixes (`conv1` holds `conv1.weight` and `conv1.bias`).
+    pub frozen: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -54,6 +57,7 @@ impl Default for TrainConfig {
             augment: true,
             label_smoothing: 0.0,
             seed: 0,
+            frozen: Vec::new(),
         }
     }
 }
@@ -232,7 +236,16 @@ pub fn train_with(
     if train_set.is_empty() {
         return Err(Error::config("data", "the training set is empty"));
     }
-    let mut vars = graph.params().trainable();
+    let frozen = |name: &str| {
+        (cfg.frozen.iter()).any(|l| {
+            name.strip_prefix(l.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        })
+    };
+    let mut vars: Vec<_> = (graph.params().iter())
+        .filter(|p| p.kind == crate::graph::ParamKind::Trainable && !frozen(&p.name))
+        .map(|p| p.var.clone())
+        .collect();
     vars.extend(hooks.trainable());
     let mut opt: Box<dyn Optimizer> = match cfg.optimizer {
         OptimizerKind::Sgd => {

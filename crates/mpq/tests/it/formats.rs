@@ -230,7 +230,7 @@ fn ratio_budgets_at_0_and_1_give_the_all_low_and_all_high_plans() {
 }
 
 /// A sensitivity file for LeNet-5 with made-up traces and errors, and its Ω table.
-fn lenet_sensitivity(dir: &std::path::Path, layers: &[LayerInfo]) -> std::path::PathBuf {
+pub(crate) fn lenet_sensitivity(dir: &std::path::Path, layers: &[LayerInfo]) -> std::path::PathBuf {
     let rows: Vec<serde_json::Value> = layers
         .iter()
         .enumerate()
@@ -243,8 +243,10 @@ fn lenet_sensitivity(dir: &std::path::Path, layers: &[LayerInfo]) -> std::path::
                 .collect();
             let trace = [5.0, 0.1, 2.0, 0.7, 9.0][i] * l.params as f64;
             let act_trace = [1.0, 4.0, 0.5, 2.0, 0.3][i];
+            let eigen = [0.2, 7.0, 1.0, 3.0, 0.5][i];
             serde_json::json!({
                 "name": l.name, "params": l.params, "trace": trace, "weight_error": errors,
+                "top_eigenvalue": eigen,
                 "act_trace": act_trace, "act_elems": l.input_elems, "act_error": act,
             })
         })

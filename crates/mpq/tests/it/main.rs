@@ -8,6 +8,7 @@ mod layering;
 mod omega;
 mod onnx;
 mod sensitivity;
+mod stages;
 mod train;
 mod util;
 mod zoo;
