@@ -84,6 +84,8 @@ fn limpq_indicators_search_and_finetune_end_to_end() {
             "s.json",
             "--bops-as",
             "3/4",
+            "--pin-first-last",
+            "8",
             "--json",
             "--quiet",
         ];

@@ -25,8 +25,8 @@ use crate::progress::Progress;
 use crate::quant::CalibrationConfig;
 use crate::report::ReportOutcome;
 use crate::run::{RunBudget, RunPaths, RunSettings, RunSummary};
-use crate::search::Budget;
 use crate::search::haq::FlagStyle;
+use crate::search::{Budget, Pin};
 use crate::sensitivity::learned::LimpqConfig;
 use crate::sensitivity::{AnalyzeConfig, Metric, SampleConfig};
 use crate::train::TrainConfig;
@@ -329,9 +329,18 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
         ),
         (
             Method::limpq(),
-            ["--sensitivity", &path(&indicators), "--bops-as", "3/4"]
-                .map(String::from)
-                .to_vec(),
+            // LIMPQ's budget convention: the BitOps of uniform W3A4 with the first and last
+            // layers at W8A8, pinned so for the budget as for the search.
+            [
+                "--sensitivity",
+                &path(&indicators),
+                "--bops-as",
+                "3/4",
+                "--pin-first-last",
+                "8",
+            ]
+            .map(String::from)
+            .to_vec(),
         ),
     ];
     for (method, flags) in methods {
@@ -352,6 +361,7 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
                     limits: Budget::avg_bits(3.0),
                     bops_as: Some((3, 4)),
                 };
+                r.pins = Pin::parse_all(&[], Some("8"))?;
                 cmd = cmd.add(&["--avg-bits", "3"]);
             }
             m => {
@@ -381,7 +391,8 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
         let epochs = len.finetune_epochs.to_string();
         let cmd = Cmd::new(seed, &["quantize", "--model", &model_arg])
             .add(&["--policy", &path(&policy), "--data", "mnist10k"])
-            .add(&["--finetune-epochs", &epochs, "--out", &path(&out)]);
+            .add(&["--finetune-epochs", &epochs, "--all-at-once"])
+            .add(&["--out", &path(&out)]);
         stages.push(Stage {
             method: Some(name),
             command: cmd.0,

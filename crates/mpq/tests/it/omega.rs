@@ -191,6 +191,24 @@ fn held_out_samples_reach_no_analysis_calibration_or_fine_tune() {
         .map(|i| splits.train.image(i))
         .collect();
     assert!((0..held.len()).all(|i| !left.contains(held.image(i))));
+    // HAQ's reward split is drawn from the held-out samples: asking for more of them than
+    // were held out is an input error, not a silent use of training images.
+    let mut agent = pipeline::AgentOptions::new(data);
+    agent.val_samples = 21;
+    agent.episodes = 1;
+    let haq = pipeline::Method::Haq(pipeline::HaqOptions {
+        agent,
+        weight_quantizer: pipeline::WeightQuantizer::Linear,
+        state_flags: mpq::search::haq::FlagStyle::Clean,
+    });
+    let mut search =
+        pipeline::SearchRequest::new(ModelSource::new(path.display().to_string()), haq);
+    search.budget.limits = mpq::search::Budget::avg_bits(4.0);
+    let err = pipeline::search(&search, &mut NoProgress).unwrap_err();
+    assert!(
+        err.is_input_error() && err.to_string().contains("--holdout 20"),
+        "{err}"
+    );
     // Another data set: nothing is dropped.
     let (_, other) = pipeline::open_with_data(
         &ModelSource::new(path.display().to_string()),

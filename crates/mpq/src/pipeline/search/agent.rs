@@ -144,9 +144,24 @@ fn evaluator<'m>(
     let splits = load_data(&a.data, req.seed)?;
     check_shape(model, &splits)?;
     let norm = model.normalization_or(&splits.normalization);
+    // A model trained with `--holdout` on this data: the reward split is drawn from those
+    // held-out samples (the same permutation), never from images the model was trained on.
+    let seed = match model.training_holdout(&splits.name) {
+        Some((n, _)) if a.val_samples > n => {
+            return Err(Error::config(
+                "val-samples",
+                format!(
+                    "{} exceeds the {n} samples the model was trained without (--holdout {n});                      the rest are training images",
+                    a.val_samples
+                ),
+            ));
+        }
+        Some((_, seed)) => seed,
+        None => req.seed,
+    };
     let cfg = RewardConfig {
         val_samples: a.val_samples,
-        seed: req.seed,
+        seed,
         calibration: CalibrationConfig {
             samples: a.calib_samples,
             ..CalibrationConfig::default()
