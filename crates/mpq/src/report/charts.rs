@@ -249,6 +249,8 @@ pub struct PlanPoint {
     pub avg_w_bits: f64,
     /// Size in bytes.
     pub size_bytes: f64,
+    /// Bit operations per sample.
+    pub bops: f64,
     /// Ω.
     pub omega: f64,
 }
@@ -258,6 +260,7 @@ pub struct PlanPoint {
 /// with nothing to plot.
 pub fn pareto_chart(frontier: Option<&FrontierFile>, plans: &[PlanPoint]) -> Option<String> {
     let by_bits = frontier.is_none_or(|f| f.axis == "weight_bits");
+    let by_bops = frontier.is_some_and(|f| f.axis == "bops");
     let points: Vec<(f64, f64)> = frontier
         .map(|f| {
             let pts = f.points.iter();
@@ -267,8 +270,14 @@ pub fn pareto_chart(frontier: Option<&FrontierFile>, plans: &[PlanPoint]) -> Opt
     let uniform: Vec<(String, f64, f64)> = frontier
         .map(|f| {
             let u = f.uniform.iter();
-            u.map(|u| (format!("W{}", u.w_bits), f.uniform_x(u), u.omega))
-                .collect()
+            u.map(|u| {
+                let name = match u.a_bits {
+                    Some(a) => format!("W{}A{a}", u.w_bits),
+                    None => format!("W{}", u.w_bits),
+                };
+                (name, f.uniform_x(u), u.omega)
+            })
+            .collect()
         })
         .unwrap_or_default();
     let plan_xy: Vec<(&PlanPoint, f64, f64)> = plans
@@ -276,6 +285,8 @@ pub fn pareto_chart(frontier: Option<&FrontierFile>, plans: &[PlanPoint]) -> Opt
         .map(|p| {
             let x = if by_bits {
                 p.avg_w_bits
+            } else if by_bops {
+                p.bops / 1e9
             } else {
                 p.size_bytes / MB
             };
@@ -306,6 +317,8 @@ pub fn pareto_chart(frontier: Option<&FrontierFile>, plans: &[PlanPoint]) -> Opt
     );
     let x_label = if by_bits {
         "average weight bits (size / parameters)"
+    } else if by_bops {
+        "giga bit-operations per sample"
     } else {
         "model size (MiB)"
     };

@@ -306,6 +306,7 @@ pub fn report_html(run: &RunFolder) -> Result<Report> {
                 method: m.method.clone(),
                 avg_w_bits: r.avg_w_bits?,
                 size_bytes: r.size_bytes?,
+                bops: r.bops.unwrap_or(f64::NAN),
                 omega: r.omega?,
             })
         })

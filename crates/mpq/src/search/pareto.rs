@@ -156,9 +156,12 @@ pub fn brute_force_frontier(groups: &[Vec<(u64, f64)>]) -> Vec<FrontierPoint> {
 /// A uniform plan's place in the `(size, Ω)` plane (fields alphabetical, as written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UniformPoint {
+    /// Activation bits of every searched layer (on the `bops` axis, where they cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a_bits: Option<BitWidth>,
     /// Summed Ω.
     pub omega: f64,
-    /// Summed size cost (bits).
+    /// Summed cost on the axis (bits, or bit operations on the `bops` axis).
     pub size_bits: u64,
     /// Weight bits of every searched layer.
     pub w_bits: BitWidth,
@@ -173,7 +176,8 @@ pub struct ParetoResult {
     pub frontier: Frontier,
     /// Index of the chosen point.
     pub chosen: usize,
-    /// `weight_bits` (`Σ n·w`) or `size_bits` (with scales, under `--max-size-mb`).
+    /// `weight_bits` (`Σ n·w`), `size_bits` (with scales, under `--max-size-mb`) or `bops`
+    /// (`Σ MAC·w·a`, under a BitOps budget without a size budget).
     pub axis: &'static str,
     /// `Σ n` over the layers.
     pub params: u64,
@@ -197,11 +201,7 @@ impl ParetoResult {
     }
 
     fn x_of(&self, size_bits: u64) -> f64 {
-        if self.axis == "weight_bits" {
-            size_bits as f64 / self.params.max(1) as f64
-        } else {
-            (size_bits as f64 / 8.0).ceil() / MB
-        }
+        axis_x(self.axis, size_bits, self.params)
     }
 
     /// The frontier file: every point (size, average bits or MiB, Ω, per-layer weight bits
@@ -209,6 +209,7 @@ impl ParetoResult {
     /// it came from and went.
     pub fn to_file(&self, space: &SearchSpace, model: &str, policy: &str) -> FrontierFile {
         let weight_axis = self.axis == "weight_bits";
+        let bops_axis = self.axis == "bops";
         let points = self
             .frontier
             .points
@@ -223,9 +224,10 @@ impl ParetoResult {
                 let x = self.x_of(p.size_bits);
                 FrontierRow {
                     avg_w_bits: weight_axis.then_some(x),
+                    gbops: bops_axis.then_some(x),
                     omega: p.omega,
                     size_bits: p.size_bits,
-                    size_mb: (!weight_axis).then_some(x),
+                    size_mb: (!weight_axis && !bops_axis).then_some(x),
                     w_bits: bits.join(","),
                 }
             })
@@ -272,16 +274,21 @@ pub struct FrontierFile {
 impl FrontierFile {
     /// The x value of a point (average bits or MiB).
     pub fn x(row: &FrontierRow) -> f64 {
-        row.avg_w_bits.or(row.size_mb).unwrap_or(f64::NAN)
+        (row.avg_w_bits.or(row.size_mb).or(row.gbops)).unwrap_or(f64::NAN)
     }
 
     /// The x value of a uniform plan, on the frontier's axis.
     pub fn uniform_x(&self, u: &UniformPoint) -> f64 {
-        if self.axis == "weight_bits" {
-            u.size_bits as f64 / self.params.max(1) as f64
-        } else {
-            (u.size_bits as f64 / 8.0).ceil() / MB
-        }
+        axis_x(&self.axis, u.size_bits, self.params)
+    }
+}
+
+/// The x value of a summed axis cost: average weight bits, MiB, or giga bit-operations.
+fn axis_x(axis: &str, cost: u64, params: u64) -> f64 {
+    match axis {
+        "weight_bits" => cost as f64 / params.max(1) as f64,
+        "bops" => cost as f64 / 1e9,
+        _ => (cost as f64 / 8.0).ceil() / MB,
     }
 }
 
@@ -297,9 +304,12 @@ pub struct FrontierRow {
     /// Average weight bits (on the `weight_bits` axis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avg_w_bits: Option<f64>,
+    /// Giga bit-operations per sample (on the `bops` axis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gbops: Option<f64>,
     /// Summed Ω.
     pub omega: f64,
-    /// Summed size cost (bits).
+    /// Summed cost on the axis: bits of storage, or bit operations on the `bops` axis.
     pub size_bits: u64,
     /// MiB, scales included (on the `size_bits` axis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,35 +323,54 @@ pub struct FrontierRow {
 pub fn pareto(space: &SearchSpace) -> Result<ParetoResult> {
     let start = Instant::now();
     space.check_omega_search("pareto")?;
-    let size_mb = space
-        .constraints()
+    let kinds: Vec<BudgetKind> = space.constraints().iter().map(|c| c.kind).collect();
+    let has = |k: &[BudgetKind]| kinds.iter().any(|c| k.contains(c));
+    let size_mb = has(&[BudgetKind::SizeMb, BudgetKind::SizeRatio]);
+    let weight_only = has(&[BudgetKind::AvgBits, BudgetKind::Compression]);
+    let bops = kinds
         .iter()
-        .any(|c| c.kind == BudgetKind::SizeMb);
-    let axis = if size_mb { "size_bits" } else { "weight_bits" };
+        .position(|&k| matches!(k, BudgetKind::Bops | BudgetKind::BopsRatio));
+    // One additive cost is the frontier's axis: size when a size budget is given, else BitOps;
+    // latency and energy alone have no integer axis.
+    let axis = if size_mb {
+        "size_bits"
+    } else if weight_only || kinds.is_empty() {
+        "weight_bits"
+    } else if bops.is_some() {
+        "bops"
+    } else {
+        return Err(Error::config(
+            "method",
+            "pareto's frontier is over size or BitOps: with only latency or energy budgets \
+             use --method ilp (the exact program under any budget)",
+        ));
+    };
     let limit = space
         .constraints()
         .iter()
         .filter(|c| match c.kind {
-            BudgetKind::SizeMb => true,
-            BudgetKind::AvgBits | BudgetKind::Compression => !size_mb,
+            BudgetKind::SizeMb | BudgetKind::SizeRatio => axis == "size_bits",
+            BudgetKind::AvgBits | BudgetKind::Compression => axis == "weight_bits",
+            BudgetKind::Bops | BudgetKind::BopsRatio => axis == "bops",
             _ => false,
         })
         .map(|c| (c.cost_limit * (1.0 + 1e-12)).floor() as u64)
         .min()
         .unwrap_or(u64::MAX);
-    let size_of = |ch: &super::space::Choice| {
-        if size_mb {
-            ch.size_bits
-        } else {
-            ch.weight_bits
-        }
+    let size_of = |ch: &super::space::Choice| match (axis, bops) {
+        ("size_bits", _) => ch.size_bits,
+        ("bops", Some(k)) => ch.costs[k].round() as u64,
+        _ => ch.weight_bits,
     };
     let mut items = Vec::new();
     let mut item_choice = Vec::new();
     for g in space.groups() {
         let (mut it, mut map): (Vec<(u64, f64)>, Vec<usize>) = (Vec::new(), Vec::new());
         for (i, ch) in g.choices.iter().enumerate() {
-            match map.iter().position(|&j| g.choices[j].w_bits == ch.w_bits) {
+            match map
+                .iter()
+                .position(|&j| size_of(&g.choices[j]) == size_of(ch))
+            {
                 Some(k) if ch.omega <= it[k].1 => {
                     it[k] = (size_of(ch), ch.omega);
                     map[k] = i;
@@ -372,42 +401,58 @@ pub fn pareto(space: &SearchSpace) -> Result<ParetoResult> {
             .find(|&i| space.fits(&space.totals(&to_choice(i))))
     });
     let Some(chosen) = chosen else {
-        let others: Vec<&str> = space
-            .constraints()
-            .iter()
-            .filter(|c| {
-                !matches!(
-                    c.kind,
-                    BudgetKind::SizeMb | BudgetKind::AvgBits | BudgetKind::Compression
-                )
+        let others: Vec<&str> = (space.constraints().iter())
+            .filter(|c| !match axis {
+                "size_bits" => matches!(c.kind, BudgetKind::SizeMb | BudgetKind::SizeRatio),
+                "bops" => matches!(c.kind, BudgetKind::Bops | BudgetKind::BopsRatio),
+                _ => matches!(c.kind, BudgetKind::AvgBits | BudgetKind::Compression),
             })
             .map(|c| c.kind.name())
             .collect();
-        return Err(Error::Infeasible {
-            budget: format!(
-                "pareto: no frontier point under the size budget also meets {} (activation bits \
-                 stay at their least-Ω choice; use --method ilp)",
+        return Err(Error::config(
+            "method",
+            format!(
+                "pareto: no point of the ({axis}, Ω) frontier within its budget also meets {} \
+                 (the frontier keeps the least-Ω choice at each {axis} cost); use --method ilp, \
+                 which is exact under every budget at once",
                 others.join(", ")
             ),
-            min_value: "see --method ilp".into(),
-        });
+        ));
     };
     let params: u64 = space.layers().iter().map(|l| l.params as u64).sum();
-    let uniform = space
-        .candidates()
-        .w_bits
-        .iter()
-        .map(|&w| {
+    // Uniform plans on the axis: one per weight width (the least-Ω activation width), or on
+    // the BitOps axis one per (w, a) pair; pinned groups keep their pin.
+    let pairs: Vec<(BitWidth, Option<BitWidth>)> = if axis == "bops" {
+        match space.plan_constraints().formats {
+            Some(f) => f.iter().map(|p| (p[0], Some(p[1]))).collect(),
+            None => (space.candidates().w_bits.iter())
+                .flat_map(|&w| space.candidates().a_bits.iter().map(move |&a| (w, Some(a))))
+                .collect(),
+        }
+    } else {
+        (space.candidates().w_bits.iter())
+            .map(|&w| (w, None))
+            .collect()
+    };
+    let uniform = pairs
+        .into_iter()
+        .map(|(w, a)| {
             let (mut size_bits, mut omega) = (0u64, 0.0);
-            for (g, it) in items.iter().enumerate() {
-                let group = &space.groups()[g];
-                let k = (0..it.len())
-                    .find(|&k| group.choices[item_choice[g][k]].w_bits == w)
-                    .unwrap_or(0);
-                size_bits += it[k].0;
-                omega += it[k].1;
+            for g in space.groups() {
+                let matches =
+                    |c: &&super::space::Choice| c.w_bits == w && a.is_none_or(|a| c.a_bits == a);
+                let least = |it: &mut dyn Iterator<Item = &super::space::Choice>| {
+                    it.min_by(|x, y| x.omega.total_cmp(&y.omega)).cloned()
+                };
+                let pick = least(&mut g.choices.iter().filter(matches))
+                    .or_else(|| least(&mut g.choices.iter()));
+                if let Some(c) = pick {
+                    size_bits += size_of(&c);
+                    omega += c.omega;
+                }
             }
             UniformPoint {
+                a_bits: a,
                 w_bits: w,
                 size_bits,
                 omega,

@@ -401,3 +401,63 @@ fn bad_formats_ratios_and_tables_are_input_errors() {
     let plan = pipeline::search(&req, &mut NoProgress).unwrap().policy.plan;
     assert_eq!((plan.layers[0].w_bits, plan.layers[0].a_bits), (4, 4));
 }
+
+#[test]
+fn pareto_under_a_bitops_budget_alone_is_exact_and_latency_alone_is_refused() {
+    // With one additive budget the frontier's best point within it is the exact optimum: the
+    // same Ω as the integer program and as brute force.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for case in 0..10 {
+        let layers = random_layers(&mut rng);
+        let paired = case % 2 == 0;
+        let opts = random_opts(&mut rng, paired);
+        let budget = Budget {
+            bops_ratio: Some(rng.random_range(0.1..0.9)),
+            ..Budget::default()
+        };
+        let cands = if paired {
+            cands()
+        } else {
+            Candidates {
+                w_bits: vec![4, 8],
+                a_bits: vec![4, 8],
+            }
+        };
+        let f = omega_fn(&mut rng, layers.len(), false);
+        let mut space = SearchSpace::new(&layers, &cands, &budget, None, &opts).unwrap();
+        space.set_omega_by(|i, w, a| Ok(Some(f(i, w, a)))).unwrap();
+        let r = search::pareto(&space).unwrap();
+        assert_eq!(r.axis, "bops");
+        let want = brute_force(&space).unwrap();
+        let (ilp, _) = search::ilp(&space).unwrap();
+        let got = r.plan.omega.unwrap();
+        assert!(
+            (got - want).abs() <= 1e-9 * want,
+            "case {case}: pareto {got}, brute {want}"
+        );
+        assert!((ilp.omega.unwrap() - want).abs() <= 1e-9 * want);
+    }
+    let layers = random_layers(&mut rng);
+    let hw = mpq::cost::HardwareModel::from_reference("bitfusion").unwrap();
+    let budget = Budget {
+        latency_ratio: Some(0.5),
+        ..Budget::default()
+    };
+    let mut space = SearchSpace::new(
+        &layers,
+        &cands(),
+        &budget,
+        Some(&hw),
+        &SearchOptions::default(),
+    )
+    .unwrap();
+    space
+        .set_omega_by(|_, w, a| Ok(Some(1.0 / f64::from(w * a))))
+        .unwrap();
+    let err = search::pareto(&space).unwrap_err();
+    assert!(
+        err.is_input_error() && err.to_string().contains("--method ilp"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("smallest achievable"), "{err}");
+}

@@ -235,6 +235,7 @@ fn write(
             method: "pareto (chosen)".into(),
             avg_w_bits: p.avg_w_bits.unwrap_or(f64::NAN),
             size_bytes: p.size_bytes.unwrap_or(0) as f64,
+            bops: p.bops.unwrap_or(f64::NAN),
             omega: p.omega.unwrap_or(f64::NAN),
         };
         if let Some(svg) = pareto_chart(Some(f), &[chosen]) {
