@@ -333,6 +333,7 @@ pub fn exact_activation_trace(
         stderr: Some(0.0),
         probes: m,
         converged_at: None,
+        channel_stderr: Some(vec![0.0; chans.len()]),
         channels: chans,
     })
 }

@@ -73,6 +73,9 @@ pub struct TraceEstimate {
     pub converged_at: Option<usize>,
     /// Per-channel traces from the same probes; they sum to `trace`.
     pub channels: Vec<f64>,
+    /// Standard error of each channel trace (0 when exact; `None` with a single probe).
+    #[serde(default)]
+    pub channel_stderr: Option<Vec<f64>>,
 }
 
 /// A top-eigenvalue estimate.
@@ -179,6 +182,7 @@ pub(crate) fn hutchinson(
             probes: blocks[i].n,
             converged_at: converged[i],
             channels: chans[i].iter().map(|s| s.mean).collect(),
+            channel_stderr: chans[i].iter().map(Stats::stderr).collect(),
         })
         .collect())
 }
@@ -266,6 +270,7 @@ pub fn exact_estimates(h: &[f64], n: usize, channels: usize) -> Result<(TraceEst
             stderr: Some(0.0),
             probes: n,
             converged_at: None,
+            channel_stderr: Some(vec![0.0; chans.len()]),
             channels: chans,
         },
         top,

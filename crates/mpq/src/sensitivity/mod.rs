@@ -487,6 +487,7 @@ fn fill_trace(row: &mut LayerSensitivity, t: &TraceEstimate, channels: bool) {
     row.trace_converged_at = t.converged_at;
     if channels {
         row.channel_traces = Some(t.channels.clone());
+        row.channel_trace_stderr = t.channel_stderr.clone();
     }
 }
 

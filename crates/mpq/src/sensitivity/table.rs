@@ -131,6 +131,9 @@ pub struct LayerSensitivity {
     pub act_trace: Option<f64>,
     /// Per-output-channel weight traces (CW-HAWQ); they sum to `trace`.
     pub channel_traces: Option<Vec<f64>>,
+    /// Standard error of each channel trace (Hutchinson; 0 for `exact`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_trace_stderr: Option<Vec<f64>>,
     /// Probes behind `trace`.
     pub trace_probes: Option<usize>,
     /// The probe count at which this layer's stopping rule first held.
@@ -161,6 +164,31 @@ pub struct LayerSensitivity {
 }
 
 impl LayerSensitivity {
+    /// How much of the order of this layer's channel traces is decided beyond noise: the
+    /// fraction of channel pairs whose traces differ by more than 1.96 standard errors of
+    /// their difference (`None` without channel traces and their standard errors, or with
+    /// fewer than two channels).
+    pub fn channel_order_decided(&self) -> Option<f64> {
+        let (t, se) = (
+            self.channel_traces.as_ref()?,
+            self.channel_trace_stderr.as_ref()?,
+        );
+        if t.len() < 2 || t.len() != se.len() {
+            return None;
+        }
+        let (mut decided, mut pairs) = (0u64, 0u64);
+        for i in 0..t.len() {
+            for j in i + 1..t.len() {
+                pairs += 1;
+                let noise = 1.96 * (se[i] * se[i] + se[j] * se[j]).sqrt();
+                if (t[i] - t[j]).abs() > noise {
+                    decided += 1;
+                }
+            }
+        }
+        Some(decided as f64 / pairs as f64)
+    }
+
     /// An empty row for `info`.
     pub fn new(info: &LayerInfo) -> Self {
         LayerSensitivity {
@@ -174,6 +202,7 @@ impl LayerSensitivity {
             top_eigenvalue: None,
             act_trace: None,
             channel_traces: None,
+            channel_trace_stderr: None,
             trace_probes: None,
             trace_converged_at: None,
             eigen_iterations: None,
@@ -292,6 +321,24 @@ impl Versioned for SensitivityTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_order_counts_the_pairs_apart_beyond_noise() {
+        let mut row = LayerSensitivity::new(&LayerInfo::linear(0, "fc", 4, 2));
+        assert_eq!(row.channel_order_decided(), None);
+        // Traces 10, 10.5, 20, 40 with standard errors 1: the noise of a difference is
+        // 1.96·√2 ≈ 2.77, so 10 vs 10.5 is undecided and the other 5 of 6 pairs are decided.
+        row.channel_traces = Some(vec![10.0, 10.5, 20.0, 40.0]);
+        assert_eq!(row.channel_order_decided(), None);
+        row.channel_trace_stderr = Some(vec![1.0; 4]);
+        assert_eq!(row.channel_order_decided(), Some(5.0 / 6.0));
+        // Standard errors of 10: only 10 or 10.5 against 40 (gap ≥ 29.5 > 27.7) are decided.
+        row.channel_trace_stderr = Some(vec![10.0; 4]);
+        assert_eq!(row.channel_order_decided(), Some(2.0 / 6.0));
+        // Exact traces (standard error 0): every distinct pair is decided.
+        row.channel_trace_stderr = Some(vec![0.0; 4]);
+        assert_eq!(row.channel_order_decided(), Some(1.0));
+    }
 
     #[test]
     fn reads_a_hand_written_table_with_extra_fields_and_errors() {

@@ -809,3 +809,51 @@ fn block_products_match_the_full_product_on_wanted_blocks() {
         assert!(h.hvp_blocks(&v, &wanted[1..]).is_err());
     }
 }
+
+#[test]
+fn channel_trace_standard_errors_cover_the_exact_channel_traces() {
+    // CW-HAWQ's channel order rests on Hutchinson channel traces: their standard errors must
+    // describe the distance to the exact values (z-scores of a normal mean) and shrink as
+    // 1/√probes.
+    let g = tiny_cnn(4);
+    let batches = vec![Batch {
+        x: inputs(6, &[1, 6, 6], 41),
+        y: labels(6, 3),
+    }];
+    let mut cfg = AnalyzeConfig::new(Metric::ChannelTrace);
+    cfg.estimator = Estimator::Exact;
+    let exact = run(&g, batches.clone(), Loss::cross_entropy(), &cfg);
+    let mut cfg = AnalyzeConfig::new(Metric::ChannelTrace);
+    let mut z = Vec::new();
+    let mut se_at = Vec::new();
+    for probes in [50, 800] {
+        cfg.trace.probes = Some(probes);
+        let est = run(&g, batches.clone(), Loss::cross_entropy(), &cfg);
+        let mut mean_se = 0.0;
+        for (e, x) in est.layers.iter().zip(&exact.layers) {
+            let (t, se) = (
+                e.channel_traces.as_ref().unwrap(),
+                e.channel_trace_stderr.as_ref().unwrap(),
+            );
+            let want = x.channel_traces.as_ref().unwrap();
+            assert_eq!(se.len(), t.len());
+            for ((t, se), w) in t.iter().zip(se).zip(want) {
+                if probes == 800 {
+                    z.push((t - w).abs() / se.max(1e-300));
+                }
+                mean_se += se;
+            }
+            assert_eq!(
+                x.channel_trace_stderr.as_ref().unwrap().iter().sum::<f64>(),
+                0.0
+            );
+        }
+        se_at.push(mean_se);
+    }
+    let within = z.iter().filter(|&&v| v <= 1.96).count() as f64 / z.len() as f64;
+    assert!(z.iter().all(|&v| v < 5.0), "{z:?}");
+    assert!(within >= 0.8, "{within} of channels within 1.96 SE: {z:?}");
+    // 16x the probes: a quarter of the standard error (within sampling noise of the SEs).
+    let ratio = se_at[0] / se_at[1];
+    assert!((3.0..5.5).contains(&ratio), "{ratio}");
+}

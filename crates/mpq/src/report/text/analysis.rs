@@ -58,6 +58,20 @@ pub fn sensitivity(t: &SensitivityTable, out: &Path, svg: Option<&Path>) -> Stri
     if let Some(p) = svg {
         let _ = write!(s, " and {}", p.display());
     }
+    let decided: Vec<String> = (t.layers.iter())
+        .filter_map(|l| {
+            let f = l.channel_order_decided()?;
+            Some(format!("{} {:.0}%", l.name, 100.0 * f))
+        })
+        .collect();
+    if !decided.is_empty() {
+        let _ = write!(
+            s,
+            "\nchannel order decided beyond noise (channel pairs whose traces differ by more \
+             than 1.96 standard errors): {}",
+            decided.join(", ")
+        );
+    }
     s
 }
 
