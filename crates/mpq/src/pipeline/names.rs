@@ -1,5 +1,6 @@
 //! The names front ends use for the pipeline's options (`docs/cli.md`), with one line each.
 
+use super::stages::EarlierBlocks;
 use super::{MethodKind, QuantizerChoice, Split, WeightQuantizer};
 use crate::Named;
 use crate::plan::WeightRange;
@@ -206,5 +207,16 @@ impl Named for MethodKind {
             "cw-ilp",
             "CW-HAWQ's exact baseline: channel ratios on a grid",
         ),
+    ];
+}
+
+impl Named for EarlierBlocks {
+    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            EarlierBlocks::Ste,
+            "ste",
+            "Earlier blocks keep training (straight-through estimator)",
+        ),
+        (EarlierBlocks::Frozen, "frozen", "Earlier blocks stay fixed"),
     ];
 }

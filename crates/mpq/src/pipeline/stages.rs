@@ -24,17 +24,6 @@ pub enum EarlierBlocks {
     Frozen,
 }
 
-impl Named for EarlierBlocks {
-    const VALUES: &'static [(Self, &'static str, &'static str)] = &[
-        (
-            EarlierBlocks::Ste,
-            "ste",
-            "Earlier blocks keep training (straight-through estimator)",
-        ),
-        (EarlierBlocks::Frozen, "frozen", "Earlier blocks stay fixed"),
-    ];
-}
-
 /// Whether layer `name` belongs to `block` (the layer itself, or a name prefix such as
 /// `layer1.0`).
 fn in_block(name: &str, block: &str) -> bool {
