@@ -274,6 +274,7 @@ fn rank(setup: &Setup, model_path: &str) -> Result<()> {
         );
         req.finetune = FinetuneOptions {
             epochs: final_epochs,
+            lr: Some(0.01),
             ..FinetuneOptions::default()
         };
         req.seed = final_seed;

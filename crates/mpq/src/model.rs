@@ -52,6 +52,11 @@ impl Model {
         self.meta.training.as_ref()?["config"]["label_smoothing"].as_f64()
     }
 
+    /// The base learning rate the model was trained with, if `mpq train` recorded it.
+    pub fn training_lr(&self) -> Option<f64> {
+        self.meta.training.as_ref()?["config"]["lr"].as_f64()
+    }
+
     /// The training samples `mpq train --holdout` kept out of training, as `(count, seed)` of
     /// [`crate::data::Dataset::split_holdout`], when the model was trained on `data`.
     pub fn training_holdout(&self, data: &str) -> Option<(usize, u64)> {

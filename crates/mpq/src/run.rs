@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::export::ExportStats;
 use crate::graph::LayerInfo;
 use crate::io::Versioned;
-use crate::train::EvalStats;
+use crate::train::{EvalStats, LrRangeResult};
 use crate::{Error, Result};
 
 /// What `mpq quantize` measured and wrote (`DIR/summary.json` next to the packed model).
@@ -73,6 +73,39 @@ pub struct QuantizeSummary {
     /// every layer was fine-tuned at once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageRecord>,
+    /// The fine-tuning learning rate used (absent without fine-tuning, and in files written
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune_lr: Option<f64>,
+    /// Where it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune_lr_source: Option<LrSource>,
+    /// The range test that picked it, when no rate was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_range: Option<LrRangeResult>,
+}
+
+/// Where `mpq quantize`'s fine-tuning learning rate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSource {
+    /// Given (`--lr`).
+    Given,
+    /// A fifth (`DefaultLr::training_fraction`) of the model's recorded training rate,
+    /// the smaller of the two candidates.
+    TrainingRecipe,
+    /// The range test's rate, the smaller of the two candidates (or the only one).
+    RangeTest,
+}
+
+impl std::fmt::Display for LrSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LrSource::Given => "given",
+            LrSource::TrainingRecipe => "training recipe",
+            LrSource::RangeTest => "range test",
+        })
+    }
 }
 
 /// One stage of HAWQ's block-wise fine-tuning (docs/algorithms.md §1.5): block `π(t)`

@@ -50,9 +50,10 @@ pub(crate) struct QuantizeArgs {
     /// Quantization-aware fine-tuning epochs (0: post-training quantization only).
     #[arg(long, default_value_t = 0)]
     pub(crate) finetune_epochs: usize,
-    /// Fine-tuning learning rate (SGD, cosine schedule).
-    #[arg(long, default_value_t = 0.01)]
-    pub(crate) lr: f64,
+    /// Fine-tuning learning rate (SGD, cosine schedule) [default: a learning-rate range test
+    /// on the quantized model, capped at a fifth of the model's recorded training rate].
+    #[arg(long)]
+    pub(crate) lr: Option<f64>,
     /// Fine-tuning samples per step.
     #[arg(long, default_value_t = 64)]
     pub(crate) batch_size: usize,

@@ -79,6 +79,9 @@ pub(crate) fn run(g: &GlobalArgs, a: &QuantizeArgs) -> anyhow::Result<()> {
     }
     row("reloaded file".into(), &s.reloaded);
     output::table(&t)?;
+    if let (Some(lr), Some(source)) = (s.finetune_lr, s.finetune_lr_source) {
+        output::line(&format!("fine-tuning learning rate {lr:.3e} ({source})"))?;
+    }
     let x = &s.export;
     output::line(&format!(
         "weights {} bytes ({:.2} avg bits, {:.1}x smaller than FP32), {:.3e} BOPs; file {} bytes \

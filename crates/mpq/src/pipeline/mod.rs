@@ -44,8 +44,8 @@ pub use analyze::{ACT_ERROR_BITS, Analysis, AnalyzeOutcome, AnalyzeRequest, Spli
 pub use eval::{EvalOutcome, EvalRequest, eval};
 pub use hw::{HwOutcome, HwRequest, hw};
 pub use quantize::{
-    FinetuneOptions, QuantizeConfig, QuantizeRequest, QuantizerChoice, bit_equal, quantize,
-    quantize_model, same_weights,
+    DefaultLr, FinetuneOptions, QuantizeConfig, QuantizeRequest, QuantizerChoice, bit_equal,
+    quantize, quantize_model, same_weights,
 };
 pub use report::{ReportRequest, report, summarize};
 pub use reward::{RewardConfig, RewardEvaluator};

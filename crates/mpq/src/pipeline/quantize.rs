@@ -22,9 +22,9 @@ use crate::model::{Model, ModelHint};
 use crate::plan::{QuantizerKind, WeightRange};
 use crate::progress::Progress;
 use crate::quant::{CalibrationConfig, PlanHooks, prepare_graph};
-use crate::run::QuantizeSummary;
+use crate::run::{LrSource, QuantizeSummary};
 use crate::search::Policy;
-use crate::train::{self, EvalStats, Schedule, TrainConfig};
+use crate::train::{self, EvalStats, LrRangeConfig, LrRangeResult, Schedule, TrainConfig};
 use crate::{Error, QuantPlan, Result};
 
 /// The quantizer that `mpq quantize --quantizer` puts on every layer of the policy.
@@ -60,8 +60,9 @@ impl QuantizerChoice {
 pub struct FinetuneOptions {
     /// Epochs (0: post-training quantization only).
     pub epochs: usize,
-    /// Learning rate.
-    pub lr: f64,
+    /// Learning rate; `None`: [`DefaultLr`]'s rule (a range test on the model as it will be
+    /// fine-tuned, capped at a fifth of the model's recorded training rate).
+    pub lr: Option<f64>,
     /// Samples per step.
     pub batch_size: usize,
     /// Weight decay.
@@ -77,7 +78,7 @@ impl Default for FinetuneOptions {
     fn default() -> Self {
         FinetuneOptions {
             epochs: 0,
-            lr: 0.01,
+            lr: None,
             batch_size: 64,
             weight_decay: 5e-4,
             earlier_blocks: EarlierBlocks::Ste,
@@ -162,7 +163,7 @@ pub fn quantize(req: &QuantizeRequest, progress: &mut dyn Progress) -> Result<Qu
     let finetune = (f.epochs > 0).then(|| TrainConfig {
         epochs: f.epochs,
         batch_size: f.batch_size,
-        lr: f.lr,
+        lr: f.lr.unwrap_or(0.0),
         weight_decay: f.weight_decay,
         schedule: Schedule::Cosine,
         seed: req.seed,
@@ -177,6 +178,7 @@ pub fn quantize(req: &QuantizeRequest, progress: &mut dyn Progress) -> Result<Qu
         finetune,
         eval_batch_size: 256,
         stages: staged.then_some(f.earlier_blocks),
+        default_lr: f.lr.is_none().then(|| DefaultLr::for_model(&model)),
     };
     progress.note(&format!(
         "quantizing {} with {} ({} layers in the policy)",
@@ -210,6 +212,62 @@ pub struct QuantizeConfig {
     /// for the configured epochs), with earlier blocks training or frozen; `None`: every
     /// layer at once.
     pub stages: Option<EarlierBlocks>,
+    /// Pick the fine-tuning learning rate by this rule (replacing `finetune`'s); `None`: use
+    /// `finetune`'s as given.
+    pub default_lr: Option<DefaultLr>,
+}
+
+/// The default fine-tuning learning rate (docs/quantization.md, "The fine-tuning learning
+/// rate"): the smaller of the range test's rate ([`train::lr_range_test`], run on the model as
+/// it will be fine-tuned: BatchNorm folded or not, under the plan's quantizers) and
+/// `training_fraction` of the rate the model was trained with, when `mpq train` recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefaultLr {
+    /// The model's recorded training learning rate.
+    pub training_lr: Option<f64>,
+    /// The fraction of it that caps the fine-tuning rate.
+    pub training_fraction: f64,
+    /// The range test (its batch size, momentum, weight decay and seed are the
+    /// fine-tuning's).
+    pub range: LrRangeConfig,
+}
+
+impl DefaultLr {
+    /// The rule for `model`: its recorded training rate, a fifth of it, the default range test.
+    pub fn for_model(model: &Model) -> Self {
+        DefaultLr {
+            training_lr: model.training_lr(),
+            training_fraction: 0.2,
+            range: LrRangeConfig::default(),
+        }
+    }
+
+    /// Runs the range test on `graph` under `hooks` (restoring both) with `tc`'s batch size,
+    /// momentum, weight decay and seed; returns the rate, where it came from, and the test.
+    pub fn pick(
+        &self,
+        graph: &crate::graph::Graph,
+        train_set: &crate::data::Dataset,
+        norm: &Normalization,
+        tc: &TrainConfig,
+        hooks: &mut dyn Hooks,
+    ) -> Result<(f64, LrSource, LrRangeResult)> {
+        let range = LrRangeConfig {
+            batch_size: tc.batch_size,
+            momentum: tc.momentum,
+            weight_decay: tc.weight_decay,
+            seed: tc.seed,
+            ..self.range.clone()
+        };
+        let r = train::lr_range_test(graph, train_set, norm, &range, hooks)?;
+        let cap = (self.training_lr)
+            .map(|lr| lr * self.training_fraction)
+            .filter(|lr| lr.is_finite() && *lr > 0.0);
+        Ok(match cap {
+            Some(c) if c < r.lr => (c, LrSource::TrainingRecipe, r),
+            _ => (r.lr, LrSource::RangeTest, r),
+        })
+    }
 }
 
 fn eval(
@@ -247,7 +305,29 @@ pub fn quantize_model(
     let stored_bytes = CostTable::new(&graph.layer_infos()?, plan)?.stored_bytes;
     let mut hooks = PlanHooks::calibrate(&graph, plan, &splits.train, &norm, &cfg.calibration)?;
     let before = eval(&graph, splits, &norm, cfg, &mut hooks)?;
-    let (after, epochs, ft_seconds, stage_log) = match (&cfg.finetune, cfg.stages) {
+    let mut finetune = cfg.finetune.clone();
+    let (mut lr_source, mut lr_range) = (None, None);
+    if let Some(tc) = finetune.as_mut().filter(|tc| tc.epochs > 0) {
+        lr_source = Some(LrSource::Given);
+        if let Some(rule) = &cfg.default_lr {
+            let (lr, source, r) = rule.pick(&graph, &splits.train, &norm, tc, &mut hooks)?;
+            progress.note(&format!(
+                "fine-tuning learning rate {lr:.3e} ({source}: range test stable up to {:.3e} in \
+                 {} steps{})",
+                r.stable_lr,
+                r.steps,
+                match rule.training_lr {
+                    Some(t) => format!(", trained at {t}"),
+                    None => String::new(),
+                }
+            ));
+            tc.lr = lr;
+            lr_source = Some(source);
+            lr_range = Some(r);
+        }
+        tc.validate()?;
+    }
+    let (after, epochs, ft_seconds, stage_log) = match (&finetune, cfg.stages) {
         (Some(tc), Some(earlier)) if tc.epochs > 0 && plan.finetune_order.is_some() => {
             let t0 = Instant::now();
             let sc = StageConfig {
@@ -330,6 +410,9 @@ pub fn quantize_model(
         onnx_bytes,
         seconds: start.elapsed().as_secs_f64(),
         stages: stage_log,
+        finetune_lr: finetune.as_ref().filter(|tc| tc.epochs > 0).map(|tc| tc.lr),
+        finetune_lr_source: lr_source,
+        lr_range,
     };
     summary.save(out_dir.join("summary.json"))?;
     Ok(summary)

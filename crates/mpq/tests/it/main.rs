@@ -5,6 +5,7 @@ mod files;
 mod formats;
 mod graph;
 mod layering;
+mod lr_range;
 mod omega;
 mod onnx;
 mod sensitivity;
