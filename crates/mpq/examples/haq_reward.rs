@@ -53,6 +53,7 @@ use mpq::quant::CalibrationConfig;
 use mpq::search::haq::{self, HaqConfig, PlanEvaluator};
 use mpq::search::rl::DdpgConfig;
 use mpq::search::{Budget, Candidates, Policy, SearchOptions, SearchSpace};
+use mpq::stats::{mean_sd, spearman, spearman_interval};
 use mpq::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -319,7 +320,7 @@ fn rank(setup: &Setup, model_path: &str) -> Result<()> {
     println!("| reward | ρ | bootstrap | Fisher z |");
     println!("| --- | --- | --- | --- |");
     for (name, r, ci) in [("PTQ", rp, ci_p), ("one-pass fine-tune", rf, ci_f)] {
-        let fz = fisher(r, n);
+        let fz = spearman_interval(r, n).unwrap_or((f64::NAN, f64::NAN));
         println!(
             "| {name} | {r:.3} | [{:.3}, {:.3}] | [{:.3}, {:.3}] |",
             ci.0, ci.1, fz.0, fz.1
@@ -333,54 +334,6 @@ fn rank(setup: &Setup, model_path: &str) -> Result<()> {
     );
     println!("table: {}", csv_path.display());
     Ok(())
-}
-
-/// Average ranks (1-based), ties sharing the mean of their positions.
-fn ranks(x: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..x.len()).collect();
-    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
-    let mut r = vec![0.0; x.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &idx[i..=j] {
-            r[k] = avg;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    let n = x.len() as f64;
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (a, b) in x.iter().zip(y) {
-        sxy += (a - mx) * (b - my);
-        sxx += (a - mx) * (a - mx);
-        syy += (b - my) * (b - my);
-    }
-    if sxx == 0.0 || syy == 0.0 {
-        return f64::NAN;
-    }
-    sxy / (sxx * syy).sqrt()
-}
-
-/// Spearman's ρ: Pearson's correlation of the average ranks.
-fn spearman(x: &[f64], y: &[f64]) -> f64 {
-    pearson(&ranks(x), &ranks(y))
-}
-
-/// Fisher-z 95% interval of Spearman's ρ with the Fieller–Hartley–Pearson variance
-/// `1.06 / (n − 3)`.
-fn fisher(r: f64, n: usize) -> (f64, f64) {
-    let z = r.clamp(-0.999_999, 0.999_999).atanh();
-    let se = (1.06 / (n as f64 - 3.0)).sqrt();
-    ((z - 1.96 * se).tanh(), (z + 1.96 * se).tanh())
 }
 
 /// Seeded percentile-bootstrap 95% intervals of ρ(a, f), ρ(b, f) and ρ(b, f) − ρ(a, f),
@@ -406,17 +359,6 @@ fn bootstrap(a: &[f64], b: &[f64], f: &[f64], seed: u64) -> [(f64, f64); 3] {
         (at(0.025), at(0.975))
     };
     [ci(ra), ci(rb), ci(rd)]
-}
-
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
 }
 
 fn agent(setup: &Setup) -> Result<()> {
@@ -518,16 +460,4 @@ fn agent(setup: &Setup) -> Result<()> {
         println!("| {name} | {} |", cells.join(" | "));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spearman_handles_ties_with_average_ranks() {
-        assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
-        assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]) - 1.0).abs() < 1e-12);
-        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
-    }
 }

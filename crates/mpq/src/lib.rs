@@ -49,6 +49,7 @@ pub mod report;
 pub mod run;
 pub mod search;
 pub mod sensitivity;
+pub mod stats;
 pub mod train;
 pub mod zoo;
 
