@@ -3,6 +3,7 @@
 
 use mpq::pipeline::{
     AgentOptions, BudgetSpec, HaqOptions, Method, MethodKind, OmegaOptions, SearchRequest,
+    UniformReference,
 };
 use mpq::search::{Budget, Feasibility, Pin, Policy};
 use serde::Serialize;
@@ -115,18 +116,25 @@ impl SearchArgs {
     }
 }
 
-/// `--json`: the policy, where it went and the pre-flight report.
+/// `--json`: the policy, where it went, the pre-flight report, the uniform plan of the same
+/// budget and the warnings.
 #[derive(Serialize)]
 struct Printed<'a> {
     #[serde(flatten)]
     policy: &'a Policy,
     out: String,
     preflight: &'a Feasibility,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uniform: Option<&'a UniformReference>,
+    warnings: &'a [String],
 }
 
 pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
     let req = a.request(g.seed)?;
     let r = mpq::pipeline::search(&req, &mut Bars::new(g.quiet))?;
+    for w in &r.warnings {
+        output::warn(w);
+    }
     if g.json {
         let out = a.out.display().to_string();
         let (policy, preflight) = (&r.policy, &r.feasibility);
@@ -134,9 +142,20 @@ pub(crate) fn run(g: &GlobalArgs, a: &SearchArgs) -> anyhow::Result<()> {
             policy,
             out,
             preflight,
+            uniform: r.uniform.as_ref(),
+            warnings: &r.warnings,
         });
     }
     let table = mpq::report::text::plan_table(&r.rows, r.hardware.as_ref());
-    let lines = mpq::report::text::plan_lines(&r.policy, r.hardware.as_ref(), &a.out);
+    let mut lines = mpq::report::text::plan_lines(&r.policy, r.hardware.as_ref(), &a.out);
+    if let (Some(u), Some(o)) = (&r.uniform, r.policy.plan.omega) {
+        lines.push_str(&format!(
+            "\nuniform within the same budget: W{}A{}, omega {:.4e} (this plan: {:.2}x)",
+            u.w_bits,
+            u.a_bits,
+            u.omega,
+            o / u.omega
+        ));
+    }
     output::line(&format!("{table}\n\n{lines}"))
 }

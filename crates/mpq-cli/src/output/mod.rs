@@ -35,6 +35,11 @@ pub(crate) fn status(quiet: bool, s: &str) {
     }
 }
 
+/// A warning on stderr (`warning: …`), shown even with `--quiet`: it concerns the result.
+pub(crate) fn warn(s: &str) {
+    eprintln!("warning: {s}");
+}
+
 /// Prints a table on stdout.
 pub(crate) fn table(t: &Table) -> anyhow::Result<()> {
     line(&t.to_string())

@@ -54,7 +54,7 @@ pub use run_all::{
 };
 pub use search::{
     AgentOptions, BudgetSpec, HaqOptions, Method, MethodKind, OmegaOptions, SearchOutcome,
-    SearchRequest, WeightQuantizer, search,
+    SearchRequest, UniformReference, WeightQuantizer, search,
 };
 pub use train::{TrainFrom, TrainOutcome, TrainRequest, train};
 

@@ -231,6 +231,19 @@ fn ratio_budgets_at_0_and_1_give_the_all_low_and_all_high_plans() {
 
 /// A sensitivity file for LeNet-5 with made-up traces and errors, and its Ω table.
 pub(crate) fn lenet_sensitivity(dir: &std::path::Path, layers: &[LayerInfo]) -> std::path::PathBuf {
+    let traces = [5.0, 0.1, 2.0, 0.7, 9.0];
+    let eigens = [0.2, 7.0, 1.0, 3.0, 0.5];
+    sensitivity_with(dir, "s.json", layers, &traces, &eigens)
+}
+
+/// A LeNet-5 sensitivity file with these traces per weight and top eigenvalues.
+fn sensitivity_with(
+    dir: &std::path::Path,
+    name: &str,
+    layers: &[LayerInfo],
+    traces: &[f64; 5],
+    eigens: &[f64; 5],
+) -> std::path::PathBuf {
     let rows: Vec<serde_json::Value> = layers
         .iter()
         .enumerate()
@@ -241,17 +254,16 @@ pub(crate) fn lenet_sensitivity(dir: &std::path::Path, layers: &[LayerInfo]) -> 
             let act: serde_json::Map<String, serde_json::Value> = (2..=8)
                 .map(|b| (b.to_string(), (3.0 * 4f64.powi(-b)).into()))
                 .collect();
-            let trace = [5.0, 0.1, 2.0, 0.7, 9.0][i] * l.params as f64;
+            let trace = traces[i] * l.params as f64;
             let act_trace = [1.0, 4.0, 0.5, 2.0, 0.3][i];
-            let eigen = [0.2, 7.0, 1.0, 3.0, 0.5][i];
             serde_json::json!({
                 "name": l.name, "params": l.params, "trace": trace, "weight_error": errors,
-                "top_eigenvalue": eigen,
+                "top_eigenvalue": eigens[i],
                 "act_trace": act_trace, "act_elems": l.input_elems, "act_error": act,
             })
         })
         .collect();
-    let path = dir.join("s.json");
+    let path = dir.join(name);
     std::fs::write(&path, serde_json::json!({ "layers": rows }).to_string()).unwrap();
     path
 }
@@ -460,4 +472,63 @@ fn pareto_under_a_bitops_budget_alone_is_exact_and_latency_alone_is_refused() {
         "{err}"
     );
     assert!(!err.to_string().contains("smallest achievable"), "{err}");
+}
+
+#[test]
+fn a_plan_that_omega_predicts_worse_than_uniform_is_flagged() {
+    let dir = temp_dir("against-uniform");
+    let model = ModelSource {
+        reference: "zoo:lenet5".into(),
+        hint: ModelHint::default(),
+    };
+    let layers = model.open().unwrap().graph.layer_infos().unwrap();
+    let sens = lenet_sensitivity(&dir, &layers);
+    let search = |method: Method, seed: u64| {
+        let mut req = SearchRequest::new(model.clone(), method);
+        req.sensitivity = Some(sens.clone());
+        req.budget.limits = Budget::avg_bits(3.5);
+        req.seed = seed;
+        pipeline::search(&req, &mut NoProgress).unwrap()
+    };
+    // The exact program is never predicted worse than uniform, and says so.
+    let ilp = search(Method::Ilp, 0);
+    let u = ilp.uniform.clone().expect("a uniform plan fits");
+    assert!(ilp.policy.plan.omega.unwrap() <= u.omega);
+    assert!(ilp.warnings.is_empty(), "{:?}", ilp.warnings);
+    // Built to lose: HAWQ ranks layers by eigenvalue per weight; here fc1's is the largest
+    // and fc2's the smallest while fc2's trace is by far the largest, so HAWQ spends the
+    // budget on fc1, leaves fc2 the fewest bits, and its plan is worse than uniform on the
+    // trace scale.
+    let against = sensitivity_with(
+        &dir,
+        "against.json",
+        &layers,
+        &[0.1, 0.1, 0.01, 50.0, 0.1],
+        &[1e-3, 1e-3, 100.0, 1e-4, 1e-3],
+    );
+    let mut req = SearchRequest::new(model.clone(), Method::HawqV1);
+    req.sensitivity = Some(against);
+    req.budget.limits = Budget::avg_bits(3.5);
+    let hawq = pipeline::search(&req, &mut NoProgress).unwrap();
+    let u = hawq.uniform.clone().unwrap();
+    assert!(hawq.policy.plan.omega.unwrap() > u.omega);
+    assert_eq!(hawq.warnings.len(), 1, "{:?}", hawq.warnings);
+    let w = &hawq.warnings[0];
+    assert!(
+        w.contains("hawq-v1") && w.contains("higher than uniform"),
+        "{w}"
+    );
+    assert!(w.contains(&format!("W{}A{}", u.w_bits, u.a_bits)), "{w}");
+    // Random plans: flagged exactly when their Ω exceeds uniform's at the same budget.
+    for seed in 0..12 {
+        let r = search(Method::Random { max_tries: 100 }, seed);
+        let (o, u) = (r.policy.plan.omega.unwrap(), r.uniform.unwrap());
+        assert_eq!(
+            r.warnings.is_empty(),
+            o <= u.omega * (1.0 + 1e-9),
+            "seed {seed}"
+        );
+    }
+    // Uniform itself has no reference.
+    assert!(search(Method::Uniform, 0).uniform.is_none());
 }

@@ -11,7 +11,7 @@ mod inputs;
 mod outcome;
 mod table;
 
-pub use outcome::SearchOutcome;
+pub use outcome::{SearchOutcome, UniformReference};
 
 use std::path::PathBuf;
 
@@ -472,13 +472,5 @@ pub fn search(req: &SearchRequest, progress: &mut dyn Progress) -> Result<Search
         search::limpq::set_limpq_omega(&mut space, ind, *alpha)?;
     }
     let found = agent::run_method(req, &model, &space, &tables, &sens, progress)?;
-    outcome::finish(
-        req,
-        &layers,
-        hw.as_ref(),
-        feasibility,
-        &tables,
-        &sens,
-        found,
-    )
+    outcome::finish(req, &space, feasibility, &tables, &sens, found)
 }

@@ -11,17 +11,17 @@ use super::agent::{Extra, Found, state_path};
 use super::inputs::{Sensitivity, Tables};
 use super::{Method, SearchRequest};
 use crate::Result;
-use crate::cost::{HardwareModel, HwTable};
+use crate::cost::HwTable;
 use crate::graph::LayerInfo;
 use crate::io::{Versioned, write_files_atomic};
 use crate::pipeline::side_path;
-use crate::plan::{LayerPrecision, QuantPlan};
+use crate::plan::{BitWidth, LayerPrecision, QuantPlan};
 use crate::report::{PlanPoint, agent_curve, pareto_chart};
 use crate::search::OmegaMetric;
 use crate::search::limpq::Indicators;
 use crate::search::{
     AgentSection, Feasibility, FrontierFile, FrontierRef, LayerRow, LimpqSection, Policy,
-    SolverStats,
+    SearchSpace, SolverStats,
 };
 
 /// What `mpq search` found and wrote.
@@ -41,6 +41,81 @@ pub struct SearchOutcome {
     pub state: Option<PathBuf>,
     /// Every file written, the policy first.
     pub written: Vec<PathBuf>,
+    /// The best uniform plan within the same budgets, with its Ω on the plan's scale (when
+    /// the plan has an Ω and is not itself `uniform`).
+    pub uniform: Option<UniformReference>,
+    /// What a user should know before using the plan (its Ω above uniform's at the same
+    /// budget).
+    pub warnings: Vec<String>,
+}
+
+/// The uniform plan a searched plan is compared with: the best uniform `(w, a)` within the
+/// same budgets ([`SearchSpace::uniform`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UniformReference {
+    /// Weight bits of the searched layers.
+    pub w_bits: BitWidth,
+    /// Activation bits of the searched layers.
+    pub a_bits: BitWidth,
+    /// Its Ω, on the scale of the plan's `omega`.
+    pub omega: f64,
+    /// Its average weight bits.
+    pub avg_w_bits: Option<f64>,
+    /// Its bit operations per sample.
+    pub bops: Option<f64>,
+}
+
+/// The uniform reference of `plan` and, when Ω predicts the plan worse, the warning.
+fn against_uniform(
+    req: &SearchRequest,
+    space: &SearchSpace,
+    layers: &[LayerInfo],
+    tables: &Tables,
+    other_scale: bool,
+    plan: &QuantPlan,
+) -> Result<(Option<UniformReference>, Vec<String>)> {
+    let (Some(omega), false) = (plan.omega, matches!(req.method, Method::Uniform)) else {
+        return Ok((None, Vec::new()));
+    };
+    if !space.has_omega() {
+        return Ok((None, Vec::new()));
+    }
+    let Ok(u) = space.uniform() else {
+        return Ok((None, Vec::new()));
+    };
+    let u_omega = if other_scale {
+        match tables.reported() {
+            Some(o) => o.plan_omega(layers, &u)?,
+            None => return Ok((None, Vec::new())),
+        }
+    } else {
+        match u.omega {
+            Some(o) => o,
+            None => return Ok((None, Vec::new())),
+        }
+    };
+    let searched = (space.groups().iter())
+        .find(|g| !g.pinned)
+        .and_then(|g| g.layers.first())
+        .map_or((0, 0), |&i| u.bits(&layers[i].name));
+    let reference = UniformReference {
+        w_bits: searched.0,
+        a_bits: searched.1,
+        omega: u_omega,
+        avg_w_bits: u.avg_w_bits,
+        bops: u.bops,
+    };
+    let mut warnings = Vec::new();
+    if omega > u_omega * (1.0 + 1e-9) {
+        warnings.push(format!(
+            "the {} plan's Ω {omega:.4e} is higher than uniform W{}A{}'s {u_omega:.4e} within the \
+             same budget: Ω predicts it loses more accuracy than uniform",
+            req.method.name(),
+            reference.w_bits,
+            reference.a_bits
+        ));
+    }
+    Ok((Some(reference), warnings))
 }
 
 /// Channels per width of a per-channel layer, highest first (`8:3 4:10 2:7`).
@@ -78,13 +153,13 @@ fn limpq_section(ind: &Indicators, plan: &QuantPlan, alpha: f64) -> LimpqSection
 /// The policy, rows and files of a finished search.
 pub(super) fn finish(
     req: &SearchRequest,
-    layers: &[LayerInfo],
-    hw: Option<&HardwareModel>,
+    space: &SearchSpace,
     feasibility: Feasibility,
     tables: &Tables,
     sens: &Sensitivity,
     found: Found,
 ) -> Result<SearchOutcome> {
+    let (layers, hw) = (space.layers(), space.hardware());
     let mut plan = found.plan;
     if !matches!(req.method, Method::Limpq { .. }) {
         for l in &mut plan.layers {
@@ -105,6 +180,7 @@ pub(super) fn finish(
             .map(|o| o.plan_omega(layers, &plan))
             .transpose()?;
     }
+    let (uniform, warnings) = against_uniform(req, space, layers, tables, other_scale, &plan)?;
     let hardware = (hw.filter(|h| h.has_latency()))
         .map(|h| h.table(layers, &plan))
         .transpose()?;
@@ -218,6 +294,8 @@ pub(super) fn finish(
         hardware,
         frontier,
         written,
+        uniform,
+        warnings,
     })
 }
 

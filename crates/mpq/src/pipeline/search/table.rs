@@ -131,8 +131,7 @@ pub(super) fn search(
     };
     outcome::finish(
         req,
-        &table.layers,
-        hw.as_ref(),
+        &space,
         feasibility,
         &tables,
         &Sensitivity::none(),
