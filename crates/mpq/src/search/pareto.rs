@@ -423,12 +423,11 @@ pub fn pareto(space: &SearchSpace) -> Result<ParetoResult> {
     // Uniform plans on the axis: one per weight width (the least-Ω activation width), or on
     // the BitOps axis one per (w, a) pair; pinned groups keep their pin.
     let pairs: Vec<(BitWidth, Option<BitWidth>)> = if axis == "bops" {
-        match space.plan_constraints().formats {
-            Some(f) => f.iter().map(|p| (p[0], Some(p[1]))).collect(),
-            None => (space.candidates().w_bits.iter())
-                .flat_map(|&w| space.candidates().a_bits.iter().map(move |&a| (w, Some(a))))
-                .collect(),
-        }
+        space
+            .pairs()
+            .into_iter()
+            .map(|(w, a)| (w, Some(a)))
+            .collect()
     } else {
         (space.candidates().w_bits.iter())
             .map(|&w| (w, None))

@@ -410,14 +410,8 @@ impl<'a> SearchSpace<'a> {
                 } else {
                     Vec::new()
                 }
-            } else if let Some(f) = &formats {
-                f.clone()
             } else {
-                cands
-                    .w_bits
-                    .iter()
-                    .flat_map(|&w| cands.a_bits.iter().map(move |&a| (w, a)))
-                    .collect()
+                pairs_of(formats.as_deref(), &cands)
             };
             let choices = pairs
                 .into_iter()
@@ -437,7 +431,10 @@ impl<'a> SearchSpace<'a> {
             hw,
             constraints,
             groups,
-            opts: opts.clone(),
+            opts: SearchOptions {
+                formats,
+                ..opts.clone()
+            },
             has_omega: false,
         })
     }
@@ -553,17 +550,15 @@ impl<'a> SearchSpace<'a> {
     /// Layer `i`'s size in bits (scales included) and BitOps at `w_bits × a_bits`: the
     /// hardware table's prices where it gives them, else the formulas of [`crate::cost`].
     pub fn layer_costs(&self, i: usize, w_bits: BitWidth, a_bits: BitWidth) -> Result<(f64, f64)> {
-        let l = &self.layers[i];
-        let (size, bops) = match self.hw {
-            Some(h) => h.priced(&l.name, w_bits, a_bits)?,
-            None => (None, None),
-        };
-        let p = precision(&l.name, w_bits, a_bits, self.opts.quantizer);
-        let formula = (l.params as u64 * u64::from(w_bits) + overhead_bits(l, Some(&p))) as f64;
-        Ok((
-            size.unwrap_or(formula),
-            bops.unwrap_or(l.macs as f64 * f64::from(w_bits) * f64::from(a_bits)),
-        ))
+        let quantizer = self.opts.quantizer;
+        let (_, size, bops) = layer_cost(&self.layers[i], (w_bits, a_bits, quantizer), self.hw)?;
+        Ok((size, bops))
+    }
+
+    /// The `(w_bits, a_bits)` pairs a searched layer may take: the paired formats (sorted),
+    /// or every pair of the candidate grid, weight bits major.
+    pub fn pairs(&self) -> Vec<(BitWidth, BitWidth)> {
+        pairs_of(self.opts.formats.as_deref(), &self.cands)
     }
 
     /// Summed costs of a choice index per group.
@@ -710,11 +705,9 @@ impl<'a> SearchSpace<'a> {
         if priced_size || priced_bops {
             let (mut size, mut bops) = (0.0, 0.0);
             for (l, &(w, a)) in self.layers.iter().zip(&bits) {
-                let (s, b) = self
-                    .hw
-                    .map_or(Ok((None, None)), |h| h.priced(&l.name, w, a))?;
-                size += s.unwrap_or(0.0);
-                bops += b.unwrap_or(0.0);
+                let (_, s, b) = layer_cost(l, (w, a, self.opts.quantizer), self.hw)?;
+                size += s;
+                bops += b;
             }
             if priced_size {
                 plan.size_bytes = Some((size / 8.0).ceil() as u64);
@@ -797,10 +790,7 @@ impl<'a> SearchSpace<'a> {
             c.quantizer = Some(self.opts.quantizer);
         }
         if let Some(f) = &self.opts.formats {
-            let mut f: Vec<[BitWidth; 2]> = f.iter().map(|&(w, a)| [w, a]).collect();
-            f.sort_unstable();
-            f.dedup();
-            c.formats = Some(f);
+            c.formats = Some(f.iter().map(|&(w, a)| [w, a]).collect());
         }
         c
     }
@@ -815,16 +805,7 @@ impl<'a> SearchSpace<'a> {
         let start = Instant::now();
         self.feasibility().check()?;
         let mut fitting = Vec::new();
-        let pairs: Vec<(BitWidth, BitWidth)> = match &self.opts.formats {
-            Some(f) => f.clone(),
-            None => self
-                .cands
-                .w_bits
-                .iter()
-                .flat_map(|&w| self.cands.a_bits.iter().map(move |&a| (w, a)))
-                .collect(),
-        };
-        for &(w, a) in &pairs {
+        for (w, a) in self.pairs() {
             let choice: Vec<usize> = self
                 .groups
                 .iter()
@@ -1115,6 +1096,40 @@ fn precision(name: &str, w: BitWidth, a: BitWidth, quantizer: QuantizerKind) -> 
     p
 }
 
+/// Every `(w, a)` of `formats`, or of the candidate grid (weight bits major).
+fn pairs_of(
+    formats: Option<&[(BitWidth, BitWidth)]>,
+    cands: &Candidates,
+) -> Vec<(BitWidth, BitWidth)> {
+    match formats {
+        Some(f) => f.to_vec(),
+        None => (cands.w_bits.iter())
+            .flat_map(|&w| cands.a_bits.iter().map(move |&a| (w, a)))
+            .collect(),
+    }
+}
+
+/// A layer's weight bits `n·w`, its size in bits (scales included) and its BitOps at
+/// `w × a`: a hardware table's prices where it gives them, else the formulas of
+/// [`crate::cost`].
+fn layer_cost(
+    l: &LayerInfo,
+    (w, a, quantizer): (BitWidth, BitWidth, QuantizerKind),
+    hw: Option<&HardwareModel>,
+) -> Result<(u64, f64, f64)> {
+    let wb = l.params as u64 * u64::from(w);
+    let (size, bops) = match hw {
+        Some(h) => h.priced(&l.name, w, a)?,
+        None => (None, None),
+    };
+    let ob = overhead_bits(l, Some(&precision(&l.name, w, a, quantizer)));
+    Ok((
+        wb,
+        size.unwrap_or((wb + ob) as f64),
+        bops.unwrap_or(l.macs as f64 * f64::from(w) * f64::from(a)),
+    ))
+}
+
 fn choice_of(
     layers: &[LayerInfo],
     members: &[usize],
@@ -1126,14 +1141,7 @@ fn choice_of(
     let (mut weight_bits, mut size_bits) = (0u64, 0u64);
     for &i in members {
         let l = &layers[i];
-        let wb = l.params as u64 * u64::from(w);
-        let ob = overhead_bits(l, Some(&precision(&l.name, w, a, quantizer)));
-        let (priced_size, priced_bops) = match hw {
-            Some(h) => h.priced(&l.name, w, a)?,
-            None => (None, None),
-        };
-        let sb = priced_size.unwrap_or((wb + ob) as f64);
-        let bops = priced_bops.unwrap_or(l.macs as f64 * f64::from(w) * f64::from(a));
+        let (wb, sb, bops) = layer_cost(l, (w, a, quantizer), hw)?;
         weight_bits += wb;
         size_bits += sb.round() as u64;
         let sim = match hw {

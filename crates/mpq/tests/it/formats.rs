@@ -185,6 +185,33 @@ fn paired_formats_never_give_an_unpaired_choice() {
 }
 
 #[test]
+fn repeated_and_unsorted_formats_are_one_list() {
+    // `--formats 8/8,4/4,4/4`: two choices per layer, recorded sorted; random draws stay
+    // within them.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let layers = random_layers(&mut rng);
+    let opts = SearchOptions {
+        formats: Some(vec![(8, 8), (4, 4), (4, 4)]),
+        ..SearchOptions::default()
+    };
+    let budget = Budget {
+        bops_ratio: Some(0.5),
+        ..Budget::default()
+    };
+    let space = SearchSpace::new(&layers, &cands(), &budget, None, &opts).unwrap();
+    assert!(space.groups().iter().all(|g| g.choices.len() == 2));
+    assert_eq!(space.pairs(), vec![(4, 4), (8, 8)]);
+    for seed in 0..8 {
+        let plan = space.random(seed, 20).unwrap();
+        assert_eq!(plan.constraints.formats, Some(vec![[4, 4], [8, 8]]));
+        assert!(
+            plan.layers.iter().all(|l| l.w_bits == l.a_bits),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
 fn ratio_budgets_at_0_and_1_give_the_all_low_and_all_high_plans() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let layers = random_layers(&mut rng);
