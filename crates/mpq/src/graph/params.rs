@@ -101,9 +101,21 @@ impl ParamStore {
 
     /// The trainable variables in module order (what optimizers update).
     pub fn trainable(&self) -> Vec<Var> {
+        self.trainable_outside(&[])
+    }
+
+    /// The trainable variables in module order, less those of the `frozen` layers (a
+    /// layer `conv1` holds `conv1.weight` and `conv1.bias`).
+    pub fn trainable_outside(&self, frozen: &[String]) -> Vec<Var> {
+        let held = |name: &str| {
+            (frozen.iter()).any(|l| {
+                name.strip_prefix(l.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+            })
+        };
         self.params
             .iter()
-            .filter(|p| p.kind == ParamKind::Trainable)
+            .filter(|p| p.kind == ParamKind::Trainable && !held(&p.name))
             .map(|p| p.var.clone())
             .collect()
     }

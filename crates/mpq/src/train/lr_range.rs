@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::{Optimizer, Sgd};
 use super::trainer::cross_entropy;
 use crate::data::{self, Dataset, LoaderConfig, Normalization};
-use crate::graph::{ForwardOptions, Graph, Hooks, Mode, ParamKind};
+use crate::graph::{ForwardOptions, Graph, Hooks, Mode};
 use crate::{Error, Result};
 
 /// Settings of [`lr_range_test`].
@@ -148,10 +148,7 @@ fn staircase(
     cfg: &LrRangeConfig,
     hooks: &mut dyn Hooks,
 ) -> Result<LrRangeResult> {
-    let mut vars: Vec<_> = (graph.params().iter())
-        .filter(|p| p.kind == ParamKind::Trainable)
-        .map(|p| p.var.clone())
-        .collect();
+    let mut vars = graph.params().trainable();
     vars.extend(hooks.trainable());
     let mut opt = Sgd::new(vars, cfg.momentum, false, cfg.weight_decay);
     let loader = LoaderConfig {

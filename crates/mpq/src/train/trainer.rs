@@ -236,16 +236,7 @@ pub fn train_with(
     if train_set.is_empty() {
         return Err(Error::config("data", "the training set is empty"));
     }
-    let frozen = |name: &str| {
-        (cfg.frozen.iter()).any(|l| {
-            name.strip_prefix(l.as_str())
-                .is_some_and(|r| r.starts_with('.'))
-        })
-    };
-    let mut vars: Vec<_> = (graph.params().iter())
-        .filter(|p| p.kind == crate::graph::ParamKind::Trainable && !frozen(&p.name))
-        .map(|p| p.var.clone())
-        .collect();
+    let mut vars = graph.params().trainable_outside(&cfg.frozen);
     vars.extend(hooks.trainable());
     let mut opt: Box<dyn Optimizer> = match cfg.optimizer {
         OptimizerKind::Sgd => {
