@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::space::SearchSpace;
-use crate::cost::{CsvRows, LookupEntry, LookupTable, read_rows};
+use crate::cost::{COST_COLUMNS, CsvRows, LookupTable, read_rows};
 use crate::graph::{LayerInfo, LayerOp};
 use crate::plan::BitWidth;
 use crate::{Error, Result};
@@ -201,20 +201,7 @@ fn layer_info(index: usize, name: &str, params: f64, macs: f64) -> LayerInfo {
 
 /// The cost columns as a lookup table (the search's hardware model), if any is given.
 fn costs_of(rows: &CsvRows, source: &str) -> Option<LookupTable> {
-    let cols = ["latency_ms", "energy_mj", "size_bits", "bops"];
-    if !cols.iter().any(|c| rows.column(c).is_some()) {
-        return None;
-    }
-    let mut t = LookupTable::new(source);
-    for r in &rows.rows {
-        let get = |c: &str| rows.column(c).and_then(|k| r.values[k]);
-        let e = LookupEntry {
-            latency_ms: get("latency_ms"),
-            energy_mj: get("energy_mj"),
-            size_bits: get("size_bits"),
-            bops: get("bops"),
-        };
-        t.insert_entry(&r.layer, r.w_bits, r.a_bits, e);
-    }
-    Some(t)
+    (COST_COLUMNS.iter())
+        .any(|c| rows.column(c).is_some())
+        .then(|| LookupTable::from_rows(rows, source))
 }
