@@ -2,7 +2,8 @@
 //! none is given (docs/quantization.md, "The fine-tuning learning rate"): a short, seeded
 //! staircase of SGD steps at geometrically rising learning rates, from the model as it will be
 //! fine-tuned (BatchNorm folded or not, under the plan's quantizers), stopped at the first
-//! level whose loss rises more than a tolerance above the lowest so far; the model and the quantizers' learned parameters are restored
+//! level whose loss rises more than a tolerance (and more than the lowest loss itself) above
+//! the lowest so far; the model and the quantizers' learned parameters are restored
 //! afterwards, bit for bit.
 
 use candle::Tensor;
@@ -103,9 +104,8 @@ pub struct LrLevel {
 /// What [`lr_range_test`] measured and chose.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LrRangeResult {
-    /// The chosen learning rate: the last level before the first unstable one (whose loss was
-    /// not finite or exceeded the lowest earlier level's by more than the tolerance), divided
-    /// by the safety factor.
+    /// The chosen learning rate: the last level before the first unstable one (see
+    /// [`unstable`]), divided by the safety factor.
     pub lr: f64,
     /// The last stable level's learning rate.
     pub stable_lr: f64,
@@ -139,6 +139,16 @@ pub fn lr_range_test(
         v.set(t)?;
     }
     run
+}
+
+/// Whether a level whose mean loss is `loss` is unstable when the lowest so far is `best`:
+/// not finite, or above `best` by more than `tolerance` and by more than `best` itself. The
+/// second margin matters for a model that starts far from trained (a low-bit plan before
+/// fine-tuning, losses of 1-2 nats): its first levels' losses swing by more than the
+/// tolerance from batch to batch, and an absolute margin alone would stop the test at its
+/// lowest rate (a fine-tuning that does nothing).
+pub fn unstable(loss: f64, best: f64, tolerance: f64) -> bool {
+    !(loss.is_finite() && loss <= best + tolerance.max(best))
 }
 
 fn staircase(
@@ -201,7 +211,7 @@ fn staircase(
         let loss = sum / cfg.steps_per_level as f64;
         let best = (levels.iter().map(|l: &LrLevel| l.loss)).fold(loss, f64::min);
         levels.push(LrLevel { lr, loss });
-        if !(loss.is_finite() && loss <= best + cfg.tolerance) {
+        if unstable(loss, best, cfg.tolerance) {
             break;
         }
         stable = Some(lr);
@@ -214,4 +224,24 @@ fn staircase(
         levels,
         steps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unstable;
+
+    #[test]
+    fn a_level_is_unstable_when_its_loss_rises_beyond_both_margins() {
+        // A trained model (losses near 0.1): the absolute tolerance decides.
+        assert!(!unstable(0.55, 0.1, 0.5));
+        assert!(unstable(0.65, 0.1, 0.5));
+        // A badly quantized start (losses near 2): batch-to-batch swings of 0.5-1.5 nats are
+        // noise, a loss beyond twice the lowest is not.
+        assert!(!unstable(2.7, 2.1, 0.5));
+        assert!(!unstable(4.1, 2.1, 0.5));
+        assert!(unstable(4.3, 2.1, 0.5));
+        // Once the loss has come down, a return to the starting loss stops the test.
+        assert!(unstable(1.4, 0.46, 0.5));
+        assert!(unstable(f64::NAN, 0.1, 0.5) && unstable(f64::INFINITY, 0.1, 0.5));
+    }
 }
