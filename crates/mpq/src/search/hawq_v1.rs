@@ -5,8 +5,10 @@
 //!
 //! The monotone sequences are enumerated depth first (the toolkit default of docs/algorithms.md §7.6, NNCF-style),
 //! pruned by the smallest cost the remaining layers can add and by the largest size they can
-//! still reach. Activation bits are uniform over the searched layers: the largest candidate
-//! that admits a plan. Pinned layers keep their pins.
+//! still reach. Activation bits are uniform over the searched layers: of the candidates that
+//! admit a plan, the one whose plan has the least Ω (under size budgets, which activations do
+//! not cost, the largest; under a BitOps budget the activation width trades against the
+//! weights' bits). Pinned layers keep their pins.
 
 use std::time::Instant;
 
@@ -189,11 +191,13 @@ pub fn hawq_v1(space: &SearchSpace, omega: &OmegaTable) -> Result<QuantPlan> {
         };
         let mut used = used0.clone();
         e.dfs(0, usize::MAX, size0, omega0, &mut used);
-        if let Some((pick, _, _)) = e.best {
-            found = Some(pick);
-            break;
+        if let Some((pick, _, omega)) = e.best
+            && found.as_ref().is_none_or(|f: &(Vec<usize>, f64)| omega < f.1)
+        {
+            found = Some((pick, omega));
         }
     }
+    let found = found.map(|f| f.0);
     let Some(choice) = found else {
         return Err(Error::Infeasible {
             budget: "hawq-v1: no bit sequence that is non-increasing in λ/n meets the budgets"
