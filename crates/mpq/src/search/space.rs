@@ -851,13 +851,15 @@ impl<'a> SearchSpace<'a> {
         }
     }
 
-    /// A seeded random plan near the budget: each draw starts from uniformly random widths,
-    /// lowers randomly chosen layers one candidate at a time until every budget holds, then
-    /// raises randomly chosen layers one candidate at a time while every budget still holds,
-    /// until no layer can rise. The first draw whose tightest budget is used to within
-    /// [`RANDOM_NEAR_BUDGET`] is returned; after `max_tries` draws, the draw closest to its
-    /// budget (as close as the candidates allow). Without any budget: uniform over every
-    /// choice.
+    /// A seeded random plan near the budget. First, up to `max_tries` × [`BAND_DRAWS`]
+    /// draws of uniformly random widths: the first that fits every budget and uses its
+    /// tightest to within [`RANDOM_NEAR_BUDGET`] is returned, so every plan of that band is
+    /// equally likely. When the band is too thin for that, each draw starts from uniformly
+    /// random widths, lowers randomly chosen layers one candidate at a time until every
+    /// budget holds, then raises randomly chosen layers one candidate at a time while every
+    /// budget still holds, until no layer can rise: the first draw within the band is
+    /// returned; after `max_tries` draws, the draw closest to its budget (as close as the
+    /// candidates allow). Without any budget: uniform over every choice.
     pub fn random(&self, seed: u64, max_tries: usize) -> Result<QuantPlan> {
         let start = Instant::now();
         self.feasibility().check()?;
@@ -905,6 +907,13 @@ impl<'a> SearchSpace<'a> {
             }
             m
         };
+        for _ in 0..max_tries.max(1).saturating_mul(BAND_DRAWS) {
+            let choice = draw(&mut rng);
+            let totals = self.totals(&choice);
+            if self.fits(&totals) && self.slack(&totals) <= RANDOM_NEAR_BUDGET {
+                return self.plan(&choice, "random", start);
+            }
+        }
         let mut closest: Option<(f64, Vec<usize>)> = None;
         for _ in 0..max_tries.max(1) {
             let mut choice = draw(&mut rng);
@@ -972,6 +981,10 @@ impl<'a> SearchSpace<'a> {
 
 /// How close to its tightest budget a random plan is drawn: within 2%.
 pub(crate) const RANDOM_NEAR_BUDGET: f64 = 0.02;
+
+/// Uniform draws per `max_tries` of [`SearchSpace::random`] before it lowers and raises
+/// draws into the band.
+pub(crate) const BAND_DRAWS: usize = 100;
 
 fn constraints_of(
     layers: &[LayerInfo],

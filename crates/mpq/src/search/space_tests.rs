@@ -294,6 +294,46 @@ fn hawq_v1_bits_follow_the_eigen_order_and_fill_the_budget() {
 }
 
 #[test]
+fn hawq_v1_under_a_bitops_budget_takes_the_activation_width_of_least_omega() {
+    // LeNet-5 with activation traces, weights and activations from {2, 3, 4, 6, 8}, at the
+    // BitOps of uniform W3A3 and W4A4: the plan equals the best of the plans restricted to
+    // one activation width each (brute force over the widths), by Ω.
+    let l = layers("lenet5", [1, 28, 28]);
+    let widths = [2u32, 3, 4, 6, 8];
+    let omega = OmegaTable::new(
+        &l,
+        &sens(&l, true),
+        OmegaConfig {
+            metric: OmegaMetric::Eigen,
+            act_weight: 1.0,
+        },
+    )
+    .unwrap();
+    for wa in [9.0, 16.0] {
+        let macs: f64 = l.iter().map(|x| x.macs as f64).sum();
+        let b = Budget {
+            max_bops_g: Some(macs * wa / 1e9),
+            ..Budget::default()
+        };
+        let opts = SearchOptions::default();
+        let run = |a: &[u32]| {
+            let s = space(&l, &cands(&widths, a), &b, None, &opts, OmegaMetric::Eigen, true);
+            hawq_v1(&s, &omega).ok()
+        };
+        let p = run(&widths).unwrap();
+        let best = (widths.iter())
+            .filter_map(|&a| run(&[a]))
+            .min_by(|x, y| x.omega.unwrap().total_cmp(&y.omega.unwrap()))
+            .unwrap();
+        assert_eq!(p.omega, best.omega, "W·A {wa}");
+        let a = p.layers[0].a_bits;
+        assert!(p.layers.iter().all(|x| x.a_bits == a));
+        // Not the largest admissible width with every weight at 2 bits.
+        assert!(p.layers.iter().any(|x| x.w_bits > 2), "W·A {wa}: {p:?}");
+    }
+}
+
+#[test]
 fn ilp_meets_latency_and_energy_on_bitfusion() {
     let l = layers("resnet20", [3, 32, 32]);
     let hw = HardwareModel::from_reference("bitfusion").unwrap();
@@ -527,4 +567,56 @@ fn random_plans_land_within_two_percent_of_the_budget() {
     }
     // LeNet-5 has few near-budget plans (fc1 holds most weights): still several.
     assert!(distinct.len() >= 4, "{distinct:?}");
+}
+
+#[test]
+fn random_plans_are_uniform_over_the_plans_within_two_percent_of_the_budget() {
+    // LeNet-5 at 3 average weight bits, 8-bit activations: enumerate every plan of the
+    // 6^5 whose cost lies in [0.98·3, 3]; over 4,000 seeds the sampler hits each of them,
+    // each about equally often (a chi-square test against the uniform distribution).
+    let l = layers("lenet5", [1, 28, 28]);
+    let w = [2u32, 3, 4, 5, 6, 8];
+    let c = cands(&w, &[8]);
+    let n: f64 = l.iter().map(|x| x.params as f64).sum();
+    let s = SearchSpace::new(
+        &l,
+        &c,
+        &Budget::avg_bits(3.0),
+        None,
+        &SearchOptions::default(),
+    )
+    .unwrap();
+    let mut band = std::collections::BTreeMap::new();
+    for k in 0..w.len().pow(5) {
+        let bits: Vec<u32> = (0..5).map(|i| w[k / w.len().pow(i) % w.len()]).collect();
+        let avg: f64 = l
+            .iter()
+            .zip(&bits)
+            .map(|(x, &b)| x.params as f64 * b as f64)
+            .sum::<f64>()
+            / n;
+        if (0.98 * 3.0..=3.0 + 1e-12).contains(&avg) {
+            band.insert(bits, 0usize);
+        }
+    }
+    let draws = 4000;
+    for seed in 0..draws {
+        let p = s.random(seed, 1000).unwrap();
+        let bits: Vec<u32> = p.layers.iter().map(|x| x.w_bits).collect();
+        *band
+            .get_mut(&bits)
+            .unwrap_or_else(|| panic!("{bits:?} outside the band")) += 1;
+    }
+    let expected = draws as f64 / band.len() as f64;
+    let chi2: f64 = band
+        .values()
+        .map(|&o| (o as f64 - expected).powi(2) / expected)
+        .sum();
+    // df = |band| − 1 ≈ 110: the 99.9th percentile of chi-square is about df + 3.1·√(2·df).
+    let df = (band.len() - 1) as f64;
+    assert!(band.values().all(|&o| o > 0), "{band:?}");
+    assert!(
+        chi2 < df + 3.1 * (2.0 * df).sqrt(),
+        "chi2 {chi2} with {df} df"
+    );
 }
