@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod compare;
 pub mod cost;
 pub mod data;
 mod error;

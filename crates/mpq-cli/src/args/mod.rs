@@ -4,6 +4,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod analyze;
+pub(crate) mod compare;
 pub(crate) mod model;
 pub(crate) mod quantize;
 pub(crate) mod runs;
@@ -66,6 +67,8 @@ pub(crate) enum Command {
     Quickstart(QuickstartArgs),
     /// HTML report (inline SVG plots) of a run folder: writes DIR/report.html.
     Report(ReportArgs),
+    /// Does mixed precision pay? Methods against uniform and random plans, with error bars.
+    Compare(Box<compare::CompareArgs>),
     /// Warm timings of fixed forward/backward/HVP workloads (ResNet-20, LeNet-5, MobileNetV2).
     Bench(BenchArgs),
 }

@@ -48,7 +48,7 @@ mod tests {
                 seed: 3,
             };
             let (_, train, stages) = stages(&req).unwrap();
-            assert!(train.is_some() && stages.len() == 20);
+            assert!(train.is_some() && stages.len() == 21);
             for stage in train.iter().chain(&stages) {
                 let cli = Cli::try_parse_from(&stage.command)
                     .unwrap_or_else(|e| panic!("{:?}: {e}", stage.command));
@@ -62,6 +62,9 @@ mod tests {
                         a.request(seed).unwrap() == **r
                     }
                     (Command::Quantize(a), StageRequest::Quantize(r)) => a.request(seed) == *r,
+                    (Command::Compare(a), StageRequest::Compare(r)) => {
+                        a.request(seed).unwrap() == **r
+                    }
                     _ => false,
                 };
                 assert!(

@@ -2,8 +2,7 @@
 //! or its per-layer table.
 
 use mpq::pipeline::{
-    AgentOptions, BudgetSpec, HaqOptions, Method, MethodKind, OmegaOptions, SearchRequest,
-    UniformReference,
+    AgentOptions, BudgetSpec, Method, OmegaOptions, SearchRequest, UniformReference,
 };
 use mpq::search::{Budget, Feasibility, Pin, Policy};
 use serde::Serialize;
@@ -53,25 +52,9 @@ impl SearchArgs {
             updates_per_step,
             reward_scale
         );
-        match self.method {
-            MethodKind::Random => Method::Random {
-                max_tries: self.max_tries,
-            },
-            MethodKind::HawqV1 => Method::HawqV1,
-            MethodKind::Pareto => Method::Pareto,
-            MethodKind::Ilp => Method::Ilp,
-            MethodKind::Limpq => Method::Limpq { alpha: self.alpha },
-            MethodKind::Haq => Method::Haq(HaqOptions {
-                agent,
-                weight_quantizer: a.weight_quantizer,
-                state_flags: a.state_flags,
-            }),
-            MethodKind::CwHawq => Method::CwHawq(agent),
-            MethodKind::CwIlp => Method::CwIlp {
-                ratio_grid: self.ratio_grid,
-            },
-            _ => Method::Uniform,
-        }
+        let haq = (a.weight_quantizer, a.state_flags);
+        let extra = (self.alpha, self.max_tries, self.ratio_grid);
+        super::method(self.method, agent, haq, extra)
     }
 
     pub(crate) fn request(&self, seed: u64) -> mpq::Result<SearchRequest> {

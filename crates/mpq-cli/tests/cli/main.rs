@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod bench;
+mod compare;
 mod cw_hawq;
 mod formats;
 mod haq;

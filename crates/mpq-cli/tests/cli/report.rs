@@ -75,6 +75,34 @@ fn build_run(dir: &Path) -> Vec<&'static str> {
         let files: [&str; 4] = ["model.safetensors", &out, SYNTH, &q];
         quantize_json(dir, files, &["--finetune-epochs", "1"]);
     }
+    // The comparison at the same budget (one fine-tuning seed).
+    let compare = [
+        "compare",
+        "--model",
+        "model.safetensors",
+        "--data",
+        SYNTH,
+        "--methods",
+        "uniform,random,ilp",
+        "--sensitivity",
+        "sensitivity.json",
+        "--avg-bits",
+        "4",
+        "--a-bits",
+        "8",
+        "--random-plans",
+        "3",
+        "--seeds",
+        "1",
+        "--lr",
+        "0.01",
+        "--resamples",
+        "200",
+        "--out",
+        "compare",
+        "--quiet",
+    ];
+    expect_ok(dir, &compare);
     methods.to_vec()
 }
 

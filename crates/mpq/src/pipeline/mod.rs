@@ -29,6 +29,7 @@
 //! ```
 
 mod analyze;
+mod compare;
 mod eval;
 mod hw;
 mod names;
@@ -41,6 +42,7 @@ pub mod stages;
 mod train;
 
 pub use analyze::{ACT_ERROR_BITS, Analysis, AnalyzeOutcome, AnalyzeRequest, Split, analyze};
+pub use compare::{CompareOutcome, CompareRequest, compare};
 pub use eval::{EvalOutcome, EvalRequest, eval};
 pub use hw::{HwOutcome, HwRequest, hw};
 pub use quantize::{

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{
-    AgentOptions, Analysis, AnalyzeRequest, BudgetSpec, FinetuneOptions, HaqOptions, Method,
-    ModelSource, QuantizeRequest, SearchRequest, Split, TrainFrom, TrainRequest,
+    AgentOptions, Analysis, AnalyzeRequest, BudgetSpec, CompareRequest, FinetuneOptions,
+    HaqOptions, Method, ModelSource, QuantizeRequest, SearchRequest, Split, TrainFrom,
+    TrainRequest,
 };
 use crate::QuantPlan;
 use crate::Result;
@@ -57,15 +58,19 @@ pub enum StageRequest {
     Search(Box<SearchRequest>),
     /// `mpq quantize`.
     Quantize(QuantizeRequest),
+    /// `mpq compare`.
+    Compare(Box<CompareRequest>),
 }
 
 impl StageRequest {
-    /// 0 for the analyses, 1 for the searches, 2 for quantization (the training comes first).
+    /// 0 for the analyses, 1 for the searches, 2 for quantization, 3 for the comparison
+    /// (the training comes first).
     fn phase(&self) -> usize {
         match self {
             StageRequest::Train(_) | StageRequest::Analyze(_) => 0,
             StageRequest::Search(_) => 1,
             StageRequest::Quantize(_) => 2,
+            StageRequest::Compare(_) => 3,
         }
     }
 }
@@ -104,6 +109,8 @@ struct Lengths {
     limpq_fraction: Option<f64>,
     episodes: usize,
     finetune_epochs: usize,
+    /// The comparison's methods, random plans and fine-tuning seeds.
+    compare: (&'static str, usize, usize),
 }
 
 impl Lengths {
@@ -118,6 +125,7 @@ impl Lengths {
                 limpq_fraction: Some(0.25),
                 episodes: 12,
                 finetune_epochs: 1,
+                compare: ("uniform,random,ilp", 8, 2),
             }
         } else {
             Lengths {
@@ -129,6 +137,7 @@ impl Lengths {
                 limpq_fraction: None,
                 episodes: 100,
                 finetune_epochs: 1,
+                compare: ("uniform,random,hawq-v1,pareto,ilp,limpq", 20, 3),
             }
         }
     }
@@ -415,6 +424,56 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
             }),
         });
     }
+    // The comparison with error bars, at the quickstart's budget.
+    let (methods, random_plans, seeds) = len.compare;
+    let out = paths.file("compare");
+    let cmd = Cmd::new(
+        seed,
+        &["compare", "--model", &model_arg, "--data", "mnist10k"],
+    )
+    .add(&["--sensitivity", &s_arg, "--indicators", &path(&indicators)])
+    .add(&["--methods", methods, "--avg-bits", "3", "--a-bits", "4"])
+    .add(&["--random-plans", &random_plans.to_string()])
+    .add(&["--seeds", &seeds.to_string(), "--out", &path(&out)]);
+    let mut template = SearchRequest::new(source.clone(), Method::Uniform);
+    (template.a_bits, template.seed) = (Some(vec![4]), seed);
+    let methods = (methods.split(','))
+        .map(|m| match m {
+            "uniform" => Method::Uniform,
+            "random" => Method::Random { max_tries: 1_000 },
+            "hawq-v1" => Method::HawqV1,
+            "pareto" => Method::Pareto,
+            "limpq" => Method::limpq(),
+            _ => Method::Ilp,
+        })
+        .collect();
+    stages.push(Stage {
+        method: None,
+        command: cmd.0,
+        request: StageRequest::Compare(Box::new(CompareRequest {
+            template,
+            data: "mnist10k".into(),
+            methods,
+            budgets: vec![BudgetSpec {
+                limits: Budget::avg_bits(3.0),
+                bops_as: None,
+            }],
+            plans: Vec::new(),
+            sensitivity: Some(sens.clone()),
+            indicators: Some(indicators.clone()),
+            random_plans,
+            seeds,
+            finetune: FinetuneOptions {
+                epochs: 1,
+                all_at_once: true,
+                ..FinetuneOptions::default()
+            },
+            calibration: CalibrationConfig::default(),
+            resamples: 2000,
+            seed,
+            out,
+        })),
+    });
     let settings = RunSettings {
         budget: Some(RunBudget {
             a_bits: 4,
@@ -436,6 +495,30 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
         train_epochs: Some(len.epochs),
     };
     Ok((settings, train, stages))
+}
+
+/// The comparison's verdicts in one line.
+fn compare_line(dir: &Path, secs: f64) -> String {
+    let file = RunPaths::new(dir).file("compare").join("compare.json");
+    match crate::compare::CompareFile::load(&file) {
+        Ok(f) => {
+            let mut parts = Vec::new();
+            for b in &f.budgets {
+                for r in &b.rows {
+                    if let Some(v) = &r.verdict {
+                        parts.push(format!("{} {}", r.name, v.headline()));
+                    }
+                }
+            }
+            format!(
+                "against uniform {}: {} ({}, {secs:.1} s)",
+                f.budgets.first().map_or(String::new(), |b| b.label.clone()),
+                parts.join(", "),
+                path(&file.with_file_name("compare.md"))
+            )
+        }
+        Err(e) => format!("{e}"),
+    }
 }
 
 /// Forwards progress bars and drops the stages' own status lines.
@@ -463,6 +546,7 @@ fn run_stage(stage: &Stage, progress: &mut dyn Progress) -> Result<()> {
         StageRequest::Analyze(r) => super::analyze(r, bars).map(drop),
         StageRequest::Search(r) => super::search(r, bars).map(drop),
         StageRequest::Quantize(r) => super::quantize(r, bars).map(drop),
+        StageRequest::Compare(r) => super::compare(r, bars).map(drop),
     }
     .map_err(|e| crate::Error::Context {
         context: format!("quickstart stage `{}`", shell_join(&stage.command)),
@@ -498,7 +582,7 @@ pub fn run_all(req: &RunAllRequest, progress: &mut dyn Progress) -> Result<RunAl
     let mut step = 0;
     let mut done = |progress: &mut dyn Progress, label: &str, result: String| {
         step += 1;
-        progress.note(&format!("[{step}/6] {label}: {result}"));
+        progress.note(&format!("[{step}/7] {label}: {result}"));
     };
 
     // 1. The model.
@@ -536,7 +620,7 @@ pub fn run_all(req: &RunAllRequest, progress: &mut dyn Progress) -> Result<RunAl
 
     // 2.–4. Analysis, search, quantization.
     settings.save(paths.file("settings.json"))?;
-    for (phase, label) in ["Hessian analysis", "search", "quantize"]
+    for (phase, label) in ["Hessian analysis", "search", "quantize", "compare"]
         .into_iter()
         .enumerate()
     {
@@ -562,12 +646,13 @@ pub fn run_all(req: &RunAllRequest, progress: &mut dyn Progress) -> Result<RunAl
                 methods.len(),
                 methods.join(", ")
             ),
-            _ => format!(
+            "quantize" => format!(
                 "{} packed models, each fine-tuned {} epoch and reloaded bit-identically \
                  ({secs:.1} s)",
                 methods.len(),
                 settings.finetune_epochs.unwrap_or(0)
             ),
+            _ => compare_line(dir, secs),
         };
         done(progress, label, result);
     }

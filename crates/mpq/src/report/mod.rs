@@ -10,6 +10,7 @@
 
 mod bitmap;
 mod charts;
+mod compare;
 mod results;
 mod run;
 pub mod svg;
@@ -20,6 +21,7 @@ pub use charts::{
     Episode, PlanPoint, activation_chart, density_chart, learning_curve, pareto_chart,
     sensitivity_chart,
 };
+pub use compare::{compare_charts, compare_table};
 pub use results::{HARDWARE, report_rows, result_rows, results_html, si, sig4};
 pub use run::{METHOD_ORDER, MethodRun, RunFolder, method_rank};
 
@@ -80,7 +82,9 @@ pub fn render(dir: &Path) -> Result<ReportOutcome> {
 }
 
 /// The report's plots, by section id (`DIR/report-<id>.svg`).
-pub const PLOTS: [&str; 7] = [
+pub const PLOTS: [&str; 9] = [
+    "compare-finetuned",
+    "compare-ptq",
     "sensitivity",
     "activations",
     "pareto",
@@ -278,6 +282,35 @@ pub fn report_html(run: &RunFolder) -> Result<Report> {
         ),
         (!rows.is_empty()).then(|| results_html(&rows)),
         "no plans and no FP model",
+    ));
+    let charts = run.compare.as_ref().map(compare_charts).unwrap_or_default();
+    let chart = |stage: &str| {
+        (charts.iter())
+            .find(|(id, _)| id.ends_with(stage))
+            .map(|(_, svg)| svg.clone())
+    };
+    let caption = "From compare/compare.json (mpq compare): every plan at its real cost with \
+         its 95% interval (test-set bootstrap, widened by the spread over fine-tuning seeds), \
+         against uniform precision (squares, dashed) and random plans of the same budget \
+         (grey). The table's verdict compares each plan with the uniform plan of the highest \
+         cost within the budget; compare/compare.md has every number.";
+    let missing = "no compare/compare.json (run mpq compare --out DIR/compare)";
+    html.push_str(&section(
+        "compare-finetuned",
+        "Does mixed precision pay? After fine-tuning",
+        caption,
+        plot("compare-finetuned", chart("finetuned")).map(|svg| {
+            let table = run.compare.as_ref().map(compare_table).unwrap_or_default();
+            format!("{svg}{table}")
+        }),
+        missing,
+    ));
+    html.push_str(&section(
+        "compare-ptq",
+        "Does mixed precision pay? After post-training quantization",
+        "The same plans before fine-tuning; grey dots are every random plan of each budget.",
+        plot("compare-ptq", chart("ptq")),
+        missing,
     ));
     html.push_str(r#"<div class="grid">"#);
     html.push_str(&section(

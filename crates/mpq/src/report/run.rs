@@ -45,6 +45,8 @@ pub struct RunFolder {
     pub methods: Vec<MethodRun>,
     /// `plans/pareto.frontier.json`.
     pub frontier: Option<FrontierFile>,
+    /// `compare/compare.json`: the comparison with error bars (`mpq compare`).
+    pub compare: Option<crate::compare::CompareFile>,
     /// What the run lacks (relative paths, with what it would have shown).
     pub missing: Vec<String>,
     /// Files that exist but could not be read (`path: reason`).
@@ -84,6 +86,7 @@ impl RunFolder {
             summary: None,
             methods: Vec::new(),
             frontier: None,
+            compare: None,
             missing: Vec::new(),
             unreadable: Vec::new(),
         };
@@ -101,6 +104,11 @@ impl RunFolder {
             &mut found,
         );
         run.load_plans(&mut found);
+        run.compare = run.file(
+            "compare/compare.json",
+            "the comparison with uniform and random plans, with error bars",
+            &mut found,
+        );
         if found == 0 && run.unreadable.is_empty() {
             return Err(Error::config(
                 "run",

@@ -8,10 +8,11 @@ mod optim;
 mod schedule;
 mod trainer;
 
-pub use lr_range::{LrLevel, LrRangeConfig, LrRangeResult, lr_range_test};
+pub use lr_range::{LrLevel, LrRangeConfig, LrRangeResult, lr_range_test, unstable};
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
 pub use schedule::Schedule;
 pub(crate) use trainer::validate_loss_and_momentum;
 pub use trainer::{
-    EpochStats, EvalStats, TrainConfig, TrainReport, cross_entropy, evaluate, train, train_with,
+    EpochStats, EvalStats, SampleResults, TrainConfig, TrainReport, cross_entropy, evaluate,
+    evaluate_samples, train, train_with,
 };

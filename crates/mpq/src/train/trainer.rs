@@ -168,6 +168,40 @@ pub fn evaluate(
     batch_size: usize,
     hooks: &mut dyn Hooks,
 ) -> Result<EvalStats> {
+    Ok(evaluate_samples(graph, ds, norm, batch_size, hooks)?.stats())
+}
+
+/// Per-sample results of an evaluation: whether each sample's arg-max logit is its label,
+/// and the mean loss. Paired comparisons and bootstrap intervals of the accuracy need the
+/// samples, not just the fraction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleResults {
+    /// One entry per sample of the data set, in its order.
+    pub correct: Vec<bool>,
+    /// Mean cross-entropy.
+    pub loss: f64,
+}
+
+impl SampleResults {
+    /// Accuracy, loss and samples.
+    pub fn stats(&self) -> EvalStats {
+        let hits = self.correct.iter().filter(|&&c| c).count();
+        EvalStats {
+            accuracy: hits as f64 / self.correct.len().max(1) as f64,
+            loss: self.loss,
+            samples: self.correct.len(),
+        }
+    }
+}
+
+/// [`evaluate`], sample by sample.
+pub fn evaluate_samples(
+    graph: &Graph,
+    ds: &Dataset,
+    norm: &Normalization,
+    batch_size: usize,
+    hooks: &mut dyn Hooks,
+) -> Result<SampleResults> {
     if ds.is_empty() {
         return Err(Error::config("data", "the evaluation set is empty"));
     }
@@ -178,14 +212,19 @@ pub fn evaluate(
         drop_last: false,
         seed: 0,
     };
-    let (mut loss_sum, mut hits) = (0.0f64, 0usize);
+    let mut loss_sum = 0.0f64;
+    let mut correct = Vec::with_capacity(ds.len());
     for batch in data::batches(ds, norm, &cfg, 0, graph.device()) {
         let batch = batch?;
         let n = batch.y.dims1()?;
         let logits = graph.forward_with(&batch.x, &mut ForwardOptions::new(Mode::Eval, hooks))?;
         let loss = cross_entropy(&logits, &batch.y, 0.0)?.to_scalar::<f32>()? as f64;
         loss_sum += loss * n as f64;
-        hits += correct(&logits, &batch.y)?;
+        let hit = logits
+            .argmax(D::Minus1)?
+            .eq(&batch.y)?
+            .to_dtype(DType::U8)?;
+        correct.extend(hit.to_vec1::<u8>()?.into_iter().map(|h| h != 0));
     }
     let loss = loss_sum / ds.len() as f64;
     if !loss.is_finite() {
@@ -193,11 +232,7 @@ pub fn evaluate(
             "evaluation loss (check the model weights and data)".into(),
         ));
     }
-    Ok(EvalStats {
-        accuracy: hits as f64 / ds.len() as f64,
-        loss,
-        samples: ds.len(),
-    })
+    Ok(SampleResults { correct, loss })
 }
 
 /// Trains `graph` on `train_set` (evaluating on `test_set` after each epoch if given).

@@ -1,5 +1,6 @@
 //! Integration tests of the `mpq` library: one binary (style guide §8.6).
 
+mod compare;
 mod export;
 mod files;
 mod formats;
