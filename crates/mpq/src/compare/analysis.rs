@@ -5,7 +5,7 @@
 
 use super::{
     Axis, BETTER, BudgetResult, CompareFile, Correlation, FinetuneCell, FinetuneEstimate, Interval,
-    PlanCell, RandomPoint, Row, RowKind, UniformPoint, Verdict, WITHIN_NOISE, WORSE,
+    PlanCell, RandomPoint, Row, RowKind, Setup, UniformPoint, Verdict, WITHIN_NOISE, WORSE,
 };
 use crate::Result;
 use crate::stats::{bootstrap_interval, mean_sd, spearman, spearman_interval};
@@ -39,24 +39,8 @@ pub struct BudgetInput {
 /// Everything [`analyse`] reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompareInput {
-    /// The model reference.
-    pub model: String,
-    /// Its architecture.
-    pub arch: String,
-    /// The data reference.
-    pub data: String,
-    /// The float model's test accuracy.
-    pub fp32_accuracy: f64,
-    /// The float model's test loss.
-    pub fp32_loss: f64,
-    /// Fine-tuning seeds per plan.
-    pub seeds: usize,
-    /// Fine-tuning epochs.
-    pub finetune_epochs: usize,
-    /// Random plans per budget.
-    pub random_plans: usize,
-    /// Bootstrap resamples.
-    pub resamples: usize,
+    /// The model, the data and how plans were measured.
+    pub setup: Setup,
     /// Seed of the bootstrap.
     pub seed: u64,
     /// The budgets.
@@ -255,8 +239,8 @@ fn row(
         costs: p.cell.costs,
         cost: p.cell.costs.map(|c| c.on(axis)).filter(|c| c.is_finite()),
         omega: p.cell.omega,
-        ptq: s.map(|s| interval(&as_f64(&s.ptq), input.resamples, seed)),
-        finetuned: s.and_then(|s| finetune_estimate(s, input.resamples, seed)),
+        ptq: s.map(|s| interval(&as_f64(&s.ptq), input.setup.resamples, seed)),
+        finetuned: s.and_then(|s| finetune_estimate(s, input.setup.resamples, seed)),
         verdict: None,
         beats_random: None,
         error: p.cell.error.clone(),
@@ -265,7 +249,7 @@ fn row(
 
 /// The comparison of the measured cells of `input`.
 pub fn analyse(input: &CompareInput) -> Result<CompareFile> {
-    let (resamples, seed) = (input.resamples, input.seed);
+    let (resamples, seed) = (input.setup.resamples, input.seed);
     let mut uniform = Vec::new();
     for u in &input.uniform {
         if let Some(s) = Samples::of(u)? {
@@ -317,7 +301,7 @@ pub fn analyse(input: &CompareInput) -> Result<CompareFile> {
                     omega: p.cell.omega,
                     ptq_accuracy: mean(&as_f64(&s.ptq)),
                     loss_increase: p.cell.ptq.as_ref().map_or(f64::NAN, |x| x.loss)
-                        - input.fp32_loss,
+                        - input.setup.fp32_loss,
                     finetuned_accuracy: (!s.accuracies.is_empty()).then(|| s.accuracies[0]),
                 })
                 .collect();
@@ -382,16 +366,8 @@ pub fn analyse(input: &CompareInput) -> Result<CompareFile> {
         })
         .unwrap_or(0);
     Ok(CompareFile {
-        model: input.model.clone(),
-        arch: input.arch.clone(),
-        data: input.data.clone(),
+        setup: input.setup.clone(),
         test_samples,
-        fp32_accuracy: input.fp32_accuracy,
-        fp32_loss: input.fp32_loss,
-        seeds: input.seeds,
-        finetune_epochs: input.finetune_epochs,
-        random_plans: input.random_plans,
-        resamples,
         budgets,
         uniform: points,
     })
@@ -406,7 +382,7 @@ fn random_row(
     reference: &Option<(String, &Samples)>,
     input: &CompareInput,
 ) -> Row {
-    let (resamples, seed) = (input.resamples, input.seed);
+    let (resamples, seed) = (input.setup.resamples, input.seed);
     let mut accs: Vec<f64> = random.iter().map(|(_, s)| mean(&as_f64(&s.ptq))).collect();
     accs.sort_by(f64::total_cmp);
     let pct = |q: f64| accs[((q * (accs.len() - 1) as f64).round() as usize).min(accs.len() - 1)];
@@ -553,15 +529,17 @@ mod tests {
 
     fn input(methods: Vec<MeasuredPlan>, uniform: Vec<MeasuredPlan>) -> CompareInput {
         CompareInput {
-            model: "m".into(),
-            arch: "a".into(),
-            data: "d".into(),
-            fp32_accuracy: 0.99,
-            fp32_loss: 0.0,
-            seeds: 2,
-            finetune_epochs: 1,
-            random_plans: 0,
-            resamples: 1000,
+            setup: Setup {
+                model: "m".into(),
+                arch: "a".into(),
+                data: "d".into(),
+                fp32_accuracy: 0.99,
+                fp32_loss: 0.0,
+                seeds: 2,
+                finetune_epochs: 1,
+                random_plans: 0,
+                resamples: 1000,
+            },
             seed: 1,
             budgets: vec![BudgetInput {
                 key: "avg-bits-3".into(),

@@ -86,7 +86,7 @@ fn budget(out: &mut String, b: &BudgetResult, f: &CompareFile) {
         "avg W bits",
         "Ω",
         "PTQ % [95%]",
-        if f.seeds > 0 {
+        if f.setup.seeds > 0 {
             "fine-tuned % mean ± sd [95%]"
         } else {
             "fine-tuned %"
@@ -169,7 +169,7 @@ pub fn markdown(f: &CompareFile) -> String {
     let _ = writeln!(
         out,
         "# Does mixed precision pay? {} on {}\n",
-        f.arch, f.data
+        f.setup.arch, f.setup.data
     );
     let _ = writeln!(
         out,
@@ -177,19 +177,19 @@ pub fn markdown(f: &CompareFile) -> String {
          budget. Intervals are 95%: a seeded bootstrap of the test set ({} resamples, paired \
          between plans), widened by the spread over fine-tuning seeds. A verdict compares a \
          plan with the uniform plan of the highest cost within the same budget.",
-        f.model,
-        pct(f.fp32_accuracy),
+        f.setup.model,
+        pct(f.setup.fp32_accuracy),
         f.test_samples,
-        if f.seeds == 0 {
+        if f.setup.seeds == 0 {
             "Post-training quantization only".to_string()
         } else {
             format!(
                 "Each plan fine-tuned {} epoch(s) with {} seed(s)",
-                f.finetune_epochs, f.seeds
+                f.setup.finetune_epochs, f.setup.seeds
             )
         },
-        f.random_plans,
-        f.resamples
+        f.setup.random_plans,
+        f.setup.resamples
     );
     for b in &f.budgets {
         budget(&mut out, b, f);

@@ -375,17 +375,15 @@ pub struct UniformPoint {
     pub finetuned: Option<FinetuneEstimate>,
 }
 
-/// The comparison (`DIR/compare.json`, format `mpq.compare`).
+/// What a comparison measured against: the model, the data and how plans were measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CompareFile {
+pub struct Setup {
     /// The model reference.
     pub model: String,
     /// Its architecture.
     pub arch: String,
     /// The data reference.
     pub data: String,
-    /// Test samples of every accuracy.
-    pub test_samples: usize,
     /// The float model's test accuracy.
     pub fp32_accuracy: f64,
     /// The float model's test loss.
@@ -398,6 +396,16 @@ pub struct CompareFile {
     pub random_plans: usize,
     /// Bootstrap resamples of every interval.
     pub resamples: usize,
+}
+
+/// The comparison (`DIR/compare.json`, format `mpq.compare`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareFile {
+    /// The model, the data and how plans were measured.
+    #[serde(flatten)]
+    pub setup: Setup,
+    /// Test samples of every accuracy.
+    pub test_samples: usize,
     /// The budgets.
     pub budgets: Vec<BudgetResult>,
     /// Every uniform plan measured, by axis order of cost.

@@ -40,7 +40,7 @@ pub fn compare_charts(f: &CompareFile) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for axis in axes {
         for tuned in [false, true] {
-            if tuned && f.seeds == 0 {
+            if tuned && f.setup.seeds == 0 {
                 continue;
             }
             if let Some(svg) = chart(f, axis, tuned) {
@@ -123,7 +123,7 @@ fn chart(f: &CompareFile, axis: Axis, tuned: bool) -> Option<String> {
     let mut ys = ends.clone();
     ys.extend(random.iter().map(|r| r.1.max(floor)));
     let stage = if tuned {
-        format!("fine-tuned, {} seed(s)", f.seeds)
+        format!("fine-tuned, {} seed(s)", f.setup.seeds)
     } else {
         "post-training".to_string()
     };
@@ -134,7 +134,11 @@ fn chart(f: &CompareFile, axis: Axis, tuned: bool) -> Option<String> {
         },
         Scale::fit(&xs, false, false),
         Scale::fit(&ys, false, false),
-        &format!("{}: accuracy against {} ({stage})", f.arch, axis.label()),
+        &format!(
+            "{}: accuracy against {} ({stage})",
+            f.setup.arch,
+            axis.label()
+        ),
     );
     p.axes(axis.label(), "test accuracy (%), 95% interval", true);
     let mut body = String::new();
@@ -267,16 +271,18 @@ mod tests {
             ..Costs::default()
         };
         let f = CompareFile {
-            model: "m".into(),
-            arch: "lenet5".into(),
-            data: "d".into(),
+            setup: crate::compare::Setup {
+                model: "m".into(),
+                arch: "lenet5".into(),
+                data: "d".into(),
+                fp32_accuracy: 0.99,
+                fp32_loss: 0.1,
+                seeds: 0,
+                finetune_epochs: 0,
+                random_plans: 0,
+                resamples: 100,
+            },
             test_samples: 100,
-            fp32_accuracy: 0.99,
-            fp32_loss: 0.1,
-            seeds: 0,
-            finetune_epochs: 0,
-            random_plans: 0,
-            resamples: 100,
             budgets: vec![BudgetResult {
                 key: "avg-bits-3".into(),
                 label: "--avg-bits 3".into(),

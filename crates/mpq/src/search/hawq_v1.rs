@@ -192,7 +192,9 @@ pub fn hawq_v1(space: &SearchSpace, omega: &OmegaTable) -> Result<QuantPlan> {
         let mut used = used0.clone();
         e.dfs(0, usize::MAX, size0, omega0, &mut used);
         if let Some((pick, _, omega)) = e.best
-            && found.as_ref().is_none_or(|f: &(Vec<usize>, f64)| omega < f.1)
+            && found
+                .as_ref()
+                .is_none_or(|f: &(Vec<usize>, f64)| omega < f.1)
         {
             found = Some((pick, omega));
         }

@@ -317,7 +317,15 @@ fn hawq_v1_under_a_bitops_budget_takes_the_activation_width_of_least_omega() {
         };
         let opts = SearchOptions::default();
         let run = |a: &[u32]| {
-            let s = space(&l, &cands(&widths, a), &b, None, &opts, OmegaMetric::Eigen, true);
+            let s = space(
+                &l,
+                &cands(&widths, a),
+                &b,
+                None,
+                &opts,
+                OmegaMetric::Eigen,
+                true,
+            );
             hawq_v1(&s, &omega).ok()
         };
         let p = run(&widths).unwrap();

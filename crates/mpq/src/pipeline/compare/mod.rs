@@ -21,7 +21,7 @@ use self::measure::Bench;
 use super::{
     Analysis, AnalyzeRequest, BudgetSpec, FinetuneOptions, Method, MethodKind, SearchRequest,
 };
-use crate::compare::{Axis, BudgetInput, CompareFile, CompareInput, analyse};
+use crate::compare::{Axis, BudgetInput, CompareFile, CompareInput, Setup, analyse};
 use crate::cost::{CostTable, HardwareModel};
 use crate::io::Versioned;
 use crate::plan::{BitWidth, QuantPlan};
@@ -167,8 +167,8 @@ fn budget_axis(b: &BudgetSpec) -> Result<(Axis, Option<f64>)> {
     Ok(found[0])
 }
 
-/// A budget's folder name and its flags as a user writes them.
-fn budget_names(b: &BudgetSpec, a_bits: Option<&[BitWidth]>) -> Result<(String, String)> {
+/// A budget's folder name and its flags as a user writes them (with the candidate widths).
+fn budget_names(b: &BudgetSpec, t: &SearchRequest) -> Result<(String, String)> {
     let (axis, v) = budget_axis(b)?;
     let num = |v: f64| format!("{v}");
     let (key, mut label) = match (axis, v, b.bops_as) {
@@ -197,9 +197,21 @@ fn budget_names(b: &BudgetSpec, a_bits: Option<&[BitWidth]>) -> Result<(String, 
         ),
         _ => return Err(Error::Usage("a budget without a limit".into())),
     };
-    if let Some(a) = a_bits {
-        let a: Vec<String> = a.iter().map(|b| b.to_string()).collect();
-        label.push_str(&format!(" --a-bits {}", a.join(",")));
+    let list = |v: &[BitWidth]| {
+        v.iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if let Some(w) = &t.w_bits {
+        label.push_str(&format!(" --w-bits {}", list(w)));
+    }
+    if let Some(a) = &t.a_bits {
+        label.push_str(&format!(" --a-bits {}", list(a)));
+    }
+    if let Some(f) = &t.formats {
+        let f: Vec<String> = f.iter().map(|(w, a)| format!("{w}/{a}")).collect();
+        label.push_str(&format!(" --formats {}", f.join(",")));
     }
     Ok((key, label))
 }
@@ -335,7 +347,7 @@ pub fn compare(req: &CompareRequest, progress: &mut dyn Progress) -> Result<Comp
     let mut uniform_method: Vec<(usize, usize, (BitWidth, BitWidth))> = Vec::new();
     for (bi, b) in req.budgets.iter().enumerate() {
         let (axis, _) = budget_axis(b)?;
-        let (key, label) = budget_names(b, t.a_bits.as_deref())?;
+        let (key, label) = budget_names(b, t)?;
         let limit = budget_limit(&bench, b, &t.pins)?;
         let mut methods = Vec::new();
         let mut random = Vec::new();
@@ -404,23 +416,25 @@ pub fn compare(req: &CompareRequest, progress: &mut dyn Progress) -> Result<Comp
     }
 
     let input = CompareInput {
-        model: t.model.reference.clone(),
-        arch: model.meta.arch.clone(),
-        data: req.data.clone(),
-        fp32_accuracy: fp.accuracy,
-        fp32_loss: fp.loss,
-        seeds: req.seeds,
-        finetune_epochs: if req.seeds > 0 {
-            req.finetune.epochs
-        } else {
-            0
+        setup: Setup {
+            model: t.model.reference.clone(),
+            arch: model.meta.arch.clone(),
+            data: req.data.clone(),
+            fp32_accuracy: fp.accuracy,
+            fp32_loss: fp.loss,
+            seeds: req.seeds,
+            finetune_epochs: if req.seeds > 0 {
+                req.finetune.epochs
+            } else {
+                0
+            },
+            random_plans: if needs(&[K::Random]) {
+                req.random_plans
+            } else {
+                0
+            },
+            resamples: req.resamples,
         },
-        random_plans: if needs(&[K::Random]) {
-            req.random_plans
-        } else {
-            0
-        },
-        resamples: req.resamples,
         seed: req.seed,
         budgets,
         uniform,
@@ -515,15 +529,7 @@ fn search_request(
             .and_then(|a| a.iter().max())
             .map(|&a| vec![a]);
     }
-    if !matches!(
-        m.kind(),
-        MethodKind::Uniform
-            | MethodKind::Random
-            | MethodKind::HawqV1
-            | MethodKind::Pareto
-            | MethodKind::Ilp
-            | MethodKind::Limpq
-    ) {
+    if !m.takes_formats() {
         s.formats = None;
     }
     s

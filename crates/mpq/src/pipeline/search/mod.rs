@@ -228,6 +228,20 @@ impl Method {
         matches!(self, Method::CwHawq(_) | Method::CwIlp { .. })
     }
 
+    /// Whether the method searches paired formats (`--formats`): every layer-wise method
+    /// but the agents'.
+    pub fn takes_formats(&self) -> bool {
+        matches!(
+            self.kind(),
+            MethodKind::Uniform
+                | MethodKind::Random
+                | MethodKind::HawqV1
+                | MethodKind::Pareto
+                | MethodKind::Ilp
+                | MethodKind::Limpq
+        )
+    }
+
     /// The agent's options (HAQ, CW-HAWQ).
     pub fn agent(&self) -> Option<&AgentOptions> {
         match self {
@@ -379,17 +393,7 @@ impl SearchRequest {
                     .into(),
             ));
         }
-        if self.formats.is_some()
-            && !matches!(
-                m.kind(),
-                MethodKind::Uniform
-                    | MethodKind::Random
-                    | MethodKind::HawqV1
-                    | MethodKind::Pareto
-                    | MethodKind::Ilp
-                    | MethodKind::Limpq
-            )
-        {
+        if self.formats.is_some() && !m.takes_formats() {
             return Err(Error::Usage(format!(
                 "--formats applies to uniform, random, hawq-v1, pareto, ilp and limpq, not {}",
                 m.name()
