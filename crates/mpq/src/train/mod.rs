@@ -8,7 +8,7 @@ mod optim;
 mod schedule;
 mod trainer;
 
-pub use lr_range::{LrLevel, LrRangeConfig, LrRangeResult, lr_range_test, unstable};
+pub use lr_range::{LrLevel, LrRangeConfig, LrRangeResult, lr_range_test, range_rule};
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
 pub use schedule::Schedule;
 pub(crate) use trainer::validate_loss_and_momentum;
