@@ -109,8 +109,10 @@ struct Lengths {
     limpq_fraction: Option<f64>,
     episodes: usize,
     finetune_epochs: usize,
-    /// The comparison's methods, random plans and fine-tuning seeds.
-    compare: (&'static str, usize, usize),
+    /// The comparison's methods, random plans and fine-tuning seeds, and its fine-tuning rate
+    /// (`None`: `mpq quantize`'s rule; the fast run gives the rate the rule gives LeNet-5, a
+    /// fifth of its training rate, and skips the range tests).
+    compare: (&'static str, usize, usize, Option<f64>),
 }
 
 impl Lengths {
@@ -125,7 +127,7 @@ impl Lengths {
                 limpq_fraction: Some(0.25),
                 episodes: 12,
                 finetune_epochs: 1,
-                compare: ("uniform,random,ilp", 8, 2),
+                compare: ("uniform,random,ilp", 8, 2, Some(0.01)),
             }
         } else {
             Lengths {
@@ -137,7 +139,7 @@ impl Lengths {
                 limpq_fraction: None,
                 episodes: 100,
                 finetune_epochs: 1,
-                compare: ("uniform,random,hawq-v1,pareto,ilp,limpq", 20, 3),
+                compare: ("uniform,random,hawq-v1,pareto,ilp,limpq", 20, 3, None),
             }
         }
     }
@@ -425,16 +427,20 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
         });
     }
     // The comparison with error bars, at the quickstart's budget.
-    let (methods, random_plans, seeds) = len.compare;
+    let (methods, random_plans, seeds, lr) = len.compare;
     let out = paths.file("compare");
-    let cmd = Cmd::new(
+    let mut cmd = Cmd::new(
         seed,
         &["compare", "--model", &model_arg, "--data", "mnist10k"],
     )
     .add(&["--sensitivity", &s_arg, "--indicators", &path(&indicators)])
     .add(&["--methods", methods, "--avg-bits", "3", "--a-bits", "4"])
     .add(&["--random-plans", &random_plans.to_string()])
-    .add(&["--seeds", &seeds.to_string(), "--out", &path(&out)]);
+    .add(&["--seeds", &seeds.to_string()]);
+    if let Some(lr) = lr {
+        cmd = cmd.add(&["--lr", &lr.to_string()]);
+    }
+    let cmd = cmd.add(&["--out", &path(&out)]);
     let mut template = SearchRequest::new(source.clone(), Method::Uniform);
     (template.a_bits, template.seed) = (Some(vec![4]), seed);
     let methods = (methods.split(','))
@@ -465,6 +471,7 @@ pub fn stages(req: &RunAllRequest) -> Result<(RunSettings, Option<Stage>, Vec<St
             seeds,
             finetune: FinetuneOptions {
                 epochs: 1,
+                lr,
                 all_at_once: true,
                 ..FinetuneOptions::default()
             },
