@@ -51,7 +51,9 @@ pub struct CompareInput {
 
 /// A plan's per-sample outcomes: after post-training quantization, and per fine-tuning.
 struct Samples {
-    ptq: Vec<bool>,
+    /// Per sample, 1 when correct after post-training quantization (a mean over plans when
+    /// several are pooled).
+    ptq: Vec<f64>,
     /// Per sample, the mean over fine-tunings of being correct (empty without them).
     finetuned: Vec<f64>,
     accuracies: Vec<f64>,
@@ -68,6 +70,7 @@ impl Samples {
     }
 
     fn with(ptq: Vec<bool>, fts: &[FinetuneCell], source: &str) -> Result<Samples> {
+        let ptq = as_f64(&ptq);
         let mut finetuned = vec![0.0; if fts.is_empty() { 0 } else { ptq.len() }];
         for f in fts {
             let o = f.scores.outcomes(source)?;
@@ -162,7 +165,7 @@ fn verdict(
     seed: u64,
 ) -> Verdict {
     let d: Vec<f64> = (plan.ptq.iter().zip(&reference.ptq))
-        .map(|(&a, &b)| a as u8 as f64 - b as u8 as f64)
+        .map(|(a, b)| a - b)
         .collect();
     let ptq = interval(&d, resamples, seed);
     let finetuned = (!plan.finetuned.is_empty() && !reference.finetuned.is_empty()).then(|| {
@@ -185,7 +188,7 @@ fn verdict(
 /// The accuracy a plan is ranked by: fine-tuned when it was, else post-training.
 fn headline(s: &Samples) -> f64 {
     if s.accuracies.is_empty() {
-        mean(&as_f64(&s.ptq))
+        mean(&s.ptq)
     } else {
         mean(&s.accuracies)
     }
@@ -239,7 +242,7 @@ fn row(
         costs: p.cell.costs,
         cost: p.cell.costs.map(|c| c.on(axis)).filter(|c| c.is_finite()),
         omega: p.cell.omega,
-        ptq: s.map(|s| interval(&as_f64(&s.ptq), input.setup.resamples, seed)),
+        ptq: s.map(|s| interval(&s.ptq, input.setup.resamples, seed)),
         finetuned: s.and_then(|s| finetune_estimate(s, input.setup.resamples, seed)),
         verdict: None,
         beats_random: None,
@@ -266,9 +269,7 @@ pub fn analyse(input: &CompareInput) -> Result<CompareFile> {
                 random_samples.push((p, s));
             }
         }
-        let random_ptq: Vec<f64> = (random_samples.iter())
-            .map(|(_, s)| mean(&as_f64(&s.ptq)))
-            .collect();
+        let random_ptq: Vec<f64> = (random_samples.iter()).map(|(_, s)| mean(&s.ptq)).collect();
         let mut rows = Vec::new();
         for p in &b.methods {
             let s = Samples::of(p)?;
@@ -277,7 +278,7 @@ pub fn analyse(input: &CompareInput) -> Result<CompareFile> {
                 r.verdict = Some(verdict(s, u, name, resamples, seed));
             }
             if let (Some(s), false) = (&s, random_ptq.is_empty()) {
-                let a = mean(&as_f64(&s.ptq));
+                let a = mean(&s.ptq);
                 let beaten: f64 = (random_ptq.iter())
                     .map(|&x| {
                         if x < a {
@@ -299,7 +300,7 @@ pub fn analyse(input: &CompareInput) -> Result<CompareFile> {
                 .map(|(p, s)| RandomPoint {
                     cost: p.cell.costs.map_or(f64::NAN, |c| c.on(b.axis)),
                     omega: p.cell.omega,
-                    ptq_accuracy: mean(&as_f64(&s.ptq)),
+                    ptq_accuracy: mean(&s.ptq),
                     loss_increase: p.cell.ptq.as_ref().map_or(f64::NAN, |x| x.loss)
                         - input.setup.fp32_loss,
                     finetuned_accuracy: (!s.accuracies.is_empty()).then(|| s.accuracies[0]),
@@ -345,7 +346,7 @@ pub fn analyse(input: &CompareInput) -> Result<CompareFile> {
             Some(UniformPoint {
                 name: p.cell.name.clone(),
                 costs: p.cell.costs?,
-                ptq: interval(&as_f64(&s.ptq), resamples, seed),
+                ptq: interval(&s.ptq, resamples, seed),
                 finetuned: finetune_estimate(s, resamples, seed),
             })
         })
@@ -383,75 +384,39 @@ fn random_row(
     input: &CompareInput,
 ) -> Row {
     let (resamples, seed) = (input.setup.resamples, input.seed);
-    let mut accs: Vec<f64> = random.iter().map(|(_, s)| mean(&as_f64(&s.ptq))).collect();
+    let mut accs: Vec<f64> = random.iter().map(|(_, s)| mean(&s.ptq)).collect();
     accs.sort_by(f64::total_cmp);
     let pct = |q: f64| accs[((q * (accs.len() - 1) as f64).round() as usize).min(accs.len() - 1)];
     let costs: Vec<f64> = (random.iter())
         .filter_map(|(p, _)| p.cell.costs.map(|c| c.on(b.axis)))
         .collect();
     let omegas: Vec<f64> = random.iter().filter_map(|(p, _)| p.cell.omega).collect();
-    // The fine-tuned random plans, pooled as one method with a plan per seed.
-    let tuned: Vec<&(&MeasuredPlan, Samples)> = random
-        .iter()
-        .filter(|(_, s)| !s.accuracies.is_empty())
+    // The random plans pooled as one method: the mean post-training outcome of every plan,
+    // and the fine-tuned ones as its seeds (a plan per seed).
+    let tuned: Vec<&Samples> = (random.iter().map(|(_, s)| s))
+        .filter(|s| !s.accuracies.is_empty())
         .collect();
-    let pooled = (!tuned.is_empty()).then(|| {
-        let n = tuned[0].1.ptq.len();
-        let mut finetuned = vec![0.0; n];
-        let mut ptq = vec![0.0; n];
-        for (_, s) in &tuned {
-            for i in 0..n.min(s.finetuned.len()) {
-                finetuned[i] += s.finetuned[i] / tuned.len() as f64;
-                ptq[i] += s.ptq[i] as u8 as f64 / tuned.len() as f64;
-            }
+    let n = random.first().map_or(0, |(_, s)| s.ptq.len());
+    let pool = |v: &mut Vec<f64>, x: &[f64], k: usize| {
+        for (a, b) in v.iter_mut().zip(x) {
+            *a += b / k as f64;
         }
-        let accuracies: Vec<f64> = tuned.iter().map(|(_, s)| s.accuracies[0]).collect();
-        (ptq, finetuned, accuracies)
-    });
-    let finetuned = pooled.as_ref().map(|(_, ft, accs)| {
-        let (m, sd) = mean_sd(accs);
-        let test = Interval {
-            mean: m,
-            ..interval(ft, resamples, seed)
-        };
-        FinetuneEstimate {
-            accuracies: accs.clone(),
-            mean: m,
-            sd: if sd.is_finite() { sd } else { 0.0 },
-            test,
-            total: widen(test, seed_half(accs)),
-        }
-    });
-    // Against uniform: every random plan's post-training outcome against it (the pooled
-    // mean), and the fine-tuned ones as seeds.
-    let verdict = reference
-        .as_ref()
+    };
+    let mut pooled = Samples {
+        ptq: vec![0.0; n],
+        finetuned: vec![0.0; if tuned.is_empty() { 0 } else { n }],
+        accuracies: tuned.iter().map(|s| s.accuracies[0]).collect(),
+    };
+    for (_, s) in random {
+        pool(&mut pooled.ptq, &s.ptq, random.len());
+    }
+    for s in &tuned {
+        pool(&mut pooled.finetuned, &s.finetuned, tuned.len());
+    }
+    let finetuned = finetune_estimate(&pooled, resamples, seed);
+    let verdict = (reference.as_ref())
         .filter(|_| !random.is_empty())
-        .map(|(name, u)| {
-            let n = u.ptq.len();
-            let mut d = vec![0.0; n];
-            for (_, s) in random {
-                for (di, (&a, &b)) in d.iter_mut().zip(s.ptq.iter().zip(&u.ptq)) {
-                    *di += (a as u8 as f64 - b as u8 as f64) / random.len() as f64;
-                }
-            }
-            let ptq = interval(&d, resamples, seed);
-            let ft = pooled
-                .as_ref()
-                .filter(|_| !u.finetuned.is_empty())
-                .map(|(_, f, accs)| {
-                    let d: Vec<f64> = f.iter().zip(&u.finetuned).map(|(a, b)| a - b).collect();
-                    let spread = seed_half(accs).hypot(seed_half(&u.accuracies));
-                    widen(interval(&d, resamples, seed), spread)
-                });
-            Verdict {
-                against: name.clone(),
-                ptq_verdict: word(&ptq),
-                ptq,
-                finetuned_verdict: ft.as_ref().map(word),
-                finetuned: ft,
-            }
-        });
+        .map(|(name, u)| verdict(&pooled, u, name, resamples, seed));
     Row {
         name: "random".into(),
         kind: RowKind::Random,
