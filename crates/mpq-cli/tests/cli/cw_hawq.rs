@@ -100,6 +100,23 @@ fn cw_plans_meet_the_budget_follow_the_trace_order_and_repeat_with_the_seed() {
                 &["--episodes", "6", "--seed", "7"],
             );
             assert_ne!(other["cw_hawq"]["history"], h["history"]);
+            // Four episodes, then two more with --resume: the six-episode search, and its
+            // saved state, exactly.
+            search(dir.path(), method, "s.json", &["--episodes", "4"]);
+            let resumed = search(
+                dir.path(),
+                method,
+                "s.json",
+                &[&extra[..], &["--resume"]].concat(),
+            );
+            assert_eq!(resumed["cw_hawq"]["resumed_episodes"], 4);
+            assert_eq!(resumed["cw_hawq"]["state"], "s.cw-state.json");
+            assert_eq!(resumed["cw_hawq"]["history"], h["history"]);
+            assert_eq!(resumed["layers"], p["layers"]);
+            assert_eq!(
+                std::fs::read(dir.join("s.cw-state.json")).unwrap(),
+                std::fs::read(dir.join("p.cw-state.json")).unwrap()
+            );
         }
     }
     // The plan goes through QAT and the packed export bit-exactly.

@@ -142,9 +142,30 @@ fn same_seed_same_plan_and_history_and_resume_continues_exactly() {
 
     // Other settings against a saved state: exit 2, nothing overwritten.
     let before = std::fs::read(dir.join("r.json")).unwrap();
+    let state = std::fs::read(dir.join("r.haq-state.json")).unwrap();
     let args = haq_args("r.json", &[&a8[..], &["--resume", "--seed", "7"]].concat());
     expect_error(&dir, &args, 2, &["resume", "other settings"]);
     assert_eq!(std::fs::read(dir.join("r.json")).unwrap(), before);
+    assert_eq!(std::fs::read(dir.join("r.haq-state.json")).unwrap(), state);
+
+    // Resuming a finished search with as many or fewer episodes replays it and leaves the
+    // state as it was (it used to be rewritten down to the episodes replayed).
+    let resumed = haq(dir.path(), "r.json", &more);
+    assert_eq!(resumed["haq"]["history"], first["haq"]["history"]);
+    let mut fewer = a5.clone();
+    fewer.push("--resume");
+    haq(dir.path(), "r.json", &fewer);
+    assert_eq!(std::fs::read(dir.join("r.haq-state.json")).unwrap(), state);
+
+    // A state that does not replay (episode 3 edited): exit 2 naming the episode, and the
+    // file kept byte for byte (it used to be cut to the three episodes before it).
+    let mut edited: Json = serde_json::from_slice(&state).unwrap();
+    let bits = &mut edited["episodes"][3]["bits"][0][0];
+    *bits = Json::from(if bits.as_u64() == Some(2) { 3 } else { 2 });
+    let edited = serde_json::to_vec_pretty(&edited).unwrap();
+    std::fs::write(dir.join("r.haq-state.json"), &edited).unwrap();
+    expect_error(&dir, &haq_args("r.json", &more), 2, &["episode 3", "kept"]);
+    assert_eq!(std::fs::read(dir.join("r.haq-state.json")).unwrap(), edited);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Running a search method on a prepared space: the table-driven methods directly, and the
 //! agent searches (HAQ, Wang et al. CVPR 2019; CW-HAWQ's ratio agent) with their reward
 //! evaluator on a split held out of the training data, progress per episode, and HAQ's
-//! search state saved after every episode (`OUT.haq-state.json`, `--resume`).
+//! search state saved after every episode (`OUT.haq-state.json`, `OUT.cw-state.json`,
+//! `--resume`).
 
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ use crate::pipeline::{RewardConfig, RewardEvaluator, check_shape, load_data, sid
 use crate::plan::QuantPlan;
 use crate::progress::Progress;
 use crate::quant::CalibrationConfig;
-use crate::search::cw_hawq::{self, CwConfig, CwResult};
+use crate::search::cw_hawq::{self, CwConfig, CwHistory, CwResult};
 use crate::search::haq::{self, HaqConfig, HaqHistory, HaqResult};
 use crate::search::rl::DdpgConfig;
 use crate::search::{self, FrontierFile, IlpStats, SearchSpace};
@@ -88,33 +89,7 @@ pub(super) fn run_method(
                 .as_ref()
                 .ok_or_else(|| missing("--sensitivity"))?;
             cw_hawq::validate(space, t)?;
-            let mut evaluator = evaluator(req, a, model)?;
-            let searched = searched_layers(space);
-            let steps = searched * space.candidates().w_bits.len().saturating_sub(1);
-            let cfg = CwConfig {
-                ddpg: ddpg_config(req.seed, a, searched),
-                episodes: a.episodes,
-                reward_scale: a.reward_scale,
-            };
-            cfg.ddpg.validate()?;
-            progress.note(&format!(
-                "CW-HAWQ: {} episodes, {steps} ratio decisions each, scoring on {} held-out \
-                 training samples{}",
-                a.episodes,
-                a.val_samples,
-                finetune_note(a)
-            ));
-            progress.start("cw-hawq episodes", a.episodes as u64);
-            let r = cw_hawq::cw_hawq(space, t, &mut evaluator, &cfg, |e, best| {
-                progress.inc(1);
-                progress.message(&format!(
-                    "best {best:.2}%, last {:.2}% at {:.2} avg bits",
-                    e.accuracy, e.avg_w_bits
-                ));
-                Ok(())
-            });
-            progress.finish();
-            let r = r?;
+            let r = run_cw_hawq(req, a, model, space, t, progress)?;
             found(r.plan.clone(), Extra::Cw(Box::new(r)))
         }
     }
@@ -151,7 +126,8 @@ fn evaluator<'m>(
             return Err(Error::config(
                 "val-samples",
                 format!(
-                    "{} exceeds the {n} samples the model was trained without (--holdout {n});                      the rest are training images",
+                    "{} exceeds the {n} samples the model was trained without (--holdout {n}); \
+                     the rest are training images",
                     a.val_samples
                 ),
             ));
@@ -196,9 +172,113 @@ fn ddpg_config(seed: u64, a: &AgentOptions, searched: usize) -> DdpgConfig {
     }
 }
 
-/// HAQ's resumable state next to the policy.
+/// The agent search's resumable state next to the policy (`OUT.haq-state.json`,
+/// `OUT.cw-state.json`); `None` for the other methods or without an output.
 pub(super) fn state_path(req: &SearchRequest) -> Option<PathBuf> {
-    req.out.as_ref().map(|o| side_path(o, "haq-state.json"))
+    let suffix = match req.method {
+        Method::Haq(_) => "haq-state.json",
+        Method::CwHawq(_) => "cw-state.json",
+        _ => return None,
+    };
+    req.out.as_ref().map(|o| side_path(o, suffix))
+}
+
+/// The saved state to resume from, when `--resume` is given and the file exists.
+fn saved_state<T: Versioned>(
+    state: Option<&PathBuf>,
+    resume: bool,
+    progress: &mut dyn Progress,
+    episodes: impl Fn(&T) -> usize,
+) -> Result<Option<T>> {
+    match (state, resume) {
+        (Some(path), true) if path.exists() => {
+            let saved = T::load(path)?;
+            progress.note(&format!(
+                "resuming from {} ({} episodes saved)",
+                path.display(),
+                episodes(&saved)
+            ));
+            Ok(Some(saved))
+        }
+        (Some(path), true) => {
+            progress.note(&format!(
+                "no saved search at {}: starting afresh",
+                path.display()
+            ));
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Saves the state after an episode, unless the episode was replayed from the saved state:
+/// a resumed search never rewrites (and so never shortens) the state it replays, and a
+/// state that fails to replay stays as it was.
+fn save_state<T: Versioned>(
+    state: Option<&PathBuf>,
+    episodes: usize,
+    saved: usize,
+    value: &T,
+) -> Result<()> {
+    match state {
+        Some(path) if episodes > saved => value.save(path),
+        _ => Ok(()),
+    }
+}
+
+fn run_cw_hawq(
+    req: &SearchRequest,
+    a: &AgentOptions,
+    model: &Model,
+    space: &SearchSpace<'_>,
+    table: &cw_hawq::ChannelTable,
+    progress: &mut dyn Progress,
+) -> Result<CwResult> {
+    let mut evaluator = evaluator(req, a, model)?;
+    let searched = searched_layers(space);
+    let steps = searched * space.candidates().w_bits.len().saturating_sub(1);
+    let cfg = CwConfig {
+        ddpg: ddpg_config(req.seed, a, searched),
+        episodes: a.episodes,
+        reward_scale: a.reward_scale,
+        evaluator: evaluator.settings(),
+    };
+    cfg.ddpg.validate()?;
+    let state = state_path(req);
+    let resume: Option<CwHistory> =
+        saved_state(state.as_ref(), req.resume, progress, |h: &CwHistory| {
+            h.episodes.len()
+        })?;
+    let saved = resume.as_ref().map_or(0, |h| h.episodes.len());
+    progress.note(&format!(
+        "CW-HAWQ: {} episodes, {steps} ratio decisions each, scoring on {} held-out \
+         training samples{}",
+        a.episodes,
+        a.val_samples,
+        finetune_note(a)
+    ));
+    progress.start("cw-hawq episodes", a.episodes as u64);
+    let r = cw_hawq::cw_hawq(
+        space,
+        table,
+        &mut evaluator,
+        &cfg,
+        resume.as_ref(),
+        |e, h| {
+            progress.inc(1);
+            let best = h
+                .best_episode
+                .and_then(|b| h.episodes.get(b))
+                .map_or(f64::NAN, |b| b.accuracy);
+            progress.message(&format!(
+                "best {best:.2}%, last {:.2}% at {:.2} avg bits",
+                e.accuracy, e.avg_w_bits
+            ));
+            save_state(state.as_ref(), h.episodes.len(), saved, h)
+        },
+    );
+    progress.finish();
+    r
 }
 
 fn run_haq(
@@ -224,25 +304,11 @@ fn run_haq(
     };
     cfg.ddpg.validate()?;
     let state = state_path(req);
-    let resume = match (&state, req.resume) {
-        (Some(path), true) if path.exists() => {
-            let saved = HaqHistory::load(path)?;
-            progress.note(&format!(
-                "resuming from {} ({} episodes saved)",
-                path.display(),
-                saved.episodes.len()
-            ));
-            Some(saved)
-        }
-        (Some(path), true) => {
-            progress.note(&format!(
-                "no saved search at {}: starting afresh",
-                path.display()
-            ));
-            None
-        }
-        _ => None,
-    };
+    let resume: Option<HaqHistory> =
+        saved_state(state.as_ref(), req.resume, progress, |h: &HaqHistory| {
+            h.episodes.len()
+        })?;
+    let saved = resume.as_ref().map_or(0, |h| h.episodes.len());
     progress.note(&format!(
         "HAQ: {} episodes, {decisions} decisions each, scoring on {} held-out training \
          samples{}",
@@ -261,10 +327,7 @@ fn run_haq(
             "best {best:.2}% (FP {:.2}%), reward {:.3}",
             hist.fp_accuracy, e.best_reward
         ));
-        match &state {
-            Some(path) => hist.save(path),
-            None => Ok(()),
-        }
+        save_state(state.as_ref(), hist.episodes.len(), saved, hist)
     });
     progress.finish();
     result

@@ -315,7 +315,8 @@ pub struct SearchRequest {
     pub seed: u64,
     /// The policy file to write (with its side files); `None` writes nothing.
     pub out: Option<PathBuf>,
-    /// Continue the search saved next to the policy (`OUT.haq-state.json`; HAQ only).
+    /// Continue the search saved next to the policy (`OUT.haq-state.json`,
+    /// `OUT.cw-state.json`; HAQ and CW-HAWQ only).
     pub resume: bool,
     /// Search the problem table at this path (a CSV of Ω and costs per layer and choice)
     /// instead of a model: `model` is then not opened.
@@ -357,8 +358,10 @@ impl SearchRequest {
                 m.name()
             )));
         }
-        if self.resume && !matches!(m, Method::Haq(_)) {
-            return Err(Error::Usage("--resume applies to --method haq only".into()));
+        if self.resume && !matches!(m, Method::Haq(_) | Method::CwHawq(_)) {
+            return Err(Error::Usage(
+                "--resume applies to --method haq and cw-hawq only".into(),
+            ));
         }
         if let (Some(metric), None, None) = (m.sensitivity_metric(), &self.sensitivity, &self.table)
         {

@@ -271,8 +271,8 @@ pub(super) fn finish(
                 episodes: r.episodes.len(),
                 steps_per_episode: None,
                 evaluations_seconds: None,
-                resumed_episodes: None,
-                state: None,
+                resumed_episodes: Some(r.resumed_episodes),
+                state: Some(name("cw-state.json")),
                 warmup: Some(warmup),
                 curve: name("curve.svg"),
                 settings: None,
@@ -285,9 +285,7 @@ pub(super) fn finish(
         None => Vec::new(),
     };
     Ok(SearchOutcome {
-        state: matches!(req.method, Method::Haq(_))
-            .then(|| state_path(req))
-            .flatten(),
+        state: state_path(req),
         policy,
         feasibility,
         rows,

@@ -18,10 +18,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{ChannelTable, CwSetup};
+use crate::io::Versioned;
 use crate::plan::QuantPlan;
 use crate::search::SearchSpace;
-use crate::search::haq::PlanEvaluator;
 use crate::search::haq::state::{STATIC_FEATURES, embedding};
+use crate::search::haq::{EvaluatorSettings, PlanEvaluator};
 use crate::search::rl::{DdpgAgent, DdpgConfig, Environment, Step, train_agent};
 use crate::{Error, Result};
 
@@ -41,6 +42,10 @@ pub struct CwConfig {
     pub episodes: usize,
     /// `λ` of the reward `λ·(acc − acc_FP)`.
     pub reward_scale: f64,
+    /// The evaluator's settings, recorded so that `--resume` refuses a state saved under
+    /// different ones.
+    #[serde(default)]
+    pub evaluator: EvaluatorSettings,
 }
 
 impl Default for CwConfig {
@@ -49,6 +54,7 @@ impl Default for CwConfig {
             ddpg: DdpgConfig::default(),
             episodes: 300,
             reward_scale: 0.1,
+            evaluator: EvaluatorSettings::default(),
         }
     }
 }
@@ -70,6 +76,39 @@ pub struct CwEpisode {
     pub reward: f64,
 }
 
+/// Everything that must match for a saved CW-HAWQ search to be resumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CwSettings {
+    /// The configuration, with `episodes` zeroed (a resumed search may run longer).
+    pub config: CwConfig,
+    /// Layer names of the model.
+    pub layers: Vec<String>,
+    /// The constraints and candidates of the search space.
+    pub constraints: crate::plan::Constraints,
+    /// Per searched layer, its channels in the order bits are handed out (from the channel
+    /// traces): a saved search over other traces does not replay.
+    pub channel_orders: Vec<Vec<usize>>,
+}
+
+/// The saved state of a CW-HAWQ search (`OUT.cw-state.json`): what `--resume` replays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CwHistory {
+    /// The settings it ran under.
+    pub settings: CwSettings,
+    /// Accuracy (%) of the full-precision model on the reward split.
+    pub fp_accuracy: f64,
+    /// The best episode.
+    pub best_episode: Option<usize>,
+    /// Every episode, in order.
+    pub episodes: Vec<CwEpisode>,
+}
+
+impl Versioned for CwHistory {
+    const FORMAT: &'static str = "mpq.cw-state";
+    const VERSION: u32 = 1;
+    const WHAT: &'static str = "a CW-HAWQ search state";
+}
+
 /// The result of [`cw_hawq`].
 #[derive(Debug, Clone)]
 pub struct CwResult {
@@ -81,6 +120,8 @@ pub struct CwResult {
     pub episodes: Vec<CwEpisode>,
     /// The best episode.
     pub best_episode: usize,
+    /// Episodes replayed from a saved state rather than evaluated.
+    pub resumed_episodes: usize,
 }
 
 /// The ratio environment.
@@ -312,36 +353,89 @@ impl<E: PlanEvaluator> Environment for RatioEnv<'_, '_, E> {
 }
 
 /// Runs the CW-HAWQ ratio search: `cfg.episodes` DDPG episodes over [`RatioEnv`], returning
-/// the plan of the best-rewarded episode; `on_episode` sees each finished episode and the
-/// best accuracy so far (a progress bar). Same seed (`cfg.ddpg.seed`), same plan, given a
-/// deterministic evaluator.
+/// the plan of the best-rewarded episode. Same seed (`cfg.ddpg.seed`), same plan, given a
+/// deterministic evaluator. With `resume`, the saved episodes are replayed first (the agent
+/// rebuilt from the seed walks them again, taking the saved accuracies instead of evaluating),
+/// so the result is the one an uninterrupted run gives; a state that does not replay exactly
+/// is an error. `on_episode` sees every episode (replayed ones included) with the state so
+/// far, e.g. to save it and draw a progress bar.
 pub fn cw_hawq<E: PlanEvaluator>(
     space: &SearchSpace<'_>,
     table: &ChannelTable,
     evaluator: &mut E,
     cfg: &CwConfig,
-    mut on_episode: impl FnMut(&CwEpisode, f64) -> Result<()>,
+    resume: Option<&CwHistory>,
+    mut on_episode: impl FnMut(&CwEpisode, &CwHistory) -> Result<()>,
 ) -> Result<CwResult> {
     let start = Instant::now();
     crate::search::rl::check_run(cfg.episodes, cfg.reward_scale)?;
     space.feasibility().check()?;
     super::validate(space, table)?;
-    let fp_accuracy = evaluator.fp_accuracy()?;
+    let fp_accuracy = match resume {
+        Some(h) => h.fp_accuracy,
+        None => evaluator.fp_accuracy()?,
+    };
     if !fp_accuracy.is_finite() {
         return Err(Error::NonFinite(format!("FP accuracy {fp_accuracy}")));
     }
     let mut env = RatioEnv::new(space, table, evaluator, cfg.reward_scale, fp_accuracy)?;
+    let settings = CwSettings {
+        config: CwConfig {
+            episodes: 0,
+            ..cfg.clone()
+        },
+        layers: space.layers().iter().map(|l| l.name.clone()).collect(),
+        constraints: space.plan_constraints(),
+        channel_orders: env.setup.orders.iter().flatten().cloned().collect(),
+    };
+    let saved: &[CwEpisode] = match resume {
+        Some(h) => {
+            if h.settings != settings {
+                return Err(Error::config(
+                    "resume",
+                    "the saved search ran with other settings (model layers, channel traces, \
+                     budget, candidates, agent or evaluator options); rerun it with those or \
+                     start afresh",
+                ));
+            }
+            for e in &h.episodes {
+                env.cache.insert(e.counts.clone(), e.accuracy);
+            }
+            &h.episodes
+        }
+        None => &[],
+    };
+    let resumed = saved.len().min(cfg.episodes);
+    let mut history = CwHistory {
+        settings,
+        fp_accuracy,
+        best_episode: None,
+        episodes: Vec::new(),
+    };
     let mut agent = DdpgAgent::new(CW_STATE_DIM, cfg.ddpg.clone())?;
     train_agent(&mut agent, &mut env, cfg.episodes, |env, _| {
-        let best = env
-            .best
-            .as_ref()
-            .and_then(|(b, _)| env.episodes.get(*b))
-            .map_or(f64::NAN, |b| b.accuracy);
-        match env.episodes.last() {
-            Some(e) => on_episode(e, best),
-            None => Ok(()),
+        let Some(ep) = env.episodes.last().cloned() else {
+            return Err(Error::config(
+                "cw-hawq",
+                "an episode ended without a record",
+            ));
+        };
+        if let Some(old) = saved.get(ep.episode)
+            && (old.counts != ep.counts || old.reward.to_bits() != ep.reward.to_bits())
+        {
+            return Err(Error::config(
+                "resume",
+                format!(
+                    "episode {} does not replay as saved (the state file was edited, or \
+                     written by another version or on another machine); the file is kept",
+                    ep.episode
+                ),
+            ));
         }
+        history.best_episode = env.best.as_ref().map(|b| b.0);
+        history.episodes.push(ep);
+        let last = history.episodes.last().expect("just pushed");
+        on_episode(last, &history)
     })?;
     let Some((best_episode, counts)) = env.best.clone() else {
         return Err(Error::config("cw-hawq", "no episode finished"));
@@ -353,5 +447,6 @@ pub fn cw_hawq<E: PlanEvaluator>(
         fp_accuracy,
         episodes: env.episodes,
         best_episode,
+        resumed_episodes: resumed,
     })
 }

@@ -19,7 +19,7 @@ pub mod env;
 #[cfg(test)]
 mod tests;
 
-pub use env::{CwConfig, CwEpisode, CwResult, RatioEnv, cw_hawq};
+pub use env::{CwConfig, CwEpisode, CwHistory, CwResult, CwSettings, RatioEnv, cw_hawq};
 
 use std::collections::BTreeMap;
 use std::time::Instant;

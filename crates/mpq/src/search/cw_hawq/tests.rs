@@ -218,8 +218,9 @@ fn run(seed: u64, t: &ChannelTable) -> CwResult {
         },
         episodes: 15,
         reward_scale: 0.1,
+        ..CwConfig::default()
     };
-    let r = cw_hawq(&s, t, &mut ev, &cfg, |_, _| Ok(())).unwrap();
+    let r = cw_hawq(&s, t, &mut ev, &cfg, None, |_, _| Ok(())).unwrap();
     assert!(ev.calls >= 1);
     r
 }

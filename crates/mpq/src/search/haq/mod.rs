@@ -231,8 +231,8 @@ pub fn haq<E: PlanEvaluator>(
             return Err(Error::config(
                 "resume",
                 format!(
-                    "episode {} does not replay as saved (the state file was edited or \
-                     written by another version)",
+                    "episode {} does not replay as saved (the state file was edited, or \
+                     written by another version or on another machine); the file is kept",
                     ep.episode
                 ),
             ));
