@@ -42,6 +42,7 @@ pub mod meta;
 pub mod model;
 mod named;
 pub mod onnx;
+pub mod outputs;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

@@ -12,6 +12,7 @@ mod compare;
 mod cw_hawq;
 mod formats;
 mod haq;
+mod hardening;
 mod limpq;
 mod onnx;
 mod quantize;

@@ -3,7 +3,7 @@
 //! densities (SLQ), or LIMPQ's learned indicators (one joint training run). Methods in
 //! `docs/algorithms.md` §1–§3 and §5.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{ModelSource, open_with_data};
 use crate::Result;
@@ -136,6 +136,20 @@ fn measure_act_errors(
 
 /// Runs the analysis of `req` and writes its sensitivity file.
 pub fn analyze(req: &AnalyzeRequest, progress: &mut dyn Progress) -> Result<AnalyzeOutcome> {
+    let inputs: Vec<_> = super::model_file(&req.model)
+        .map(|m| ("model", m))
+        .into_iter()
+        .collect();
+    let svg_out = match &req.analysis {
+        Analysis::Hessian { svg, .. } => {
+            Some(svg.clone().unwrap_or_else(|| req.out.with_extension("svg")))
+        }
+        Analysis::Limpq { .. } => None,
+    };
+    let outputs: Vec<&Path> = std::iter::once(req.out.as_path())
+        .chain(svg_out.as_deref())
+        .collect();
+    crate::outputs::refuse_overwrite(&inputs, &outputs)?;
     match &req.analysis {
         Analysis::Hessian {
             config,
@@ -159,15 +173,18 @@ pub fn analyze(req: &AnalyzeRequest, progress: &mut dyn Progress) -> Result<Anal
             table.model = req.model.reference.clone();
             table.data = Some(req.data.clone());
             table.split = Some(name.into());
-            table.save(&req.out)?;
-            let density_svg = match crate::report::density_chart(&table) {
-                Some(plot) => {
-                    let path = svg.clone().unwrap_or_else(|| req.out.with_extension("svg"));
-                    crate::io::write_atomic(&path, plot.as_bytes())?;
-                    Some(path)
-                }
-                None => None,
-            };
+            // The picture first and the table last, each atomic: a table on disk always has
+            // its picture beside it.
+            let plot = crate::report::density_chart(&table);
+            let density_svg = plot
+                .as_ref()
+                .map(|_| svg.clone().unwrap_or_else(|| req.out.with_extension("svg")));
+            let mut files = Vec::new();
+            if let (Some(plot), Some(path)) = (plot, &density_svg) {
+                files.push((path.clone(), plot.into_bytes()));
+            }
+            files.push((req.out.clone(), table.to_bytes()?));
+            crate::io::write_files_atomic(&files)?;
             Ok(AnalyzeOutcome { table, density_svg })
         }
         Analysis::Limpq {

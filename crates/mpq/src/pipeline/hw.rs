@@ -48,6 +48,13 @@ pub struct HwOutcome {
 
 /// Simulates the model of `req` on its hardware.
 pub fn hw(req: &HwRequest) -> Result<HwOutcome> {
+    if let Some(out) = &req.export_csv {
+        let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
+        inputs.extend(super::model_file(&req.model).map(|m| ("model", m)));
+        inputs.push(("hardware file", std::path::Path::new(&req.hardware)));
+        inputs.extend(req.policy.as_deref().map(|p| ("policy", p)));
+        crate::outputs::refuse_overwrite(&inputs, &[out.as_path()])?;
+    }
     let hw = HardwareModel::from_reference(&req.hardware)?;
     let model = req.model.open()?;
     let layers = model.graph.layer_infos()?;

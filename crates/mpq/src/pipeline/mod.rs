@@ -93,6 +93,12 @@ impl ModelSource {
     }
 }
 
+/// The model's file, when the reference names an existing file (not `zoo:NAME`).
+pub(crate) fn model_file(src: &ModelSource) -> Option<&std::path::Path> {
+    let p = std::path::Path::new(&src.reference);
+    p.is_file().then_some(p)
+}
+
 /// The compute device (CPU; CUDA when built with the `cuda` feature and a GPU is present).
 pub fn device() -> Device {
     #[cfg(feature = "cuda")]

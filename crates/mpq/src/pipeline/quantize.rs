@@ -19,6 +19,7 @@ use crate::export;
 use crate::graph::{Hooks, NoHooks};
 use crate::io::Versioned;
 use crate::model::{Model, ModelHint};
+use crate::outputs::{StagedFolder, refuse_overwrite};
 use crate::plan::{QuantizerKind, WeightRange};
 use crate::progress::Progress;
 use crate::quant::{CalibrationConfig, PlanHooks, prepare_graph};
@@ -137,6 +138,13 @@ impl QuantizeRequest {
 /// [`quantize_model`]: `out/model.safetensors`, `model.onnx`, `plan.json`, `summary.json`.
 /// A written model that does not reproduce the simulation is an error.
 pub fn quantize(req: &QuantizeRequest, progress: &mut dyn Progress) -> Result<QuantizeSummary> {
+    let mut inputs = vec![("policy", req.policy.as_path())];
+    inputs.extend(super::model_file(&req.model).map(|m| ("model", m)));
+    let outputs: Vec<PathBuf> = std::iter::once(req.out.clone())
+        .chain(OUTPUT_FILES.iter().map(|f| req.out.join(f)))
+        .collect();
+    let outputs: Vec<&Path> = outputs.iter().map(PathBuf::as_path).collect();
+    refuse_overwrite(&inputs, &outputs)?;
     if req.out.is_file() {
         return Err(Error::config(
             "out",
@@ -280,8 +288,18 @@ fn eval(
     train::evaluate(graph, &splits.test, norm, cfg.eval_batch_size, hooks)
 }
 
+/// The files [`quantize_model`] writes into its folder.
+pub(crate) const OUTPUT_FILES: [&str; 4] = [
+    "model.safetensors",
+    "model.onnx",
+    "plan.json",
+    "summary.json",
+];
+
 /// Quantizes `model` under `plan` on `splits` and writes `out_dir/model.safetensors`,
-/// `out_dir/model.onnx`, `out_dir/plan.json` and `out_dir/summary.json`.
+/// `out_dir/model.onnx`, `out_dir/plan.json` and `out_dir/summary.json`, as one: a run
+/// stopped at any point leaves the folder's previous files or all of the new ones
+/// ([`StagedFolder`]); other files in the folder stay.
 pub fn quantize_model(
     model: &Model,
     plan: &QuantPlan,
@@ -355,16 +373,24 @@ pub fn quantize_model(
         _ => (before, 0, 0.0, Vec::new()),
     };
 
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let model_path = out_dir.join("model.safetensors");
-    let stats = export::save_packed(&model_path, &model.meta, &graph, &hooks)?;
-    let onnx_path = out_dir.join("model.onnx");
-    let onnx_bytes = crate::onnx::export_qdq(&onnx_path, &graph, &mut hooks, Some(&norm))?;
-    let reloaded_model = Model::load(&model_path, &ModelHint::default(), graph.device())?;
+    let folder = StagedFolder::begin(out_dir)?;
+    let staged_model = folder.path().join("model.safetensors");
+    let stats = export::save_packed(&staged_model, &model.meta, &graph, &hooks)?;
+    let onnx_bytes = crate::onnx::export_qdq(
+        &folder.path().join("model.onnx"),
+        &graph,
+        &mut hooks,
+        Some(&norm),
+    )?;
+    let reloaded_model = Model::load(&staged_model, &ModelHint::default(), graph.device())?;
+    let (model_path, onnx_path) = (
+        out_dir.join("model.safetensors"),
+        out_dir.join("model.onnx"),
+    );
     let mut reloaded_hooks = reloaded_model
         .quantized
         .clone()
-        .ok_or_else(|| Error::corrupt(&model_path, "written without quantization metadata"))?;
+        .ok_or_else(|| Error::corrupt(&staged_model, "written without quantization metadata"))?;
     let reloaded = eval(
         &reloaded_model.graph,
         splits,
@@ -385,7 +411,7 @@ pub fn quantize_model(
 
     let mut plan_out = plan.clone();
     cost.fill_plan(&mut plan_out);
-    Policy::new(plan_out).save(out_dir.join("plan.json"))?;
+    Policy::new(plan_out).save(folder.path().join("plan.json"))?;
     let summary = QuantizeSummary {
         arch: model.meta.arch.clone(),
         method: plan.method.clone(),
@@ -414,7 +440,8 @@ pub fn quantize_model(
         finetune_lr_source: lr_source,
         lr_range,
     };
-    summary.save(out_dir.join("summary.json"))?;
+    summary.save(folder.path().join("summary.json"))?;
+    folder.commit()?;
     Ok(summary)
 }
 

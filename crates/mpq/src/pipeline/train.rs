@@ -94,6 +94,11 @@ pub struct TrainOutcome {
 
 /// Trains and saves the model of `req`.
 pub fn train(req: &TrainRequest, progress: &mut dyn Progress) -> Result<TrainOutcome> {
+    if let TrainFrom::Model(m) = &req.from
+        && let Some(path) = super::model_file(m)
+    {
+        crate::outputs::refuse_overwrite(&[("model", path)], &[req.out.as_path()])?;
+    }
     let cfg = &req.config;
     cfg.validate()?;
     let mut splits = load_data(&req.data, cfg.seed)?;

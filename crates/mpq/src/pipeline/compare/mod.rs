@@ -13,7 +13,7 @@ mod cells;
 mod measure;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use self::cells::{Digest, Store};
@@ -244,6 +244,19 @@ pub fn compare(req: &CompareRequest, progress: &mut dyn Progress) -> Result<Comp
     let started = Instant::now();
     req.validate()?;
     let t = &req.template;
+    let mut inputs: Vec<(&str, &Path)> = Vec::new();
+    inputs.extend(super::model_file(&t.model).map(|m| ("model", m)));
+    inputs.extend(req.sensitivity.as_deref().map(|p| ("sensitivity file", p)));
+    inputs.extend(req.indicators.as_deref().map(|p| ("indicator file", p)));
+    inputs.extend(req.plans.iter().map(|(_, p)| ("plan", p.as_path())));
+    let outputs: Vec<PathBuf> = ["compare.json", "compare.md"]
+        .iter()
+        .map(|f| req.out.join(f))
+        .collect();
+    let outputs: Vec<&Path> = std::iter::once(req.out.as_path())
+        .chain(outputs.iter().map(PathBuf::as_path))
+        .collect();
+    crate::outputs::refuse_overwrite(&inputs, &outputs)?;
     std::fs::create_dir_all(&req.out).map_err(|e| Error::io(&req.out, e))?;
     let (model, splits) = super::open_with_data(&t.model, &req.data, req.seed)?;
     let layers = model.graph.layer_infos()?;

@@ -346,6 +346,40 @@ impl SearchRequest {
         }
     }
 
+    /// Refuses a request whose policy or side files (`OUT.frontier.json`, `OUT.curve.svg`,
+    /// the agent's state, …) would land on one of its inputs.
+    pub fn refuse_overwrite(&self) -> Result<()> {
+        let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
+        if self.table.is_none() {
+            inputs.extend(crate::pipeline::model_file(&self.model).map(|m| ("model", m)));
+        }
+        inputs.extend(self.sensitivity.as_deref().map(|p| ("sensitivity file", p)));
+        inputs.extend(self.table.as_deref().map(|p| ("problem table", p)));
+        inputs.extend(
+            self.hardware
+                .as_deref()
+                .map(|h| ("hardware file", std::path::Path::new(h))),
+        );
+        let Some(out) = &self.out else {
+            return Ok(());
+        };
+        let sides = [
+            "frontier.json",
+            "frontier.svg",
+            "curve.svg",
+            "haq-state.json",
+            "cw-state.json",
+        ];
+        let sides: Vec<PathBuf> = sides
+            .iter()
+            .map(|s| crate::pipeline::side_path(out, s))
+            .collect();
+        let outputs: Vec<&std::path::Path> = std::iter::once(out.as_path())
+            .chain(sides.iter().map(PathBuf::as_path))
+            .collect();
+        crate::outputs::refuse_overwrite(&inputs, &outputs)
+    }
+
     /// Option combinations that cannot work, found before any file is read.
     pub fn validate(&self) -> Result<()> {
         let m = &self.method;
@@ -427,6 +461,7 @@ impl SearchRequest {
 /// set.
 pub fn search(req: &SearchRequest, progress: &mut dyn Progress) -> Result<SearchOutcome> {
     req.validate()?;
+    req.refuse_overwrite()?;
     if let Some(path) = &req.table {
         return table::search(req, path, progress);
     }

@@ -303,7 +303,7 @@ fn write(
     policy: &Policy,
     frontier: Option<&FrontierFile>,
 ) -> Result<Vec<PathBuf>> {
-    let mut files = vec![(out.to_path_buf(), policy.to_bytes()?)];
+    let mut files = Vec::new();
     if let Some(f) = frontier {
         files.push((side_path(out, "frontier.json"), f.to_bytes()?));
         let p = &policy.plan;
@@ -326,6 +326,10 @@ fn write(
     if let Some(svg) = curve {
         files.push((side_path(out, "curve.svg"), svg.into_bytes()));
     }
+    // The policy last: a policy on disk always has its side files beside it.
+    files.push((out.to_path_buf(), policy.to_bytes()?));
     write_files_atomic(&files)?;
-    Ok(files.into_iter().map(|(p, _)| p).collect())
+    let mut written: Vec<PathBuf> = files.into_iter().map(|(p, _)| p).collect();
+    written.rotate_right(1);
+    Ok(written)
 }

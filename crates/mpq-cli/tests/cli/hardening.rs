@@ -1,0 +1,114 @@
+//! What a hostile but realistic user does to mpq: outputs aimed at inputs (through links
+//! too), reruns into an existing output folder. Every case exits 2 with one line and leaves
+//! the inputs byte for byte, or replaces the output set as one.
+
+use super::*;
+
+/// The MLP, a policy and a sensitivity table in `dir`.
+fn setup(dir: &Path) {
+    train_mlp(dir, "m.safetensors", &[]);
+    let metric = ["--max-iter", "4", "--quiet"];
+    expect_ok(dir, &analyze_args("m.safetensors", "s.json", &metric));
+    let budget = ["--sensitivity", "s.json", "--avg-bits", "4", "--quiet"];
+    expect_ok(dir, &search_args("ilp", "p.json", &budget));
+}
+
+#[test]
+fn an_output_aimed_at_an_input_is_refused_and_the_input_kept() {
+    let dir = TempDir::new("overwrite");
+    setup(dir.path());
+    std::os::unix::fs::symlink("m.safetensors", dir.join("link.safetensors")).unwrap();
+    std::fs::create_dir(dir.join("D")).unwrap();
+    std::fs::hard_link(dir.join("m.safetensors"), dir.join("D/model.safetensors")).unwrap();
+    let model = std::fs::read(dir.join("m.safetensors")).unwrap();
+    let sens = std::fs::read(dir.join("s.json")).unwrap();
+    let policy = std::fs::read(dir.join("p.json")).unwrap();
+    let ilp = ["--sensitivity", "s.json", "--avg-bits", "4"];
+    let cases: Vec<Vec<&str>> = vec![
+        analyze_args("m.safetensors", "m.safetensors", &[]),
+        analyze_args("m.safetensors", "x.json", &["--svg", "m.safetensors"]),
+        search_args("ilp", "m.safetensors", &ilp),
+        search_args("ilp", "s.json", &ilp),
+        search_args("ilp", "./link.safetensors", &ilp),
+        vec![
+            "hw",
+            "--model",
+            "m.safetensors",
+            "--hardware",
+            "bitfusion",
+            "--export-csv",
+            "m.safetensors",
+        ],
+        vec![
+            "quantize",
+            "--model",
+            "D/model.safetensors",
+            "--policy",
+            "p.json",
+            "--data",
+            SYNTH,
+            "--out",
+            "D",
+        ],
+        vec![
+            "quantize",
+            "--model",
+            "m.safetensors",
+            "--policy",
+            "p.json",
+            "--data",
+            SYNTH,
+            "--out",
+            "m.safetensors",
+        ],
+        vec![
+            "train",
+            "--model",
+            "m.safetensors",
+            "--data",
+            SYNTH,
+            "--epochs",
+            "1",
+            "--out",
+            "link.safetensors",
+        ],
+    ];
+    for args in cases {
+        expect_error(&dir, &args, 2, &["never writes over its inputs"]);
+    }
+    assert_eq!(std::fs::read(dir.join("m.safetensors")).unwrap(), model);
+    assert_eq!(std::fs::read(dir.join("s.json")).unwrap(), sens);
+    assert_eq!(std::fs::read(dir.join("p.json")).unwrap(), policy);
+}
+
+#[test]
+fn a_rerun_into_an_output_folder_replaces_its_files_as_one_set() {
+    let dir = TempDir::new("rerunq");
+    setup(dir.path());
+    let uniform = ["--avg-bits", "8", "--quiet"];
+    expect_ok(dir.path(), &search_args("uniform", "u.json", &uniform));
+    let first = quantize_json(dir.path(), ["m.safetensors", "p.json", SYNTH, "q"], &[]);
+    std::fs::write(dir.join("q/notes.txt"), "mine").unwrap();
+    let second = quantize_json(dir.path(), ["m.safetensors", "u.json", SYNTH, "q"], &[]);
+    assert_ne!(first["size_bytes"], second["size_bytes"]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("q/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["size_bytes"], second["size_bytes"]);
+    assert_eq!(summary["model_path"], "q/model.safetensors");
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("q/plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["method"], "uniform");
+    let e = eval_json(dir.path(), "q/model.safetensors", SYNTH);
+    assert_eq!(e["size_bytes"], second["size_bytes"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("q/notes.txt")).unwrap(),
+        "mine"
+    );
+    // No staging folder is left beside it.
+    let hidden: Vec<String> = dir
+        .listing()
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
