@@ -36,6 +36,7 @@ pub mod data;
 mod error;
 pub mod export;
 pub mod graph;
+pub mod guard;
 pub(crate) mod io;
 mod loader;
 pub mod meta;

@@ -112,3 +112,98 @@ fn a_rerun_into_an_output_folder_replaces_its_files_as_one_set() {
         .collect();
     assert!(hidden.is_empty(), "{hidden:?}");
 }
+
+/// `src` with the first `count` values of tensor `name` set to NaN.
+fn poison(src: &Path, dst: &Path, name: &str, count: usize) {
+    let bytes = std::fs::read(src).unwrap();
+    let (header, _) = split_safetensors(&bytes);
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let offsets = &header[name]["data_offsets"];
+    let (start, end) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
+    let mut out = bytes.clone();
+    for i in 0..count.min((end - start) / 4) {
+        let at = 8 + n + start + 4 * i;
+        out[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(dst, out).unwrap();
+}
+
+#[test]
+fn a_model_with_nan_weights_is_refused_by_every_stage_naming_the_layer() {
+    let dir = TempDir::new("nan");
+    setup(dir.path());
+    let bytes = std::fs::read(dir.join("m.safetensors")).unwrap();
+    let (header, _) = split_safetensors(&bytes);
+    let weight = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.ends_with(".weight"))
+        .unwrap()
+        .clone();
+    let layer = weight.trim_end_matches(".weight").to_string();
+    poison(
+        &dir.join("m.safetensors"),
+        &dir.join("nan.safetensors"),
+        &weight,
+        1000,
+    );
+    let model = ["--model", "nan.safetensors"];
+    let data = ["--data", SYNTH];
+    let cases: Vec<Vec<&str>> = vec![
+        [&["eval"][..], &model, &data].concat(),
+        [&["eval"][..], &model, &data, &["--policy", "p.json"]].concat(),
+        [
+            &["train"][..],
+            &model,
+            &data,
+            &["--epochs", "1", "--out", "t.safetensors"],
+        ]
+        .concat(),
+        [
+            &[
+                "search",
+                "--method",
+                "haq",
+                "--avg-bits",
+                "4",
+                "--out",
+                "h.json",
+            ][..],
+            &model,
+            &AGENT_FAST[..AGENT_FAST.len() - 2],
+            &["--episodes", "2"],
+        ]
+        .concat(),
+        [
+            &["analyze", "--metric", "limpq", "--out", "l.json"][..],
+            &model,
+            &data,
+        ]
+        .concat(),
+        [&["analyze", "--out", "s2.json"][..], &model, &data].concat(),
+        [
+            &["quantize", "--policy", "p.json", "--out", "q"][..],
+            &model,
+            &data,
+        ]
+        .concat(),
+    ];
+    let layer_named = format!("layer {layer}");
+    for args in cases {
+        expect_error(&dir, &args, 2, &["NaN", &weight, &layer_named]);
+    }
+}
+
+#[test]
+fn training_that_diverges_stops_with_the_epoch_and_writes_nothing() {
+    let dir = TempDir::new("diverge");
+    let args = with(
+        &train_args("mlp", SYNTH, "2", "t.safetensors"),
+        &["--lr", "1e12", "--quiet"],
+    );
+    expect_error(&dir, &args, 2, &["of training", "--lr"]);
+}

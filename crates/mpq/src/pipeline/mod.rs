@@ -87,9 +87,12 @@ impl ModelSource {
         }
     }
 
-    /// Opens the model on [`device`].
+    /// Opens the model on [`device`]; parameters that are not finite are an error
+    /// ([`crate::guard`]).
     pub fn open(&self) -> Result<Model> {
-        Model::open(&self.reference, &self.hint, &device())
+        let model = Model::open(&self.reference, &self.hint, &device())?;
+        crate::guard::check_params(&model.graph, &format!("model {}", self.reference))?;
+        Ok(model)
     }
 }
 

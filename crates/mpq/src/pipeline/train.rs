@@ -172,6 +172,7 @@ pub fn train(req: &TrainRequest, progress: &mut dyn Progress) -> Result<TrainOut
         "test_accuracy": accuracy,
         "test_loss": loss,
     }));
+    crate::guard::check_params(&model.graph, "after training")?;
     model.save(&req.out)?;
     Ok(outcome)
 }

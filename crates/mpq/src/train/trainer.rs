@@ -229,7 +229,7 @@ pub fn evaluate_samples(
     let loss = loss_sum / ds.len() as f64;
     if !loss.is_finite() {
         return Err(Error::NonFinite(
-            "evaluation loss (check the model weights and data)".into(),
+            "the evaluation loss is NaN or infinite: the model's outputs overflow".into(),
         ));
     }
     Ok(SampleResults { correct, loss })
@@ -314,6 +314,11 @@ pub fn train_with(
                     epoch + 1
                 )));
             }
+            crate::guard::check_grads(
+                &grads,
+                graph,
+                &format!("training at epoch {} step {step}", epoch + 1),
+            )?;
             opt.step(&grads, lr)?;
             loss_sum += loss_v * n as f64;
             hits += correct(&logits, &batch.y)?;
@@ -325,7 +330,15 @@ pub fn train_with(
         progress.finish();
         let seconds = t0.elapsed().as_secs_f64();
         let test = match test_set {
-            Some(ts) => Some(evaluate(graph, ts, norm, 256, &mut *hooks)?),
+            Some(ts) => Some(
+                evaluate(graph, ts, norm, 256, &mut *hooks).map_err(|e| match e {
+                    Error::NonFinite(m) => Error::NonFinite(format!(
+                        "after epoch {} of training: {m} (try a smaller --lr)",
+                        epoch + 1
+                    )),
+                    e => e,
+                })?,
+            ),
             None => None,
         };
         epochs.push(EpochStats {

@@ -95,6 +95,15 @@ pub fn train_indicators(
         let mut row = LayerSensitivity::new(info);
         if searched.contains(&info.name) {
             let (w, a) = hooks.values(&info.name)?;
+            for (kind, v) in [("weight", &w), ("activation", &a)] {
+                if let Some((b, x)) = cfg.bits.iter().zip(v.iter()).find(|(_, x)| !x.is_finite()) {
+                    return Err(Error::NonFinite(format!(
+                        "LIMPQ indicators: the learned {kind} step of layer {} at {b} bits is \
+                         {x} after training (try a smaller --lr)",
+                        info.name
+                    )));
+                }
+            }
             let map = |v: &[f64]| -> BTreeMap<BitWidth, f64> {
                 cfg.bits.iter().copied().zip(v.iter().copied()).collect()
             };
