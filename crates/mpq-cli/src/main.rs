@@ -54,9 +54,18 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     1
 }
 
+/// Whether the error is output cut by the reader (`mpq … --json | head`): the io error
+/// itself, or inside a JSON writer's error (whose `source()` skips it) or the library's.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
     err.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            .is_some_and(|e| e.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(BrokenPipe))
+            || matches!(
+                c.downcast_ref::<mpq::Error>(),
+                Some(mpq::Error::Io { err, .. }) if err.kind() == BrokenPipe
+            )
     })
 }

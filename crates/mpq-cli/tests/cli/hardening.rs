@@ -207,3 +207,28 @@ fn training_that_diverges_stops_with_the_epoch_and_writes_nothing() {
     );
     expect_error(&dir, &args, 2, &["of training", "--lr"]);
 }
+
+#[test]
+fn output_cut_by_the_reader_ends_quietly_with_exit_0() {
+    use std::process::Stdio;
+    let dir = TempDir::new("pipe");
+    for args in [
+        &["info", "--model", "zoo:resnet20", "--json"][..],
+        &["info", "--model", "zoo:resnet20"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mpq"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before mpq writes a byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "mpq {args:?}: {stderr}");
+        assert!(stderr.is_empty(), "mpq {args:?}: {stderr}");
+    }
+}
