@@ -84,7 +84,7 @@ pub enum Error {
     #[error("non-finite values: {0}")]
     NonFinite(String),
     /// A budget or constraint that no plan can meet.
-    #[error("infeasible {budget}: the smallest achievable value is {min_value}")]
+    #[error("infeasible {budget}: {}", smallest(min_value))]
     Infeasible {
         /// The constraint that cannot be met.
         budget: String,
@@ -112,6 +112,16 @@ pub enum Error {
         /// `OpType (node NAME)`, with the reason when the type itself is supported.
         items: Vec<String>,
     },
+}
+
+/// How an [`Error::Infeasible`] states its smallest achievable value: a number as such, a
+/// sentence (what to try instead) as it is.
+fn smallest(min_value: &str) -> String {
+    if min_value.trim().parse::<f64>().is_ok() {
+        format!("the smallest achievable value is {min_value}")
+    } else {
+        min_value.to_string()
+    }
 }
 
 /// The result type of the `mpq` library.

@@ -232,3 +232,28 @@ fn output_cut_by_the_reader_ends_quietly_with_exit_0() {
         assert!(stderr.is_empty(), "mpq {args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_sensitivity_that_overflows_omega_is_named_not_reported_infeasible() {
+    let dir = TempDir::new("overflow");
+    setup(dir.path());
+    let mut s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("s.json")).unwrap()).unwrap();
+    for row in s["layers"].as_array_mut().unwrap() {
+        for key in ["trace", "trace_per_param", "top_eigenvalue"] {
+            if row.get(key).is_some_and(|v| !v.is_null()) {
+                row[key] = serde_json::json!(1e308);
+            }
+        }
+    }
+    std::fs::write(dir.join("big.json"), s.to_string()).unwrap();
+    for method in ["ilp", "pareto"] {
+        let args = search_args(
+            method,
+            "p2.json",
+            &["--sensitivity", "big.json", "--avg-bits", "4", "--quiet"],
+        );
+        let err = expect_error(&dir, &args, 2, &["overflow", "sensitivity"]);
+        assert!(!err.contains("smallest achievable value is see"), "{err}");
+    }
+}

@@ -204,7 +204,7 @@ pub fn hawq_v1(space: &SearchSpace, omega: &OmegaTable) -> Result<QuantPlan> {
         return Err(Error::Infeasible {
             budget: "hawq-v1: no bit sequence that is non-increasing in λ/n meets the budgets"
                 .into(),
-            min_value: "a looser budget (or --method ilp, which has no order constraint)".into(),
+            min_value: "loosen the budget, or use --method ilp (no order constraint)".into(),
         });
     };
     let mut plan = space.plan(&choice, "hawq-v1", start)?;

@@ -52,7 +52,7 @@ pub fn ilp(space: &SearchSpace) -> Result<(QuantPlan, IlpStats)> {
     let Some(sol) = mckp::solve(&space.to_mckp()) else {
         return Err(Error::Infeasible {
             budget: "the budgets together (each alone is achievable, but no plan meets all)".into(),
-            min_value: "see the feasibility report; loosen one budget".into(),
+            min_value: "loosen one of them".into(),
         });
     };
     let mut choice = sol.choice;

@@ -464,6 +464,7 @@ impl<'a> SearchSpace<'a> {
                 }
             }
         }
+        self.check_omega_finite()?;
         self.has_omega = true;
         Ok(())
     }
@@ -496,7 +497,42 @@ impl<'a> SearchSpace<'a> {
                 }
             }
         }
+        self.check_omega_finite()?;
         self.has_omega = true;
+        Ok(())
+    }
+
+    /// Refuses Ω values that are not finite, alone or summed over the layers (a sensitivity
+    /// of 1e308 passes every reader but makes every plan's Ω infinite, so no plan compares).
+    fn check_omega_finite(&self) -> Result<()> {
+        let mut worst = 0.0f64;
+        for g in &self.groups {
+            let names: Vec<&str> = g
+                .layers
+                .iter()
+                .map(|&i| self.layers[i].name.as_str())
+                .collect();
+            for c in &g.choices {
+                if !c.omega.is_finite() {
+                    return Err(Error::NonFinite(format!(
+                        "Omega of layer {} at W{}A{} is {}: the sensitivity values overflow \
+                         (check the sensitivity file)",
+                        names.join("+"),
+                        c.w_bits,
+                        c.a_bits,
+                        c.omega
+                    )));
+                }
+            }
+            worst += g.choices.iter().map(|c| c.omega.abs()).fold(0.0, f64::max);
+        }
+        if !worst.is_finite() {
+            return Err(Error::NonFinite(
+                "the sensitivity values overflow: Omega summed over the layers is infinite \
+                 (check the sensitivity file)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -762,7 +798,7 @@ impl<'a> SearchSpace<'a> {
         if !violated.is_empty() {
             return Err(Error::Infeasible {
                 budget: format!("{method} plan breaks {}", violated.join(", ")),
-                min_value: "unknown (report this as a bug)".into(),
+                min_value: "this is an internal error: please report it".into(),
             });
         }
         plan.constraints = self.plan_constraints();
@@ -846,7 +882,7 @@ impl<'a> SearchSpace<'a> {
             Some((_, _, choice)) => self.plan(choice, "uniform", start),
             None => Err(Error::Infeasible {
                 budget: "the budget with one bit-width for every layer".into(),
-                min_value: "a mixed plan (try --method ilp or random)".into(),
+                min_value: "only a mixed plan meets it: try --method ilp or random".into(),
             }),
         }
     }
@@ -963,7 +999,7 @@ impl<'a> SearchSpace<'a> {
             Some((_, choice)) => self.plan(&choice, "random", start),
             None => Err(Error::Infeasible {
                 budget: format!("random sampling: no plan met the budget in {max_tries} draws"),
-                min_value: "a looser budget".into(),
+                min_value: "loosen the budget".into(),
             }),
         }
     }
@@ -1267,7 +1303,7 @@ impl Feasibility {
                     "pins and ties: layers {} have no allowed choice",
                     self.empty_layers.join(", ")
                 ),
-                min_value: "none (tied layers are pinned to different bits)".into(),
+                min_value: "none: tied layers are pinned to different bits".into(),
             });
         }
         match self.budgets.iter().find(|b| !b.feasible) {

@@ -267,7 +267,8 @@ impl<'s, 'a, E: PlanEvaluator> RatioEnv<'s, 'a, E> {
                     budget: "the cw-hawq repair: every channel at the smallest width still \
                              breaks the budget"
                         .into(),
-                    min_value: "see the feasibility pre-flight".into(),
+                    min_value:
+                        "loosen the budget (mpq search reports each budget's smallest value)".into(),
                 });
             }
         }

@@ -222,10 +222,13 @@ impl<'s, 'a> CwSetup<'s, 'a> {
                 })?;
                 orders[i] = Some(channel_order(&row.traces));
             } else {
-                let ch = g.choices.first().ok_or_else(|| Error::Infeasible {
-                    budget: format!("layer {} has no allowed choice", layers[i].name),
-                    min_value: "see the feasibility pre-flight".into(),
-                })?;
+                let ch =
+                    g.choices.first().ok_or_else(|| Error::Infeasible {
+                        budget: format!("layer {} has no allowed choice", layers[i].name),
+                        min_value:
+                            "loosen the budget (mpq search reports each budget's smallest value)"
+                                .into(),
+                    })?;
                 pinned[i] = Some((ch.w_bits, ch.a_bits));
             }
         }
@@ -331,7 +334,7 @@ impl<'s, 'a> CwSetup<'s, 'a> {
                 .collect();
             return Err(Error::Infeasible {
                 budget: format!("{method} plan breaks {}", s.join(", ")),
-                min_value: "unknown (report this as a bug)".into(),
+                min_value: "this is an internal error: please report it".into(),
             });
         }
         plan.constraints = self.space.plan_constraints();
@@ -419,7 +422,7 @@ pub fn cw_ilp(space: &SearchSpace<'_>, table: &ChannelTable, grid: usize) -> Res
         .collect();
     let sol = mckp::solve(&Mckp { groups, limits }).ok_or_else(|| Error::Infeasible {
         budget: "cw-ilp: no grid of channel ratios meets the budgets".into(),
-        min_value: "a looser budget or a finer --ratio-grid".into(),
+        min_value: "loosen the budget or use a finer --ratio-grid".into(),
     })?;
     let mut counts = vec![Vec::new(); space.layers().len()];
     for ((&i, g), &c) in searched.iter().zip(&grids).zip(&sol.choice) {

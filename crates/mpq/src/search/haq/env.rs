@@ -286,7 +286,8 @@ impl<'s, 'a, E: PlanEvaluator> HaqEnv<'s, 'a, E> {
                     budget: "the HAQ budget repair: every searched layer at its smallest \
                              bit-widths still breaks the budget"
                         .into(),
-                    min_value: "see the feasibility pre-flight".into(),
+                    min_value:
+                        "loosen the budget (mpq search reports each budget's smallest value)".into(),
                 });
             }
         }
