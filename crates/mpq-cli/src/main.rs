@@ -21,9 +21,26 @@ fn main() -> ExitCode {
     };
     // Keep large freed buffers for the next pass instead of returning them to the kernel.
     mpq_kernels::tune_allocator();
+    if let Some(limit) = &args.global.memory_limit {
+        match mpq::limits::parse_size(limit) {
+            Ok(bytes) => mpq::limits::set_memory_limit(bytes),
+            Err(e) => {
+                eprintln!("error: --memory-limit: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Some(n) = args.global.threads {
-        // The global pool can only be set once; failure leaves the default, which is fine.
-        let _ = rayon_pool(n);
+        match mpq::set_threads(n) {
+            Ok(used) if used < n && !args.global.quiet => {
+                eprintln!("note: --threads {n}: this machine has {used} CPUs, using {used}");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     match commands::run(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,10 +55,6 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(&err))
         }
     }
-}
-
-fn rayon_pool(n: usize) -> Result<(), String> {
-    mpq::set_threads(n).map_err(|e| e.to_string())
 }
 
 /// 2 for bad input (any `mpq::Error` that is an input error), 1 otherwise.

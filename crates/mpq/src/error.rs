@@ -105,6 +105,19 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// An input (a file's shape or count, a data reference, a model configuration) that would
+    /// need more memory than the budget of [`crate::limits`]; refused before allocating.
+    #[error(
+        "{what} needs {needed}, over the memory limit of {limit} (set --memory-limit or MPQ_MEMORY_LIMIT)"
+    )]
+    MemoryLimit {
+        /// What would be allocated, e.g. `the model's input shape 3x100000x100000`.
+        what: String,
+        /// The memory it needs, formatted (`112 GiB`).
+        needed: String,
+        /// The budget in effect, formatted.
+        limit: String,
+    },
     /// An ONNX model with operators (or operator settings) the importer does not convert;
     /// every offending node is listed.
     #[error("unsupported ONNX operators ({}): {}", items.len(), items.join(", "))]

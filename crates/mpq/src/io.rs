@@ -22,6 +22,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// place in order, so a failure leaves no half-written output (and none at all when the first
 /// rename fails: put the file most likely to fail, the user's output, first).
 pub(crate) fn write_files_atomic(files: &[(std::path::PathBuf, Vec<u8>)]) -> Result<()> {
+    // A folder where a file should go fails every rename into it: refuse before writing
+    // anything, so no earlier file of the set lands without the rest.
+    if let Some((path, _)) = files.iter().find(|(p, _)| p.is_dir()) {
+        return Err(Error::io(
+            path,
+            std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        ));
+    }
     let mut temps: Vec<std::path::PathBuf> = Vec::with_capacity(files.len());
     let cleanup = |temps: &[std::path::PathBuf]| {
         for t in temps {
@@ -61,9 +69,10 @@ pub(crate) fn json_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads a whole file, with the path in the error.
+/// Reads a whole file, with the path in the error; a file over the memory budget
+/// ([`crate::limits`]) is refused before it is read.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::limits::read_file(path)
 }
 
 /// Reads the UTF-8 text file at `path` and parses it with `parse(text, source)`, `source`

@@ -38,6 +38,7 @@ pub mod export;
 pub mod graph;
 pub mod guard;
 pub(crate) mod io;
+pub mod limits;
 mod loader;
 pub mod meta;
 pub mod model;
@@ -61,13 +62,17 @@ pub use io::Versioned;
 pub use named::Named;
 pub use plan::QuantPlan;
 
-/// Sets the number of worker threads of the global pool (call once, before any work).
-pub fn set_threads(n: usize) -> Result<()> {
+/// Sets the number of worker threads of the global pool (call once, before any work), at most
+/// the machine's CPUs (more only slow the work down); returns the number used.
+pub fn set_threads(n: usize) -> Result<usize> {
     if n == 0 {
         return Err(Error::config("threads", "must be at least 1"));
     }
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let used = n.min(cpus);
     rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
+        .num_threads(used)
         .build_global()
-        .map_err(|e| Error::config("threads", e.to_string()))
+        .map_err(|e| Error::config("threads", e.to_string()))?;
+    Ok(used)
 }

@@ -36,9 +36,14 @@ pub(crate) struct GlobalArgs {
     /// Seed of every random choice (same seed and inputs give the same numbers).
     #[arg(long, global = true, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: all cores; more than the cores are capped to them).
     #[arg(long, global = true)]
     pub(crate) threads: Option<usize>,
+    /// Memory budget for inputs (shapes, counts, files): bytes or with K/M/G/T, e.g. 8G
+    /// (default: half the machine's memory, or MPQ_MEMORY_LIMIT). Larger inputs exit 2
+    /// before anything is allocated.
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub(crate) memory_limit: Option<String>,
     /// No progress bars or status lines.
     #[arg(long, global = true)]
     pub(crate) quiet: bool,

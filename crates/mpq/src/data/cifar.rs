@@ -50,6 +50,19 @@ fn resolve_dir(dir: &Path) -> PathBuf {
 
 /// Reads and concatenates batch files.
 fn read_batches(files: &[PathBuf]) -> Result<Dataset> {
+    // The batches are read one at a time into one set: about twice their total size.
+    let total: u128 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| u128::from(m.len()))
+        .sum();
+    crate::limits::check_bytes_with(total.saturating_mul(2), || {
+        let dir = files
+            .first()
+            .and_then(|f| f.parent())
+            .unwrap_or(Path::new("."));
+        format!("loading the CIFAR-10 batches of {}", dir.display())
+    })?;
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for path in files {
@@ -129,6 +142,18 @@ mod tests {
         let mut t = record(0, 200);
         t.extend(record(4, 201));
         std::fs::write(dir.join("test_batch.bin"), t).unwrap();
+    }
+
+    #[test]
+    fn batches_over_the_memory_limit_are_refused_before_reading() {
+        let dir = temp_dir("limit");
+        write_set(&dir);
+        let err = crate::limits::with_memory_limit(16 << 10, || load_cifar10(&dir)).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::MemoryLimit { .. }), "{msg}");
+        assert!(msg.contains("CIFAR-10 batches"), "{msg}");
+        assert!(crate::limits::with_memory_limit(1 << 20, || load_cifar10(&dir)).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

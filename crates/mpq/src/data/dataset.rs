@@ -37,8 +37,10 @@ impl Dataset {
         if classes == 0 {
             return Err(Error::config("data", "a dataset needs at least one class"));
         }
-        let per_image = shape[0] * shape[1] * shape[2];
-        let expected = labels.len().checked_mul(per_image);
+        let per_image = shape[0]
+            .checked_mul(shape[1])
+            .and_then(|p| p.checked_mul(shape[2]));
+        let expected = per_image.and_then(|p| labels.len().checked_mul(p));
         if expected != Some(pixels.len()) {
             return Err(Error::ShapeMismatch {
                 name: "dataset pixels".into(),
@@ -158,6 +160,13 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overflowing_shapes_are_errors() {
+        // shape[0] * shape[1] * shape[2] overflowed (a panic in debug builds).
+        let err = Dataset::new(vec![], vec![], [usize::MAX, 2, 2], 1).unwrap_err();
+        assert!(err.to_string().contains("overflow"), "{err}");
+    }
 
     fn toy(n: usize) -> Dataset {
         let pixels = (0..n * 4).map(|i| (i % 251) as u8).collect();

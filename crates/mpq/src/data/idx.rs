@@ -94,7 +94,12 @@ fn find_idx(dir: &Path, prefixes: &[&str], what: &str, idx: &str) -> Result<Path
 }
 
 /// Parses one images file and one labels file into a 10-class dataset.
-fn mnist_pair(images: &[u8], img_path: &Path, labels: &[u8], lbl_path: &Path) -> Result<Dataset> {
+pub(super) fn mnist_pair(
+    images: &[u8],
+    img_path: &Path,
+    labels: &[u8],
+    lbl_path: &Path,
+) -> Result<Dataset> {
     let (pixels, [n, h, w]) = parse_idx_images(&maybe_gunzip(images, img_path)?, img_path)?;
     let labels = parse_idx_labels(&maybe_gunzip(labels, lbl_path)?, lbl_path)?;
     if labels.len() != n {
@@ -114,10 +119,20 @@ fn mnist_pair(images: &[u8], img_path: &Path, labels: &[u8], lbl_path: &Path) ->
 /// Decompresses `bytes` if they start with the gzip magic, else returns them as they are.
 pub(super) fn maybe_gunzip(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
+        // Stop one byte past the memory budget: a gzip bomb is refused, not decompressed.
+        let limit = crate::limits::memory_limit()?;
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(bytes)
+            .take(limit.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| Error::corrupt(path, format!("bad gzip data: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(Error::MemoryLimit {
+                what: format!("decompressing {}", path.display()),
+                needed: format!("more than {}", crate::limits::format_bytes(limit.into())),
+                limit: crate::limits::format_bytes(limit.into()),
+            });
+        }
         Ok(out)
     } else {
         Ok(bytes.to_vec())
@@ -204,6 +219,11 @@ pub(super) fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<(Vec<u8>, [u
 /// Parses an IDX labels file (u8, 1 dim).
 pub(super) fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u32>> {
     let (_, payload) = parse_idx(bytes, path, LABELS_MAGIC, "labels")?;
+    crate::limits::check_alloc(
+        &format!("the labels of {}", path.display()),
+        payload.len() as u128,
+        4,
+    )?;
     Ok(payload.iter().map(|&l| u32::from(l)).collect())
 }
 
@@ -289,6 +309,37 @@ mod tests {
         let bad_gz = &gzip(&images_file(1, 2, 2, 4))[..12];
         let reason = corrupt_reason(maybe_gunzip(bad_gz, p));
         assert!(reason.contains("gzip"), "{reason}");
+    }
+
+    #[test]
+    fn gzip_bombs_stop_at_the_memory_limit() {
+        // 64 MiB of zeros compress to ~64 KiB; decompressing used to have no bound at all.
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 1 << 20);
+        let p = Path::new("bomb.gz");
+        let err = crate::limits::with_memory_limit(1 << 20, || maybe_gunzip(&bomb, p)).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::MemoryLimit { .. }), "{msg}");
+        assert!(
+            msg.starts_with("decompressing bomb.gz needs more than 1.0 MiB"),
+            "{msg}"
+        );
+        // Within the limit it decompresses.
+        let small = gzip(&labels_file(&[1, 2, 3]));
+        let out = crate::limits::with_memory_limit(1 << 20, || maybe_gunzip(&small, p)).unwrap();
+        assert_eq!(out, labels_file(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn public_parse_reads_a_pair() {
+        let images = gzip(&images_file(2, 3, 4, 24));
+        let labels = labels_file(&[7, 1]);
+        let d = crate::data::parse_idx(&images, Path::new("i"), &labels, Path::new("l")).unwrap();
+        assert_eq!(
+            (d.len(), d.shape(), d.labels()),
+            (2, [1, 3, 4], &[7u32, 1][..])
+        );
+        assert!(crate::data::parse_idx(&labels, Path::new("i"), &images, Path::new("l")).is_err());
     }
 
     #[test]

@@ -99,9 +99,27 @@ fn load_split(dir: &Path, classes: &[String], size: (usize, usize)) -> Result<Da
             format!("no images (png, jpg, jpeg) under {}", dir.display()),
         ));
     }
+    // Decoded images, then their concatenation; and per worker one image resized to cover
+    // the target (size * 256 / 224 per side, more for other aspect ratios).
+    let per = crate::limits::elements(&[3, size.0, size.1]);
+    let threads = rayon::current_num_threads() as u128;
+    let needed = per
+        .saturating_mul(2 * files.len() as u128)
+        .saturating_add(per.saturating_mul(2).saturating_mul(threads));
+    crate::limits::check_bytes_with(needed, || {
+        format!(
+            "{} images of 3x{}x{} under {}",
+            files.len(),
+            size.0,
+            size.1,
+            dir.display()
+        )
+    })?;
+    // Each worker's share of the budget (read here: a scoped budget is the caller's thread's).
+    let share = crate::limits::memory_limit()? / (threads as u64).max(1);
     let images: Vec<Vec<u8>> = files
         .par_iter()
-        .map(|(path, _)| decode(path, size))
+        .map(|(path, _)| decode(path, size, share))
         .collect::<Result<_>>()?;
     let labels = files.iter().map(|(_, l)| *l).collect();
     Dataset::new(images.concat(), labels, [3, size.0, size.1], classes.len())
@@ -109,11 +127,17 @@ fn load_split(dir: &Path, classes: &[String], size: (usize, usize)) -> Result<Da
 
 /// Decodes one file to RGB, resizes so that it covers `size` * 256 / 224 (the shorter side for
 /// a square target) and centre-crops to `size`. Returns CHW pixels.
-fn decode(path: &Path, (h, w): (usize, usize)) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
+/// `share` is the memory this worker may use (bytes).
+fn decode(path: &Path, (h, w): (usize, usize), share: u64) -> Result<Vec<u8>> {
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
+        .map_err(|e| Error::io(path, e))?;
+    // The decoder's own allocation limit, within the memory budget shared by the workers.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(limits.max_alloc.map_or(share, |m| m.min(share)));
+    reader.limits(limits);
+    let img = reader
         .decode()
         .map_err(|e| Error::corrupt(path, format!("cannot decode image: {e}")))?
         .to_rgb8();
@@ -126,6 +150,23 @@ fn decode(path: &Path, (h, w): (usize, usize)) -> Result<Vec<u8>> {
     let scale = (rh / ih).max(rw / iw);
     let nw = ((iw * scale).round() as u32).max(w as u32);
     let nh = ((ih * scale).round() as u32).max(h as u32);
+    // An extreme aspect ratio resizes to a huge image: RGB8 plus the f32 intermediate.
+    let resize_bytes = u128::from(nw) * u128::from(nh) * 3 * 5;
+    if resize_bytes > u128::from(share) {
+        return Err(Error::MemoryLimit {
+            what: format!(
+                "resizing {} ({}x{}) to {nw}x{nh}",
+                path.display(),
+                img.width(),
+                img.height()
+            ),
+            needed: crate::limits::format_bytes(resize_bytes),
+            limit: format!(
+                "{} (one worker's share)",
+                crate::limits::format_bytes(share.into())
+            ),
+        });
+    }
     let resized = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
     let (x0, y0) = ((nw as usize - w) / 2, (nh as usize - h) / 2);
     let mut out = vec![0u8; 3 * h * w];
@@ -177,6 +218,27 @@ mod tests {
         assert!(img[..64].iter().all(|&p| p == 5));
         assert!(img[64..128].iter().all(|&p| p == 100));
         assert!(img[128..].iter().all(|&p| p == 250));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn huge_sizes_and_aspect_ratios_are_refused() {
+        let root = temp_dir("huge");
+        for split in ["train", "val"] {
+            write_png(&root.join(split).join("cat/a.png"), 4000, 1, [1, 2, 3]);
+        }
+        crate::limits::with_memory_limit(64 << 20, || {
+            // --image-size 100000x100000: 30 GB per image.
+            let err = load_imagefolder(&root, (100_000, 100_000)).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::MemoryLimit { .. }), "{msg}");
+            assert!(msg.contains("1 images of 3x100000x100000"), "{msg}");
+            // A 4000x1 image covering 224x224 resized to 1024000x256 (786 MB) first.
+            let err = load_imagefolder(&root, (224, 224)).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::MemoryLimit { .. }), "{msg}");
+            assert!(msg.contains("to 1024000x256"), "{msg}");
+        });
         std::fs::remove_dir_all(&root).unwrap();
     }
 

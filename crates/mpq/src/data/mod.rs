@@ -210,6 +210,20 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<DataSplits> {
     })
 }
 
+/// Parses an MNIST-style pair of IDX files, gzipped or not (an images file, magic
+/// `0x00000803`, and a labels file, magic `0x00000801`, of the same count), into a 10-class
+/// data set; `images_path` and `labels_path` name them in errors. What `mnist:DIR` reads, for
+/// bytes from elsewhere; decompression and allocation are held to the memory budget
+/// ([`crate::limits`]).
+pub fn parse_idx(
+    images: &[u8],
+    images_path: &std::path::Path,
+    labels: &[u8],
+    labels_path: &std::path::Path,
+) -> Result<Dataset> {
+    idx::mnist_pair(images, images_path, labels, labels_path)
+}
+
 /// Mixes a seed with stream numbers into a new, well-spread seed (SplitMix64 finaliser), so
 /// that e.g. the shuffle of each epoch gets its own independent `ChaCha8Rng`.
 pub(crate) fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
@@ -223,9 +237,10 @@ pub(crate) fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
     })
 }
 
-/// Reads a whole file, mapping failure to [`Error::Io`] with the path.
+/// Reads a whole file, mapping failure to [`Error::Io`] with the path; a file over the
+/// memory budget ([`crate::limits`]) is refused before it is read.
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::limits::read_file(path)
 }
 
 /// Checks that every label is below `classes`, reporting the first offender as corrupt data.

@@ -71,11 +71,43 @@ impl SyntheticSpec {
         if total.is_none_or(|t| t > isize::MAX as usize / 2) {
             return Err(bad("the dataset would not fit in memory"));
         }
-        Ok(Self {
+        let spec = Self {
             shape,
             classes,
             samples,
-        })
+        };
+        crate::limits::check_bytes_with(spec.memory_bytes(), || {
+            format!(
+                "the data set synthetic:{} ({} + {} images of {}, {classes} classes)",
+                s.trim(),
+                samples,
+                spec.test_samples(),
+                crate::limits::shape_string(&shape)
+            )
+        })?;
+        Ok(spec)
+    }
+
+    /// Bytes the generated data sets take: the pixels and labels of the train and test
+    /// samples, the class prototypes (and their rendered cache) and the class names.
+    fn memory_bytes(&self) -> u128 {
+        let per = crate::limits::elements(&self.shape);
+        let k = self.classes as u128;
+        let n = self.samples as u128 + self.test_samples() as u128;
+        let [c, h, w] = self.shape.map(|d| d as u128);
+        let grid = k * c * (GRID as u128).min(h) * (GRID as u128).min(w) * 4;
+        let cache = if k.saturating_mul(per) <= CACHE_MAX as u128 {
+            k * per * 4
+        } else {
+            // One rendered prototype per worker thread.
+            per * 4 * rayon::current_num_threads() as u128
+        };
+        // A class name is a `String` of a few digits: 24 bytes plus the heap block.
+        let names = k * 40;
+        n.saturating_mul(per.saturating_add(4))
+            .saturating_add(grid)
+            .saturating_add(cache)
+            .saturating_add(names)
     }
 
     /// Number of test samples: max(N / 5, K).
@@ -218,6 +250,27 @@ mod tests {
             assert!(matches!(err, Error::InvalidConfig { .. }), "{msg}");
             assert!(msg.contains("e.g. synthetic:3x32x32:10:1000"), "{msg}");
         }
+    }
+
+    #[test]
+    fn huge_specs_are_refused_before_generating() {
+        // Without the budget these grew to tens of GB and aborted the process.
+        crate::limits::with_memory_limit(1 << 30, || {
+            for spec in [
+                "1x28x28:10:99999999999",
+                "1x100000x100000:10:2",
+                "1x1x1:4000000000:1",
+            ] {
+                let err = SyntheticSpec::parse(spec).unwrap_err();
+                let msg = err.to_string();
+                assert!(matches!(err, Error::MemoryLimit { .. }), "{spec}: {msg}");
+                assert!(err.is_input_error());
+                assert!(msg.contains(&format!("synthetic:{spec}")), "{msg}");
+                assert!(msg.contains("over the memory limit of 1.0 GiB"), "{msg}");
+            }
+            // A spec that fits still parses.
+            assert!(SyntheticSpec::parse("1x28x28:10:1000").is_ok());
+        });
     }
 
     #[test]

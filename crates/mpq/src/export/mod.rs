@@ -136,13 +136,13 @@ pub fn pack_codebook(shape: &[usize], cb: &Codebook) -> Result<(Vec<u8>, Vec<f32
 
 /// Dequantizes packed codebook indices: `codebook[code]`.
 pub fn unpack_codebook(bytes: &[u8], meta: &PackedWeight, codebook: &[f32]) -> Result<Vec<f32>> {
-    let n: usize = meta.shape.iter().product();
     if !(1..=16).contains(&meta.bits) {
         return Err(Error::config(
             "codes",
             format!("{} bits per code", meta.bits),
         ));
     }
+    let n = code_count(bytes, meta, meta.bits)?;
     let mut r = BitReader::new(bytes);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -161,8 +161,23 @@ pub fn unpack_codebook(bytes: &[u8], meta: &PackedWeight, codebook: &[f32]) -> R
 
 /// Dequantizes packed codes: `s_c·(q − z_c)` with `q = stored + qmin_c`.
 pub fn unpack_weight(bytes: &[u8], meta: &PackedWeight, q: &QuantParams) -> Result<Vec<f32>> {
-    let n: usize = meta.shape.iter().product();
     let ch = meta.channels.max(1);
+    // Every width must be one the bit reader takes, for every channel.
+    let widths: &[u32] = match &q.channel_bits {
+        Some(b) if b.len() != ch => {
+            return Err(Error::config(
+                "codes",
+                format!("{} channel widths for {ch} channels", b.len()),
+            ));
+        }
+        Some(b) => b,
+        None => std::slice::from_ref(&q.bits),
+    };
+    if let Some(b) = widths.iter().find(|b| !(1..=32).contains(*b)) {
+        return Err(Error::config("codes", format!("{b} bits per code")));
+    }
+    let min_bits = widths.iter().copied().min().unwrap_or(q.bits);
+    let n = code_count(bytes, meta, min_bits)?;
     if !n.is_multiple_of(ch) || q.channels() != ch {
         return Err(Error::config(
             "codes",
@@ -184,6 +199,32 @@ pub fn unpack_weight(bytes: &[u8], meta: &PackedWeight, q: &QuantParams) -> Resu
     }
     all_read(&r, bytes)?;
     Ok(out)
+}
+
+/// The number of codes of a weight of `meta.shape`, checked before anything is allocated:
+/// the dequantized values must fit the memory budget ([`crate::limits`]) and `bytes` must
+/// hold that many codes of at least `min_bits` bits.
+fn code_count(bytes: &[u8], meta: &PackedWeight, min_bits: u32) -> Result<usize> {
+    let n = crate::limits::elements(&meta.shape);
+    crate::limits::check_alloc(
+        &format!(
+            "the packed weight of shape {}",
+            crate::limits::shape_string(&meta.shape)
+        ),
+        n,
+        4,
+    )?;
+    let available = (bytes.len() as u128) * 8 / u128::from(min_bits.max(1));
+    if n > available {
+        return Err(Error::config(
+            "codes",
+            format!(
+                "{} bytes of codes cannot hold {n} codes of {min_bits} or more bits",
+                bytes.len()
+            ),
+        ));
+    }
+    usize::try_from(n).map_err(|_| Error::config("codes", format!("{n} codes")))
 }
 
 /// Checks that unpacking consumed every byte of the packed codes.
@@ -423,4 +464,79 @@ pub(crate) fn unpack(
     graph.params_mut().assign_strict(path, tensors)?;
     let hooks = PlanHooks::frozen(&meta.plan, acts);
     Ok((graph, hooks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed(shape: Vec<usize>, bits: u32, channels: usize) -> PackedWeight {
+        PackedWeight {
+            shape,
+            bits,
+            channel_bits: None,
+            qmin: -8.0,
+            qmax: 7.0,
+            channels,
+            zero_point: false,
+            code_bytes: 4,
+            codebook: None,
+        }
+    }
+
+    #[test]
+    fn declared_shapes_are_checked_before_allocating() {
+        // A packed file whose metadata declares 2^40 codes: `Vec::with_capacity` aborted.
+        let book = [0.0f32; 16];
+        let huge = packed(vec![1 << 40], 4, 1);
+        let err =
+            crate::limits::with_memory_limit(1 << 30, || unpack_codebook(&[0; 4], &huge, &book))
+                .unwrap_err();
+        assert!(matches!(err, Error::MemoryLimit { .. }), "{err}");
+        // Within the budget but more codes than the bytes hold: refused up front too.
+        let err = unpack_codebook(&[0; 4], &packed(vec![1 << 20], 4, 1), &book).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot hold 1048576 codes"),
+            "{err}"
+        );
+        // A shape whose product overflows usize.
+        let err = unpack_codebook(&[0; 4], &packed(vec![usize::MAX, 4], 4, 1), &book);
+        assert!(err.is_err());
+        // Per-channel widths that do not match the channels, or a width past 32 bits:
+        // an index panic and a shift overflow before.
+        let q = QuantParams {
+            bits: 4,
+            channel_bits: Some(vec![4]),
+            scale: vec![1.0, 1.0],
+            zero_point: vec![0.0, 0.0],
+            qmin: -8.0,
+            qmax: 7.0,
+            axis: Some(0),
+        };
+        let err = unpack_weight(&[0; 4], &packed(vec![2, 4], 4, 2), &q).unwrap_err();
+        assert!(
+            err.to_string().contains("1 channel widths for 2 channels"),
+            "{err}"
+        );
+        let q = QuantParams {
+            bits: 64,
+            channel_bits: None,
+            ..q
+        };
+        let err = unpack_weight(&[0; 64], &packed(vec![2, 4], 64, 2), &q).unwrap_err();
+        assert!(err.to_string().contains("64 bits per code"), "{err}");
+        assert!(BitReader::new(&[0; 16]).next(64).is_err());
+        // A well-formed stream still unpacks.
+        let q = QuantParams {
+            bits: 4,
+            channel_bits: None,
+            scale: vec![0.5],
+            zero_point: vec![0.0],
+            qmin: -8.0,
+            qmax: 7.0,
+            axis: None,
+        };
+        let v = unpack_weight(&[0x98, 0xff], &packed(vec![4], 4, 1), &q).unwrap();
+        assert_eq!(v, vec![0.0, 0.5, 3.5, 3.5]);
+    }
 }

@@ -66,6 +66,9 @@ impl<'a> BitReader<'a> {
 
     /// The next `bits`-bit code; an error past the end of the stream.
     pub fn next(&mut self, bits: u32) -> Result<u32> {
+        if bits > 32 {
+            return Err(Error::config("codes", format!("{bits} bits per code")));
+        }
         while self.filled < bits {
             let Some(&b) = self.bytes.get(self.pos) else {
                 return Err(Error::config("codes", "packed code stream is too short"));

@@ -32,6 +32,8 @@ pub struct GraphBuilder {
     rng: ChaCha8Rng,
     conv_init: ConvInit,
     names: HashMap<String, NodeId>,
+    /// Bytes of the parameters created so far (checked against [`crate::limits`]).
+    param_bytes: u128,
 }
 
 impl GraphBuilder {
@@ -49,6 +51,7 @@ impl GraphBuilder {
             rng: ChaCha8Rng::seed_from_u64(seed),
             conv_init: ConvInit::PyTorchDefault,
             names: HashMap::new(),
+            param_bytes: 0,
         }
     }
 
@@ -72,6 +75,12 @@ impl GraphBuilder {
     pub fn push(&mut self, name: &str, op: Op, inputs: &[NodeId]) -> Result<NodeId> {
         let in_shapes: Vec<&[usize]> = inputs.iter().map(|&i| self.shapes[i].as_slice()).collect();
         let shape = infer_node_shape(name, &op, &in_shapes)?;
+        crate::limits::check_shape_with(&shape, 4, || {
+            format!(
+                "the output {} of node {name} (a batch of 1)",
+                crate::limits::shape_string(&shape)
+            )
+        })?;
         let id = self.nodes.len();
         if self.names.insert(name.to_string(), id).is_some() {
             return Err(Error::config(
@@ -90,8 +99,27 @@ impl GraphBuilder {
 
     /// Adds a named parameter with the given value (imported weights).
     pub fn insert_param(&mut self, name: &str, value: Tensor, kind: ParamKind) -> Result<()> {
+        self.reserve(name, value.dims())?;
         self.params.insert(name, value, kind)?;
         Ok(())
+    }
+
+    /// Counts a parameter of `shape` (4 bytes per value) against the memory budget, before
+    /// its values are drawn: the parameter alone and all parameters so far must fit.
+    fn reserve(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        let bytes = crate::limits::elements(shape).saturating_mul(4);
+        let what = || {
+            format!(
+                "parameter {name} of shape {}",
+                crate::limits::shape_string(shape)
+            )
+        };
+        crate::limits::check_bytes(&what(), bytes)?;
+        self.param_bytes = self.param_bytes.saturating_add(bytes);
+        crate::limits::check_bytes(
+            &format!("the model's parameters (up to {})", what()),
+            self.param_bytes,
+        )
     }
 
     /// Whether a node is already named `name`.
@@ -129,6 +157,7 @@ impl GraphBuilder {
     pub fn conv2d(&mut self, name: &str, x: NodeId, spec: Conv2dSpec) -> Result<NodeId> {
         let id = self.push(name, Op::Conv2d(spec), &[x])?;
         let wshape = spec.weight_shape();
+        self.reserve(&format!("{name}.weight"), &wshape)?;
         let n: usize = wshape.iter().product();
         let fan_in = (n / spec.out_channels).max(1) as f64;
         let fan_out =
@@ -177,6 +206,7 @@ impl GraphBuilder {
             bias,
         };
         let id = self.push(name, Op::Linear(spec), &[x])?;
+        self.reserve(&format!("{name}.weight"), &[out_features, in_features])?;
         let bound = 1.0 / (in_features as f64).sqrt();
         let w = self.uniform(in_features * out_features, bound);
         self.param(
@@ -324,7 +354,17 @@ impl Graph {
             params,
             last_use,
         };
-        g.infer_shapes()?;
+        // Every activation of one sample must fit the memory budget (the graph may come from
+        // a file).
+        for (node, shape) in g.nodes.iter().zip(g.infer_shapes()?) {
+            crate::limits::check_shape_with(&shape, 4, || {
+                format!(
+                    "the output {} of node {} (a batch of 1)",
+                    crate::limits::shape_string(&shape),
+                    node.name
+                )
+            })?;
+        }
         Ok(g)
     }
 }

@@ -59,6 +59,21 @@ impl Graph {
 impl GraphDesc {
     /// A graph of this structure with zero-valued parameters (to be loaded into).
     pub fn build(&self, device: &Device) -> Result<Graph> {
+        // The description comes from a file: check what it would allocate first.
+        crate::limits::check_input(&self.input_shape)?;
+        let mut total: u128 = 0;
+        for p in &self.params {
+            let bytes = crate::limits::elements(&p.shape).saturating_mul(if p.int { 8 } else { 4 });
+            total = total.saturating_add(bytes);
+            crate::limits::check_bytes(
+                &format!(
+                    "the model's parameters (up to {} of shape {})",
+                    p.name,
+                    crate::limits::shape_string(&p.shape)
+                ),
+                total,
+            )?;
+        }
         let mut params = ParamStore::new(device);
         for p in &self.params {
             let dtype = if p.int { DType::I64 } else { DType::F32 };

@@ -46,6 +46,20 @@ pub enum FuncOp {
         /// Per-sample axis.
         axis: usize,
     },
+    /// ONNX `QuantizeLinear` with a scalar scale and zero point, the codes kept as floats:
+    /// `clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`. An imported QDQ model
+    /// reads `DequantizeLinear(QuantizeLinear(x))` as fake quantization (this, then an
+    /// affine map); rounding has no gradient, so such a graph evaluates but does not train.
+    Quantize {
+        /// The step.
+        scale: f64,
+        /// The code of 0.
+        zero_point: f64,
+        /// Smallest code of the carrier type.
+        qmin: f64,
+        /// Largest code of the carrier type.
+        qmax: f64,
+    },
     /// `x·mul + add` with scalars (ONNX Mul/Add/Sub/Div by a constant scalar).
     Affine {
         /// Factor.
@@ -95,6 +109,7 @@ impl FuncOp {
             FuncOp::Clip { .. } => "clip",
             FuncOp::Softmax { .. } => "softmax",
             FuncOp::Affine { .. } => "affine",
+            FuncOp::Quantize { .. } => "quantize",
             FuncOp::Mul => "mul",
             FuncOp::Concat { .. } => "concat",
             FuncOp::Reshape { .. } => "reshape",
@@ -137,6 +152,24 @@ pub fn eval_func(op: &FuncOp, xs: &[&Tensor]) -> Result<Tensor> {
         FuncOp::Clip { lo, hi } => x.maximum(*lo)?.minimum(*hi)?,
         FuncOp::Softmax { axis } => candle_nn::ops::softmax(x, axis + 1)?,
         FuncOp::Affine { mul, add } => x.affine(*mul, *add)?,
+        FuncOp::Quantize {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        } => {
+            // Division, not multiplication by 1/scale: the ONNX definition, bit for bit.
+            let s = Tensor::new(*scale as f32, x.device())?.to_dtype(x.dtype())?;
+            let v = x.broadcast_div(&s)?;
+            let half = Tensor::new(0.5f32, x.device())?
+                .to_dtype(x.dtype())?
+                .broadcast_as(v.shape())?;
+            let tie = (&v - v.floor()?)?.eq(&half)?;
+            let even = (v.affine(0.5, 0.0)?.round()? * 2.0)?;
+            tie.where_cond(&even, &v.round()?)?
+                .affine(1.0, *zero_point)?
+                .clamp(*qmin, *qmax)?
+        }
         FuncOp::Mul => {
             let y = xs
                 .get(1)
@@ -211,6 +244,7 @@ pub(crate) fn infer_func_shape(name: &str, op: &FuncOp, inputs: &[&[usize]]) -> 
         | FuncOp::HardSigmoid { .. }
         | FuncOp::HardSwish
         | FuncOp::Clip { .. }
+        | FuncOp::Quantize { .. }
         | FuncOp::Affine { .. } => x.to_vec(),
         FuncOp::Softmax { axis } => {
             axis_in(name, *axis, x)?;

@@ -93,8 +93,21 @@ fn window_out(
     d: usize,
     input: &[usize],
 ) -> Result<usize> {
-    let span = d * (k - 1) + 1;
-    if size + 2 * p < span || s == 0 {
+    // Checked: sizes come from files (ONNX attributes, graph descriptions) and must not
+    // overflow; an overflow is a window that does not fit.
+    let span = k
+        .checked_sub(1)
+        .and_then(|k1| d.checked_mul(k1))
+        .and_then(|x| x.checked_add(1));
+    let padded = p.checked_mul(2).and_then(|pp| size.checked_add(pp));
+    let (Some(span), Some(padded)) = (span, padded) else {
+        return Err(Error::ShapeMismatch {
+            name: format!("layer {name}"),
+            expected: format!("a window that fits (kernel {k}, padding {p}, dilation {d})"),
+            got: format!("[{}]", join(input)),
+        });
+    };
+    if padded < span || s == 0 {
         return Err(Error::ShapeMismatch {
             name: format!("layer {name}"),
             expected: format!(
@@ -104,7 +117,7 @@ fn window_out(
             got: format!("[{}]", join(input)),
         });
     }
-    Ok((size + 2 * p - span) / s + 1)
+    Ok((padded - span) / s + 1)
 }
 
 /// Output shape (per sample) of a node given its inputs' shapes.

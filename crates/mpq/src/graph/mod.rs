@@ -28,7 +28,7 @@ pub use ops::{
     conv2d, global_avg_pool, linear, max_pool2d, relu, relu6, set_stock_ops, stock_ops,
 };
 pub use params::{Param, ParamKind, ParamStore};
-pub(crate) use params::{load_tensors, save_tensors};
+pub(crate) use params::{load_tensors_from, save_tensors};
 pub(crate) use patterns::{PatternMode, Patterns};
 pub(crate) use reverse::{Analysed, LayerGrads, Perturbation, Prefix, applies as reverse_applies};
 

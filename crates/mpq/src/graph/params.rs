@@ -212,13 +212,33 @@ pub(crate) fn load_tensors(
     path: &Path,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    use candle::safetensors::Load;
     let bytes = crate::io::read(path)?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    load_tensors_from(&bytes, path, device)
+}
+
+/// [`load_tensors`] of the bytes of a safetensors file; `path` names it in errors. What the
+/// tensors take once loaded is checked against the memory budget ([`crate::limits`]) first.
+pub(crate) fn load_tensors_from(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    use candle::safetensors::Load;
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::corrupt(path, format!("not a valid safetensors file: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::corrupt(path, format!("not a valid safetensors file: {e}")))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
+    // Each tensor is copied out of the file, and half-precision ones widened to f32: at most
+    // 8 bytes per value (the file's own bytes are already held).
+    let loaded: u128 = st
+        .tensors()
+        .iter()
+        .map(|(_, v)| crate::limits::elements(v.shape()).saturating_mul(8))
+        .fold(0u128, u128::saturating_add);
+    crate::limits::check_bytes_with(loaded, || {
+        format!("the {} tensors of {}", st.len(), path.display())
+    })?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let t = view

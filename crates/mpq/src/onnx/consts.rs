@@ -26,6 +26,26 @@ pub(crate) struct Const {
 /// Why a constant could not be read or folded.
 pub(crate) type FoldResult<T> = std::result::Result<T, String>;
 
+/// The number of values of a constant of `dims` (named `what` in errors), checked against
+/// the memory budget of [`crate::limits`] (8 bytes a value) before it is allocated.
+pub(crate) fn check_len(what: &str, dims: &[usize]) -> FoldResult<usize> {
+    count_len(what, dims, crate::limits::elements(dims))
+}
+
+/// [`check_len`] for `count` values of a constant whose shape is `dims`.
+fn count_len(what: &str, dims: &[usize], count: u128) -> FoldResult<usize> {
+    crate::limits::check_alloc(
+        &format!(
+            "the constant {what} of shape [{}]",
+            crate::limits::shape_string(dims)
+        ),
+        count,
+        8,
+    )
+    .map_err(|e| e.to_string())?;
+    usize::try_from(count).map_err(|_| format!("{what}: shape {dims:?} is too large"))
+}
+
 impl Const {
     pub(crate) fn new(dims: Vec<usize>, data: Vec<f64>, int: bool) -> Const {
         Const { dims, data, int }
@@ -76,8 +96,27 @@ impl Const {
             .iter()
             .map(|&d| usize::try_from(d).map_err(|_| format!("tensor {:?}: dim {d}", t.name)))
             .collect::<FoldResult<Vec<usize>>>()?;
-        let n: usize = dims.iter().product();
+        let n = check_len(&format!("{:?}", t.name), &dims)?;
         let raw = &t.raw_data;
+        // The number of values the tensor holds, known before decoding them.
+        let held = match t.data_type {
+            data_type::FLOAT | data_type::INT32 if !raw.is_empty() => raw.len() / 4,
+            data_type::DOUBLE | data_type::INT64 if !raw.is_empty() => raw.len() / 8,
+            data_type::FLOAT => t.float_data.len(),
+            data_type::DOUBLE => t.double_data.len(),
+            data_type::INT64 => t.int64_data.len(),
+            data_type::INT32 | data_type::INT8 | data_type::UINT8 | 9 if raw.is_empty() => {
+                t.int32_data.len()
+            }
+            data_type::INT8 | data_type::UINT8 | 9 => raw.len(),
+            _ => n,
+        };
+        if held != n {
+            return Err(format!(
+                "tensor {:?} holds {held} values for shape {dims:?}",
+                t.name
+            ));
+        }
         let (data, int): (Vec<f64>, bool) = match t.data_type {
             data_type::FLOAT if !raw.is_empty() => (
                 raw.chunks_exact(4)
@@ -129,10 +168,12 @@ impl Const {
         Ok(Const::new(dims, data, int))
     }
 
+    /// Row-major strides (saturating: only a constant with a zero dimension, and so no values
+    /// to index, can have trailing dimensions whose product overflows).
     fn strides(dims: &[usize]) -> Vec<usize> {
-        let mut s = vec![1; dims.len()];
+        let mut s = vec![1usize; dims.len()];
         for i in (0..dims.len().saturating_sub(1)).rev() {
-            s[i] = s[i + 1] * dims[i + 1];
+            s[i] = s[i + 1].saturating_mul(dims[i + 1]);
         }
         s
     }
@@ -143,9 +184,16 @@ impl Const {
         let axis = norm_axis(axis, r)?;
         let idx = indices.ints()?;
         let n = self.dims[axis] as i64;
+        let mut dims = self.dims[..axis].to_vec();
+        dims.extend_from_slice(&indices.dims);
+        dims.extend_from_slice(&self.dims[axis + 1..]);
+        let count = check_len("Gather", &dims)?;
+        if count == 0 {
+            return Ok(Const::new(dims, Vec::new(), self.int));
+        }
         let outer: usize = self.dims[..axis].iter().product();
         let inner: usize = self.dims[axis + 1..].iter().product();
-        let mut data = Vec::new();
+        let mut data = Vec::with_capacity(count);
         for o in 0..outer {
             for &i in &idx {
                 let i = if i < 0 { i + n } else { i };
@@ -156,9 +204,6 @@ impl Const {
                 data.extend_from_slice(&self.data[base..base + inner]);
             }
         }
-        let mut dims = self.dims[..axis].to_vec();
-        dims.extend_from_slice(&indices.dims);
-        dims.extend_from_slice(&self.dims[axis + 1..]);
         Ok(Const::new(dims, data, self.int))
     }
 
@@ -170,6 +215,10 @@ impl Const {
             .map(|&a| norm_axis(a, r))
             .collect::<FoldResult<Vec<_>>>()?;
         axes.sort_unstable();
+        if axes.windows(2).any(|w| w[0] == w[1]) {
+            return Err(format!("unsqueeze with repeated axes {axes:?}"));
+        }
+        // Sorted, distinct and below the output rank: each insertion point exists.
         let mut dims = self.dims.clone();
         for a in axes {
             dims.insert(a, 1);
@@ -199,16 +248,29 @@ impl Const {
         let first = parts.first().ok_or("concat of nothing")?;
         let r = first.dims.len();
         let axis = norm_axis(axis, r)?;
-        let outer: usize = first.dims[..axis].iter().product();
         let mut dims = first.dims.clone();
         dims[axis] = 0;
         for p in parts {
             if p.dims.len() != r {
                 return Err("concat of constants of different ranks".into());
             }
-            dims[axis] += p.dims[axis];
+            let same = (0..r).all(|i| i == axis || p.dims[i] == first.dims[i]);
+            if !same {
+                return Err(format!(
+                    "concat along axis {axis} of shapes {:?} and {:?}",
+                    first.dims, p.dims
+                ));
+            }
+            dims[axis] = dims[axis]
+                .checked_add(p.dims[axis])
+                .ok_or("concat: the axis overflows")?;
         }
-        let mut data = Vec::new();
+        let count = check_len("Concat", &dims)?;
+        let outer: usize = first.dims[..axis].iter().product();
+        if count == 0 {
+            return Ok(Const::new(dims, Vec::new(), parts.iter().all(|p| p.int)));
+        }
+        let mut data = Vec::with_capacity(count);
         for o in 0..outer {
             for p in parts {
                 let chunk: usize = p.dims[axis..].iter().product();
@@ -234,6 +296,10 @@ impl Const {
                 .map(|&p| norm_axis(p, r))
                 .collect::<FoldResult<_>>()?
         };
+        let mut seen = vec![false; r];
+        if perm.len() != r || perm.iter().any(|&p| std::mem::replace(&mut seen[p], true)) {
+            return Err(format!("transpose of rank {r} with perm {perm:?}"));
+        }
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims[p]).collect();
         let src = Const::strides(&self.dims);
         let data = (0..self.len())
@@ -259,6 +325,23 @@ impl Const {
         steps: Option<&[i64]>,
     ) -> FoldResult<Const> {
         let r = self.dims.len();
+        if starts.len() != ends.len()
+            || axes.is_some_and(|a| a.len() != starts.len())
+            || steps.is_some_and(|st| st.len() != starts.len())
+            || (axes.is_none() && starts.len() > r)
+        {
+            return Err(format!(
+                "slice of rank {r} with {} starts, {} ends, {:?} axes, {:?} steps",
+                starts.len(),
+                ends.len(),
+                axes.map(<[i64]>::len),
+                steps.map(<[i64]>::len)
+            ));
+        }
+        // The index lists of every axis: as long as the dims (a constant with a zero dimension
+        // holds no values, whatever its other dims).
+        let index_count: u128 = self.dims.iter().map(|&d| d as u128).sum();
+        count_len("Slice", &self.dims, index_count)?;
         let mut ranges: Vec<Vec<usize>> = self.dims.iter().map(|&d| (0..d).collect()).collect();
         for (k, (&s, &e)) in starts.iter().zip(ends).enumerate() {
             let a = match axes {
@@ -266,8 +349,8 @@ impl Const {
                 None => k,
             };
             let step = steps.map_or(1, |st| st[k]);
-            if step == 0 {
-                return Err("slice step 0".into());
+            if step == 0 || step == i64::MIN {
+                return Err(format!("slice step {step}"));
             }
             let d = self.dims[a] as i64;
             let clampi = |v: i64, lo: i64, hi: i64| v.clamp(lo, hi);
@@ -277,20 +360,20 @@ impl Const {
                 let (mut i, e) = (clampi(fix(s), 0, d), clampi(fix(e), 0, d));
                 while i < e {
                     idx.push(i as usize);
-                    i += step;
+                    i = i.saturating_add(step);
                 }
             } else {
                 let (mut i, e) = (clampi(fix(s), -1, d - 1), clampi(fix(e), -1, d - 1));
                 while i > e {
                     idx.push(i as usize);
-                    i += step;
+                    i = i.saturating_add(step);
                 }
             }
             ranges[a] = idx;
         }
         let dims: Vec<usize> = ranges.iter().map(Vec::len).collect();
         let src = Const::strides(&self.dims);
-        let n: usize = dims.iter().product();
+        let n = check_len("Slice", &dims)?;
         let out_strides = Const::strides(&dims);
         let data = (0..n)
             .map(|k| {
@@ -337,7 +420,7 @@ impl Const {
             Const::strides(&dims),
         );
         let int = self.int && other.int;
-        let n: usize = dims.iter().product();
+        let n = check_len(op, &dims)?;
         let data = (0..n)
             .map(|k| {
                 let (mut ia, mut ib, mut rem) = (0, 0, k);
@@ -374,7 +457,9 @@ pub(crate) fn norm_axis(axis: i64, rank: usize) -> FoldResult<usize> {
 
 /// The dims `Reshape` gives an input of `dims` for a target `shape` (0 copies, −1 infers).
 pub(crate) fn resolve_shape(dims: &[usize], shape: &[i64]) -> FoldResult<Vec<usize>> {
-    let total: usize = dims.iter().product();
+    let product = |d: &[usize]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+    let bad = || format!("reshape {dims:?} to {shape:?}");
+    let total = product(dims).ok_or_else(bad)?;
     let mut out = Vec::with_capacity(shape.len());
     let mut infer = None;
     for (i, &s) in shape.iter().enumerate() {
@@ -389,14 +474,14 @@ pub(crate) fn resolve_shape(dims: &[usize], shape: &[i64]) -> FoldResult<Vec<usi
         }
     }
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
+        let known = product(&out).ok_or_else(bad)?;
         if known == 0 || !total.is_multiple_of(known) {
-            return Err(format!("reshape {dims:?} to {shape:?}"));
+            return Err(bad());
         }
         out[i] = total / known;
     }
-    if out.iter().product::<usize>() != total {
-        return Err(format!("reshape {dims:?} to {shape:?}"));
+    if product(&out) != Some(total) {
+        return Err(bad());
     }
     Ok(out)
 }
@@ -420,6 +505,64 @@ mod tests {
         assert_eq!(s.data, vec![0., 0., 0., 0., 2., 2., 1., 1.]);
         let t = s.transpose(&[1, 0]).unwrap().reshape(&[-1]).unwrap();
         assert_eq!(t.data, vec![0., 0., 2., 1., 0., 0., 2., 1.]);
+    }
+
+    #[test]
+    fn malformed_folds_are_errors_not_panics() {
+        // Each of these panicked (index out of range, overflow, bad insertion point).
+        let a = c(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
+        let b = c(&[3, 2], &[1., 2., 3., 4., 5., 6.]);
+        let err = Const::concat(&[&a, &b], 0).unwrap_err();
+        assert!(err.contains("concat along axis 0"), "{err}");
+        assert!(a.slice(&[0, 0], &[1], None, None).is_err());
+        assert!(a.slice(&[0], &[1], Some(&[0]), Some(&[])).is_err());
+        assert!(a.slice(&[0], &[1], Some(&[]), None).is_err());
+        assert!(a.slice(&[0, 0, 0], &[1, 1, 1], None, None).is_err());
+        assert!(
+            a.slice(&[0], &[i64::MAX], Some(&[0]), Some(&[i64::MAX]))
+                .is_ok()
+        );
+        assert!(c(&[], &[1.]).unsqueeze(&[1, 1]).is_err());
+        assert!(a.transpose(&[0, 0]).is_err());
+        assert!(a.transpose(&[1]).is_err());
+        assert!(resolve_shape(&[usize::MAX, 4], &[-1]).is_err());
+        assert!(resolve_shape(&[0], &[i64::MAX, i64::MAX, 0]).is_err());
+        let t = TensorProto {
+            dims: vec![1 << 40, 1 << 40],
+            data_type: data_type::FLOAT,
+            ..Default::default()
+        };
+        assert!(Const::from_proto(&t).is_err());
+        // An empty constant with huge dims: slicing it allocated an index per position.
+        let empty = Const::new(vec![0, 1 << 50], vec![], false);
+        crate::limits::with_memory_limit(1 << 20, || {
+            let err = empty.slice(&[0], &[1], Some(&[1]), None).unwrap_err();
+            assert!(crate::limits::is_limit_message(&err), "{err}");
+        });
+    }
+
+    #[test]
+    fn large_folds_are_refused_before_allocating() {
+        crate::limits::with_memory_limit(1 << 20, || {
+            let data = c(&[1000], &[0.; 1000]);
+            let idx = Const::new(vec![1000], vec![0.; 1000], true);
+            assert_eq!(data.gather(&idx, 0).unwrap().len(), 1000);
+            let big_idx = Const::new(vec![200, 1000], vec![0.; 200_000], true);
+            let wide = c(&[1, 1000], &[0.; 1000]);
+            let err = wide.gather(&big_idx, 0).unwrap_err();
+            assert!(crate::limits::is_limit_message(&err), "{err}");
+            let col = c(&[1000, 1], &[0.; 1000]);
+            let err = col.binary(&wide, "Add").unwrap_err();
+            assert!(crate::limits::is_limit_message(&err), "{err}");
+            assert!(err.contains("1000x1000"), "{err}");
+            let t = TensorProto {
+                dims: vec![1 << 20, 1 << 20],
+                data_type: data_type::FLOAT,
+                ..Default::default()
+            };
+            let err = Const::from_proto(&t).unwrap_err();
+            assert!(crate::limits::is_limit_message(&err), "{err}");
+        });
     }
 
     #[test]

@@ -494,6 +494,28 @@ fn func_node(w: &mut Writer, nm: &str, f: &FuncOp, ins: &[String], out: &str) {
             out,
             vec![attr_int("axis", *axis as i64 + 1)],
         ),
+        FuncOp::Quantize {
+            scale,
+            zero_point,
+            qmin,
+            ..
+        } => {
+            // The codes as the runtime's integers, then back to floats as the graph keeps them.
+            let sn = format!("{nm}.scale");
+            w.inits.push(f32_tensor(&sn, &[], &[*scale as f32]));
+            let zn = format!("{nm}.zero_point");
+            w.inits
+                .push(code_tensor(&zn, &[], &[*zero_point as f32], *qmin < 0.0));
+            let mid = format!("{nm}.codes");
+            w.node("QuantizeLinear", nm, &[x, &sn, &zn], &mid, vec![]);
+            w.node(
+                "Cast",
+                &format!("{nm}.cast"),
+                &[&mid],
+                out,
+                vec![attr_int("to", i64::from(data_type::FLOAT))],
+            );
+        }
         FuncOp::Affine { mul, add } => {
             let m = w.scalar(&format!("{nm}.mul"), *mul as f32);
             let a = w.scalar(&format!("{nm}.add"), *add as f32);

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use candle::{DType, Device, Tensor};
 
 use super::consts::{BATCH, Const, FoldResult, norm_axis, resolve_shape};
-use super::proto::{AttributeProto, ModelProto, NodeProto};
+use super::proto::{AttributeProto, ModelProto, NodeProto, data_type};
 use crate::graph::{
     BatchNormSpec, Conv2dSpec, FuncOp, Graph, GraphBuilder, LinearSpec, NodeId, Op, ParamKind,
     PoolSpec,
@@ -30,6 +30,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Clip",
     "Concat",
     "Constant",
+    "DequantizeLinear",
     "ConstantOfShape",
     "Conv",
     "Div",
@@ -46,6 +47,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MaxPool",
     "Mul",
     "Pad",
+    "QuantizeLinear",
     "ReduceMean",
     "Relu",
     "Reshape",
@@ -90,6 +92,9 @@ struct Importer<'a> {
     opset: i64,
     static_batch: Option<usize>,
     initializers: Vec<(String, String)>,
+    /// ONNX element type of every initializer (the zero points of QDQ pairs say the codes'
+    /// range).
+    init_types: Vec<(String, i32)>,
 }
 
 fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
@@ -168,9 +173,19 @@ fn padding(
         "SAME_UPPER" | "SAME_LOWER" => {
             let mut out = [0; 2];
             for i in 0..2 {
-                let span = dil[i] * (kernel[i] - 1) + 1;
+                let bad = || format!("auto_pad {auto} with kernel {kernel:?}, stride {stride:?}");
+                if stride[i] == 0 || kernel[i] == 0 || size[i] == 0 {
+                    return Err(bad());
+                }
+                let span = (kernel[i] - 1)
+                    .checked_mul(dil[i])
+                    .and_then(|x| x.checked_add(1))
+                    .ok_or_else(bad)?;
                 let o = size[i].div_ceil(stride[i]);
-                let total = ((o - 1) * stride[i] + span).saturating_sub(size[i]);
+                let total = ((o - 1) * stride[i])
+                    .checked_add(span)
+                    .ok_or_else(bad)?
+                    .saturating_sub(size[i]);
                 if !total.is_multiple_of(2) {
                     return Err(format!("auto_pad {auto} needs asymmetric padding here"));
                 }
@@ -317,7 +332,7 @@ impl Importer<'_> {
                     None => (0.0, false),
                 };
                 let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-                let count = dims.iter().product();
+                let count = super::consts::check_len("ConstantOfShape", &dims)?;
                 Ok(Value::Const(Const::new(dims, vec![v; count], int)))
             }
             "Slice" => self.slice(n),
@@ -367,6 +382,8 @@ impl Importer<'_> {
                 self.push(&name, Op::Dropout { p }, &[x])
             }
             "Pad" => self.pad(idx, n),
+            "QuantizeLinear" => self.quantize_linear(idx, n),
+            "DequantizeLinear" => self.dequantize_linear(idx, n),
             other => Err(format!("{other} is not supported")),
         }
     }
@@ -558,7 +575,10 @@ impl Importer<'_> {
             || (first == -1.0
                 && !rest_i.contains(&-1)
                 && !rest_i.contains(&0)
-                && rest_i.iter().product::<i64>() == numel as i64);
+                && rest_i
+                    .iter()
+                    .try_fold(1i64, |a, &d| a.checked_mul(d))
+                    .is_some_and(|p| p == numel as i64));
         if !batch_kept {
             return Err(format!("reshape target {t:?} changes the batch axis"));
         }
@@ -606,7 +626,19 @@ impl Importer<'_> {
                 self.shape(x)
             ));
         };
-        let groups = attr_i(n, "group", 1).max(1) as usize;
+        let group = attr_i(n, "group", 1);
+        if group < 1 {
+            return Err(format!("group {group}: must be at least 1"));
+        }
+        let groups = group as usize;
+        if co == 0 || cig == 0 || kh == 0 || kw == 0 {
+            return Err(format!("an empty weight of shape {:?}", w.dims));
+        }
+        if co % groups != 0 {
+            return Err(format!(
+                "{co} output channels are not a multiple of group {groups}"
+            ));
+        }
         if cig * groups != c {
             return Err(format!(
                 "{c} input channels do not match weight {:?} with {groups} groups",
@@ -620,7 +652,21 @@ impl Importer<'_> {
         }
         let stride = ints2(attr_ints(n, "strides"), [1, 1], "strides")?;
         let dilation = ints2(attr_ints(n, "dilations"), [1, 1], "dilations")?;
+        if stride.contains(&0) || dilation.contains(&0) {
+            return Err(format!(
+                "strides {stride:?} and dilations {dilation:?} must be at least 1"
+            ));
+        }
         let padding = padding(n, [kh, kw], stride, dilation, [h, wd])?;
+        for (i, (size, k)) in [(h, kh), (wd, kw)].into_iter().enumerate() {
+            let reach = dilation[i] * (k - 1) + 1;
+            if size + 2 * padding[i] < reach {
+                return Err(format!(
+                    "a kernel reaching {reach} pixels over an input of {size} padded by {}",
+                    padding[i]
+                ));
+            }
+        }
         if let Some(b) = &bias
             && b.len() != co
         {
@@ -1049,6 +1095,23 @@ fn unsupported(n: &NodeProto, idx: usize, reason: Option<&str>) -> String {
     }
 }
 
+/// Runs `f` with what is left of the memory budget `limit` once `used` bytes are taken; a
+/// limit error then says how much was taken.
+fn within_budget<T>(limit: u64, used: u128, f: impl FnOnce() -> R<T>) -> R<T> {
+    let left = u128::from(limit).saturating_sub(used).max(1) as u64;
+    crate::limits::with_memory_limit(left, f).map_err(|r| {
+        if crate::limits::is_limit_message(&r) && used > 0 {
+            format!(
+                "{r}; the model's constants and weights already take {} of the {} budget",
+                crate::limits::format_bytes(used),
+                crate::limits::format_bytes(limit.into())
+            )
+        } else {
+            r
+        }
+    })
+}
+
 /// Imports a decoded model on `device`.
 pub(crate) fn import(model: &ModelProto, device: &Device) -> Result<Imported> {
     let opset = model
@@ -1085,8 +1148,14 @@ pub(crate) fn import(model: &ModelProto, device: &Device) -> Result<Imported> {
     }
     let mut values = HashMap::new();
     let mut init_names = HashSet::new();
+    // Constants stay alive for the whole import: each one is checked against what is left of
+    // the memory budget (a scoped budget), not the whole budget.
+    let limit = crate::limits::memory_limit()?;
+    let mut const_bytes: u128 = 0;
     for t in &g.initializer {
-        let c = Const::from_proto(t).map_err(|e| Error::config("onnx", e))?;
+        let c = within_budget(limit, const_bytes, || Const::from_proto(t))
+            .map_err(|e| Error::config("onnx", e))?;
+        const_bytes += c.len() as u128 * 8;
         init_names.insert(t.name.clone());
         values.insert(t.name.clone(), Value::Const(c));
     }
@@ -1117,6 +1186,7 @@ pub(crate) fn import(model: &ModelProto, device: &Device) -> Result<Imported> {
                 ),
             )
         })?;
+    crate::limits::check_input(&per_sample)?;
     let static_batch = dims.first().copied().flatten().map(|b| b.max(0) as usize);
     values.insert(input.name.clone(), Value::Node(0));
     let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
@@ -1136,18 +1206,35 @@ pub(crate) fn import(model: &ModelProto, device: &Device) -> Result<Imported> {
         opset,
         static_batch,
         initializers: Vec::new(),
+        init_types: g
+            .initializer
+            .iter()
+            .map(|t| (t.name.clone(), t.data_type))
+            .collect(),
     };
     for (i, n) in g.node.iter().enumerate() {
         if im.skip.contains(&i) {
             continue;
         }
-        let v = im.convert(i, n).map_err(|r| Error::UnsupportedOnnxOps {
-            items: vec![unsupported(n, i, Some(&r))],
+        // (The parameters the graph builder creates are counted by the builder itself,
+        // against the same scoped budget.)
+        let v = within_budget(limit, const_bytes, || im.convert(i, n)).map_err(|r| {
+            if crate::limits::is_limit_message(&r) {
+                // Not an unsupported operator: a constant too large for the memory budget.
+                Error::config("onnx", unsupported(n, i, Some(&r)))
+            } else {
+                Error::UnsupportedOnnxOps {
+                    items: vec![unsupported(n, i, Some(&r))],
+                }
+            }
         })?;
         let out = n
             .output
             .first()
             .ok_or_else(|| Error::config("onnx", format!("node {:?} has no output", n.name)))?;
+        if let Value::Const(c) = &v {
+            const_bytes += c.len() as u128 * 8;
+        }
         im.values.insert(out.clone(), v);
     }
     let out_name = &g
@@ -1185,9 +1272,255 @@ pub(crate) fn import(model: &ModelProto, device: &Device) -> Result<Imported> {
     })
 }
 
+/// QDQ models (docs/onnx.md, "Importing a QDQ model"): `DequantizeLinear` of constant codes
+/// folds into the float weight it stands for; `QuantizeLinear` then `DequantizeLinear` of an
+/// activation becomes fake quantization ([`FuncOp::Quantize`] and an affine map), so a model
+/// mpq exported evaluates at the exported accuracy.
+impl Importer<'_> {
+    /// The ONNX element type of the constant named `name`: an initializer's, or a `Constant`
+    /// node's value.
+    fn element_type(&self, name: &str) -> Option<i32> {
+        if let Some((_, t)) = self.init_types.iter().find(|(n, _)| n == name) {
+            return Some(*t);
+        }
+        self.nodes
+            .iter()
+            .find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))
+            .and_then(|n| attr(n, "value"))
+            .and_then(|a| a.t.as_ref())
+            .map(|t| t.data_type)
+    }
+
+    /// The codes' range of the zero point's type (uint8 when there is none).
+    fn code_range(&self, n: &NodeProto) -> R<(f64, f64)> {
+        let t = match Self::input_name(n, 2) {
+            Some(name) => self
+                .element_type(name)
+                .ok_or_else(|| format!("the type of the zero point {name:?} is unknown"))?,
+            None => data_type::UINT8,
+        };
+        match t {
+            data_type::INT8 => Ok((-128.0, 127.0)),
+            data_type::UINT8 => Ok((0.0, 255.0)),
+            5 => Ok((-32768.0, 32767.0)),
+            4 => Ok((0.0, 65535.0)),
+            other => Err(format!("zero points of ONNX type {other}")),
+        }
+    }
+
+    /// Scale and zero point per entry of axis `axis` of a tensor of `dims` (one pair when
+    /// they are scalars).
+    fn qdq_params(&self, n: &NodeProto, dims: Option<&[usize]>) -> R<(Vec<f64>, Vec<f64>, usize)> {
+        if attr_i(n, "block_size", 0) != 0 {
+            return Err("blocked quantization (block_size)".into());
+        }
+        let scale = self.const_in(n, 1)?;
+        let zero = self
+            .opt_const(n, 2)?
+            .map_or_else(|| vec![0.0; scale.data.len()], |z| z.data);
+        if zero.len() != scale.data.len() {
+            return Err("scale and zero point of different lengths".into());
+        }
+        let axis = match dims {
+            Some(d) if scale.data.len() > 1 => norm_axis(attr_i(n, "axis", 1), d.len())?,
+            _ => 0,
+        };
+        if let Some(d) = dims
+            && scale.data.len() > 1
+            && d.get(axis) != Some(&scale.data.len())
+        {
+            return Err(format!(
+                "{} scales for axis {axis} of a tensor of shape {d:?}",
+                scale.data.len()
+            ));
+        }
+        if scale.data.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err("scales must be finite and positive".into());
+        }
+        Ok((scale.data, zero, axis))
+    }
+
+    fn dequantize_linear(&mut self, idx: usize, n: &NodeProto) -> R<Value> {
+        match self.value(n, 0)? {
+            Value::Const(c) => {
+                let (scale, zero, axis) = self.qdq_params(n, Some(&c.dims))?;
+                let inner: usize = c.dims[axis.min(c.dims.len())..].iter().skip(1).product();
+                let data = c
+                    .data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &q)| {
+                        let k = if scale.len() > 1 {
+                            (i / inner.max(1)) % scale.len()
+                        } else {
+                            0
+                        };
+                        // In f32, as a runtime computes it.
+                        ((q as f32 - zero[k] as f32) * scale[k] as f32) as f64
+                    })
+                    .collect();
+                Ok(Value::Const(Const::new(c.dims.clone(), data, false)))
+            }
+            Value::Node(x) => {
+                let (scale, zero, _) = self.qdq_params(n, None)?;
+                if scale.len() != 1 {
+                    return Err("per-channel DequantizeLinear of an activation".into());
+                }
+                let (s, z) = (scale[0], zero[0]);
+                self.func(
+                    idx,
+                    n,
+                    FuncOp::Affine {
+                        mul: s,
+                        add: -z * s,
+                    },
+                    &[x],
+                )
+            }
+        }
+    }
+
+    fn quantize_linear(&mut self, idx: usize, n: &NodeProto) -> R<Value> {
+        let (qmin, qmax) = self.code_range(n)?;
+        match self.value(n, 0)? {
+            Value::Const(_) => Err("QuantizeLinear of a constant".into()),
+            Value::Node(x) => {
+                let (scale, zero, _) = self.qdq_params(n, None)?;
+                if scale.len() != 1 {
+                    return Err("per-channel QuantizeLinear of an activation".into());
+                }
+                let op = FuncOp::Quantize {
+                    scale: scale[0],
+                    zero_point: zero[0],
+                    qmin,
+                    qmax,
+                };
+                self.func(idx, n, op, &[x])
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::scope_name;
+    use crate::Error;
+    use crate::onnx::proto::{
+        Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+        TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto, data_type,
+    };
+
+    /// A model `x [1, 4] → Flatten → Add(const) → y` whose constant is `const_node`'s output.
+    fn model_with(const_node: NodeProto, inits: Vec<TensorProto>) -> ModelProto {
+        let dim = |v| Dimension {
+            dim_value: Some(v),
+            dim_param: None,
+        };
+        let input = ValueInfoProto {
+            name: "x".into(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TensorTypeProto {
+                    elem_type: data_type::FLOAT,
+                    shape: Some(TensorShapeProto {
+                        dim: vec![dim(1), dim(4)],
+                    }),
+                }),
+            }),
+        };
+        let node = |op: &str, inputs: &[&str], out: &str| NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.into()],
+            name: out.into(),
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                node: vec![const_node, node("Add", &["x", "c"], "y")],
+                initializer: inits,
+                input: vec![input],
+                output: vec![ValueInfoProto {
+                    name: "y".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn huge_constant_of_shape_is_refused_before_allocating() {
+        // ConstantOfShape [10^6, 10^6] allocated 8 TB and aborted the process.
+        let shape = TensorProto {
+            name: "s".into(),
+            dims: vec![2],
+            data_type: data_type::INT64,
+            int64_data: vec![1_000_000, 1_000_000],
+            ..Default::default()
+        };
+        let node = NodeProto {
+            op_type: "ConstantOfShape".into(),
+            input: vec!["s".into()],
+            output: vec!["c".into()],
+            name: "fill".into(),
+            ..Default::default()
+        };
+        let model = model_with(node, vec![shape]);
+        let err = crate::limits::with_memory_limit(1 << 30, || {
+            crate::onnx::import_proto(&model, &candle::Device::Cpu)
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_input_error(), "{msg}");
+        assert!(!matches!(err, Error::UnsupportedOnnxOps { .. }), "{msg}");
+        assert!(msg.contains("ConstantOfShape (node fill)"), "{msg}");
+        assert!(msg.contains("1000000x1000000"), "{msg}");
+        assert!(
+            msg.contains("needs 7.3 TiB, over the memory limit of"),
+            "{msg}"
+        );
+        assert!(msg.contains("of the 1.0 GiB budget"), "{msg}");
+    }
+
+    #[test]
+    fn folded_constants_count_against_one_budget() {
+        // Found by `cargo fuzz` (target onnx): ConstantOfShape, Concat and Reshape of ~256 MB
+        // each, every one under the budget alone, took 1.1 GB together.
+        let bytes = include_bytes!("../../tests/fixtures/onnx/fuzz-oom-folded-constants.onnx");
+        let err = crate::limits::with_memory_limit(256 << 20, || {
+            crate::onnx::from_bytes(bytes, std::path::Path::new("f.onnx"), &candle::Device::Cpu)
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_input_error(), "{msg}");
+        assert!(msg.contains("over the memory limit"), "{msg}");
+        assert!(msg.contains("already take"), "{msg}");
+    }
+
+    #[test]
+    fn overflowing_initializer_dims_are_errors() {
+        let t = TensorProto {
+            name: "c".into(),
+            dims: vec![1 << 40, 1 << 40],
+            data_type: data_type::FLOAT,
+            ..Default::default()
+        };
+        let id = NodeProto {
+            op_type: "Identity".into(),
+            input: vec!["c".into()],
+            output: vec!["c2".into()],
+            ..Default::default()
+        };
+        let err =
+            crate::onnx::import_proto(&model_with(id, vec![t]), &candle::Device::Cpu).unwrap_err();
+        assert!(err.is_input_error(), "{err}");
+    }
 
     #[test]
     fn scope_names_follow_module_paths() {

@@ -46,7 +46,13 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<proto::ModelProto> {
 /// file's initializers (trainable), named after the ONNX graph (see the `import` module).
 pub fn load(path: &Path, device: &Device) -> Result<Model> {
     let bytes = crate::io::read(path)?;
-    let proto = decode(&bytes, path)?;
+    from_bytes(&bytes, path, device)
+}
+
+/// [`load`] of the bytes of an ONNX file; `path` names it in errors. Constants and shapes are
+/// checked against the memory budget ([`crate::limits`]) before they are allocated.
+pub fn from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Model> {
+    let proto = decode(bytes, path)?;
     import_proto(&proto, device).map_err(|e| match e {
         Error::InvalidConfig { field, reason } if field == "onnx" => {
             Error::corrupt(path, format!("ONNX import: {reason}"))
@@ -63,6 +69,12 @@ pub fn import_proto(proto: &proto::ModelProto, device: &Device) -> Result<Model>
     let config = ZooConfig::new(im.graph.input_shape().to_vec(), classes);
     let mut meta = ModelMeta::new(ARCH, config);
     meta.graph = Some(im.graph.describe());
+    // A model mpq exported reads normalised images, and says how they were normalised.
+    meta.normalization = proto
+        .metadata_props
+        .iter()
+        .find(|p| p.key == "mpq.normalization")
+        .and_then(|p| serde_json::from_str(&p.value).ok());
     meta.training = Some(serde_json::json!({
         "source": "onnx",
         "opset": im.opset,

@@ -10,10 +10,12 @@ use crate::graph::{Conv2dSpec, ConvInit, Graph, GraphBuilder, NodeId};
 
 fn make_divisible(v: f64, divisor: usize) -> usize {
     let d = divisor as f64;
-    let mut new_v = ((v + d / 2.0) / d).floor() as usize * divisor;
+    // Saturating: a huge width gives a huge channel count, which the memory budget refuses
+    // when the layer is built.
+    let mut new_v = (((v + d / 2.0) / d).floor() as usize).saturating_mul(divisor);
     new_v = new_v.max(divisor);
     if (new_v as f64) < 0.9 * v {
-        new_v += divisor;
+        new_v = new_v.saturating_add(divisor);
     }
     new_v
 }

@@ -58,6 +58,7 @@ pub fn build_graph(arch: &str, cfg: &ZooConfig, seed: u64, device: &Device) -> R
     if !(cfg.width > 0.0 && cfg.width.is_finite()) {
         return Err(Error::config("width", "must be positive"));
     }
+    check_input(&cfg.input_shape)?;
     match arch {
         "mlp" => lenet::mlp(cfg, seed, device),
         "lenet5" => lenet::lenet5(cfg, seed, device),
@@ -71,6 +72,8 @@ pub fn build_graph(arch: &str, cfg: &ZooConfig, seed: u64, device: &Device) -> R
         _ => unreachable!("check_arch accepted only known names"),
     }
 }
+
+use crate::limits::check_input;
 
 /// Builds `arch` as a [`Model`] on the CPU, with fresh (seeded) weights and no normalisation.
 pub fn build(arch: &str, cfg: &ZooConfig, seed: u64) -> Result<Model> {
