@@ -262,10 +262,21 @@ fn one_or_many<'de, D: Deserializer<'de>>(
     }))
 }
 
+/// The precision of every layer a plan does not list (`"default": {"w_bits": 32,
+/// "a_bits": 32}` keeps them in full precision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefaultPrecision {
+    /// Weight bits.
+    pub w_bits: BitWidth,
+    /// Activation bits.
+    pub a_bits: BitWidth,
+}
+
 /// A mixed-precision quantization plan (the plan part of a policy file).
 ///
-/// Layers of the model that are absent from [`QuantPlan::layers`] are kept in full
-/// precision (32-bit weights and activations).
+/// A plan applied to a model ([`QuantPlan::for_model`]) names every quantizable layer, or
+/// says in [`QuantPlan::default`] what the layers it does not name get: a plan that
+/// silently leaves layers in full precision is usually a plan written for another model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantPlan {
     /// The search method that produced the plan (`pareto`, `ilp`, `haq`, `uniform`, …).
@@ -303,6 +314,10 @@ pub struct QuantPlan {
     /// first. Not checked against the model's layers, since it may name blocks.
     #[serde(default)]
     pub finetune_order: Option<Vec<String>>,
+    /// The precision of the model's layers that [`QuantPlan::layers`] does not name; `None`
+    /// (the default): every layer must be named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<DefaultPrecision>,
 }
 
 impl QuantPlan {
@@ -328,7 +343,62 @@ impl QuantPlan {
             latency_ms: None,
             energy_mj: None,
             finetune_order: None,
+            default: None,
         }
+    }
+
+    /// The plan as applied to the model with `layers`: every quantizable layer named, the
+    /// ones the plan leaves out given [`QuantPlan::default`] (in the model's order), then
+    /// [`QuantPlan::validate`]. A plan that leaves layers out without a default is an
+    /// error naming them.
+    pub fn for_model(mut self, layers: &[LayerInfo]) -> Result<QuantPlan> {
+        // The entries it has first (an unknown layer, a bad width), then what it lacks.
+        self.validate(layers)?;
+        let missing: Vec<&LayerInfo> = layers
+            .iter()
+            .filter(|l| self.precision(&l.name).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let Some(d) = self.default else {
+                let names: Vec<&str> = missing.iter().map(|l| l.name.as_str()).collect();
+                let shown = if names.len() > 8 {
+                    format!("{}, … ({} in all)", names[..8].join(", "), names.len())
+                } else {
+                    names.join(", ")
+                };
+                return Err(Error::config(
+                    "policy",
+                    format!(
+                        "it does not name {} of the model's {} quantizable layers ({shown}); \
+                         was it written for another model? Name them, or add \
+                         \"default\": {{\"w_bits\": 32, \"a_bits\": 32}} to give the rest \
+                         full precision",
+                        names.len(),
+                        layers.len()
+                    ),
+                ));
+            };
+            let mut all = Vec::with_capacity(layers.len());
+            for l in layers {
+                match self.layers.iter().position(|p| p.name == l.name) {
+                    Some(i) => all.push(self.layers[i].clone()),
+                    None => all.push(LayerPrecision::new(l.name.clone(), d.w_bits, d.a_bits)),
+                }
+            }
+            self.layers = all;
+        }
+        if let Some(d) = self.default {
+            for (what, bits) in [("w_bits", d.w_bits), ("a_bits", d.a_bits)] {
+                if !is_valid_bits(bits) {
+                    return Err(Error::config(
+                        what,
+                        format!("default: {bits} bits is not allowed"),
+                    ));
+                }
+            }
+        }
+        self.validate(layers)?;
+        Ok(self)
     }
 
     /// The entry for layer `name`; `None` means the layer is kept in full precision.
@@ -478,6 +548,40 @@ mod tests {
         p.validate(&model()).unwrap();
         assert!(p.precision("fc2").is_none());
         assert_eq!(p.bits("fc2"), (32, 32));
+    }
+
+    #[test]
+    fn a_plan_applied_to_a_model_names_every_layer_or_says_the_default() {
+        let mut p = QuantPlan::uniform(&model(), 4, 4);
+        p.layers.remove(0);
+        let msg = p.clone().for_model(&model()).unwrap_err().to_string();
+        assert!(
+            msg.contains("does not name 1 of the model's 2") && msg.contains("fc1"),
+            "{msg}"
+        );
+        assert!(msg.contains("\"default\""), "{msg}");
+        // Written for another model: a layer this model lacks is named first.
+        let other = vec![info(0, "dense", 4, 8)];
+        let msg = QuantPlan::uniform(&other, 4, 4)
+            .for_model(&model())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unknown layer \"dense\""), "{msg}");
+        // With a default, the missing layer gets it, in the model's order.
+        let json = r#"{"method": "hand", "layers": [{"name": "fc2", "w_bits": 4, "a_bits": 4}],
+                       "default": {"w_bits": 32, "a_bits": 32}}"#;
+        let p: QuantPlan = serde_json::from_str(json).unwrap();
+        let full = p.for_model(&model()).unwrap();
+        let names: Vec<&str> = full.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["fc1", "fc2"]);
+        assert_eq!(full.bits("fc1"), (32, 32));
+        assert_eq!(full.bits("fc2"), (4, 4));
+        let json = json.replace("\"w_bits\": 32", "\"w_bits\": 1");
+        let p: QuantPlan = serde_json::from_str(&json).unwrap();
+        assert!(p.for_model(&model()).is_err());
+        // A complete plan is unchanged.
+        let u = QuantPlan::uniform(&model(), 4, 8);
+        assert_eq!(u.clone().for_model(&model()).unwrap(), u);
     }
 
     #[test]

@@ -1043,7 +1043,8 @@ fn newer_or_foreign_file_formats_exit_2() {
     let d = dir.path();
     let policy = |extra: &str| {
         format!(
-            r#"{{{extra}"method": "uniform", "layers": [{{"name": "fc1", "w_bits": 4, "a_bits": 8}}]}}"#
+            r#"{{{extra}"method": "uniform", "layers": [{{"name": "fc1", "w_bits": 4, "a_bits": 8}},
+                {{"name": "fc2", "w_bits": 4, "a_bits": 8}}, {{"name": "fc3", "w_bits": 4, "a_bits": 8}}]}}"#
         )
     };
     std::fs::write(dir.join("old.json"), policy("")).unwrap();

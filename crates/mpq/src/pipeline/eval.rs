@@ -83,8 +83,7 @@ pub fn eval(req: &EvalRequest) -> Result<EvalOutcome> {
             }
             (Some(q), None) => (q.plan().clone(), model.graph.clone(), Box::new(q.clone())),
             (None, Some(p)) => {
-                let plan = Policy::load(p)?.plan;
-                plan.validate(&layers)?;
+                let plan = Policy::load(p)?.plan.for_model(&layers)?;
                 let graph = crate::quant::prepare_graph(&model.graph, &plan)?;
                 let cfg = CalibrationConfig {
                     samples: req.calib_samples,

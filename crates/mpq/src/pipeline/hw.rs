@@ -60,8 +60,7 @@ pub fn hw(req: &HwRequest) -> Result<HwOutcome> {
     let layers = model.graph.layer_infos()?;
     let (plan, bits_from) = match (&req.policy, &model.quantized) {
         (Some(p), _) => {
-            let plan = Policy::load(p)?.plan;
-            plan.validate(&layers)?;
+            let plan = Policy::load(p)?.plan.for_model(&layers)?;
             (plan, format!("policy {}", p.display()))
         }
         (None, Some(q)) => (q.plan().clone(), "the packed model's own plan".into()),

@@ -152,7 +152,8 @@ pub fn quantize(req: &QuantizeRequest, progress: &mut dyn Progress) -> Result<Qu
         ));
     }
     let model = req.model.open()?;
-    let mut plan = Policy::load(&req.policy)?.plan;
+    let layers = model.graph.layer_infos()?;
+    let mut plan = Policy::load(&req.policy)?.plan.for_model(&layers)?;
     if let Some(q) = req.quantizer {
         let (kind, range) = q.kind();
         for l in &mut plan.layers {
@@ -163,7 +164,7 @@ pub fn quantize(req: &QuantizeRequest, progress: &mut dyn Progress) -> Result<Qu
     if req.no_fold_bn {
         plan.fold_bn = false;
     }
-    plan.validate(&model.graph.layer_infos()?)?;
+    plan.validate(&layers)?;
     let mut splits = super::load_data(&req.data, req.seed)?;
     super::check_shape(&model, &splits)?;
     super::exclude_holdout(&model, &mut splits);

@@ -296,8 +296,8 @@ impl<'a> Store<'a> {
         let cell = match self.kept(&cell_path, &plan_path, &key) {
             Some(c) => c,
             None => {
-                let policy = Policy::parse(&bytes, &path.display().to_string())?;
-                policy.plan.validate(&self.bench.layers)?;
+                let mut policy = Policy::parse(&bytes, &path.display().to_string())?;
+                policy.plan = policy.plan.for_model(&self.bench.layers)?;
                 let cost = self.bench.costs(&policy.plan)?.on(axis);
                 let fits = cost <= limit + 1e-9 * limit.abs().max(1e-12);
                 let found = if fits {

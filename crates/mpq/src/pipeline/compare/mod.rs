@@ -463,7 +463,11 @@ pub fn compare(req: &CompareRequest, progress: &mut dyn Progress) -> Result<Comp
     for (id, svg) in crate::report::compare_charts(&file) {
         files.push((req.out.join(format!("compare-{id}.svg")), svg.into_bytes()));
     }
+    // compare.json last: the file the report reads is on disk only with its pictures and
+    // markdown beside it.
+    files.rotate_left(1);
     crate::io::write_files_atomic(&files)?;
+    files.rotate_right(1);
     Ok(CompareOutcome {
         file,
         cells_run: store.run,
