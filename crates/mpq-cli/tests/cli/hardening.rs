@@ -257,3 +257,89 @@ fn a_sensitivity_that_overflows_omega_is_named_not_reported_infeasible() {
         assert!(!err.contains("smallest achievable value is see"), "{err}");
     }
 }
+
+#[test]
+fn a_policy_must_name_every_layer_or_give_a_default() {
+    let dir = TempDir::new("partial");
+    setup(dir.path());
+    let one = serde_json::json!([{"name": "fc1", "w_bits": 4, "a_bits": 8}]);
+    write_plan(dir.path(), "part.json", "hand", one.clone());
+    let eval = |policy: &'static str| {
+        vec![
+            "eval",
+            "--model",
+            "m.safetensors",
+            "--data",
+            SYNTH,
+            "--policy",
+            policy,
+        ]
+    };
+    expect_error(
+        &dir,
+        &eval("part.json"),
+        2,
+        &["does not name 2", "fc2, fc3", "default"],
+    );
+    let quantize = [
+        "quantize",
+        "--model",
+        "m.safetensors",
+        "--policy",
+        "part.json",
+    ];
+    expect_error(
+        &dir,
+        &with(&quantize, &["--data", SYNTH, "--out", "q"]),
+        2,
+        &["fc2, fc3"],
+    );
+    let plan = serde_json::json!({"method": "hand", "layers": one,
+                                  "default": {"w_bits": 32, "a_bits": 32}});
+    std::fs::write(dir.join("dflt.json"), plan.to_string()).unwrap();
+    let e = expect_json(dir.path(), &with(&eval("dflt.json"), &["--json"]));
+    let fp = expect_json(
+        dir.path(),
+        &[
+            "eval",
+            "--model",
+            "m.safetensors",
+            "--data",
+            SYNTH,
+            "--json",
+        ],
+    );
+    assert!(
+        e["size_bytes"].as_f64().unwrap() < fp["size_bytes"].as_f64().unwrap(),
+        "{e}"
+    );
+}
+
+#[test]
+fn more_threads_than_cpus_are_capped_with_a_note_and_zero_is_refused() {
+    let dir = TempDir::new("threads");
+    let start = std::time::Instant::now();
+    let out = mpq_in(
+        dir.path(),
+        &["info", "--model", "zoo:lenet5", "--threads", "100000"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("note: --threads 100000"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    expect_error(
+        &dir,
+        &["info", "--model", "zoo:lenet5", "--threads", "0"],
+        2,
+        &["threads"],
+    );
+    expect_error(
+        &dir,
+        &["info", "--model", "zoo:lenet5", "--memory-limit", "lots"],
+        2,
+        &["memory-limit"],
+    );
+}
