@@ -108,7 +108,8 @@ pub enum Error {
     /// An input (a file's shape or count, a data reference, a model configuration) that would
     /// need more memory than the budget of [`crate::limits`]; refused before allocating.
     #[error(
-        "{what} needs {needed}, over the memory limit of {limit} (set --memory-limit or MPQ_MEMORY_LIMIT)"
+        "{what} needs {needed}, over the memory limit of {limit} {}",
+        crate::limits::LIMIT_HINT
     )]
     MemoryLimit {
         /// What would be allocated, e.g. `the model's input shape 3x100000x100000`.

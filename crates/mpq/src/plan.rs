@@ -352,8 +352,20 @@ impl QuantPlan {
     /// [`QuantPlan::validate`]. A plan that leaves layers out without a default is an
     /// error naming them.
     pub fn for_model(mut self, layers: &[LayerInfo]) -> Result<QuantPlan> {
-        // The entries it has first (an unknown layer, a bad width), then what it lacks.
+        // The entries it has first (an unknown layer, a bad width), then what it lacks. The
+        // entries the default adds need no second validation: a layer of the model each, at
+        // the default's checked widths, with the default quantizer.
         self.validate(layers)?;
+        if let Some(d) = self.default {
+            for (what, bits) in [("w_bits", d.w_bits), ("a_bits", d.a_bits)] {
+                if !is_valid_bits(bits) {
+                    return Err(Error::config(
+                        what,
+                        format!("default: {bits} bits is not allowed"),
+                    ));
+                }
+            }
+        }
         let missing: Vec<&LayerInfo> = layers
             .iter()
             .filter(|l| self.precision(&l.name).is_none())
@@ -387,17 +399,6 @@ impl QuantPlan {
             }
             self.layers = all;
         }
-        if let Some(d) = self.default {
-            for (what, bits) in [("w_bits", d.w_bits), ("a_bits", d.a_bits)] {
-                if !is_valid_bits(bits) {
-                    return Err(Error::config(
-                        what,
-                        format!("default: {bits} bits is not allowed"),
-                    ));
-                }
-            }
-        }
-        self.validate(layers)?;
         Ok(self)
     }
 

@@ -113,24 +113,6 @@ fn a_rerun_into_an_output_folder_replaces_its_files_as_one_set() {
     assert!(hidden.is_empty(), "{hidden:?}");
 }
 
-/// `src` with the first `count` values of tensor `name` set to NaN.
-fn poison(src: &Path, dst: &Path, name: &str, count: usize) {
-    let bytes = std::fs::read(src).unwrap();
-    let (header, _) = split_safetensors(&bytes);
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let offsets = &header[name]["data_offsets"];
-    let (start, end) = (
-        offsets[0].as_u64().unwrap() as usize,
-        offsets[1].as_u64().unwrap() as usize,
-    );
-    let mut out = bytes.clone();
-    for i in 0..count.min((end - start) / 4) {
-        let at = 8 + n + start + 4 * i;
-        out[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-    }
-    std::fs::write(dst, out).unwrap();
-}
-
 #[test]
 fn a_model_with_nan_weights_is_refused_by_every_stage_naming_the_layer() {
     let dir = TempDir::new("nan");

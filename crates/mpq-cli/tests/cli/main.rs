@@ -242,6 +242,24 @@ fn split_safetensors(bytes: &[u8]) -> (serde_json::Value, &[u8]) {
     (header, &bytes[8 + n..])
 }
 
+/// `src` with the first `count` values of tensor `name` set to NaN.
+fn poison(src: &Path, dst: &Path, name: &str, count: usize) {
+    let bytes = std::fs::read(src).unwrap();
+    let (header, _) = split_safetensors(&bytes);
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let offsets = &header[name]["data_offsets"];
+    let (start, end) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
+    let mut out = bytes.clone();
+    for i in 0..count.min((end - start) / 4) {
+        let at = 8 + n + start + 4 * i;
+        out[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(dst, out).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // IDX writers (the `mnist:DIR` format)
 // ---------------------------------------------------------------------------------------------
@@ -1297,12 +1315,12 @@ fn analyze_bad_inputs_exit_2_without_output() {
     );
     // NaN in the weights: a trained MLP with one weight overwritten by NaN.
     train_mlp(dir.path(), "m.safetensors", &[]);
-    let mut bytes = std::fs::read(dir.join("m.safetensors")).unwrap();
-    let (header, _) = split_safetensors(&bytes);
-    let start = header["fc2.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    bytes[8 + n + start..8 + n + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-    std::fs::write(dir.join("nan.safetensors"), &bytes).unwrap();
+    poison(
+        &dir.join("m.safetensors"),
+        &dir.join("nan.safetensors"),
+        "fc2.weight",
+        1,
+    );
     let nan = analyze_args("nan.safetensors", "s.json", &[]);
     let stderr = expect_error(&dir, &nan, 2, &["non-finite", "fc2.weight"]);
     assert_eq!(stderr.lines().filter(|l| l.starts_with("error")).count(), 1);
