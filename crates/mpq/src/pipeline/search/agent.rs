@@ -176,8 +176,8 @@ fn ddpg_config(seed: u64, a: &AgentOptions, searched: usize) -> DdpgConfig {
 /// `OUT.cw-state.json`); `None` for the other methods or without an output.
 pub(super) fn state_path(req: &SearchRequest) -> Option<PathBuf> {
     let suffix = match req.method {
-        Method::Haq(_) => "haq-state.json",
-        Method::CwHawq(_) => "cw-state.json",
+        Method::Haq(_) => super::side::HAQ_STATE,
+        Method::CwHawq(_) => super::side::CW_STATE,
         _ => return None,
     };
     req.out.as_ref().map(|o| side_path(o, suffix))

@@ -323,6 +323,22 @@ pub struct SearchRequest {
     pub table: Option<PathBuf>,
 }
 
+/// The suffixes of the files a search writes beside its policy `P.json` (`P.<suffix>`).
+pub(super) mod side {
+    /// HAWQ-V2's frontier (`mpq.frontier`).
+    pub(crate) const FRONTIER_JSON: &str = "frontier.json";
+    /// The frontier's picture.
+    pub(crate) const FRONTIER_SVG: &str = "frontier.svg";
+    /// An agent's learning curve.
+    pub(crate) const CURVE_SVG: &str = "curve.svg";
+    /// HAQ's search state.
+    pub(crate) const HAQ_STATE: &str = "haq-state.json";
+    /// CW-HAWQ's search state.
+    pub(crate) const CW_STATE: &str = "cw-state.json";
+    /// Every one of them (what an output must not land on).
+    pub(crate) const ALL: [&str; 5] = [FRONTIER_JSON, FRONTIER_SVG, CURVE_SVG, HAQ_STATE, CW_STATE];
+}
+
 impl SearchRequest {
     /// A request with no budget, the method's default candidates and no output file.
     pub fn new(model: ModelSource, method: Method) -> SearchRequest {
@@ -363,14 +379,7 @@ impl SearchRequest {
         let Some(out) = &self.out else {
             return Ok(());
         };
-        let sides = [
-            "frontier.json",
-            "frontier.svg",
-            "curve.svg",
-            "haq-state.json",
-            "cw-state.json",
-        ];
-        let sides: Vec<PathBuf> = sides
+        let sides: Vec<PathBuf> = side::ALL
             .iter()
             .map(|s| crate::pipeline::side_path(out, s))
             .collect();

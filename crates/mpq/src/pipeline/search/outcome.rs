@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use super::agent::{Extra, Found, state_path};
 use super::inputs::{Sensitivity, Tables};
-use super::{Method, SearchRequest};
+use super::{Method, SearchRequest, side};
 use crate::Result;
 use crate::cost::HwTable;
 use crate::graph::LayerInfo;
@@ -227,8 +227,8 @@ pub(super) fn finish(
             policy.frontier = Some(FrontierRef {
                 points: file.points.len(),
                 chosen: file.chosen,
-                json: name("frontier.json"),
-                svg: name("frontier.svg"),
+                json: name(side::FRONTIER_JSON),
+                svg: name(side::FRONTIER_SVG),
             });
             frontier = Some(*file);
         }
@@ -253,9 +253,9 @@ pub(super) fn finish(
                 steps_per_episode: Some(h.steps_per_episode),
                 evaluations_seconds: Some(r.eval_seconds),
                 resumed_episodes: Some(r.resumed_episodes),
-                state: Some(name("haq-state.json")),
+                state: Some(name(side::HAQ_STATE)),
                 warmup: None,
-                curve: name("curve.svg"),
+                curve: name(side::CURVE_SVG),
                 settings: Some(h.settings),
                 history: h.episodes,
             });
@@ -272,9 +272,9 @@ pub(super) fn finish(
                 steps_per_episode: None,
                 evaluations_seconds: None,
                 resumed_episodes: Some(r.resumed_episodes),
-                state: Some(name("cw-state.json")),
+                state: Some(name(side::CW_STATE)),
                 warmup: Some(warmup),
-                curve: name("curve.svg"),
+                curve: name(side::CURVE_SVG),
                 settings: None,
                 history: r.episodes,
             });
@@ -305,7 +305,7 @@ fn write(
 ) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     if let Some(f) = frontier {
-        files.push((side_path(out, "frontier.json"), f.to_bytes()?));
+        files.push((side_path(out, side::FRONTIER_JSON), f.to_bytes()?));
         let p = &policy.plan;
         let chosen = PlanPoint {
             method: "pareto (chosen)".into(),
@@ -315,7 +315,7 @@ fn write(
             omega: p.omega.unwrap_or(f64::NAN),
         };
         if let Some(svg) = pareto_chart(Some(f), &[chosen]) {
-            files.push((side_path(out, "frontier.svg"), svg.into_bytes()));
+            files.push((side_path(out, side::FRONTIER_SVG), svg.into_bytes()));
         }
     }
     let curve = match (&policy.haq, &policy.cw_hawq) {
@@ -324,7 +324,7 @@ fn write(
         _ => None,
     };
     if let Some(svg) = curve {
-        files.push((side_path(out, "curve.svg"), svg.into_bytes()));
+        files.push((side_path(out, side::CURVE_SVG), svg.into_bytes()));
     }
     // The policy last: a policy on disk always has its side files beside it.
     files.push((out.to_path_buf(), policy.to_bytes()?));
